@@ -1,0 +1,398 @@
+"""The Clay v0 masked autoencoder: encoder, decoder and loss, as ``clay-v0-spec.md`` describes them.
+
+Module and parameter names follow the published checkpoint (vit-pytorch 1.6.4 block layout), so a
+published ``state_dict`` loads without any key renaming; see ``checkpoint.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from .bands import (
+    BAND_GROUPS,
+    BAND_MEANS,
+    BAND_STDS,
+    GRID_SIZE,
+    GROUP_NAMES,
+    PATCH_SIZE,
+    bands_of_groups,
+)
+
+AttentionKind = Literal["sdpa", "explicit"]
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Hyper-parameters of one model size (spec table "Sizes")."""
+
+    name: str
+    dim: int
+    depth: int
+    heads: int
+    dim_head: int
+    mlp_ratio: int
+    decoder_dim: int
+    decoder_depth: int
+    decoder_heads: int
+    decoder_dim_head: int
+    decoder_mlp_ratio: int
+
+    def as_dict(self) -> dict[str, int | str]:
+        return asdict(self)
+
+
+SIZES: dict[str, ModelSize] = {
+    "tiny": ModelSize("tiny", 256, 4, 4, 64, 2, 128, 2, 2, 64, 2),
+    "small": ModelSize("small", 768, 12, 12, 64, 4, 512, 8, 8, 64, 4),
+    "medium": ModelSize("medium", 1024, 24, 16, 64, 4, 512, 8, 16, 64, 4),
+    "large": ModelSize("large", 1280, 32, 16, 64, 4, 512, 8, 16, 64, 4),
+}
+
+
+def get_size(name: str) -> ModelSize:
+    try:
+        return SIZES[name]
+    except KeyError:
+        raise ValueError(f"unknown model size {name!r}; known: {', '.join(SIZES)}") from None
+
+
+# --- fixed encodings ------------------------------------------------------------------------------
+
+
+def posemb_sincos_2d(grid: int, dim: int, temperature: float = 10000.0) -> Tensor:
+    """2-D sin-cos table ``[grid*grid, dim]``, row-major cells, ``[sin x, cos x, sin y, cos y]``.
+
+    Rounded through float16 because the release computed it in float16: a bit-faithful model must
+    add the same (slightly coarse) values the published weights were trained with.
+    """
+    if dim % 4:
+        raise ValueError("2-D sin-cos encoding needs a width divisible by 4")
+    y, x = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    q = dim // 4
+    omega = 1.0 / (temperature ** (torch.arange(q) / (q - 1)))
+    y = y.flatten()[:, None] * omega[None, :]
+    x = x.flatten()[:, None] * omega[None, :]
+    table = torch.cat((x.sin(), x.cos(), y.sin(), y.cos()), dim=1)
+    return table.to(torch.float16).to(torch.float32)
+
+
+def posemb_sincos_1d(length: int, dim: int, temperature: float = 10000.0) -> Tensor:
+    """1-D sin-cos table ``[length, dim]`` as ``[sin, cos]``, float16-rounded like the 2-D one."""
+    if dim % 2:
+        raise ValueError("1-D sin-cos encoding needs an even width")
+    q = dim // 2
+    omega = 1.0 / (temperature ** (torch.arange(q) / (q - 1)))
+    n = torch.arange(length)[:, None] * omega[None, :]
+    table = torch.cat((n.sin(), n.cos()), dim=1)
+    return table.to(torch.float16).to(torch.float32)
+
+
+def metadata_features(lonlat: Tensor, date: Tensor) -> tuple[Tensor, Tensor]:
+    """Turn raw lon/lat degrees ``[B, 2]`` and year-month-day ``[B, 3]`` into Clay's inputs.
+
+    Done inside the model (not in the data pipeline) so that the exported graph takes plain
+    degrees and dates and every caller gets the cyclic encoding right.
+    """
+    lon, lat = torch.deg2rad(lonlat[:, 0]), torch.deg2rad(lonlat[:, 1])
+    latlon = torch.stack((torch.sin(lat), torch.atan2(torch.cos(lon), torch.sin(lon))), dim=1)
+    periods = lonlat.new_tensor([18.0, 11.0, 30.0])
+    origin = lonlat.new_tensor([2012.0, 1.0, 1.0])
+    angles = 2 * math.pi * (date - origin) / periods
+    time = torch.atan2(torch.cos(angles), torch.sin(angles))
+    return latlon, time
+
+
+# --- transformer (vit-pytorch 1.6.4 layout, SDPA attention) --------------------------------------
+
+
+class Attention(nn.Module):
+    """Pre-norm multi-head self-attention.
+
+    ``kind="sdpa"`` (default) uses PyTorch's fused kernel; ``"explicit"`` is softmax(q kᵀ) v written
+    out as the release did, kept as the baseline users run today.
+    """
+
+    def __init__(self, dim: int, heads: int, dim_head: int) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.scale = dim_head**-0.5
+        self.kind: AttentionKind = "sdpa"
+        self.norm = nn.LayerNorm(dim)
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        project_out = not (heads == 1 and dim_head == dim)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim)) if project_out else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in self.to_qkv(x).chunk(3, dim=-1))
+        if self.kind == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * self.scale, dim=-1), v)
+        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class FeedForward(nn.Module):
+    """Pre-norm MLP with exact GELU. Index 3 is an empty slot where vit-pytorch has its dropout,
+    so that the second linear layer is ``net.4`` as in the published checkpoint."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Identity(), nn.Linear(hidden, dim)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Transformer(nn.Module):
+    """``depth`` pre-norm blocks with residuals, then a final LayerNorm."""
+
+    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.layers = nn.ModuleList(
+            nn.ModuleList([Attention(dim, heads, dim_head), FeedForward(dim, mlp_dim)]) for _ in range(depth)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        for attn, ff in self.layers:
+            x = attn(x) + x
+            x = ff(x) + x
+        return self.norm(x)
+
+
+def set_attention(module: nn.Module, kind: AttentionKind) -> nn.Module:
+    """Switch every attention block below ``module`` to ``kind``; returns ``module``."""
+    if kind not in ("sdpa", "explicit"):
+        raise ValueError(f"unknown attention kind {kind!r}")
+    for m in module.modules():
+        if isinstance(m, Attention):
+            m.kind = kind
+    return module
+
+
+# --- encoder --------------------------------------------------------------------------------------
+
+
+class PatchEmbedding(nn.Module):
+    """One band group's 32×32 patches → tokens ``[B, 256, dim]`` (conv, row-major flatten, LayerNorm)."""
+
+    def __init__(self, in_channels: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=PATCH_SIZE, stride=PATCH_SIZE)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(rearrange(self.proj(x), "b d h w -> b (h w) d"))
+
+
+def group_channels(groups: Sequence[str]) -> dict[str, list[int]]:
+    """For a cube holding only ``groups``' bands (spec order), each group's channel positions."""
+    present = bands_of_groups(groups)
+    return {g: [present.index(i) for i in BAND_GROUPS[g]] for g in groups}
+
+
+def _group_encoding(pos: Tensor, band: Tensor, groups: Sequence[str]) -> Tensor:
+    """Position + band-group encoding for the tokens of ``groups`` ``[G*L, D]``.
+
+    Each group keeps the band encoding of its index among all six groups, so a subset of groups
+    sees exactly the encodings the full model was trained with.
+    """
+    index = [GROUP_NAMES.index(g) for g in groups]
+    n_tokens = pos.shape[0]
+    return torch.cat(
+        (pos.repeat(len(index), 1), band[index].repeat_interleave(n_tokens, dim=0)), dim=1
+    )
+
+
+class Encoder(nn.Module):
+    """Clay v0 encoder. Input cubes are normalised and hold the bands of ``groups`` in spec order."""
+
+    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.patch_embedding = nn.ModuleDict(
+            {g: PatchEmbedding(len(idx), dim) for g, idx in BAND_GROUPS.items()}
+        )
+        self.latlon_embedding = nn.Linear(2, dim)
+        self.time_embedding = nn.Linear(3, dim)
+        self.transformer = Transformer(dim, depth, heads, dim_head, dim * mlp_ratio)
+        self.register_buffer("pos_encoding", posemb_sincos_2d(GRID_SIZE, dim // 2), persistent=False)
+        self.register_buffer(
+            "band_encoding", posemb_sincos_1d(len(GROUP_NAMES), dim // 2), persistent=False
+        )
+
+    def patch_tokens(self, cube: Tensor, groups: Sequence[str] = GROUP_NAMES) -> Tensor:
+        """Patch tokens with their fixed encodings, group-major grid order ``[B, G*256, dim]``."""
+        channels = group_channels(groups)
+        tokens = torch.cat([self.patch_embedding[g](cube[:, channels[g]]) for g in groups], dim=1)
+        return tokens + _group_encoding(self.pos_encoding, self.band_encoding, groups)
+
+    def metadata_tokens(self, lonlat: Tensor, date: Tensor) -> Tensor:
+        """The lat/lon and time tokens ``[B, 2, dim]`` (they get no position encoding)."""
+        latlon, time = metadata_features(lonlat, date)
+        return torch.stack((self.latlon_embedding(latlon), self.time_embedding(time)), dim=1)
+
+    def forward(
+        self, cube: Tensor, lonlat: Tensor, date: Tensor, groups: Sequence[str] = GROUP_NAMES
+    ) -> Tensor:
+        """Deterministic inference path: all tokens in grid order, no masking → ``[B, G*256+2, dim]``."""
+        x = torch.cat((self.patch_tokens(cube, groups), self.metadata_tokens(lonlat, date)), dim=1)
+        return self.transformer(x)
+
+    def forward_masked(
+        self,
+        cube: Tensor,
+        lonlat: Tensor,
+        date: Tensor,
+        unmasked: Tensor,
+        groups: Sequence[str] = GROUP_NAMES,
+    ) -> Tensor:
+        """Training path: only the patch tokens at ``unmasked`` ``[B, K]`` plus the 2 metadata tokens."""
+        tokens = self.patch_tokens(cube, groups)
+        kept = torch.gather(tokens, 1, unmasked[..., None].expand(-1, -1, tokens.shape[-1]))
+        return self.transformer(torch.cat((kept, self.metadata_tokens(lonlat, date)), dim=1))
+
+    def embed(
+        self,
+        cube: Tensor,
+        lonlat: Tensor,
+        date: Tensor,
+        groups: Sequence[str] = GROUP_NAMES,
+        patch_embeddings: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Chip embedding ``[B, dim]`` (mean of the patch tokens, metadata excluded) and, on
+        request, per-patch embeddings ``[B, G, 16, 16, dim]``."""
+        patches = self.forward(cube, lonlat, date, groups)[:, :-2]
+        chip = patches.mean(dim=1)
+        if not patch_embeddings:
+            return chip, None
+        grid = rearrange(patches, "b (g h w) d -> b g h w d", g=len(groups), h=GRID_SIZE)
+        return chip, grid
+
+
+# --- decoder and loss -----------------------------------------------------------------------------
+
+
+class Decoder(nn.Module):
+    """Rebuilds every patch from the encoder's kept tokens (training only)."""
+
+    def __init__(
+        self, enc_dim: int, dim: int, depth: int, heads: int, dim_head: int, mlp_ratio: int
+    ) -> None:
+        super().__init__()
+        self.enc_to_dec = nn.Linear(enc_dim, dim) if enc_dim != dim else nn.Identity()
+        self.mask_patch = nn.Parameter(torch.randn(dim))
+        self.transformer = Transformer(dim, depth, heads, dim_head, dim * mlp_ratio)
+        self.embed_to_pixels = nn.ModuleDict(
+            {g: nn.Linear(dim, PATCH_SIZE * PATCH_SIZE * len(idx)) for g, idx in BAND_GROUPS.items()}
+        )
+        self.register_buffer("pos_encoding", posemb_sincos_2d(GRID_SIZE, dim // 2), persistent=False)
+        self.register_buffer(
+            "band_encoding", posemb_sincos_1d(len(GROUP_NAMES), dim // 2), persistent=False
+        )
+
+    def forward(
+        self, encoded: Tensor, unmasked: Tensor, groups: Sequence[str] = GROUP_NAMES
+    ) -> Tensor:
+        """Encoder output ``[B, K+2, enc_dim]`` → pixels ``[B, C, 256, 1024]``, channels in group order."""
+        x = self.enc_to_dec(encoded)
+        kept, meta = x[:, :-2], x[:, -2:]
+        batch, dim = x.shape[0], x.shape[-1]
+        n_tokens = len(groups) * GRID_SIZE * GRID_SIZE
+        full = self.mask_patch.to(x.dtype).expand(batch, n_tokens, dim)
+        full = full.scatter(1, unmasked[..., None].expand(-1, -1, dim), kept)
+        full = full + _group_encoding(self.pos_encoding, self.band_encoding, groups)
+        x = self.transformer(torch.cat((full, meta), dim=1))[:, :-2]
+        per_group = rearrange(x, "b (g l) d -> g b l d", g=len(groups))
+        pixels = [
+            rearrange(self.embed_to_pixels[g](t), "b l (pp c) -> b c l pp", pp=PATCH_SIZE * PATCH_SIZE)
+            for g, t in zip(groups, per_group)
+        ]
+        return torch.cat(pixels, dim=1)
+
+
+def patchify_in_group_order(cube: Tensor, groups: Sequence[str] = GROUP_NAMES) -> Tensor:
+    """Normalised cube → target patches ``[B, C, 256, 1024]`` with channels in group order,
+    matching the decoder's output channel for channel."""
+    channels = group_channels(groups)
+    order = [c for g in groups for c in channels[g]]
+    return rearrange(
+        cube[:, order], "b c (h p1) (w p2) -> b c (h w) (p1 p2)", p1=PATCH_SIZE, p2=PATCH_SIZE
+    )
+
+
+def masked_patch_loss(
+    cube: Tensor, pixels: Tensor, mask: Tensor, groups: Sequence[str] = GROUP_NAMES
+) -> Tensor:
+    """Per-pixel MSE, mean over each patch's pixels, then over a group's channels, summed over the
+    masked patches and divided by their count. ``mask`` is ``[B, G*256]`` with 1 where masked."""
+    error = (patchify_in_group_order(cube, groups) - pixels.float()).pow(2).mean(dim=-1)  # [B, C, L]
+    sizes = [len(BAND_GROUPS[g]) for g in groups]
+    per_group = [part.mean(dim=1) for part in torch.split(error, sizes, dim=1)]  # G × [B, L]
+    per_patch = torch.cat(per_group, dim=1)  # [B, G*L]
+    return (per_patch * mask).sum() / mask.sum()
+
+
+def random_masking(
+    batch: int, n_tokens: int, ratio: float, generator: torch.Generator | None = None, device=None
+) -> tuple[Tensor, Tensor]:
+    """Per-sample random split of token indices → (unmasked ``[B, K]``, mask ``[B, N]``, 1 = masked)."""
+    noise = torch.rand(batch, n_tokens, generator=generator, device=device)
+    order = torch.argsort(noise, dim=1)
+    n_masked = int(ratio * n_tokens)
+    mask = torch.zeros(batch, n_tokens, device=device)
+    mask.scatter_(1, order[:, :n_masked], 1.0)
+    return order[:, n_masked:], mask
+
+
+class ClayMAE(nn.Module):
+    """Encoder + decoder + loss. ``ClayMAE(size).encoder`` is what gets exported."""
+
+    def __init__(self, size: str | ModelSize = "small", mask_ratio: float = 0.75) -> None:
+        super().__init__()
+        self.size = get_size(size) if isinstance(size, str) else size
+        s = self.size
+        self.mask_ratio = mask_ratio
+        self.encoder = Encoder(s.dim, s.depth, s.heads, s.dim_head, s.mlp_ratio)
+        self.decoder = Decoder(
+            s.dim, s.decoder_dim, s.decoder_depth, s.decoder_heads, s.decoder_dim_head, s.decoder_mlp_ratio
+        )
+
+    def forward(
+        self,
+        cube: Tensor,
+        lonlat: Tensor,
+        date: Tensor,
+        groups: Sequence[str] = GROUP_NAMES,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Masked reconstruction → (loss, pixels ``[B, C, 256, 1024]``, mask ``[B, G*256]``)."""
+        n_tokens = len(groups) * GRID_SIZE * GRID_SIZE
+        unmasked, mask = random_masking(cube.shape[0], n_tokens, self.mask_ratio, generator, cube.device)
+        encoded = self.encoder.forward_masked(cube, lonlat, date, unmasked, groups)
+        pixels = self.decoder(encoded, unmasked, groups)
+        return masked_patch_loss(cube, pixels, mask, groups), pixels, mask
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def normalise(cube: Tensor, band_indices: Sequence[int] | None = None) -> Tensor:
+    """``(x - mean) / std`` per band; ``band_indices`` says which of the 13 bands ``cube`` holds."""
+    idx = list(range(len(BAND_MEANS))) if band_indices is None else list(band_indices)
+    mean = cube.new_tensor([BAND_MEANS[i] for i in idx])[None, :, None, None]
+    std = cube.new_tensor([BAND_STDS[i] for i in idx])[None, :, None, None]
+    return (cube - mean) / std
