@@ -1,0 +1,92 @@
+"""What an exported Clay artifact says about itself: the contract between ``clay-export`` and the runtime.
+
+Every artifact carries this record (ONNX: one ``metadata_props`` entry per field, values JSON-encoded;
+TensorRT plan: a ``<plan>.json`` sidecar holding the same fields as one JSON object), so that the
+runtime can refuse a scene the engine cannot take before any work starts. Torch-free on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
+
+FORMAT_VERSION = 1
+
+
+class MetadataError(ValueError):
+    """The artifact has no Clay metadata, or metadata this runtime cannot use."""
+
+
+@dataclass(frozen=True)
+class EngineMetadata:
+    """Self-description of an exported Clay encoder.
+
+    ``bands`` is the order of the ``pixels`` input's channels (raw physical values, spec order);
+    ``band_means``/``band_stds`` are the normalisation constants folded into the graph for them.
+    """
+
+    model_size: str
+    dim: int
+    chip_size: int
+    patch_size: int
+    bands: tuple[str, ...]
+    groups: tuple[str, ...]
+    band_means: tuple[float, ...]
+    band_stds: tuple[float, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    precision: str  # "fp32" | "fp16" | "int8"
+    checkpoint: str
+    checkpoint_sha256: str
+    weights: str  # human-readable provenance, e.g. "Clay v0 (published)" or "demo weights ..."
+    exporter: str
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. TensorRT version and GPU of a plan
+
+    @property
+    def has_patch_embeddings(self) -> bool:
+        return "patch_embeddings" in self.outputs
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        for key, value in record.items():
+            if isinstance(value, tuple):
+                record[key] = list(value)
+        return record
+
+    def to_props(self) -> dict[str, str]:
+        """Flat string map for ONNX ``metadata_props`` (each value JSON-encoded)."""
+        return {key: json.dumps(value) for key, value in self.to_dict().items()}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> EngineMetadata:
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in record]
+        if missing:
+            raise MetadataError(f"not a Clay artifact: metadata lacks {', '.join(missing)}")
+        version = int(record.get("format_version", FORMAT_VERSION))
+        if version > FORMAT_VERSION:
+            raise MetadataError(
+                f"artifact metadata format {version} is newer than this runtime understands ({FORMAT_VERSION})"
+            )
+        values = {}
+        for f in fields(cls):
+            if f.name not in record:
+                continue
+            value = record[f.name]
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
+    @classmethod
+    def from_props(cls, props: dict[str, str]) -> EngineMetadata:
+        """Inverse of :meth:`to_props`; raises :class:`MetadataError` for foreign ONNX files."""
+        try:
+            record = {key: json.loads(value) for key, value in props.items() if key in _FIELD_NAMES}
+        except json.JSONDecodeError as exc:
+            raise MetadataError(f"unreadable Clay metadata: {exc}") from None
+        return cls.from_dict(record)
+
+
+_FIELD_NAMES = {f.name for f in fields(EngineMetadata)}
