@@ -1,0 +1,133 @@
+"""Pretraining data and the ``clay-train`` command on generated chip GeoTIFFs."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+torch = pytest.importorskip("torch", reason="training tests need the [training] extra")
+pytest.importorskip("lightning", reason="training tests need the [training] extra")
+
+from clay.training.bands import GROUP_NAMES  # noqa: E402
+from clay.training.checkpoint import load_clay_mae  # noqa: E402
+from clay.training.data import ChipDataModule, ChipDataset, ChipError, collate_chips, inspect_chip  # noqa: E402
+from clay.training.synthetic import write_chip  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def chip_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("chips")
+    for i in range(32):
+        write_chip(directory / f"claytile_48QUE_20200223_v02_{i:04d}.tif", seed=i)
+    return directory
+
+
+def test_chip_reads_normalised_with_its_place_and_date(chip_dir):
+    chip = inspect_chip(next(chip_dir.glob("*.tif")), GROUP_NAMES)
+    item = ChipDataset([chip])[0]
+    assert item["pixels"].shape == (13, 512, 512)
+    assert abs(item["pixels"].mean().item()) < 3  # normalised, not raw DNs
+    lon, lat = item["lonlat"].tolist()
+    assert 103.0 < lon < 104.5 and 17.0 < lat < 18.5  # the generator's default UTM 48N origin
+    assert item["date"].tolist() == [2020, 2, 23]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"band_count": 12, "band_descriptions": False}, "12 bands without band names, expected 13"),
+        ({"with_crs": False}, "no CRS"),
+        ({"with_date_tag": False}, "no acquisition date"),
+    ],
+)
+def test_bad_chip_headers_are_refused_with_a_reason(tmp_path, kwargs, reason):
+    path = write_chip(tmp_path / "bad.tif", **kwargs)
+    with pytest.raises(ChipError, match=reason):
+        inspect_chip(path, GROUP_NAMES)
+
+
+def test_nan_chip_is_skipped_with_a_logged_reason_not_a_crash(tmp_path, caplog):
+    good = write_chip(tmp_path / "good.tif", seed=1)
+    bad = write_chip(tmp_path / "nan.tif", seed=2, nodata_fraction=1.0)  # every pixel NaN
+    dataset = ChipDataset([inspect_chip(p, GROUP_NAMES) for p in (good, bad)])
+    with caplog.at_level(logging.WARNING):
+        batch = collate_chips([dataset[0], dataset[1]])
+    assert batch["pixels"].shape[0] == 1
+    assert "nan.tif" in caplog.text and "NaN" in caplog.text
+    assert collate_chips([dataset[1]]) is None
+
+
+def test_setup_leaves_out_bad_files_and_keeps_the_rest(tmp_path, caplog):
+    for i in range(3):
+        write_chip(tmp_path / f"ok{i}.tif", seed=i)
+    write_chip(tmp_path / "nodate.tif", with_date_tag=False)
+    data = ChipDataModule(str(tmp_path), val_fraction=0.0, batch_size=2)
+    with caplog.at_level(logging.WARNING):
+        data.setup("fit")
+    assert len(data.train_set) + len(data.val_set) == 3
+    assert "nodate.tif: no acquisition date" in caplog.text
+
+
+def test_s2_only_groups_read_by_band_name(tmp_path):
+    from clay.training.bands import S2_BANDS
+
+    path = write_chip(tmp_path / "s2.tif", bands=S2_BANDS, dtype="uint16")
+    groups = ("rgb", "rededge", "nir", "swir")
+    item = ChipDataset([inspect_chip(path, groups)], groups)[0]
+    assert item["pixels"].shape == (10, 512, 512)
+    with pytest.raises(ChipError, match="lacks band"):
+        inspect_chip(path, GROUP_NAMES)
+
+
+def run_clay_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "clay.training.cli", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_clay_train_two_epochs_writes_a_checkpoint_that_loads_and_resumes(chip_dir, tmp_path):
+    config = Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny-cpu.yaml"
+    common = ["--config", str(config), "--data.data_dir", str(chip_dir), "--trainer.default_root_dir", str(tmp_path),
+              "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    result = run_clay_train("fit", *common, "--trainer.max_epochs", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoints = sorted(tmp_path.rglob("*.ckpt"))
+    last = next(p for p in checkpoints if p.name == "last.ckpt")
+    assert len(checkpoints) >= 3  # top-k by val/loss + last
+    model = load_clay_mae(last)
+    assert model.size.name == "tiny"
+    assert torch.load(last, weights_only=False)["epoch"] == 1
+
+    resumed = run_clay_train("fit", *common, "--trainer.max_epochs", "3", "--ckpt_path", str(last), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    newest = max(tmp_path.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    assert torch.load(newest, weights_only=False)["epoch"] == 2
+
+
+def test_clay_train_with_no_usable_chips_is_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_clay_train("fit", "--model.size", "tiny", "--data.data_dir", str(empty),
+                            "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path), cwd=tmp_path)  # fmt: skip
+    assert result.returncode != 0
+    assert "clay-train:" in result.stderr and "no usable chip files" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_release_recipe_optimiser_and_schedule():
+    from clay.training.module import ClayPretraining
+
+    module = ClayPretraining(size="tiny")
+    config = module.configure_optimizers()
+    optimiser, scheduler = config["optimizer"], config["lr_scheduler"]
+    group = optimiser.param_groups[0]
+    assert np.isclose(group["initial_lr"], 1e-4)
+    assert (group["weight_decay"], group["betas"]) == (0.05, (0.9, 0.95))
+    assert scheduler["interval"] == "step"
+    assert (scheduler["scheduler"].T_0, scheduler["scheduler"].T_mult) == (1000, 2)
+    assert np.isclose(scheduler["scheduler"].eta_min, 1e-3)

@@ -1,0 +1,260 @@
+"""Chip GeoTIFFs for pretraining: a Dataset that reads them with rasterio and a Lightning DataModule.
+
+A chip is a GeoTIFF holding Clay's bands (13 in spec order, or any superset named by band
+descriptions), a CRS and a ``date=YYYY-MM-DD`` tag, like the release's training chips. Files that
+cannot serve (too few bands, no CRS, no date, too small) are found when the data is set up, logged
+with their reason and left out; chips whose pixels turn out to hold NaN or S2 nodata are dropped
+when read, also with a logged reason, so that one bad file never stops an epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date as Date
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import rasterio
+import torch
+from rasterio.errors import RasterioError
+from rasterio.warp import transform as warp_transform
+from rasterio.windows import Window
+from torch.utils.data import DataLoader, Dataset
+
+from .bands import BAND_MEANS, BAND_NAMES, BAND_STDS, CHIP_SIZE, GROUP_NAMES, bands_of_groups, canonical_band_name
+from .bands import parse_groups as _parse_groups
+
+log = logging.getLogger(__name__)
+
+
+class ChipError(ValueError):
+    """A chip file that cannot be used for training; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class ChipFile:
+    """What setup learned about one usable chip file."""
+
+    path: Path
+    band_indexes: tuple[int, ...]  # 1-based rasterio band indexes of the groups' bands, spec order
+    date: tuple[int, int, int]
+    height: int
+    width: int
+
+
+def read_date_tag(tags: dict[str, str], path: Path) -> tuple[int, int, int]:
+    """Acquisition date from the ``date`` tag (the release's chips) or TIFF ``DateTime``."""
+    text = tags.get("date") or tags.get("DATE") or tags.get("TIFFTAG_DATETIME")
+    if not text:
+        raise ChipError(f"{path}: no acquisition date (no 'date' tag and no TIFF DateTime)")
+    try:
+        day = Date.fromisoformat(text.strip()[:10].replace(":", "-"))
+    except ValueError:
+        raise ChipError(f"{path}: date tag {text!r} is not YYYY-MM-DD") from None
+    return day.year, day.month, day.day
+
+
+def band_indexes_for(
+    descriptions: Sequence[str | None], count: int, wanted: Sequence[int], path: Path
+) -> tuple[int, ...]:
+    """1-based indexes of the ``wanted`` spec bands: by band description when the file names its
+    bands, else by position in a 13-band file."""
+    named = {canonical_band_name(d): i + 1 for i, d in enumerate(descriptions) if d}
+    named.pop(None, None)
+    if named:
+        missing = [BAND_NAMES[b] for b in wanted if BAND_NAMES[b] not in named]
+        if missing:
+            raise ChipError(f"{path}: lacks band(s) {', '.join(missing)}")
+        return tuple(named[BAND_NAMES[b]] for b in wanted)
+    if count != len(BAND_NAMES):
+        raise ChipError(f"{path}: {count} bands without band names, expected {len(BAND_NAMES)} (B02…DEM)")
+    return tuple(b + 1 for b in wanted)
+
+
+def inspect_chip(path: str | Path, groups: Sequence[str], chip_size: int = CHIP_SIZE) -> ChipFile:
+    """Check a chip file's header (no pixels read) and say how to read it, or raise ChipError."""
+    path = Path(path)
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise ChipError(f"{path}: no CRS")
+            if src.height < chip_size or src.width < chip_size:
+                raise ChipError(f"{path}: {src.width}×{src.height} px is smaller than a {chip_size}² chip")
+            indexes = band_indexes_for(src.descriptions, src.count, bands_of_groups(groups), path)
+            day = read_date_tag(src.tags(), path)
+            return ChipFile(path, indexes, day, src.height, src.width)
+    except RasterioError as exc:
+        raise ChipError(f"{path}: not a readable GeoTIFF ({exc})") from None
+
+
+class ChipDataset(Dataset):
+    """Normalised chips with their lon/lat and date, for the masked autoencoder.
+
+    Files larger than a chip give a random window (``augment``) or their centre window. ``augment``
+    also applies random flips and right-angle rotations. An item whose pixels hold NaN or S2 nodata
+    (B02 = 0, as the release rejected) is ``None``; :func:`collate_chips` drops it.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[ChipFile],
+        groups: Sequence[str] = GROUP_NAMES,
+        chip_size: int = CHIP_SIZE,
+        augment: bool = False,
+    ) -> None:
+        self.files = list(files)
+        self.groups = tuple(groups)
+        self.chip_size = chip_size
+        self.augment = augment
+        bands = bands_of_groups(self.groups)
+        self._mean = np.array([BAND_MEANS[b] for b in bands], dtype=np.float32)[:, None, None]
+        self._std = np.array([BAND_STDS[b] for b in bands], dtype=np.float32)[:, None, None]
+        self._b02 = bands.index(0) if 0 in bands else None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor] | None:
+        chip = self.files[index]
+        # Drawn from torch's generator so that Lightning's seed_everything (workers included) makes
+        # the crops and flips reproducible, and each epoch sees new ones.
+        rng = np.random.default_rng(int(torch.randint(2**31, ())))
+        row, col = self._window_origin(chip, rng)
+        size = self.chip_size
+        try:
+            with rasterio.open(chip.path) as src:
+                pixels = src.read(list(chip.band_indexes), window=Window(col, row, size, size), out_dtype="float32")
+                cx, cy = src.xy(row + size / 2, col + size / 2, offset="ul")
+                lons, lats = warp_transform(src.crs, "EPSG:4326", [cx], [cy])
+        except RasterioError as exc:
+            log.warning("skipping chip %s: unreadable (%s)", chip.path, exc)
+            return None
+        reason = self._reject_reason(pixels)
+        if reason:
+            log.warning("skipping chip %s window (%d, %d): %s", chip.path, row, col, reason)
+            return None
+        if self.augment:
+            pixels = np.rot90(pixels, k=int(rng.integers(4)), axes=(1, 2))
+            if rng.random() < 0.5:
+                pixels = pixels[:, :, ::-1]
+        pixels = (pixels - self._mean) / self._std
+        return {
+            "pixels": torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)),
+            "lonlat": torch.tensor([lons[0], lats[0]], dtype=torch.float32),
+            "date": torch.tensor(chip.date, dtype=torch.float32),
+        }
+
+    def _window_origin(self, chip: ChipFile, rng: np.random.Generator) -> tuple[int, int]:
+        spare_rows, spare_cols = chip.height - self.chip_size, chip.width - self.chip_size
+        if self.augment:
+            return int(rng.integers(spare_rows + 1)), int(rng.integers(spare_cols + 1))
+        return spare_rows // 2, spare_cols // 2
+
+    def _reject_reason(self, pixels: np.ndarray) -> str | None:
+        if not np.isfinite(pixels).all():
+            return "NaN or infinite values"
+        if self._b02 is not None and (pixels[self._b02] == 0).any():
+            return "S2 nodata (B02 = 0)"
+        return None
+
+
+def collate_chips(items: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor] | None:
+    """Stack the usable items of a batch; ``None`` when every item was rejected."""
+    kept = [item for item in items if item is not None]
+    if not kept:
+        return None
+    return {key: torch.stack([item[key] for item in kept]) for key in kept[0]}
+
+
+def find_chip_files(directory: str | Path) -> list[Path]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ChipError(f"{directory}: no such data directory")
+    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in (".tif", ".tiff"))
+
+
+def usable_chips(paths: Sequence[Path], groups: Sequence[str], chip_size: int) -> list[ChipFile]:
+    """The files that pass :func:`inspect_chip`; the others are logged with their reason."""
+    usable = []
+    for path in paths:
+        try:
+            usable.append(inspect_chip(path, groups, chip_size))
+        except ChipError as exc:
+            log.warning("skipping %s", exc)
+    return usable
+
+
+def is_validation_file(path: Path, fraction: float, seed: int) -> bool:
+    """Stable split by file name: the same file stays on the same side across runs and machines."""
+    digest = hashlib.sha256(f"{seed}:{path.name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+class ChipDataModule(L.LightningDataModule):
+    """Chips under ``data_dir`` (recursively), split by file name unless ``val_dir`` is given."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        val_dir: str | None = None,
+        val_fraction: float = 0.1,
+        groups: list[str] | None = None,
+        batch_size: int = 10,
+        num_workers: int = 0,
+        chip_size: int = CHIP_SIZE,
+        augment: bool = True,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.val_dir = val_dir
+        self.val_fraction = val_fraction
+        self.groups = _parse_groups(groups)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.chip_size = chip_size
+        self.augment = augment
+        self.seed = seed
+        self.train_set: ChipDataset | None = None
+        self.val_set: ChipDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        paths = find_chip_files(self.data_dir)
+        if self.val_dir:
+            train_paths, val_paths = paths, find_chip_files(self.val_dir)
+        else:
+            val_paths = [p for p in paths if is_validation_file(p, self.val_fraction, self.seed)]
+            train_paths = [p for p in paths if p not in set(val_paths)]
+            if not val_paths and len(train_paths) > 1:
+                val_paths = [train_paths.pop()]
+        train = usable_chips(train_paths, self.groups, self.chip_size)
+        val = usable_chips(val_paths, self.groups, self.chip_size)
+        if not train:
+            raise ChipError(f"{self.data_dir}: no usable chip files (see the warnings above)")
+        log.info("chips: %d for training, %d for validation", len(train), len(val))
+        self.train_set = ChipDataset(train, self.groups, self.chip_size, self.augment)
+        self.val_set = ChipDataset(val, self.groups, self.chip_size, augment=False)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None
+        return self._loader(self.val_set, shuffle=False)
+
+    def _loader(self, dataset: ChipDataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate_chips,
+            persistent_workers=False,
+        )
