@@ -101,7 +101,8 @@ def metadata_features(lonlat: Tensor, date: Tensor) -> tuple[Tensor, Tensor]:
     Done inside the model (not in the data pipeline) so that the exported graph takes plain
     degrees and dates and every caller gets the cyclic encoding right.
     """
-    lon, lat = torch.deg2rad(lonlat[:, 0]), torch.deg2rad(lonlat[:, 1])
+    radians = lonlat * (math.pi / 180)  # not deg2rad: ONNX has no such op
+    lon, lat = radians[:, 0], radians[:, 1]
     latlon = torch.stack((torch.sin(lat), torch.atan2(torch.cos(lon), torch.sin(lon))), dim=1)
     periods = lonlat.new_tensor([18.0, 11.0, 30.0])
     origin = lonlat.new_tensor([2012.0, 1.0, 1.0])

@@ -1,0 +1,127 @@
+"""Artifact checks against eager PyTorch fp32: Polygraphy runs each artifact on the same chips,
+and every output is scored by cosine similarity and max abs error against the eager encoder.
+
+A check is data (a cosine bound per precision) plus a report; the command fails when any chip of
+any artifact falls below its bound.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clay.training.bands import BAND_NAMES, bands_of_groups
+from clay.training.model import Encoder, normalise
+from clay.training.synthetic import make_chips
+
+#: Minimum cosine similarity per chip against eager fp32, per artifact precision.
+COSINE_BOUNDS = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99}
+
+
+@dataclass(frozen=True)
+class OutputScore:
+    artifact: str
+    output: str
+    min_cosine: float
+    max_abs_error: float
+    bound: float
+    finite: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.finite and self.min_cosine >= self.bound
+
+    def line(self) -> str:
+        verdict = "ok" if self.passed else "FAIL"
+        finite = "" if self.finite else ", NON-FINITE values"
+        return (
+            f"{self.artifact:<18} {self.output:<17} min cosine {self.min_cosine:.7f} (bound {self.bound})"
+            f"  max abs {self.max_abs_error:.3g}{finite}  {verdict}"
+        )
+
+
+def check_feeds(groups, count: int = 4, seed: int = 7) -> list[OrderedDict[str, np.ndarray]]:
+    """Realistic generated chips (one per feed dict) plus one chip of physically plausible extremes:
+    S2 DN 65535, S1 linear gamma0 1000 and DEM −500…9000 m side by side, where float16 overflows first."""
+    pixels, lonlat, date = make_chips(count, seed=seed)
+    extreme = pixels[:1].copy()
+    extreme[:, :10, :256] = 65535.0
+    extreme[:, 10:12, 256:, :256] = 1000.0
+    extreme[:, 12, 256:, 256:] = 9000.0
+    extreme[:, 12, :128, 256:] = -500.0
+    pixels = np.concatenate([pixels, extreme])
+    lonlat = np.concatenate([lonlat, lonlat[:1]])
+    date = np.concatenate([date, date[:1]])
+    bands = list(bands_of_groups(groups))
+    return [
+        OrderedDict(pixels=pixels[i : i + 1, bands], lonlat=lonlat[i : i + 1], date=date[i : i + 1])
+        for i in range(len(pixels))
+    ]
+
+
+def eager_reference(encoder: Encoder, groups, feeds, patch_embeddings: bool) -> list[dict[str, np.ndarray]]:
+    """The training encoder in fp32 with explicit normalisation: what every artifact must reproduce."""
+    bands = bands_of_groups(groups)
+    results = []
+    with torch.no_grad():
+        for feed in feeds:
+            cube = normalise(torch.from_numpy(feed["pixels"]), bands)
+            chip, patches = encoder.embed(
+                cube, torch.from_numpy(feed["lonlat"]), torch.from_numpy(feed["date"]), groups, patch_embeddings
+            )
+            outputs = {"embedding": chip.numpy()}
+            if patches is not None:
+                outputs["patch_embeddings"] = patches.numpy()
+            results.append(outputs)
+    return results
+
+
+def run_with_polygraphy(artifact: Path, feeds) -> list[dict[str, np.ndarray]]:
+    """Run an ONNX file (ONNX Runtime CPU) or a TensorRT plan through Polygraphy's Comparator."""
+    from polygraphy.comparator import Comparator
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.WARNING  # per-iteration INFO lines drown the report
+
+    if artifact.suffix == ".plan":
+        from polygraphy.backend.trt import EngineFromPath, TrtRunner
+
+        runner = TrtRunner(EngineFromPath(str(artifact)), name=artifact.name)
+    else:
+        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+        runner = OnnxrtRunner(SessionFromOnnx(str(artifact), providers=["cpu"]), name=artifact.name)
+    results = Comparator.run([runner], data_loader=feeds)
+    (_, iterations), = results.items()
+    return [{name: np.asarray(value) for name, value in iteration.items()} for iteration in iterations]
+
+
+def cosine_per_chip(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    a = actual.reshape(actual.shape[0], -1).astype(np.float64)
+    b = expected.reshape(expected.shape[0], -1).astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
+
+
+def score(artifact: str, precision: str, actual: list[dict], expected: list[dict]) -> list[OutputScore]:
+    scores = []
+    for output in expected[0]:
+        got = np.concatenate([a[output] for a in actual])
+        want = np.concatenate([e[output] for e in expected])
+        finite = bool(np.isfinite(got).all())
+        cosine = cosine_per_chip(np.nan_to_num(got), want)
+        scores.append(
+            OutputScore(artifact, output, float(cosine.min()), float(np.abs(got - want).max()), COSINE_BOUNDS[precision], finite)
+        )
+    return scores
+
+
+def check_artifact(artifact: Path, precision: str, feeds, expected) -> list[OutputScore]:
+    return score(artifact.name, precision, run_with_polygraphy(artifact, feeds), expected)
+
+
+def band_names(groups) -> tuple[str, ...]:
+    return tuple(BAND_NAMES[i] for i in bands_of_groups(groups))

@@ -1,0 +1,66 @@
+"""``clay-export``: the Clay encoder as ONNX (fp32, fp16, int8) and FP16 TensorRT, checked."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from clay.training.bands import GROUP_NAMES, parse_groups
+from clay.training.model import SIZES
+
+from .artifacts import ExportError, ExportOptions, export_artifacts
+from .tensorrt_build import BatchProfile
+
+DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
+              help="Clay weights: the published Clay v0 checkpoint, a clay-train checkpoint or a bare state dict.")
+@click.option("--size", type=click.Choice(list(SIZES)), help="Model size; inferred from the checkpoint when omitted.")
+@click.option("--random-weights", is_flag=True, help="Export a randomly initialised model (speed tests only).")
+@click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), default=Path("."), show_default=True,
+              help="Directory the artifacts are written into.")
+@click.option("--groups", default=",".join(GROUP_NAMES), show_default=True,
+              help="Band groups the engine takes; the pixels input holds only their bands, in spec order.")
+@click.option("--fp16", is_flag=True, help="Also write clay.fp16.onnx, and clay.plan where TensorRT and a GPU exist.")
+@click.option("--int8-cpu", is_flag=True, help="Also write clay.int8.onnx, dynamically quantised for CPUs.")
+@click.option("--patch-embeddings", is_flag=True, help="Add the patch_embeddings [B, G, 16, 16, dim] output.")
+@click.option("--batch", default="1:8:32", show_default=True, help="TensorRT optimisation profile MIN:OPT:MAX.")
+@click.option("--hardware-compat", type=click.Choice(["ampere+"]), default=None,
+              help="Build a plan that runs on every Ampere-or-newer GPU (e.g. built on an H100, run on an A10G).")
+@click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_TIMING_CACHE,
+              show_default=True, help="Persistent TensorRT timing cache (read and updated).")
+@click.option("--no-check", is_flag=True, help="Skip the Polygraphy comparison against eager PyTorch fp32.")
+def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, patch_embeddings, batch, hardware_compat,
+         timing_cache, no_check) -> None:  # fmt: skip
+    """Export the Clay encoder with its normalisation folded in: raw pixels, lon/lat and date in.
+
+    Unless --no-check, every artifact is compared with eager PyTorch fp32 on generated chips and on a
+    chip of physically plausible extremes; the command fails (writing nothing) when any chip's cosine
+    is below 0.99999 (fp32), 0.999 (fp16 graph or plan) or 0.99 (int8).
+    """
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        options = ExportOptions(
+            out=out, checkpoint=checkpoint, size=size, random_weights=random_weights, groups=parse_groups(groups),
+            fp16=fp16, int8_cpu=int8_cpu, patch_embeddings=patch_embeddings, batch=BatchProfile.parse(batch),
+            hardware_compat=hardware_compat, timing_cache=timing_cache, check=not no_check,
+        )  # fmt: skip
+        if timing_cache is not None:
+            timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        report = export_artifacts(options, log=lambda line: click.echo(line, err=True))
+    except (ExportError, ValueError) as exc:
+        sys.exit(f"clay-export: {exc}")
+    for note in report.notes:
+        click.echo(f"clay-export: {note}", err=True)
+    for path in report.artifacts:
+        click.echo(str(path))
+
+
+if __name__ == "__main__":
+    main()

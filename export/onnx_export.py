@@ -1,0 +1,76 @@
+"""Tracing :class:`InferenceEncoder` to ONNX: dynamic batch, opset 17, simplified, self-describing."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from clay.runtime.metadata import EngineMetadata
+
+from .graph import InferenceEncoder
+
+OPSET = 17  # first opset with a native LayerNormalization
+INPUT_NAMES = ("pixels", "lonlat", "date")
+
+
+def sample_inputs(module: InferenceEncoder, batch: int = 2, chip_size: int = 512) -> tuple[torch.Tensor, ...]:
+    """Plausible tracing inputs (values only matter for constant folding checks, not the graph)."""
+    channels = sum(len(c) for c in module.channels.values())
+    pixels = torch.full((batch, channels, chip_size, chip_size), 1000.0)
+    lonlat = torch.tensor([[103.75, 17.92]]).repeat(batch, 1)
+    date = torch.tensor([[2020.0, 2.0, 23.0]]).repeat(batch, 1)
+    return pixels, lonlat, date
+
+
+def export_onnx(module: InferenceEncoder, path: Path, metadata: EngineMetadata) -> onnx.ModelProto:
+    """Write ``module`` as an ONNX file at ``path`` with ``metadata`` in its ``metadata_props``."""
+    names = (*INPUT_NAMES, *module.output_names)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, once per call
+        torch.onnx.export(
+            module,
+            sample_inputs(module),
+            str(path),
+            dynamo=False,
+            input_names=list(INPUT_NAMES),
+            output_names=list(module.output_names),
+            dynamic_axes={name: {0: "batch"} for name in names},
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+    model = simplify(onnx.load(str(path)))
+    model.producer_name = "clay-export"
+    del model.metadata_props[:]
+    for key, value in metadata.to_props().items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return model
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant folding and dead-node removal with onnxsim, keeping the batch dimension dynamic."""
+    from onnxsim import simplify as onnxsim_simplify
+
+    simplified, ok = onnxsim_simplify(model)
+    if not ok:
+        raise RuntimeError("onnxsim could not validate the simplified graph")
+    return onnx.shape_inference.infer_shapes(simplified, strict_mode=True)
+
+
+def read_metadata(path: Path) -> EngineMetadata:
+    model = onnx.load(str(path), load_external_data=False)
+    return EngineMetadata.from_props({p.key: p.value for p in model.metadata_props})
+
+
+def graph_op_types(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+
+
+def initializer_dtypes(path: Path) -> set[np.dtype]:
+    model = onnx.load(str(path))
+    return {onnx.helper.tensor_dtype_to_np_dtype(t.data_type) for t in model.graph.initializer}
