@@ -18,3 +18,29 @@ def torch_threads():
     torch = pytest.importorskip("torch")
     torch.set_num_threads(2)
     return torch
+
+
+def trained_like_tiny(seed: int = 0):
+    """A tiny model with non-trivial weights (LayerNorm affine included), closer to a trained one
+    than a fresh initialisation whose LayerNorms are identities."""
+    import torch
+
+    from clay.training.model import ClayMAE
+
+    torch.manual_seed(seed)
+    model = ClayMAE("tiny")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny checkpoint in the published Lightning layout (``state_dict`` with ``model.`` prefix)."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    state = {f"model.{k}": v for k, v in trained_like_tiny().state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 1, "hyper_parameters": {"size": "tiny"}}, path)
+    return path

@@ -21,28 +21,9 @@ from clay.training.bands import GROUP_NAMES, bands_of_groups  # noqa: E402
 from clay.training.model import ClayMAE, normalise  # noqa: E402
 from clay.training.synthetic import make_chips  # noqa: E402
 
+from .conftest import trained_like_tiny  # noqa: E402
+
 S2_GROUPS = ("rgb", "rededge", "nir", "swir")
-
-
-def trained_like_tiny(seed: int = 0) -> ClayMAE:
-    """A tiny model with non-trivial weights (LayerNorm affine included), closer to a trained one
-    than a fresh initialisation whose LayerNorms are identities."""
-    torch.manual_seed(seed)
-    model = ClayMAE("tiny")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(torch.randn_like(p) * 0.2)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A tiny checkpoint in the published Lightning layout (``state_dict`` with ``model.`` prefix)."""
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    state = {f"model.{k}": v for k, v in trained_like_tiny().state_dict().items()}
-    torch.save({"state_dict": state, "epoch": 1, "hyper_parameters": {"size": "tiny"}}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

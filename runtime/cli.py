@@ -1,0 +1,145 @@
+"""``clay-run``: GeoTIFF scenes → GeoParquet chip embeddings, on TensorRT or ONNX Runtime."""
+
+from __future__ import annotations
+
+import sys
+from datetime import date as Date
+from pathlib import Path
+
+import click
+
+from .engine import BACKENDS, EngineError, open_engine
+from .pipeline import RunOptions, embed_scene
+from .scene import EDGE_MODES, SceneError, open_scene, parse_date
+
+SCENE_SUFFIXES = (".tif", ".tiff")
+
+
+def expand_scenes(paths: tuple[Path, ...]) -> list[Path]:
+    scenes: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in SCENE_SUFFIXES)
+            if not found:
+                raise SceneError(f"{path}: no GeoTIFF files in this directory")
+            scenes.extend(found)
+        else:
+            scenes.append(path)
+    return scenes
+
+
+def output_paths(scenes: list[Path], out: Path | None) -> list[Path]:
+    """One ``<scene>.parquet`` per scene in ``out`` (a directory), or ``out`` itself for one scene
+    when it ends in ``.parquet``."""
+    if out is not None and out.suffix == ".parquet":
+        if len(scenes) > 1:
+            raise SceneError(f"{out}: several scenes need --out to be a directory")
+        targets = [out]
+    else:
+        folder = out or Path("clay-embeddings")
+        targets = [folder / f"{scene.stem}.parquet" for scene in scenes]
+    if len(set(targets)) != len(targets):
+        raise SceneError("two scenes have the same file name; run them into different --out directories")
+    return targets
+
+
+def ensure_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".clay-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise SceneError(f"{folder}: output directory is not writable ({exc.strerror or exc})") from None
+
+
+class Progress:
+    """tqdm bar on a terminal, a plain log line every ~10 % otherwise."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.seen, self.next_log = total, label, 0, 0.1
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit="chip", file=sys.stderr)
+
+    def __call__(self, chips: int, done: int) -> None:
+        self.seen += chips
+        if self.bar is not None:
+            self.bar.update(chips)
+        elif self.seen / max(self.total, 1) >= self.next_log or self.seen == self.total:
+            click.echo(f"{self.label}: {self.seen}/{self.total} chips", err=True)
+            self.next_log = self.seen / max(self.total, 1) + 0.1
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--engine", "engine_path", required=True, type=click.Path(path_type=Path),
+              help="clay.plan (TensorRT) or clay*.onnx (ONNX Runtime) written by clay-export.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output directory (default ./clay-embeddings), or a .parquet file for one scene.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="auto picks the fastest present: tensorrt for a .plan, else onnx-cuda, else onnx-cpu.")
+@click.option("--batch", "batch_size", type=click.IntRange(min=1), default=None,
+              help="Chips per engine call (default: the engine's preferred batch).")
+@click.option("--edge", type=click.Choice(EDGE_MODES), default="shift", show_default=True,
+              help="Right/bottom remainders: a last chip shifted inside the scene, padded (edge pixels "
+                   "replicated), or dropped (the Clay release). Scenes smaller than a chip are padded.")
+@click.option("--max-nodata", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Skip (and count) chips with a larger nodata fraction; nodata is filled with band means.")
+@click.option("--date", "date_text", default=None, help="Acquisition date YYYY-MM-DD (overrides the file's tags).")
+@click.option("--patch-embeddings", is_flag=True,
+              help="Also write <scene>.patches.parquet: one row per 32-px patch (engine exported with them).")
+@click.option("--resume", is_flag=True, help="Skip scenes whose output file is already complete.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for ONNX Runtime.")
+def main(scenes, engine_path, out, backend, batch_size, edge, max_nodata, date_text, patch_embeddings, resume,
+         threads) -> None:  # fmt: skip
+    """Embed GeoTIFF SCENES (files or directories) with a Clay engine into GeoParquet.
+
+    Each scene needs a CRS, the engine's bands (13 in Clay order, or named by band description:
+    B02…B12, VH, VV, DEM) and an acquisition date (a 'date' tag, the TIFF DateTime tag, or --date).
+    """
+    try:
+        date = parse_date(date_text) if date_text else None
+    except ValueError:
+        sys.exit(f"clay-run: --date {date_text}: expected YYYY-MM-DD")
+    try:
+        scene_paths = expand_scenes(scenes)
+        targets = output_paths(scene_paths, out)
+        engine = open_engine(engine_path, backend, threads)
+        opened = [open_scene(p, engine.metadata, date) for p in scene_paths]  # validate all before any work
+        for folder in {t.parent for t in targets}:
+            ensure_writable(folder)
+        click.echo(f"clay-run: engine {engine_path.name} on {engine.describe()}", err=True)
+        options = RunOptions(batch_size=batch_size, edge=edge, max_nodata=max_nodata, patch_embeddings=patch_embeddings)
+        totals = [0, 0, 0.0]
+        for scene, target in zip(opened, targets):
+            if resume and target.exists():
+                click.echo(f"clay-run: {scene.path.name}: {target} is complete, skipped (--resume)", err=True)
+                continue
+            progress = Progress(len(scene.chips(edge)), scene.path.name)
+            try:
+                result = embed_scene(engine, scene, target, options, progress)
+            finally:
+                progress.close()
+            totals[0] += result.chips_done
+            totals[1] += result.chips_skipped
+            totals[2] += result.seconds
+            click.echo(f"clay-run: {scene.path.name}: {result.chips_done} chips, {result.chips_skipped} skipped "
+                       f"(nodata > {max_nodata:g}), {result.chips_per_second:.2f} chips/s → {result.output}", err=True)  # fmt: skip
+    except (SceneError, EngineError) as exc:
+        sys.exit(f"clay-run: {exc}")
+    except KeyboardInterrupt:
+        sys.exit("clay-run: interrupted; finished scenes are kept, rerun with --resume to continue")
+    rate = totals[0] / totals[2] if totals[2] else 0.0
+    click.echo(f"clay-run: done: {totals[0]} chips, {totals[1]} skipped, {totals[2]:.1f} s, {rate:.2f} chips/s, "
+               f"backend {engine.backend}, output {targets[0].parent if len(targets) > 1 else targets[0]}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

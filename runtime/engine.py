@@ -1,0 +1,239 @@
+"""Inference backends behind one small interface: TensorRT plans and ONNX Runtime (CUDA or CPU).
+
+Every backend takes the exported graph's inputs as numpy arrays and returns numpy outputs, so the
+scene pipeline and services embedding us never see which one runs. Torch-free on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from .metadata import EngineMetadata, MetadataError
+
+BACKENDS = ("auto", "tensorrt", "onnx-cuda", "onnx-cpu")
+
+
+class EngineError(RuntimeError):
+    """An engine file that cannot be used; the message names the file and the reason."""
+
+
+class Engine(ABC):
+    """A loaded Clay encoder. ``infer`` is thread-safe (calls are serialised by a lock)."""
+
+    backend: str
+    metadata: EngineMetadata
+    preferred_batch: int
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def infer(self, pixels: np.ndarray, lonlat: np.ndarray, date: np.ndarray) -> dict[str, np.ndarray]:
+        """``pixels [B, C, 512, 512]`` raw float32, ``lonlat [B, 2]`` degrees, ``date [B, 3]`` Y-M-D
+        → ``{"embedding": [B, dim], "patch_embeddings": [B, G, 16, 16, dim] (if exported)}``."""
+        with self._lock:
+            return self._infer(
+                np.ascontiguousarray(pixels, dtype=np.float32),
+                np.ascontiguousarray(lonlat, dtype=np.float32),
+                np.ascontiguousarray(date, dtype=np.float32),
+            )
+
+    @abstractmethod
+    def _infer(self, pixels: np.ndarray, lonlat: np.ndarray, date: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def describe(self) -> str:
+        m = self.metadata
+        return f"{self.backend} ({m.model_size}, {m.precision}, {len(m.bands)} bands, {m.weights})"
+
+
+class OnnxEngine(Engine):
+    """ONNX Runtime. On CUDA, inputs and outputs go through I/O binding (one copy each way)."""
+
+    def __init__(self, path: Path, metadata: EngineMetadata, cuda: bool, threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception zoo
+            raise EngineError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)})") from None
+        self.backend = "onnx-cuda" if cuda else "onnx-cpu"
+        self.metadata = metadata
+        self.preferred_batch = 8 if cuda else 2
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def _infer(self, pixels, lonlat, date):
+        feeds = {"pixels": pixels, "lonlat": lonlat, "date": date}
+        if self.backend == "onnx-cpu":
+            return dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        for name in self._outputs:
+            binding.bind_output(name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self._outputs, binding.copy_outputs_to_cpu()))
+
+
+class TensorRTEngine(Engine):
+    """A serialized TensorRT plan (+ its ``.json`` metadata sidecar), TensorRT 10/11 API.
+
+    Device buffers for the profile's largest batch and page-locked host buffers are allocated once;
+    every call copies in, runs and copies out asynchronously on one CUDA stream.
+    """
+
+    def __init__(self, path: Path, metadata: EngineMetadata) -> None:
+        super().__init__()
+        import tensorrt as trt
+
+        self._cudart = _import_cudart()
+        self.backend, self.metadata = "tensorrt", metadata
+        logger = trt.Logger(trt.Logger.WARNING)
+        self._engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
+        if self._engine is None:
+            raise EngineError(f"{path}: TensorRT cannot deserialize it (built by another TensorRT version or GPU?)")
+        self._context = self._engine.create_execution_context()
+        self._stream = _cuda_check(self._cudart.cudaStreamCreate())
+        _, opt, max_shape = self._engine.get_tensor_profile_shape("pixels", 0)
+        self.preferred_batch, self._max_batch = int(opt[0]), int(max_shape[0])
+        self._names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        self._outputs = [n for n in self._names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._host, self._device = {}, {}
+        shapes = self._max_shapes()
+        for name in self._names:
+            nbytes = int(np.prod(shapes[name])) * 4
+            self._device[name] = _cuda_check(self._cudart.cudaMalloc(nbytes))
+            pointer = _cuda_check(self._cudart.cudaMallocHost(nbytes))
+            self._host[name] = np.ctypeslib.as_array(
+                (np.ctypeslib.ctypes.c_float * (nbytes // 4)).from_address(pointer)
+            )
+            self._context.set_tensor_address(name, self._device[name])
+
+    def _max_shapes(self) -> dict[str, tuple[int, ...]]:
+        m, b = self.metadata, self._max_batch
+        shapes = {"pixels": (b, len(m.bands), m.chip_size, m.chip_size), "lonlat": (b, 2), "date": (b, 3),
+                  "embedding": (b, m.dim)}  # fmt: skip
+        grid = m.chip_size // m.patch_size
+        shapes["patch_embeddings"] = (b, len(m.groups), grid, grid, m.dim)
+        return shapes
+
+    def _infer(self, pixels, lonlat, date):
+        cudart, batch = self._cudart, pixels.shape[0]
+        if batch > self._max_batch:
+            raise EngineError(f"batch {batch} exceeds the plan's optimisation profile maximum {self._max_batch}")
+        kind = cudart.cudaMemcpyKind
+        for name, array in (("pixels", pixels), ("lonlat", lonlat), ("date", date)):
+            self._context.set_input_shape(name, array.shape)
+            host = self._host[name][: array.size]
+            host[:] = array.ravel()
+            cudart.cudaMemcpyAsync(self._device[name], host.ctypes.data, array.nbytes, kind.cudaMemcpyHostToDevice, self._stream)
+        if not self._context.execute_async_v3(self._stream):
+            raise EngineError("TensorRT execution failed")
+        results = {}
+        for name in self._outputs:
+            shape = tuple(self._context.get_tensor_shape(name))
+            host = self._host[name][: int(np.prod(shape))]
+            cudart.cudaMemcpyAsync(host.ctypes.data, self._device[name], host.nbytes, kind.cudaMemcpyDeviceToHost, self._stream)
+            results[name] = host.reshape(shape)
+        _cuda_check(cudart.cudaStreamSynchronize(self._stream))
+        return {name: array.copy() for name, array in results.items()}
+
+
+def read_engine_metadata(path: Path) -> EngineMetadata:
+    """The Clay metadata of an ``.onnx`` file (``metadata_props``) or a ``.plan`` (its JSON sidecar)."""
+    if not path.is_file():
+        raise EngineError(f"{path}: no such engine file")
+    try:
+        if path.suffix == ".plan":
+            sidecar = path.with_name(path.name + ".json")
+            if not sidecar.is_file():
+                raise EngineError(f"{path}: no metadata sidecar {sidecar.name} next to the plan")
+            return EngineMetadata.from_dict(json.loads(sidecar.read_text()))
+        return EngineMetadata.from_props(_onnx_metadata_props(path))
+    except (MetadataError, json.JSONDecodeError) as exc:
+        raise EngineError(f"{path}: {exc}") from None
+
+
+def _onnx_metadata_props(path: Path) -> dict[str, str]:
+    """``metadata_props`` through ONNX Runtime's own reader, so the runtime needs no ``onnx`` package."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001
+        raise EngineError(f"{path}: not an ONNX model ONNX Runtime can read ({_first_line(exc)})") from None
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def available_backends() -> list[str]:
+    """Backends usable on this machine, fastest first."""
+    found = []
+    try:
+        import tensorrt  # noqa: F401
+
+        _import_cudart()
+        found.append("tensorrt")
+    except ImportError:
+        pass
+    try:
+        import onnxruntime as ort
+
+        providers = ort.get_available_providers()
+        if "CUDAExecutionProvider" in providers:
+            found.append("onnx-cuda")
+        found.append("onnx-cpu")
+    except ImportError:
+        pass
+    return found
+
+
+def open_engine(path: str | Path, backend: str = "auto", threads: int | None = None) -> Engine:
+    """Load an engine: ``.plan`` → TensorRT; ``.onnx`` → ONNX Runtime CUDA if present, else CPU."""
+    path = Path(path)
+    if backend not in BACKENDS:
+        raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    metadata = read_engine_metadata(path)
+    present = available_backends()
+    if path.suffix == ".plan":
+        if backend not in ("auto", "tensorrt"):
+            raise EngineError(f"{path}: a TensorRT plan runs only on --backend tensorrt")
+        if "tensorrt" not in present:
+            raise EngineError(f"{path}: TensorRT (and cuda-python) are not installed; use the .onnx artifact instead")
+        return TensorRTEngine(path, metadata)
+    if backend == "tensorrt":
+        raise EngineError(f"{path}: --backend tensorrt needs a .plan built by clay-export --fp16 on a GPU")
+    if backend == "onnx-cuda" and "onnx-cuda" not in present:
+        raise EngineError("--backend onnx-cuda: onnxruntime-gpu with a CUDA GPU is not available here")
+    use_cuda = backend == "onnx-cuda" or (backend == "auto" and "onnx-cuda" in present)
+    return OnnxEngine(path, metadata, cuda=use_cuda, threads=threads)
+
+
+def _import_cudart():
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        from cuda import cudart
+    return cudart
+
+
+def _cuda_check(result):
+    error, *values = result if isinstance(result, tuple) else (result,)
+    if int(error) != 0:
+        raise EngineError(f"CUDA error {error}")
+    return values[0] if values else None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__

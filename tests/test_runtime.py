@@ -1,0 +1,246 @@
+"""clay-run and the Python API: scenes to GeoParquet, equal to eager PyTorch, and bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+from pyproj import Transformer
+from shapely import from_wkb
+from shapely.geometry import box
+
+from clay.runtime import ClayEmbedder, RunOptions
+from clay.training.bands import GROUP_NAMES, S2_BANDS
+
+S2_GROUPS = ("rgb", "rededge", "nir", "swir")
+from clay.training.synthetic import write_scene
+
+from .conftest import trained_like_tiny
+
+torch = pytest.importorskip("torch", reason="the engines under test are exported with the [export] extra")
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint, tmp_path_factory) -> Path:
+    from clay.export.artifacts import ExportOptions, export_artifacts
+
+    out = tmp_path_factory.mktemp("engine")
+    export_artifacts(ExportOptions(out=out, checkpoint=checkpoint, groups=GROUP_NAMES, patch_embeddings=True),
+                     log=lambda _: None)  # fmt: skip
+    return out / "clay.onnx"
+
+
+@pytest.fixture(scope="module")
+def s2_engine(checkpoint, tmp_path_factory) -> Path:
+    from clay.export.artifacts import ExportOptions, export_artifacts
+
+    out = tmp_path_factory.mktemp("s2engine")
+    export_artifacts(ExportOptions(out=out, checkpoint=checkpoint, groups=S2_GROUPS), log=lambda _: None)
+    return out / "clay.onnx"
+
+
+def clay_run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clay.runtime.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, **kwargs)  # fmt: skip
+
+
+def eager_chip(path: Path, row: int, col: int, lonlat, groups=GROUP_NAMES) -> np.ndarray:
+    from clay.training.bands import bands_of_groups
+    from clay.training.model import normalise
+
+    with rasterio.open(path) as src:
+        pixels = src.read(window=rasterio.windows.Window(col, row, 512, 512), out_dtype="float32")[None]
+        day = [float(v) for v in src.tags()["date"].split("-")]
+    model = trained_like_tiny()
+    cube = normalise(torch.from_numpy(pixels), bands_of_groups(groups))
+    with torch.no_grad():
+        chip, _ = model.encoder.embed(cube, torch.tensor([lonlat]), torch.tensor([day]), groups)
+    return chip[0].numpy()
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def scene_footprint_wgs84(path: Path):
+    with rasterio.open(path) as src:
+        to_wgs84 = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True)
+        b = src.bounds
+    xs, ys = np.meshgrid(np.linspace(b.left, b.right, 50), np.linspace(b.bottom, b.top, 50))
+    lon, lat = to_wgs84.transform(xs.ravel(), ys.ravel())
+    return box(min(lon), min(lat), max(lon), max(lat))
+
+
+def test_scene_embeddings_equal_eager_and_geometries_lie_inside(engine, tmp_path):
+    scene = write_scene(tmp_path / "scene.tif", 1300, 900, seed=3, nodata_fraction=0.05)
+    out = tmp_path / "out.parquet"
+    result = clay_run(scene, "--engine", engine, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "chips/s" in result.stdout
+    table = pq.read_table(out)
+    assert table.num_rows == 3 * 2  # shifted edge chips: cols 0, 512, 788; rows 0, 388
+    assert sorted(set(table["col"].to_pylist())) == [0, 512, 788]
+    assert sorted(set(table["row"].to_pylist())) == [0, 388]
+    assert table.schema.field("embeddings").type.list_size == 256
+    footprint = scene_footprint_wgs84(scene)
+    for row in table.to_pylist():
+        polygon = from_wkb(row["geometry"])
+        assert footprint.buffer(1e-9).contains(polygon)
+        if row["nodata_fraction"] == 0:
+            lonlat = [polygon.centroid.x, polygon.centroid.y]
+            expected = eager_chip(scene, row["row"], row["col"], lonlat)
+            assert cosine(np.array(row["embeddings"]), expected) >= 0.99999
+    assert (np.array(table["nodata_fraction"]) > 0).any()
+
+
+def test_uint16_s2_scene_runs_on_an_s2_engine_and_equals_eager(engine, s2_engine, tmp_path):
+    scene = write_scene(tmp_path / "s2.tif", 1300, 900, dtype="uint16", bands=S2_BANDS, nodata_fraction=0.05)
+    result = clay_run(scene, "--engine", engine, "--out", tmp_path / "o.parquet")  # 13-band engine: refused
+    assert result.returncode != 0
+    assert "lacks band(s) VH, VV, DEM" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o.parquet").exists()
+    result = clay_run(scene, "--engine", s2_engine, "--out", tmp_path / "o.parquet")
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(tmp_path / "o.parquet")
+    assert table.num_rows == 6 and (np.array(table["nodata_fraction"]) > 0).any()
+    for row in table.to_pylist():
+        if row["nodata_fraction"] == 0:
+            centre = from_wkb(row["geometry"]).centroid
+            expected = eager_chip(scene, row["row"], row["col"], [centre.x, centre.y], S2_GROUPS)
+            assert cosine(np.array(row["embeddings"]), expected) >= 0.99999
+
+
+def test_small_scene_is_padded_and_geoparquet_opens_in_geopandas(engine, tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    scene = write_scene(tmp_path / "small.tif", 300, 300, seed=5)
+    out = tmp_path / "small.parquet"
+    assert clay_run(scene, "--engine", engine, "--out", out, "--patch-embeddings").returncode == 0
+    frame = gpd.read_parquet(out)
+    assert len(frame) == 1 and frame.crs.to_epsg() == 4326 or frame.crs.to_string() == "OGC:CRS84"
+    assert scene_footprint_wgs84(scene).buffer(1e-9).contains(frame.geometry.iloc[0])
+    patches = gpd.read_parquet(tmp_path / "small.patches.parquet")
+    assert len(patches) == 10 * 10  # ceil(300 / 32) cells per side hold real pixels
+    assert np.isfinite(np.stack(patches["embeddings"].to_numpy())).all()
+
+
+@pytest.mark.parametrize(("edge", "count"), [("shift", 6), ("pad", 6), ("drop", 2)])
+def test_edge_modes_cover_right_and_bottom_remainders(engine, tmp_path, edge, count):
+    scene = write_scene(tmp_path / "s.tif", 1300, 900, seed=6)
+    embedder = ClayEmbedder(engine)
+    table = embedder.embed_scene(scene, options=RunOptions(edge=edge))
+    assert table.num_rows == count
+
+
+def test_chips_above_max_nodata_are_skipped_and_counted(engine, tmp_path):
+    scene = write_scene(tmp_path / "holes.tif", 1024, 1024, seed=7, nodata_fraction=0.3)  # bottom-right chip all NaN
+    result = clay_run(scene, "--engine", engine, "--out", tmp_path / "h.parquet")
+    assert result.returncode == 0, result.stderr
+    assert "3 chips, 1 skipped" in result.stderr
+    assert pq.read_table(tmp_path / "h.parquet").num_rows == 3
+
+
+def test_scenes_in_two_utm_zones_in_one_run(engine, tmp_path):
+    a = write_scene(tmp_path / "a.tif", 512, 512, crs="EPSG:32648", seed=1)
+    b = write_scene(tmp_path / "b.tif", 512, 512, crs="EPSG:32633", origin=(500000, 4650000), seed=2)
+    out = tmp_path / "both"
+    result = clay_run(a, b, "--engine", engine, "--out", out)
+    assert result.returncode == 0, result.stderr
+    lon_a = from_wkb(pq.read_table(out / "a.parquet")["geometry"][0].as_py()).centroid.x
+    lon_b = from_wkb(pq.read_table(out / "b.parquet")["geometry"][0].as_py()).centroid.x
+    assert 102 < lon_a < 106 and 14 < lon_b < 16
+
+
+def test_api_embeds_arrays_and_refuses_wrong_shapes(engine):
+    embedder = ClayEmbedder(engine)
+    from clay.training.synthetic import make_chips
+
+    pixels, lonlat, date = make_chips(2, seed=9)
+    vectors = embedder.embed(pixels, lonlat, date)
+    assert vectors.shape == (2, 256) and vectors.dtype == np.float32
+    with pytest.raises(ValueError, match=r"pixels must be \[B, 13, 512, 512\]"):
+        embedder.embed(pixels[:, :12], lonlat, date)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: write_scene(p, 600, 600, band_count=12, band_descriptions=False), "12 bands without band descriptions"),
+        (lambda p: write_scene(p, 600, 600, with_crs=False), "no CRS"),
+        (lambda p: write_scene(p, 600, 600, with_date_tag=False), "no acquisition date"),
+        (lambda p: write_scene(p, 600, 600, nodata_fraction=1.0), "every chip has more than 50% nodata"),
+        (lambda p: p.write_bytes(b"II*\x00garbage"), "not a readable GeoTIFF"),
+        (lambda p: _uint8_scene(p), "unsupported data type uint8"),
+    ],
+)
+def test_bad_scenes_are_one_line_and_leave_no_file(engine, tmp_path, make, message):
+    scene = tmp_path / "bad.tif"
+    make(scene)
+    result = clay_run(scene, "--engine", engine, "--out", tmp_path / "out")
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 or "bad.tif" in result.stderr.strip().splitlines()[-1]
+    assert not any((tmp_path / "out").glob("*.parquet")) if (tmp_path / "out").exists() else True
+
+
+def _uint8_scene(path: Path) -> None:
+    profile = {"driver": "GTiff", "width": 600, "height": 600, "count": 13, "dtype": "uint8", "crs": "EPSG:32648",
+               "transform": rasterio.transform.from_origin(0, 0, 10, 10)}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.ones((13, 600, 600), np.uint8))
+        dst.update_tags(date="2020-01-01")
+
+
+def test_bad_engines_and_outputs_are_one_line(engine, tmp_path):
+    scene = write_scene(tmp_path / "s.tif", 512, 512)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not an onnx file")
+    result = clay_run(scene, "--engine", junk)
+    assert result.returncode != 0 and "junk.onnx" in result.stderr and "Traceback" not in result.stderr
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    result = clay_run(scene, "--engine", engine, "--out", blocker / "dir")
+    assert result.returncode != 0 and "not writable" in result.stderr and "Traceback" not in result.stderr
+    result = clay_run(scene, "--engine", engine, "--date", "23/02/2020")
+    assert result.returncode != 0 and "expected YYYY-MM-DD" in result.stderr
+
+
+def test_killed_run_leaves_no_finished_looking_file_and_resume_continues(engine, tmp_path):
+    first = write_scene(tmp_path / "first.tif", 512, 512, seed=1)
+    big = write_scene(tmp_path / "big.tif", 2560, 2560, seed=2)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "clay.runtime.cli", str(first), str(big), "--engine", str(engine),
+                                "--out", str(out), "--batch", "1"], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "big.parquet.partial").exists():
+        time.sleep(0.2)
+    assert (out / "big.parquet.partial").exists()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (out / "first.parquet").exists() and not (out / "big.parquet").exists()
+    result = clay_run(first, big, "--engine", engine, "--out", out, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert "first.tif: " in result.stderr and "skipped (--resume)" in result.stderr
+    assert pq.read_table(out / "big.parquet").num_rows == 25
+
+
+def test_runtime_does_not_import_torch(engine, tmp_path):
+    scene = write_scene(tmp_path / "s.tif", 600, 600)
+    code = (
+        "import sys\n"
+        "from clay.runtime import ClayEmbedder\n"
+        f"table = ClayEmbedder({str(engine)!r}).embed_scene({str(scene)!r})\n"
+        "assert table.num_rows == 4, table.num_rows\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": ""})  # fmt: skip
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
