@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 
 torch = pytest.importorskip("torch", reason="training tests need the [training] extra")
 pytest.importorskip("lightning", reason="training tests need the [training] extra")
