@@ -141,3 +141,18 @@ def write_scene(
 def write_chip(path: str | Path, **kwargs) -> Path:
     """A 512 × 512 chip file like the release's training chips (float32 by default)."""
     return write_scene(path, CHIP_SIZE, CHIP_SIZE, **kwargs)
+
+
+def main() -> None:
+    """``python -m clay.training.synthetic OUT.tif [WIDTH HEIGHT]``: write a generated 13-band scene."""
+    import sys
+
+    args = sys.argv[1:]
+    if not args or len(args) not in (1, 3):
+        sys.exit("usage: python -m clay.training.synthetic OUT.tif [WIDTH HEIGHT]")
+    width, height = (int(args[1]), int(args[2])) if len(args) == 3 else (1300, 900)
+    print(write_scene(args[0], width, height, seed=0, nodata_fraction=0.02))
+
+
+if __name__ == "__main__":
+    main()
