@@ -169,7 +169,7 @@ def match_bands(path: Path, descriptions, count: int, wanted: tuple[str, ...]) -
         missing = [b for b in wanted if b not in named]
         if missing:
             raise SceneError(
-                f"{path}: lacks band(s) {', '.join(missing)} that the engine needs (scene has {', '.join(named)})"
+                f"{path}: lacks band(s) {', '.join(missing)} (the file has {', '.join(named)})"
             )
         return tuple(named[b] for b in wanted)
     if count != len(BAND_NAMES):

@@ -40,7 +40,7 @@ def test_chip_reads_normalised_with_its_place_and_date(chip_dir):
 @pytest.mark.parametrize(
     ("kwargs", "reason"),
     [
-        ({"band_count": 12, "band_descriptions": False}, "12 bands without band names, expected 13"),
+        ({"band_count": 12, "band_descriptions": False}, "12 bands without band descriptions, expected 13"),
         ({"with_crs": False}, "no CRS"),
         ({"with_date_tag": False}, "no acquisition date"),
     ],

@@ -13,7 +13,6 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date as Date
 from pathlib import Path
 
 import lightning as L
@@ -25,7 +24,9 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset
 
-from .bands import BAND_MEANS, BAND_NAMES, BAND_STDS, CHIP_SIZE, GROUP_NAMES, bands_of_groups, canonical_band_name
+from clay.runtime.scene import SceneError, match_bands, parse_date
+
+from .bands import BAND_MEANS, BAND_NAMES, BAND_STDS, CHIP_SIZE, GROUP_NAMES, bands_of_groups
 from .bands import parse_groups as _parse_groups
 
 log = logging.getLogger(__name__)
@@ -52,27 +53,10 @@ def read_date_tag(tags: dict[str, str], path: Path) -> tuple[int, int, int]:
     if not text:
         raise ChipError(f"{path}: no acquisition date (no 'date' tag and no TIFF DateTime)")
     try:
-        day = Date.fromisoformat(text.strip()[:10].replace(":", "-"))
+        day = parse_date(text)
     except ValueError:
         raise ChipError(f"{path}: date tag {text!r} is not YYYY-MM-DD") from None
     return day.year, day.month, day.day
-
-
-def band_indexes_for(
-    descriptions: Sequence[str | None], count: int, wanted: Sequence[int], path: Path
-) -> tuple[int, ...]:
-    """1-based indexes of the ``wanted`` spec bands: by band description when the file names its
-    bands, else by position in a 13-band file."""
-    named = {canonical_band_name(d): i + 1 for i, d in enumerate(descriptions) if d}
-    named.pop(None, None)
-    if named:
-        missing = [BAND_NAMES[b] for b in wanted if BAND_NAMES[b] not in named]
-        if missing:
-            raise ChipError(f"{path}: lacks band(s) {', '.join(missing)}")
-        return tuple(named[BAND_NAMES[b]] for b in wanted)
-    if count != len(BAND_NAMES):
-        raise ChipError(f"{path}: {count} bands without band names, expected {len(BAND_NAMES)} (B02…DEM)")
-    return tuple(b + 1 for b in wanted)
 
 
 def inspect_chip(path: str | Path, groups: Sequence[str], chip_size: int = CHIP_SIZE) -> ChipFile:
@@ -84,9 +68,12 @@ def inspect_chip(path: str | Path, groups: Sequence[str], chip_size: int = CHIP_
                 raise ChipError(f"{path}: no CRS")
             if src.height < chip_size or src.width < chip_size:
                 raise ChipError(f"{path}: {src.width}×{src.height} px is smaller than a {chip_size}² chip")
-            indexes = band_indexes_for(src.descriptions, src.count, bands_of_groups(groups), path)
+            wanted = tuple(BAND_NAMES[b] for b in bands_of_groups(groups))
+            indexes = match_bands(path, src.descriptions, src.count, wanted)
             day = read_date_tag(src.tags(), path)
             return ChipFile(path, indexes, day, src.height, src.width)
+    except SceneError as exc:
+        raise ChipError(str(exc)) from None
     except RasterioError as exc:
         raise ChipError(f"{path}: not a readable GeoTIFF ({exc})") from None
 
