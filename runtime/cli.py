@@ -9,25 +9,9 @@ import click
 
 from .engine import BACKENDS, EngineError, open_engine
 from .pipeline import RunOptions, embed_scene
-from .scene import EDGE_MODES, SceneError, open_scene, parse_date
+from .scene import EDGE_MODES, SAR_UNITS, SceneError, SceneFiles, discover_scenes, gsd_warning, open_scene, parse_date
 
-SCENE_SUFFIXES = (".tif", ".tiff")
-
-
-def expand_scenes(paths: tuple[Path, ...]) -> list[Path]:
-    scenes: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in SCENE_SUFFIXES)
-            if not found:
-                raise SceneError(f"{path}: no GeoTIFF files in this directory")
-            scenes.extend(found)
-        else:
-            scenes.append(path)
-    return scenes
-
-
-def output_paths(scenes: list[Path], out: Path | None) -> list[Path]:
+def output_paths(scenes: list[SceneFiles], out: Path | None) -> list[Path]:
     """One ``<scene>.parquet`` per scene in ``out`` (a directory), or ``out`` itself for one scene
     when it ends in ``.parquet``."""
     if out is not None and out.suffix == ".parquet":
@@ -36,7 +20,7 @@ def output_paths(scenes: list[Path], out: Path | None) -> list[Path]:
         targets = [out]
     else:
         folder = out or Path("clay-embeddings")
-        targets = [folder / f"{scene.stem}.parquet" for scene in scenes]
+        targets = [folder / f"{scene.name}.parquet" for scene in scenes]
     if len(set(targets)) != len(targets):
         raise SceneError("two scenes have the same file name; run them into different --out directories")
     return targets
@@ -94,24 +78,41 @@ class Progress:
 @click.option("--date", "date_text", default=None, help="Acquisition date YYYY-MM-DD (overrides the file's tags).")
 @click.option("--patch-embeddings", is_flag=True,
               help="Also write <scene>.patches.parquet: one row per 32-px patch (engine exported with them).")
+@click.option("--sar-units", type=click.Choice(SAR_UNITS), default="auto", show_default=True,
+              help="Units of VH/VV. Clay v0 expects linear power; dB is converted (10^(dB/10)) while reading. "
+                   "auto: the band's unit metadata, else refuse a mostly negative (dB) band.")
+@click.option("--s2-offset", type=float, default=0.0, show_default=True,
+              help="Subtract this from S2 DNs, e.g. 1000 for L2A baseline 04.00+ (from 2022-01-25). Off by default: "
+                   "Clay v0 was trained on such data without removing the offset.")
 @click.option("--resume", is_flag=True, help="Skip scenes whose output file is already complete.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for ONNX Runtime.")
-def main(scenes, engine_path, out, backend, batch_size, edge, max_nodata, date_text, patch_embeddings, resume,
-         threads) -> None:  # fmt: skip
-    """Embed GeoTIFF SCENES (files or directories) with a Clay engine into GeoParquet.
+def main(scenes, engine_path, out, backend, batch_size, edge, max_nodata, date_text, patch_embeddings, sar_units,
+         s2_offset, resume, threads) -> None:  # fmt: skip
+    """Embed GeoTIFF SCENES with a Clay engine into GeoParquet.
 
-    Each scene needs a CRS, the engine's bands (13 in Clay order, or named by band description:
-    B02…B12, VH, VV, DEM) and an acquisition date (a 'date' tag, the TIFF DateTime tag, or --date).
+    A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
+    given together or found in one folder (sub-folders too: an S2 and an S1 product side by side);
+    they are warped bilinearly onto the grid of the finest file while reading. A folder of
+    multi-band files gives one scene per file.
+
+    Each scene needs a CRS, the engine's bands (13 in Clay order, or named by band description or
+    file name: B02…B12, VH, VV, DEM; extra bands are ignored) and an acquisition date (a 'date'
+    tag, the TIFF DateTime tag, or --date).
     """
     try:
         date = parse_date(date_text) if date_text else None
     except ValueError:
         sys.exit(f"clay-run: --date {date_text}: expected YYYY-MM-DD")
     try:
-        scene_paths = expand_scenes(scenes)
-        targets = output_paths(scene_paths, out)
+        scene_files = discover_scenes(scenes)
+        targets = output_paths(scene_files, out)
         engine = open_engine(engine_path, backend, threads)
-        opened = [open_scene(p, engine.metadata, date) for p in scene_paths]  # validate all before any work
+        # validate every scene before any work starts
+        opened = [open_scene(s, engine.metadata, date, sar_units, s2_offset) for s in scene_files]
+        for scene in opened:
+            warning = gsd_warning(scene)
+            if warning:
+                click.echo(f"clay-run: warning: {warning}", err=True)
         for folder in {t.parent for t in targets}:
             ensure_writable(folder)
         click.echo(f"clay-run: engine {engine_path.name} on {engine.describe()}", err=True)
@@ -119,9 +120,9 @@ def main(scenes, engine_path, out, backend, batch_size, edge, max_nodata, date_t
         totals = [0, 0, 0.0]
         for scene, target in zip(opened, targets):
             if resume and target.exists():
-                click.echo(f"clay-run: {scene.path.name}: {target} is complete, skipped (--resume)", err=True)
+                click.echo(f"clay-run: {scene.name}: {target} is complete, skipped (--resume)", err=True)
                 continue
-            progress = Progress(len(scene.chips(edge)), scene.path.name)
+            progress = Progress(len(scene.chips(edge)), scene.name)
             try:
                 result = embed_scene(engine, scene, target, options, progress)
             finally:
@@ -129,7 +130,7 @@ def main(scenes, engine_path, out, backend, batch_size, edge, max_nodata, date_t
             totals[0] += result.chips_done
             totals[1] += result.chips_skipped
             totals[2] += result.seconds
-            click.echo(f"clay-run: {scene.path.name}: {result.chips_done} chips, {result.chips_skipped} skipped "
+            click.echo(f"clay-run: {scene.name}: {result.chips_done} chips, {result.chips_skipped} skipped "
                        f"(nodata > {max_nodata:g}), {result.chips_per_second:.2f} chips/s → {result.output}", err=True)  # fmt: skip
     except (SceneError, EngineError) as exc:
         sys.exit(f"clay-run: {exc}")

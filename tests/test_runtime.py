@@ -227,7 +227,7 @@ def test_killed_run_leaves_no_finished_looking_file_and_resume_continues(engine,
     assert (out / "first.parquet").exists() and not (out / "big.parquet").exists()
     result = clay_run(first, big, "--engine", engine, "--out", out, "--resume")
     assert result.returncode == 0, result.stderr
-    assert "first.tif: " in result.stderr and "skipped (--resume)" in result.stderr
+    assert "first: " in result.stderr and "skipped (--resume)" in result.stderr
     assert pq.read_table(out / "big.parquet").num_rows == 25
 
 
