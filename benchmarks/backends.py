@@ -1,0 +1,90 @@
+"""The contenders, each a callable ``run(pixels, lonlat, date) -> embeddings`` on the same chips.
+
+Eager PyTorch as Clay users run it today (explicit softmax attention, fp32) is the baseline; the
+project's SDPA encoder with bf16 autocast is the best eager PyTorch a user could write on a CPU with
+bf16; then every exported artifact on ONNX Runtime and TensorRT where present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clay.runtime.engine import EngineError, available_backends, open_engine
+from clay.training.bands import bands_of_groups
+from clay.training.cli import cpu_has_bf16
+from clay.training.model import ClayMAE, normalise, set_attention
+
+Runner = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass
+class Backend:
+    name: str
+    description: str
+    precision: str  # which peak applies: fp32 | bf16 | fp16 | int8
+    run: Runner | None = None
+    absent: str | None = None  # why it could not run here
+
+
+def eager_backend(model: ClayMAE, groups, attention: str, autocast: torch.dtype | None, device: str) -> Runner:
+    encoder = set_attention(model.encoder, attention).to(device)
+    bands = bands_of_groups(groups)
+
+    def run(pixels, lonlat, date):
+        cube = normalise(torch.from_numpy(pixels).to(device), bands)
+        context = torch.autocast(device, dtype=autocast) if autocast else contextlib.nullcontext()
+        with torch.inference_mode(), context:
+            chip, _ = encoder.embed(cube, torch.from_numpy(lonlat).to(device), torch.from_numpy(date).to(device), groups)
+        return chip.float().cpu().numpy()
+
+    return run
+
+
+def eager_backends(model: ClayMAE, groups, device: str) -> list[Backend]:
+    import copy
+
+    backends = [
+        Backend("eager-fp32-clay", "PyTorch eager fp32, explicit softmax attention (Clay's own code path)", "fp32",
+                eager_backend(copy.deepcopy(model), groups, "explicit", None, device)),
+        Backend("eager-fp32-sdpa", "PyTorch eager fp32, scaled_dot_product_attention", "fp32",
+                eager_backend(copy.deepcopy(model), groups, "sdpa", None, device)),
+    ]  # fmt: skip
+    if device == "cpu":
+        bf16 = Backend("eager-bf16-sdpa", "PyTorch eager, SDPA + bf16 autocast (best eager on this CPU)", "bf16")
+        if cpu_has_bf16():
+            bf16.run = eager_backend(copy.deepcopy(model), groups, "sdpa", torch.bfloat16, device)
+        else:
+            bf16.absent = "this CPU has no avx512_bf16/AMX: bf16 autocast would be emulated"
+        backends.append(bf16)
+    else:
+        backends.append(Backend("eager-fp16-sdpa", "PyTorch eager, SDPA + fp16 autocast", "fp16",
+                                eager_backend(copy.deepcopy(model), groups, "sdpa", torch.float16, device)))  # fmt: skip
+    return backends
+
+
+def engine_backend(name: str, description: str, precision: str, artifact: Path, backend: str, threads: int) -> Backend:
+    if not artifact.exists():
+        return Backend(name, description, precision, absent=f"{artifact.name} was not built here")
+    present = available_backends()
+    if backend not in present:
+        return Backend(name, description, precision, absent=f"{backend} is not available on this machine")
+    try:
+        engine = open_engine(artifact, backend, threads)
+    except EngineError as exc:
+        return Backend(name, description, precision, absent=str(exc))
+    return Backend(name, description, precision, lambda p, ll, d: engine.infer(p, ll, d)["embedding"])
+
+
+def artifact_backends(folder: Path, threads: int) -> list[Backend]:
+    return [
+        engine_backend("onnx-cpu-fp32", "ONNX Runtime CPU, fp32 graph", "fp32", folder / "clay.onnx", "onnx-cpu", threads),
+        engine_backend("onnx-cpu-int8", "ONNX Runtime CPU, dynamic int8", "int8", folder / "clay.int8.onnx", "onnx-cpu", threads),
+        engine_backend("onnx-cuda-fp16", "ONNX Runtime CUDA, fp16 graph", "fp16", folder / "clay.fp16.onnx", "onnx-cuda", threads),
+        engine_backend("tensorrt-fp16", "TensorRT, FP16 plan", "fp16", folder / "clay.plan", "tensorrt", threads),
+    ]  # fmt: skip

@@ -1,0 +1,100 @@
+"""Interleaved timing of every backend on the same chips, so machine drift cancels in the ratios.
+
+Each round runs every backend once, in an order rotated from round to round; a backend's speed-up
+in a round is its chips/s divided by the baseline's chips/s in that same round, and the reported
+speed-up is the median over rounds. Warm-up calls are not timed.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .backends import Backend
+
+BASELINE = "eager-fp32-clay"
+BEST_EAGER = ("eager-bf16-sdpa", "eager-fp16-sdpa", "eager-fp32-sdpa")
+
+
+@dataclass
+class Result:
+    backend: str
+    batch: int
+    seconds: list[float] = field(default_factory=list)  # one timed call per round
+    chips_per_s: list[float] = field(default_factory=list)
+    ratio_vs_baseline: list[float] = field(default_factory=list)
+    ratio_vs_best_eager: list[float] = field(default_factory=list)
+    best_eager: str = ""
+    peak_rss_mb: float = 0.0
+    cosine_min: float = float("nan")
+    max_abs_error: float = float("nan")
+    gflops: float = 0.0
+    peak_gflops: float | None = None
+    peak_fraction: float | None = None
+
+    def summary(self) -> dict:
+        record = asdict(self)
+        for key in ("chips_per_s", "ratio_vs_baseline", "ratio_vs_best_eager"):
+            values = getattr(self, key)
+            record[f"{key}_median"] = float(np.median(values)) if values else None
+            record[f"{key}_min"] = float(np.min(values)) if values else None
+            record[f"{key}_max"] = float(np.max(values)) if values else None
+        return record
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(
+    backends: list[Backend],
+    chips: tuple[np.ndarray, np.ndarray, np.ndarray],
+    batch: int,
+    repeats: int,
+    flops_per_chip: int,
+    peaks: dict[str, float | None],
+) -> list[Result]:
+    """Time every present backend at ``batch`` over ``repeats`` interleaved rounds."""
+    present = [b for b in backends if b.run is not None]
+    if BASELINE not in [b.name for b in present]:
+        raise ValueError(f"the baseline {BASELINE} must be among the measured backends")
+    best_eager = next((n for n in BEST_EAGER if n in [b.name for b in present]), BASELINE)
+    pixels, lonlat, date = (a[:batch] for a in chips)
+    results = {b.name: Result(b.name, batch, best_eager=best_eager) for b in present}
+    outputs = {}
+    for backend in present:  # warm-up, fidelity and memory, one backend at a time
+        outputs[backend.name] = backend.run(pixels, lonlat, date)
+        results[backend.name].peak_rss_mb = peak_rss_mb()
+    reference = outputs[BASELINE]
+    for backend in present:
+        out = outputs[backend.name]
+        results[backend.name].cosine_min = float(cosine_rows(out, reference).min())
+        results[backend.name].max_abs_error = float(np.abs(out - reference).max())
+    for round_index in range(repeats):
+        shift = round_index % len(present)
+        timings = {}
+        for backend in present[shift:] + present[:shift]:
+            start = time.perf_counter()
+            backend.run(pixels, lonlat, date)
+            timings[backend.name] = time.perf_counter() - start
+        for name, seconds in timings.items():
+            result = results[name]
+            result.seconds.append(seconds)
+            result.chips_per_s.append(batch / seconds)
+            result.ratio_vs_baseline.append(timings[BASELINE] / seconds)
+            result.ratio_vs_best_eager.append(timings[best_eager] / seconds)
+    for backend in present:
+        result = results[backend.name]
+        result.gflops = float(np.median(result.chips_per_s)) * flops_per_chip / 1e9
+        result.peak_gflops = peaks.get(backend.precision)
+        if result.peak_gflops:
+            result.peak_fraction = result.gflops / result.peak_gflops
+    return list(results.values())

@@ -1,0 +1,150 @@
+"""``clay-bench``: chips per second of every backend against eager PyTorch, in one run, same chips."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from clay.export.artifacts import ExportOptions, export_artifacts, package_versions
+from clay.runtime.engine import available_backends, open_engine
+from clay.runtime.pipeline import RunOptions, embed_scene
+from clay.runtime.scene import open_scene
+from clay.training.bands import BAND_NAMES, GROUP_NAMES
+from clay.training.synthetic import make_chips, write_scene
+
+from . import backends as contenders
+from .bench import BASELINE, measure
+from .flops import cpu_peak, encoder_flops
+from .report import write_outputs
+
+ALL_BACKENDS = ("eager-fp32-clay", "eager-fp32-sdpa", "eager-bf16-sdpa", "eager-fp16-sdpa", "onnx-cpu-fp32",
+                "onnx-cpu-int8", "onnx-cuda-fp16", "tensorrt-fp16")  # fmt: skip
+DEFAULT_OUT = Path(__file__).parent / "results"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def end_to_end(artifact: Path, backend: str, batch: int, threads: int, scene: Path, label: str) -> dict:
+    """clay-run's whole pipeline on a scene vs the engine alone on as many chips, same batch."""
+    engine = open_engine(artifact, backend, threads)
+    opened = open_scene(scene, engine.metadata)
+    chips = len(opened.chips())
+    pixels, lonlat, date = make_chips(batch, seed=3)
+    pixels = pixels[:, [BAND_NAMES.index(b) for b in engine.metadata.bands]]
+    engine.infer(pixels, lonlat, date)
+    start = time.perf_counter()
+    for _ in range(max(1, chips // batch)):
+        engine.infer(pixels, lonlat, date)
+    engine_rate = max(1, chips // batch) * batch / (time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = embed_scene(engine, opened, Path(tmp) / "e2e.parquet", RunOptions(batch_size=batch))
+    return {"scene": label, "chips": result.chips_done, "backend": f"{backend} ({artifact.name})", "batch": batch,
+            "engine_chips_per_s": engine_rate, "pipeline_chips_per_s": result.chips_per_second,
+            "percent": 100 * result.chips_per_second / engine_rate}  # fmt: skip
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--size", type=click.Choice(["tiny", "small"]), default="tiny", show_default=True)
+@click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, help="Batch sizes (repeatable; default 1 2).")
+@click.option("--backends", "names", default=",".join(ALL_BACKENDS), show_default=True,
+              help="Comma-separated backends; eager-fp32-clay (the baseline) is always measured.")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Interleaved timed rounds.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for every CPU backend (default: all cores).")
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Weights to benchmark (default: random initialisation, seed 0 — speed does not depend on training).")
+@click.option("--engines", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Reuse artifacts from this folder instead of exporting (must match --size).")
+@click.option("--scene", type=click.Path(path_type=Path), default=None, help="A real scene for the end-to-end figure too.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_OUT, show_default=True)
+def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out) -> None:
+    """Measure eager PyTorch (the baseline), best eager, ONNX Runtime and TensorRT on the same chips.
+
+    Writes bench-SIZE.json (everything, with hardware, versions and commit), bench-SIZE.md and
+    bench-SIZE.png into --out. Ratios come from interleaved rounds: each round times every backend
+    once, and a speed-up is the median over rounds of baseline seconds / backend seconds.
+    """
+    import torch
+
+    from clay.training.checkpoint import load_clay_mae
+    from clay.training.model import ClayMAE
+
+    batches = tuple(sorted(set(batches))) or (1, 2)
+    threads = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    wanted = {n.strip() for n in names.split(",") if n.strip()} | {BASELINE}
+    unknown = wanted - set(ALL_BACKENDS)
+    if unknown:
+        sys.exit(f"clay-bench: unknown backend(s) {', '.join(sorted(unknown))}; known: {', '.join(ALL_BACKENDS)}")
+    groups = GROUP_NAMES
+    if checkpoint:
+        model = load_clay_mae(checkpoint, size)
+    else:
+        torch.manual_seed(0)
+        model = ClayMAE(size).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory(prefix="clay-bench-") as tmp:
+        folder = engines or Path(tmp)
+        if engines is None:
+            ckpt = Path(tmp) / "weights.pt"
+            torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+            gpu = any(b in available_backends() for b in ("onnx-cuda", "tensorrt"))
+            click.echo(f"clay-bench: exporting {size} artifacts…", err=True)
+            export_artifacts(ExportOptions(out=folder, checkpoint=ckpt, groups=groups, fp16=gpu, int8_cpu=True, check=False),
+                             log=lambda line: None)  # fmt: skip
+        candidates = contenders.eager_backends(model, groups, device) + contenders.artifact_backends(folder, threads)
+        candidates = [b for b in candidates if b.name in wanted]
+        peak = cpu_peak()
+        peaks = {"fp32": peak.fp32_gflops, "bf16": peak.bf16_gflops, "int8": peak.int8_gops} if device == "cpu" else {}
+        flops = encoder_flops(model.size, groups)
+        chips = make_chips(max(batches), seed=42)
+        results = []
+        for batch in batches:
+            click.echo(f"clay-bench: batch {batch}, {repeats} rounds…", err=True)
+            results += measure(candidates, chips, batch, repeats, flops, peaks)
+        precision = {b.name: b.precision for b in candidates}
+        rows = [r.summary() | {"precision": precision[r.backend]} for r in results]
+        fastest_cpu = max((r for r in rows if r["backend"].startswith("onnx-cpu")), key=lambda r: r["chips_per_s_median"], default=None)
+        e2e = []
+        if fastest_cpu:
+            artifact = folder / ("clay.int8.onnx" if fastest_cpu["backend"].endswith("int8") else "clay.onnx")
+            batch = max(batches)
+            generated = Path(tmp) / "generated-scene.tif"
+            write_scene(generated, 1536, 1024, seed=5)
+            click.echo("clay-bench: end to end…", err=True)
+            e2e.append(end_to_end(artifact, "onnx-cpu", batch, threads, generated, "generated 1536×1024 scene"))
+            if scene:
+                e2e.append(end_to_end(artifact, "onnx-cpu", batch, threads, scene, str(scene)))
+    report = {
+        "size": size, "groups": list(groups), "flops_per_chip": flops, "batches": list(batches), "repeats": repeats,
+        "threads": threads, "weights": str(checkpoint) if checkpoint else "random initialisation (seed 0)",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
+        "machine": {"cpu": asdict(peak), "platform": platform.platform(), "python": platform.python_version(),
+                    "device": device if device == "cpu" else torch.cuda.get_device_name(0)},
+        "versions": package_versions(),
+        "backends": [{"name": b.name, "description": b.description, "precision": b.precision, "absent": b.absent}
+                     for b in candidates],
+        "results": rows, "end_to_end": e2e,
+    }  # fmt: skip
+    paths = write_outputs(report, out)
+    click.echo(paths["markdown"].read_text())
+    for kind, path in paths.items():
+        click.echo(f"clay-bench: {kind}: {path}", err=True)
+
+
+if __name__ == "__main__":
+    main()

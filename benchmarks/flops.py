@@ -1,0 +1,76 @@
+"""The physical limit next to each measurement: encoder FLOPs per chip and the CPU's peak rates.
+
+FLOPs are counted from the model's shapes (multiply-adds × 2), so they follow the size and band
+groups exactly. Peaks come from the CPU's own flags and reported clock; the per-core rates assume
+two FMA pipes, which holds for current x86 server cores (Zen 4 runs 512-bit ops as two 256-bit halves).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from clay.training.bands import BAND_GROUPS, GRID_SIZE, PATCH_SIZE
+from clay.training.model import ModelSize
+
+
+def encoder_flops(size: ModelSize, groups=tuple(BAND_GROUPS)) -> int:
+    """FLOPs of one chip through the inference encoder (patch embedding + transformer)."""
+    tokens_per_group = GRID_SIZE * GRID_SIZE
+    n = len(groups) * tokens_per_group + 2
+    inner, hidden = size.heads * size.dim_head, size.dim * size.mlp_ratio
+    channels = sum(len(BAND_GROUPS[g]) for g in groups)
+    patch = 2 * channels * PATCH_SIZE * PATCH_SIZE * size.dim * tokens_per_group
+    per_layer = (
+        2 * n * size.dim * 3 * inner  # qkv projection
+        + 2 * 2 * n * n * inner  # q·kᵀ and attention·v
+        + 2 * n * inner * size.dim  # output projection
+        + 2 * 2 * n * size.dim * hidden  # MLP up and down
+    )
+    return patch + size.depth * per_layer
+
+
+@dataclass(frozen=True)
+class CpuPeak:
+    model: str
+    cores: int
+    mhz: float
+    fp32_gflops: float
+    bf16_gflops: float | None
+    int8_gops: float | None
+    assumption: str
+
+
+def cpu_peak() -> CpuPeak:
+    """Peak fp32 / bf16 / int8 rates of the CPUs this process may use."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = set()
+    mhz, model, vendor = 0.0, platform.processor() or "unknown", ""
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "flags" and not flags:
+            flags = set(value.split())
+        elif key == "cpu MHz" and not mhz:
+            mhz = float(value)
+        elif key == "model name" and model in ("unknown", ""):
+            model = value.strip()
+        elif key == "vendor_id" and not vendor:
+            vendor = value.strip()
+    cores = len(os.sched_getaffinity(0))
+    if "avx512f" in flags:
+        lanes = 8 if vendor == "AuthenticAMD" else 16  # 32-bit lanes per FMA pipe
+    elif "avx2" in flags:
+        lanes = 8
+    else:
+        lanes = 4
+    fp32_per_cycle = 2 * 2 * lanes  # 2 pipes × FMA (2 FLOPs) × lanes
+    ghz = mhz / 1000
+    fp32 = cores * ghz * fp32_per_cycle
+    bf16 = fp32 * 2 if "avx512_bf16" in flags or "amx_bf16" in flags else None
+    int8 = fp32 * 4 if "avx512_vnni" in flags or "avx_vnni" in flags else None
+    assumption = (f"{cores} cores × {ghz:.2f} GHz (reported) × {fp32_per_cycle} fp32 FLOP/cycle "
+                  f"(2 FMA pipes × {lanes} lanes); bf16 ×2 with avx512_bf16, int8 ×4 with VNNI")  # fmt: skip
+    return CpuPeak(model, cores, mhz, fp32, bf16, int8, assumption)

@@ -1,0 +1,72 @@
+"""The benchmark's outputs: one JSON with everything, a Markdown table, and a bar chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def markdown(report: dict) -> str:
+    machine = report["machine"]
+    lines = [
+        f"Clay `{report['size']}` encoder ({report['flops_per_chip'] / 1e9:.1f} GFLOP per chip), "
+        f"{machine['cpu']['model']}, {machine['cpu']['cores']} threads, "
+        f"{report['repeats']} interleaved rounds, commit {report['commit'][:10]}, {report['date']}.",
+        "",
+        "| backend | batch | chips/s (median, min–max) | × eager fp32 (Clay) | × best eager | GFLOP/s | % of peak | min cosine | max abs err | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        fraction = f"{100 * r['peak_fraction']:.1f} % {r['precision']}" if r.get("peak_fraction") else "–"
+        lines.append(
+            f"| {r['backend']} | {r['batch']} | {r['chips_per_s_median']:.3f} ({r['chips_per_s_min']:.3f}–{r['chips_per_s_max']:.3f}) "
+            f"| {r['ratio_vs_baseline_median']:.2f} | {r['ratio_vs_best_eager_median']:.2f} ({r['best_eager']}) "
+            f"| {r['gflops']:.1f} | {fraction} | {r['cosine_min']:.6f} | {r['max_abs_error']:.2g} | {r['peak_rss_mb']:.0f} |"
+        )
+    absent = [b for b in report["backends"] if b["absent"]]
+    if absent:
+        lines += ["", "Absent here: " + "; ".join(f"{b['name']} ({b['absent']})" for b in absent) + "."]
+    e2e = report.get("end_to_end") or []
+    for row in e2e:
+        lines.append(
+            f"\nEnd to end ({row['scene']}, {row['chips']} chips, {row['backend']}, batch {row['batch']}): "
+            f"{row['pipeline_chips_per_s']:.3f} chips/s through clay-run's pipeline vs {row['engine_chips_per_s']:.3f} "
+            f"for the engine alone = {row['percent']:.0f} %."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(report: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    batches = sorted({r["batch"] for r in results})
+    names = list(dict.fromkeys(r["backend"] for r in results))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(batches)
+    for i, batch in enumerate(batches):
+        rows = {r["backend"]: r for r in results if r["batch"] == batch}
+        xs = [k + i * width for k in range(len(names))]
+        axes[0].bar(xs, [rows[n]["chips_per_s_median"] if n in rows else 0 for n in names], width, label=f"batch {batch}")
+        axes[1].bar(xs, [rows[n]["ratio_vs_baseline_median"] if n in rows else 0 for n in names], width, label=f"batch {batch}")
+    for ax, title in zip(axes, ("chips per second (median)", "speed-up vs eager fp32 (Clay), same rounds")):
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], names, rotation=30, ha="right")
+        ax.set_title(title)
+        ax.legend()
+    axes[1].axhline(1.0, color="grey", linewidth=0.8)
+    fig.suptitle(f"Clay {report['size']} on {report['machine']['cpu']['model']} ({report['machine']['cpu']['cores']} threads)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+
+
+def write_outputs(report: dict, out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"bench-{report['size']}"
+    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "png": out / f"{stem}.png"}
+    paths["json"].write_text(json.dumps(report, indent=2))
+    paths["markdown"].write_text(markdown(report))
+    bar_chart(report, paths["png"])
+    return paths
