@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from clay.runtime.metadata import EngineMetadata
-from clay.training.bands import BAND_MEANS, BAND_STDS, CHIP_SIZE, PATCH_SIZE, bands_of_groups
-from clay.training.checkpoint import CheckpointError, file_sha256, load_clay_mae
+from clay.training.bands import BAND_MEANS, BAND_STDS, CHIP_SIZE, GROUP_NAMES, PATCH_SIZE, bands_of_groups
+from clay.training.checkpoint import CheckpointError, file_sha256, load_clay_mae, read_checkpoint_file
+from clay.training.demo import DEMO_GROUPS, WEIGHTS as DEMO_WEIGHTS
 from clay.training.model import ClayMAE, get_size
 
 from . import check
@@ -60,19 +61,30 @@ class ExportReport:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def resolve_weights(options: ExportOptions) -> ExportOptions:
+    """Without --checkpoint (and without --random-weights), the bundled demo weights, and by default
+    the band groups they were trained on."""
+    if options.checkpoint is not None or options.random_weights:
+        return replace(options, groups=options.groups or GROUP_NAMES)
+    if not DEMO_WEIGHTS.is_file():
+        raise ExportError(f"no --checkpoint given and the demo weights {DEMO_WEIGHTS} are not installed")
+    return replace(options, checkpoint=DEMO_WEIGHTS, groups=options.groups or DEMO_GROUPS)
+
+
 def load_model(options: ExportOptions) -> tuple[ClayMAE, str, str, str]:
     """The model to export and its provenance: (model, checkpoint label, sha256, weights description)."""
     if options.checkpoint is not None:
         try:
             model = load_clay_mae(options.checkpoint, options.size)
+            stored = read_checkpoint_file(options.checkpoint)
         except CheckpointError as exc:
             raise ExportError(str(exc)) from None
-        return model, options.checkpoint.name, file_sha256(options.checkpoint), f"checkpoint {options.checkpoint.name}"
-    if options.random_weights:
-        torch.manual_seed(0)
-        size = get_size(options.size or "tiny").name
-        return ClayMAE(size).eval(), "", "", f"random initialisation (seed 0) of '{size}': for speed tests only, not a trained model"
-    raise ExportError("no --checkpoint given (use --random-weights only for speed tests)")
+        description = stored.get("description") if isinstance(stored.get("description"), str) else None
+        return (model, options.checkpoint.name, file_sha256(options.checkpoint),
+                description or f"checkpoint {options.checkpoint.name}")  # fmt: skip
+    torch.manual_seed(0)
+    size = get_size(options.size or "tiny").name
+    return ClayMAE(size).eval(), "", "", f"random initialisation (seed 0) of '{size}': for speed tests only, not a trained model"
 
 
 def package_versions() -> dict[str, str]:
@@ -119,6 +131,7 @@ def staging_dir(out: Path) -> Path:
 def export_artifacts(options: ExportOptions, log: Callable[[str], None] = print) -> ExportReport:
     """Build, check and publish every requested artifact; raises :class:`ExportError`."""
     report = ExportReport()
+    options = resolve_weights(options)
     model, checkpoint, sha, weights = load_model(options)
     stage = staging_dir(options.out)
     try:

@@ -19,13 +19,15 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
-              help="Clay weights: the published Clay v0 checkpoint, a clay-train checkpoint or a bare state dict.")
+              help="Clay weights: the published Clay v0 checkpoint, a clay-train checkpoint or a bare state dict. "
+                   "Default: the bundled demo weights (tiny, S2 only, trained on one scene; not Clay v0).")
 @click.option("--size", type=click.Choice(list(SIZES)), help="Model size; inferred from the checkpoint when omitted.")
 @click.option("--random-weights", is_flag=True, help="Export a randomly initialised model (speed tests only).")
 @click.option("--out", "out", type=click.Path(path_type=Path, file_okay=False), default=Path("."), show_default=True,
               help="Directory the artifacts are written into.")
-@click.option("--groups", default=",".join(GROUP_NAMES), show_default=True,
-              help="Band groups the engine takes; the pixels input holds only their bands, in spec order.")
+@click.option("--groups", default=None,
+              help=f"Band groups the engine takes ({','.join(GROUP_NAMES)}); the pixels input holds only their "
+                   "bands, in spec order. Default: all six, or the demo weights' S2 groups when they are used.")
 @click.option("--fp16", is_flag=True, help="Also write clay.fp16.onnx, and clay.plan where TensorRT and a GPU exist.")
 @click.option("--int8-cpu", is_flag=True, help="Also write clay.int8.onnx, dynamically quantised for CPUs.")
 @click.option("--patch-embeddings", is_flag=True, help="Add the patch_embeddings [B, G, 16, 16, dim] output.")
@@ -47,7 +49,8 @@ def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, patch_em
     logging.getLogger().setLevel(logging.ERROR)
     try:
         options = ExportOptions(
-            out=out, checkpoint=checkpoint, size=size, random_weights=random_weights, groups=parse_groups(groups),
+            out=out, checkpoint=checkpoint, size=size, random_weights=random_weights,
+            groups=parse_groups(groups) if groups else (),
             fp16=fp16, int8_cpu=int8_cpu, patch_embeddings=patch_embeddings, batch=BatchProfile.parse(batch),
             hardware_compat=hardware_compat, timing_cache=timing_cache, check=not no_check,
         )  # fmt: skip

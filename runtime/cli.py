@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import click
+import pyarrow.parquet as pq
 
 from .engine import BACKENDS, EngineError, open_engine
 from .pipeline import RunOptions, embed_scene
 from .scene import EDGE_MODES, SAR_UNITS, SceneError, SceneFiles, discover_scenes, gsd_warning, open_scene, parse_date
+
+DEMO_DIR = Path(__file__).parent / "demo"
+DEMO_ENGINE = DEMO_DIR / "clay-demo-tiny-s2.int8.onnx"
+DEMO_SCENE = DEMO_DIR / "T48QUE-20200223"
+DEMO_STORY = (
+    "The picture shows the Sentinel-2 scene (left) beside the embeddings as colour: the first three "
+    "principal components of the per-patch embeddings, standardised within each chip (middle, one "
+    "32 px = 320 m cell each), and of the chip embeddings (right, one 512 px square per chip). Cells "
+    "the model finds alike get alike colours. With these small demo weights the large dark area north "
+    "of the river stands out clearly; the reservoir, the river and the town separate only faintly."
+)
 
 def output_paths(scenes: list[SceneFiles], out: Path | None) -> list[Path]:
     """One ``<scene>.parquet`` per scene in ``out`` (a directory), or ``out`` itself for one scene
@@ -61,9 +74,14 @@ class Progress:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--engine", "engine_path", required=True, type=click.Path(path_type=Path),
+@click.argument("scenes", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--engine", "engine_path", type=click.Path(path_type=Path),
               help="clay.plan (TensorRT) or clay*.onnx (ONNX Runtime) written by clay-export.")
+@click.option("--demo", is_flag=True,
+              help="Embed the bundled real Sentinel-2 scene with the bundled demo engine (S2-only, int8, "
+                   "demo weights — not Clay v0) and draw the preview. No SCENE or --engine needed.")
+@click.option("--preview", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write a PNG: true colour beside the patch and chip embeddings as colour (one scene).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output directory (default ./clay-embeddings), or a .parquet file for one scene.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
@@ -86,7 +104,7 @@ class Progress:
                    "Clay v0 was trained on such data without removing the offset.")
 @click.option("--resume", is_flag=True, help="Skip scenes whose output file is already complete.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for ONNX Runtime.")
-def main(scenes, engine_path, out, backend, batch_size, edge, max_nodata, date_text, patch_embeddings, sar_units,
+def main(scenes, engine_path, demo, preview, out, backend, batch_size, edge, max_nodata, date_text, patch_embeddings, sar_units,
          s2_offset, resume, threads) -> None:  # fmt: skip
     """Embed GeoTIFF SCENES with a Clay engine into GeoParquet.
 
@@ -103,6 +121,14 @@ def main(scenes, engine_path, out, backend, batch_size, edge, max_nodata, date_t
         date = parse_date(date_text) if date_text else None
     except ValueError:
         sys.exit(f"clay-run: --date {date_text}: expected YYYY-MM-DD")
+    if demo:
+        if scenes or engine_path:
+            sys.exit("clay-run: --demo runs the bundled scene and engine; give no SCENE and no --engine")
+        folder = out or Path(f"clay-demo-{datetime.now():%Y%m%d-%H%M%S}")
+        scenes, engine_path, patch_embeddings = (DEMO_SCENE,), DEMO_ENGINE, True
+        out, preview = folder / "demo.parquet", folder / "demo-preview.png"
+    elif not scenes or engine_path is None:
+        sys.exit("clay-run: give SCENE... and --engine PATH (or --demo); see clay-run --help")
     try:
         scene_files = discover_scenes(scenes)
         targets = output_paths(scene_files, out)
@@ -116,6 +142,8 @@ def main(scenes, engine_path, out, backend, batch_size, edge, max_nodata, date_t
         for folder in {t.parent for t in targets}:
             ensure_writable(folder)
         click.echo(f"clay-run: engine {engine_path.name} on {engine.describe()}", err=True)
+        if preview is not None and len(opened) != 1:
+            raise SceneError(f"--preview {preview}: draws one scene, {len(opened)} were given")
         options = RunOptions(batch_size=batch_size, edge=edge, max_nodata=max_nodata, patch_embeddings=patch_embeddings)
         totals = [0, 0, 0.0]
         for scene, target in zip(opened, targets):
@@ -130,12 +158,23 @@ def main(scenes, engine_path, out, backend, batch_size, edge, max_nodata, date_t
             totals[0] += result.chips_done
             totals[1] += result.chips_skipped
             totals[2] += result.seconds
+            if preview is not None:
+                from .preview import render_preview
+
+                patches = pq.read_table(result.patches) if result.patches else None
+                render_preview(scene, pq.read_table(result.output), patches, engine.metadata, engine_path.name, preview)
             click.echo(f"clay-run: {scene.name}: {result.chips_done} chips, {result.chips_skipped} skipped "
                        f"(nodata > {max_nodata:g}), {result.chips_per_second:.2f} chips/s → {result.output}", err=True)  # fmt: skip
     except (SceneError, EngineError) as exc:
         sys.exit(f"clay-run: {exc}")
     except KeyboardInterrupt:
         sys.exit("clay-run: interrupted; finished scenes are kept, rerun with --resume to continue")
+    if demo:
+        click.echo(f"clay-run: demo outputs in {out.parent}/: demo.parquet (one row per chip), "
+                   f"demo.patches.parquet (one row per 32 px patch), demo-preview.png", err=True)  # fmt: skip
+        click.echo(f"clay-run: {DEMO_STORY}", err=True)
+    elif preview is not None:
+        click.echo(f"clay-run: preview written to {preview}", err=True)
     rate = totals[0] / totals[2] if totals[2] else 0.0
     click.echo(f"clay-run: done: {totals[0]} chips, {totals[1]} skipped, {totals[2]:.1f} s, {rate:.2f} chips/s, "
                f"backend {engine.backend}, output {targets[0].parent if len(targets) > 1 else targets[0]}")  # fmt: skip

@@ -135,14 +135,16 @@ class TensorRTEngine(Engine):
             self._context.set_input_shape(name, array.shape)
             host = self._host[name][: array.size]
             host[:] = array.ravel()
-            cudart.cudaMemcpyAsync(self._device[name], host.ctypes.data, array.nbytes, kind.cudaMemcpyHostToDevice, self._stream)
-        if not self._context.execute_async_v3(self._stream):
+            _cuda_check(cudart.cudaMemcpyAsync(self._device[name], host.ctypes.data, array.nbytes,
+                                               kind.cudaMemcpyHostToDevice, self._stream))  # fmt: skip
+        if not self._context.execute_async_v3(int(self._stream)):
             raise EngineError("TensorRT execution failed")
         results = {}
         for name in self._outputs:
             shape = tuple(self._context.get_tensor_shape(name))
             host = self._host[name][: int(np.prod(shape))]
-            cudart.cudaMemcpyAsync(host.ctypes.data, self._device[name], host.nbytes, kind.cudaMemcpyDeviceToHost, self._stream)
+            _cuda_check(cudart.cudaMemcpyAsync(host.ctypes.data, self._device[name], host.nbytes,
+                                               kind.cudaMemcpyDeviceToHost, self._stream))  # fmt: skip
             results[name] = host.reshape(shape)
         _cuda_check(cudart.cudaStreamSynchronize(self._stream))
         return {name: array.copy() for name, array in results.items()}

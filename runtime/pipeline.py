@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import shapely
 
 from .engine import Engine
 from .output import AtomicParquetWriter, chip_columns, chip_schema, embeddings_column, file_metadata, patch_schema
@@ -103,10 +104,8 @@ def patch_rows(scene: Scene, chip: Chip, grid: np.ndarray) -> dict[str, list]:
     corners_y = chip.row + size * np.arange(GRID + 1)
     xs, ys = np.meshgrid(corners_x, corners_y)
     wx, wy = scene.transform @ (xs, ys)
-    lon, lat = scene._to_wgs84.transform(wx, wy)
+    lon, lat = scene.to_wgs84(wx, wy)
     mean = grid.mean(axis=0)  # [16, 16, dim]
-    import shapely
-
     for i in range(GRID):
         for j in range(GRID):
             if size * i >= chip.height or size * j >= chip.width:
@@ -173,8 +172,6 @@ def embed_scene(
 
 
 def _write_patches(writer: AtomicParquetWriter, scene: Scene, source: str, chips: list[Chip], grids: np.ndarray) -> None:
-    import shapely
-
     for chip, grid in zip(chips, grids):
         cells = patch_rows(scene, chip, grid)
         count = len(cells["rows"])

@@ -127,7 +127,7 @@ class Scene:
         for (path, warp), positions in self._reads:
             indexes = [self.sources[p].index for p in positions]
             try:
-                data[positions] = self._handle(path, warp).read(indexes, window=window, out_dtype="float32")
+                data[positions] = self.reader(path, warp).read(indexes, window=window, out_dtype="float32")
             except RasterioError as exc:
                 raise SceneError(f"{path}: read failed at row {chip.row}, col {chip.col} ({_first_line(exc)})") from None
         fraction, invalid = 0.0, None
@@ -155,7 +155,7 @@ class Scene:
                 return True
         return bool(self._s2_count and data[: self._s2_count].min() <= 0)
 
-    def _handle(self, path: Path, warp: bool):
+    def reader(self, path: Path, warp: bool):
         """This thread's reader for a file: the file itself, or a bilinear WarpedVRT onto the grid."""
         handles = getattr(self._local, "handles", None)
         if handles is None:
@@ -190,6 +190,10 @@ class Scene:
         xs, ys = shapely.segmentize(footprint, edge / points_per_edge).exterior.xy
         lons, lats = self._to_wgs84.transform(np.asarray(xs), np.asarray(ys))
         return Polygon(zip(lons, lats))
+
+    def to_wgs84(self, xs, ys):
+        """Scene-CRS coordinates to (lon, lat) degrees."""
+        return self._to_wgs84.transform(xs, ys)
 
     def chip_centre_lonlat(self, chip: Chip) -> tuple[float, float]:
         """Centre of the pixels fed to the engine (the full chip window), in degrees."""

@@ -82,7 +82,8 @@ class ChipDataset(Dataset):
     """Normalised chips with their lon/lat and date, for the masked autoencoder.
 
     Files larger than a chip give a random window (``augment``) or their centre window. ``augment``
-    also applies random flips and right-angle rotations. An item whose pixels hold NaN or S2 nodata
+    also applies random flips and right-angle rotations; ``samples_per_file`` draws that many
+    windows from each file per epoch (for a few large scenes rather than many chips). An item whose pixels hold NaN or S2 nodata
     (B02 = 0, as the release rejected) is ``None``; :func:`collate_chips` drops it.
     """
 
@@ -92,8 +93,10 @@ class ChipDataset(Dataset):
         groups: Sequence[str] = GROUP_NAMES,
         chip_size: int = CHIP_SIZE,
         augment: bool = False,
+        samples_per_file: int = 1,
     ) -> None:
         self.files = list(files)
+        self.samples_per_file = samples_per_file
         self.groups = tuple(groups)
         self.chip_size = chip_size
         self.augment = augment
@@ -103,10 +106,10 @@ class ChipDataset(Dataset):
         self._b02 = bands.index(0) if 0 in bands else None
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.files) * self.samples_per_file
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor] | None:
-        chip = self.files[index]
+        chip = self.files[index % len(self.files)]
         # Drawn from torch's generator so that Lightning's seed_everything (workers included) makes
         # the crops and flips reproducible, and each epoch sees new ones.
         rng = np.random.default_rng(int(torch.randint(2**31, ())))
@@ -194,9 +197,13 @@ class ChipDataModule(L.LightningDataModule):
         num_workers: int = 0,
         chip_size: int = CHIP_SIZE,
         augment: bool = True,
+        samples_per_file: int = 1,
+        val_samples_per_file: int = 1,
         seed: int = 42,
     ) -> None:
         super().__init__()
+        self.samples_per_file = samples_per_file
+        self.val_samples_per_file = val_samples_per_file
         self.data_dir = data_dir
         self.val_dir = val_dir
         self.val_fraction = val_fraction
@@ -225,8 +232,8 @@ class ChipDataModule(L.LightningDataModule):
         if not train:
             raise ChipError(f"{self.data_dir}: no usable chip files (see the warnings above)")
         log.info("chips: %d for training, %d for validation", len(train), len(val))
-        self.train_set = ChipDataset(train, self.groups, self.chip_size, self.augment)
-        self.val_set = ChipDataset(val, self.groups, self.chip_size, augment=False)
+        self.train_set = ChipDataset(train, self.groups, self.chip_size, self.augment, self.samples_per_file)
+        self.val_set = ChipDataset(val, self.groups, self.chip_size, False, self.val_samples_per_file)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None

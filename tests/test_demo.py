@@ -1,0 +1,106 @@
+"""The embedded default: shipped demo weights, engine and scene; `clay-run --demo` and its picture."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from shapely import from_wkb
+
+from clay.runtime.cli import DEMO_DIR, DEMO_ENGINE, DEMO_SCENE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def package_data_files() -> list[Path]:
+    return [p for p in [*(ROOT / "runtime" / "demo").rglob("*"), *(ROOT / "training" / "demo").rglob("*.pt")] if p.is_file()]
+
+
+def test_package_data_stays_under_40_mb_and_carries_the_licence():
+    total = sum(p.stat().st_size for p in package_data_files())
+    assert total < 40e6, total
+    notice = (DEMO_SCENE / "NOTICE.md").read_text()
+    assert "CC-BY-SA-4.0" in notice and "Contains modified Copernicus Sentinel data (2020)" in notice
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    code = (
+        "import sys\n"
+        "from clay.runtime.cli import main\n"
+        f"try:\n    main(['--demo', '--out', {str(out)!r}])\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print('torch imported' if 'torch' in sys.modules else 'torch-free')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_demo_writes_chips_patches_and_preview_without_torch(demo_run):
+    out, result = demo_run
+    assert "torch-free" in result.stdout
+    assert (out / "demo.parquet").exists() and (out / "demo.patches.parquet").exists()
+    assert "reservoir" in result.stderr and "demo-preview.png" in result.stderr
+    table = pq.read_table(out / "demo.parquet")
+    assert table.num_rows == 9  # 1068² px with shifted edge chips: 3 × 3
+    embeddings = np.stack(table["embeddings"].to_numpy(zero_copy_only=False))
+    assert embeddings.shape == (9, 256) and np.isfinite(embeddings).all()
+    lon_lat = [from_wkb(g).centroid for g in table["geometry"].to_pylist()]
+    assert all(103.70 < p.x < 103.81 and 17.87 < p.y < 17.97 for p in lon_lat)  # inside the T48QUE patch
+    patches = pq.read_table(out / "demo.patches.parquet")
+    assert patches.num_rows > 9 * 200
+
+
+def test_demo_preview_is_a_real_picture(demo_run):
+    out, _ = demo_run
+    image = np.asarray(Image.open(out / "demo-preview.png").convert("RGB")).astype(float)
+    assert image.shape[0] > 300 and image.shape[1] > 900
+    body = image[60:]
+    left, right = body[:, : body.shape[1] // 2], body[:, body.shape[1] // 2 :]
+    assert body.std() > 20  # not blank
+    assert np.abs(left.mean(axis=(0, 1)) - right.mean(axis=(0, 1))).max() > 5 or np.abs(left - right).mean() > 20
+
+
+torch = pytest.importorskip("torch", reason="re-exporting and scoring the demo weights needs the [export] extra")
+
+
+def test_shipped_engine_equals_a_fresh_export_of_the_shipped_weights(tmp_path):
+    import onnxruntime as ort
+
+    from clay.runtime.engine import read_engine_metadata
+    from clay.training.bands import BAND_NAMES
+    from clay.training.synthetic import make_chips
+
+    result = subprocess.run([sys.executable, "-m", "clay.export.cli", "--int8-cpu", "--patch-embeddings", "--no-check",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shipped = read_engine_metadata(DEMO_ENGINE)
+    fresh = read_engine_metadata(tmp_path / "clay.int8.onnx")
+    assert (fresh.groups, fresh.bands, fresh.checkpoint_sha256) == (shipped.groups, shipped.bands, shipped.checkpoint_sha256)
+    assert "demo weights" in shipped.weights and "not Clay v0" in shipped.weights
+    pixels, lonlat, date = make_chips(2, seed=8)
+    feeds = {"pixels": pixels[:, [BAND_NAMES.index(b) for b in shipped.bands]], "lonlat": lonlat, "date": date}
+    a = ort.InferenceSession(str(DEMO_ENGINE), providers=["CPUExecutionProvider"]).run(None, feeds)
+    b = ort.InferenceSession(str(tmp_path / "clay.int8.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for x, y in zip(a, b):
+        assert np.abs(x - y).max() < 1e-5
+
+
+def test_demo_weights_beat_untrained_and_per_band_mean_on_the_held_out_quadrant(tmp_path):
+    from clay.training.demo import WEIGHTS, evaluate, prepare
+
+    _, val = prepare(tmp_path, DEMO_SCENE)
+    scores = evaluate(WEIGHTS, val / "bottom-right.tif")
+    assert scores["demo_weights"] < scores["untrained"]
+    assert scores["demo_weights"] < scores["per_band_mean"]
+
+
+def test_demo_folder_holds_only_what_the_demo_needs():
+    names = sorted(p.name for p in DEMO_DIR.iterdir())
+    assert names == sorted([DEMO_ENGINE.name, DEMO_SCENE.name])
