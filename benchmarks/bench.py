@@ -7,7 +7,8 @@ speed-up is the median over rounds. Warm-up calls are not timed.
 
 from __future__ import annotations
 
-import resource
+import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -28,7 +29,8 @@ class Result:
     ratio_vs_baseline: list[float] = field(default_factory=list)
     ratio_vs_best_eager: list[float] = field(default_factory=list)
     best_eager: str = ""
-    peak_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0  # process RSS at the peak of this backend's warm-up call
+    call_memory_mb: float = 0.0  # how much that call raised it
     cosine_min: float = float("nan")
     max_abs_error: float = float("nan")
     gflops: float = 0.0
@@ -50,8 +52,30 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class RssSampler:
+    """Peak resident memory of this process while a block runs, sampled every 5 ms: the process
+    also holds the other backends, so the useful figure is the rise during this backend's call."""
+
+    def __enter__(self) -> RssSampler:
+        self.before = self.peak = rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
 
 
 def measure(
@@ -71,8 +95,10 @@ def measure(
     results = {b.name: Result(b.name, batch, best_eager=best_eager) for b in present}
     outputs = {}
     for backend in present:  # warm-up, fidelity and memory, one backend at a time
-        outputs[backend.name] = backend.run(pixels, lonlat, date)
-        results[backend.name].peak_rss_mb = peak_rss_mb()
+        with RssSampler() as memory:
+            outputs[backend.name] = backend.run(pixels, lonlat, date)
+        results[backend.name].peak_rss_mb = memory.peak
+        results[backend.name].call_memory_mb = memory.peak - memory.before
     reference = outputs[BASELINE]
     for backend in present:
         out = outputs[backend.name]

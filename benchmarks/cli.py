@@ -48,9 +48,10 @@ def end_to_end(artifact: Path, backend: str, batch: int, threads: int, scene: Pa
     pixels = pixels[:, [BAND_NAMES.index(b) for b in engine.metadata.bands]]
     engine.infer(pixels, lonlat, date)
     start = time.perf_counter()
-    for _ in range(max(1, chips // batch)):
-        engine.infer(pixels, lonlat, date)
-    engine_rate = max(1, chips // batch) * batch / (time.perf_counter() - start)
+    for first in range(0, chips, batch):  # the same chip count in the same batches as the pipeline
+        count = min(batch, chips - first)
+        engine.infer(pixels[:count], lonlat[:count], date[:count])
+    engine_rate = chips / (time.perf_counter() - start)
     with tempfile.TemporaryDirectory() as tmp:
         result = embed_scene(engine, opened, Path(tmp) / "e2e.parquet", RunOptions(batch_size=batch))
     return {"scene": label, "chips": result.chips_done, "backend": f"{backend} ({artifact.name})", "batch": batch,
@@ -124,9 +125,10 @@ def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out
             artifact = folder / ("clay.int8.onnx" if fastest_cpu["backend"].endswith("int8") else "clay.onnx")
             batch = max(batches)
             generated = Path(tmp) / "generated-scene.tif"
-            write_scene(generated, 1536, 1024, seed=5)
+            width = 512 * 2 * batch  # two full batches of chips in one row
+            write_scene(generated, width, 512, seed=5)
             click.echo("clay-bench: end to end…", err=True)
-            e2e.append(end_to_end(artifact, "onnx-cpu", batch, threads, generated, "generated 1536×1024 scene"))
+            e2e.append(end_to_end(artifact, "onnx-cpu", batch, threads, generated, f"generated {width}×512 scene"))
             if scene:
                 e2e.append(end_to_end(artifact, "onnx-cpu", batch, threads, scene, str(scene)))
     report = {

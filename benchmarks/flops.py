@@ -9,8 +9,49 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+# A chain of dependent integer adds retires one add per cycle on every x86 core since the P6, so
+# adds / seconds is the clock the core actually runs at (boost included), which /proc/cpuinfo's
+# nominal "cpu MHz" is not.
+_CLOCK_PROBE = r"""
+#include <stdio.h>
+#include <time.h>
+int main(void) {
+    unsigned long x = 0, n = 400000000UL;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (unsigned long i = 0; i < n; i += 10) {
+        __asm__ volatile("add $1, %0\n add $1, %0\n add $1, %0\n add $1, %0\n add $1, %0\n"
+                         "add $1, %0\n add $1, %0\n add $1, %0\n add $1, %0\n add $1, %0" : "+r"(x));
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("%f\n", n / ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9) / 1e6);
+    return x == 0;
+}
+"""
+
+
+def measured_clock_mhz() -> float | None:
+    """The running clock from a dependent-add loop compiled with the system C compiler (x86 only);
+    ``None`` where there is no compiler or no x86."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        source, binary = Path(tmp) / "clock.c", Path(tmp) / "clock"
+        source.write_text(_CLOCK_PROBE)
+        try:
+            subprocess.run([compiler, "-O1", "-o", str(binary), str(source)], check=True, capture_output=True)
+            runs = [float(subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout)
+                    for _ in range(3)]  # fmt: skip
+        except (OSError, subprocess.CalledProcessError, ValueError):
+            return None
+    return max(runs)
 
 from clay.training.bands import BAND_GROUPS, GRID_SIZE, PATCH_SIZE
 from clay.training.model import ModelSize
@@ -37,6 +78,7 @@ class CpuPeak:
     model: str
     cores: int
     mhz: float
+    clock_source: str
     fp32_gflops: float
     bf16_gflops: float | None
     int8_gops: float | None
@@ -60,6 +102,9 @@ def cpu_peak() -> CpuPeak:
         elif key == "vendor_id" and not vendor:
             vendor = value.strip()
     cores = len(os.sched_getaffinity(0))
+    measured = measured_clock_mhz()
+    clock_source = "measured (dependent-add loop)" if measured else "reported by /proc/cpuinfo (nominal)"
+    mhz = measured or mhz
     if "avx512f" in flags:
         lanes = 8 if vendor == "AuthenticAMD" else 16  # 32-bit lanes per FMA pipe
     elif "avx2" in flags:
@@ -71,6 +116,6 @@ def cpu_peak() -> CpuPeak:
     fp32 = cores * ghz * fp32_per_cycle
     bf16 = fp32 * 2 if "avx512_bf16" in flags or "amx_bf16" in flags else None
     int8 = fp32 * 4 if "avx512_vnni" in flags or "avx_vnni" in flags else None
-    assumption = (f"{cores} cores × {ghz:.2f} GHz (reported) × {fp32_per_cycle} fp32 FLOP/cycle "
+    assumption = (f"{cores} cores × {ghz:.2f} GHz ({clock_source}) × {fp32_per_cycle} fp32 FLOP/cycle "
                   f"(2 FMA pipes × {lanes} lanes); bf16 ×2 with avx512_bf16, int8 ×4 with VNNI")  # fmt: skip
-    return CpuPeak(model, cores, mhz, fp32, bf16, int8, assumption)
+    return CpuPeak(model, cores, mhz, clock_source, fp32, bf16, int8, assumption)

@@ -10,10 +10,11 @@ def markdown(report: dict) -> str:
     machine = report["machine"]
     lines = [
         f"Clay `{report['size']}` encoder ({report['flops_per_chip'] / 1e9:.1f} GFLOP per chip), "
-        f"{machine['cpu']['model']}, {machine['cpu']['cores']} threads, "
+        f"{machine['cpu']['model']} at {machine['cpu']['mhz'] / 1000:.2f} GHz ({machine['cpu']['clock_source']}), "
+        f"{machine['cpu']['cores']} threads, "
         f"{report['repeats']} interleaved rounds, commit {report['commit'][:10]}, {report['date']}.",
         "",
-        "| backend | batch | chips/s (median, min–max) | × eager fp32 (Clay) | × best eager | GFLOP/s | % of peak | min cosine | max abs err | peak RSS MB |",
+        "| backend | batch | chips/s (median, min–max) | × eager fp32 (Clay) | × best eager | GFLOP/s | % of peak | min cosine | max abs err | memory MB (call / process) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
@@ -21,8 +22,12 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {r['backend']} | {r['batch']} | {r['chips_per_s_median']:.3f} ({r['chips_per_s_min']:.3f}–{r['chips_per_s_max']:.3f}) "
             f"| {r['ratio_vs_baseline_median']:.2f} | {r['ratio_vs_best_eager_median']:.2f} ({r['best_eager']}) "
-            f"| {r['gflops']:.1f} | {fraction} | {r['cosine_min']:.6f} | {r['max_abs_error']:.2g} | {r['peak_rss_mb']:.0f} |"
+            f"| {r['gflops']:.1f} | {fraction} | {r['cosine_min']:.6f} | {r['max_abs_error']:.2g} | {r['call_memory_mb']:.0f} / {r['peak_rss_mb']:.0f} |"
         )
+    lines += ["", f"Peak rates: fp32 {machine['cpu']['fp32_gflops']:.0f} GFLOP/s, bf16 "
+              f"{machine['cpu']['bf16_gflops'] or 0:.0f}, int8 {machine['cpu']['int8_gops'] or 0:.0f} GOP/s "
+              f"({machine['cpu']['assumption']}). Memory: the rise in process RSS during the backend's warm-up "
+              "call / the process RSS at that peak. Weights: " + report["weights"] + "."]
     absent = [b for b in report["backends"] if b["absent"]]
     if absent:
         lines += ["", "Absent here: " + "; ".join(f"{b['name']} ({b['absent']})" for b in absent) + "."]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import onnx
@@ -17,9 +18,15 @@ def quantize_int8(fp32_path: Path, int8_path: Path, metadata: EngineMetadata) ->
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser's advice to pre-process is for static quantisation
+    try:
+        quantize_dynamic(
+            str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
+        )
+    finally:
+        root.setLevel(level)
     model = onnx.load(str(int8_path))
     del model.metadata_props[:]
     for key, value in metadata.to_props().items():

@@ -178,6 +178,7 @@ def test_api_embeds_arrays_and_refuses_wrong_shapes(engine):
         (lambda p: write_scene(p, 600, 600, nodata_fraction=1.0), "every chip has more than 50% nodata"),
         (lambda p: p.write_bytes(b"II*\x00garbage"), "not a readable GeoTIFF"),
         (lambda p: _uint8_scene(p), "unsupported data type uint8"),
+        (lambda p: _truncated_scene(p), "bad.tif"),
     ],
 )
 def test_bad_scenes_are_one_line_and_leave_no_file(engine, tmp_path, make, message):
@@ -188,6 +189,13 @@ def test_bad_scenes_are_one_line_and_leave_no_file(engine, tmp_path, make, messa
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 or "bad.tif" in result.stderr.strip().splitlines()[-1]
     assert not any((tmp_path / "out").glob("*.parquet")) if (tmp_path / "out").exists() else True
+
+
+def _truncated_scene(path: Path) -> None:
+    """A scene cut off half-way, as an interrupted download leaves it."""
+    write_scene(path, 1100, 1100, seed=3)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
 
 
 def _uint8_scene(path: Path) -> None:
