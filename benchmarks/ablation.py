@@ -8,7 +8,9 @@ the best eager: SDPA + bf16 autocast where the CPU has bf16) in the same rounds.
 - ``fp32-fused``: after ONNX Runtime's transformer optimizer (SkipLayerNormalization, bias-GELU and,
   where its pattern matches, attention fusion);
 - ``int8-tensor`` / ``int8-channel``: dynamic int8 MatMuls, per-tensor or per-channel weights;
-- ``int8-fused``: the fused graph, then dynamic int8 (per-channel).
+- ``int8-fused``: the fused graph, then dynamic int8 (per-channel);
+- ``fp32-mha`` / ``int8-mha``: attention exported as ONNX Runtime's fused MultiHeadAttention kernel
+  (no N × N score matrix in memory), fp32 or with dynamic int8 (per-channel) MatMuls.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import click
 import onnx
 
 from clay.export.artifacts import ExportOptions, export_artifacts
+from clay.export.graph import InferenceEncoder
+from clay.export.onnx_export import export_onnx, read_metadata
 from clay.training.bands import GROUP_NAMES
 from clay.training.model import ClayMAE
 from clay.training.synthetic import make_chips
@@ -78,6 +82,9 @@ def main(size: str, batch: int, repeats: int, out: Path) -> None:
         torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
         export_artifacts(ExportOptions(out=folder, checkpoint=ckpt, groups=GROUP_NAMES, check=False), log=lambda _: None)
         fp32 = folder / "clay.onnx"
+        export_onnx(InferenceEncoder(model.encoder, GROUP_NAMES, fused_attention=True), folder / "mha.onnx",
+                    read_metadata(fp32))  # fmt: skip
+        quantise(folder / "mha.onnx", folder / "int8-mha.onnx", per_channel=True)
         fused_stats = fuse(fp32, folder / "fused.onnx", model.size)
         quantise(fp32, folder / "int8-tensor.onnx", per_channel=False)
         quantise(fp32, folder / "int8-channel.onnx", per_channel=True)
@@ -85,7 +92,8 @@ def main(size: str, batch: int, repeats: int, out: Path) -> None:
         variants = [
             ("fp32", "fp32", "clay.onnx"), ("fp32-fused", "fp32", "fused.onnx"),
             ("int8-tensor", "int8", "int8-tensor.onnx"), ("int8-channel", "int8", "int8-channel.onnx"),
-            ("int8-fused", "int8", "int8-fused.onnx"),
+            ("int8-fused", "int8", "int8-fused.onnx"), ("fp32-mha", "fp32", "mha.onnx"),
+            ("int8-mha", "int8", "int8-mha.onnx"),
         ]  # fmt: skip
         backends: list[Backend] = [b for b in eager_backends(model, GROUP_NAMES, "cpu") if b.name != "eager-fp32-sdpa"]
         backends += [engine_backend(f"onnx-{name}", name, precision, folder / file, "onnx-cpu", threads)

@@ -35,6 +35,24 @@ def fold_normalisation(conv: nn.Conv2d, means: Sequence[float], stds: Sequence[f
     return folded
 
 
+class OrtMultiHeadAttention(torch.autograd.Function):
+    """Softmax(q kᵀ / √d) v over ``heads`` heads, exported as ONNX Runtime's fused
+    ``com.microsoft.MultiHeadAttention``: one kernel that never writes the N × N score matrix out,
+    for the CPU artifact only (TensorRT and other runtimes do not know the op)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:  # [B, N, heads·d] each
+        batch, tokens, inner = q.shape
+        split = [t.reshape(batch, tokens, heads, inner // heads).transpose(1, 2) for t in (q, k, v)]
+        return F.scaled_dot_product_attention(*split).transpose(1, 2).reshape(batch, tokens, inner)
+
+    @staticmethod
+    def symbolic(g, q, k, v, heads: int):
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads)
+        out.setType(q.type())  # same shape and type as the query: lets the exporter infer shapes
+        return out
+
+
 class InferenceEncoder(nn.Module):
     """Exportable Clay encoder for a set of band groups (all six by default).
 
@@ -49,9 +67,11 @@ class InferenceEncoder(nn.Module):
         groups: Sequence[str] = GROUP_NAMES,
         patch_embeddings: bool = False,
         half: bool = False,
+        fused_attention: bool = False,
     ) -> None:
         super().__init__()
         self.groups = tuple(groups)
+        self.fused_attention = fused_attention
         self.with_patches = patch_embeddings
         self.dtype = torch.float16 if half else torch.float32
         bands = bands_of_groups(self.groups)
@@ -108,6 +128,9 @@ class InferenceEncoder(nn.Module):
 
     def _attention(self, attn, x: Tensor) -> Tensor:
         h = self._layer_norm(attn.norm, x, self.dtype)
+        if self.fused_attention:
+            q, k, v = attn.to_qkv(h).chunk(3, dim=-1)
+            return attn.to_out(OrtMultiHeadAttention.apply(q, k, v, attn.heads))
         batch, tokens, _ = h.shape
         qkv = attn.to_qkv(h).reshape(batch, tokens, 3, attn.heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * attn.scale, qkv[1], qkv[2]  # scale q first: smaller float16 scores

@@ -1,4 +1,11 @@
-"""Dynamic int8 quantisation of the fp32 graph with ONNX Runtime, for CPUs and edge devices."""
+"""The CPU/edge artifact: dynamic int8 MatMuls around ONNX Runtime's fused attention kernel.
+
+Measured on the 2-core reference CPU with the `small` model (benchmarks/results/ablation-small.md):
+of the levers tried, only two paid: int8 MatMul weights (VNNI kernels) and the fused
+MultiHeadAttention kernel in place of MatMul-Softmax-MatMul (+9 %). ONNX Runtime's transformer
+optimizer (SkipLayerNormalization, bias-GELU) and int8 attention matmuls did not pay and are not used.
+The artifact therefore runs on ONNX Runtime only (the portable graphs are clay.onnx and clay.fp16.onnx).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +20,8 @@ from clay.runtime.metadata import EngineMetadata
 def quantize_int8(fp32_path: Path, int8_path: Path, metadata: EngineMetadata) -> None:
     """Int8 weights (per output channel) and int8 activations quantised at run time.
 
-    Dynamic quantisation needs no calibration data, and the MatMul weights hold nearly all of the
-    encoder's FLOPs, which is where int8 kernels pay.
+    Dynamic quantisation needs no calibration data; the weight MatMuls hold two thirds of the
+    encoder's FLOPs, and the attention (the other third) stays float inside the fused kernel.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -41,25 +41,26 @@ def export_onnx(module: InferenceEncoder, path: Path, metadata: EngineMetadata) 
             dynamic_axes={name: {0: "batch"} for name in names},
             opset_version=OPSET,
             do_constant_folding=True,
+            custom_opsets={"com.microsoft": 1} if module.fused_attention else None,
         )
-    model = simplify(onnx.load(str(path)))
+    model = simplify(onnx.load(str(path)), strict=not module.fused_attention)
     model.producer_name = "clay-export"
     del model.metadata_props[:]
     for key, value in metadata.to_props().items():
         model.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(model, full_check=True)
+    onnx.checker.check_model(model, full_check=not module.fused_attention)  # contrib ops have no ONNX schema
     onnx.save(model, str(path))
     return model
 
 
-def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+def simplify(model: onnx.ModelProto, strict: bool = True) -> onnx.ModelProto:
     """Constant folding and dead-node removal with onnxsim, keeping the batch dimension dynamic."""
     from onnxsim import simplify as onnxsim_simplify
 
     simplified, ok = onnxsim_simplify(model)
     if not ok:
         raise RuntimeError("onnxsim could not validate the simplified graph")
-    return onnx.shape_inference.infer_shapes(simplified, strict_mode=True)
+    return onnx.shape_inference.infer_shapes(simplified, strict_mode=strict)
 
 
 def read_metadata(path: Path) -> EngineMetadata:
