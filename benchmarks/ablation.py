@@ -8,6 +8,7 @@ the best eager: SDPA + bf16 autocast where the CPU has bf16) in the same rounds.
 - ``fp32-fused``: after ONNX Runtime's transformer optimizer (SkipLayerNormalization, bias-GELU and,
   where its pattern matches, attention fusion);
 - ``int8-tensor`` / ``int8-channel``: dynamic int8 MatMuls, per-tensor or per-channel weights;
+- ``int8-attention``: per-channel, and the attention matmuls in int8 too (softmax in float);
 - ``int8-fused``: the fused graph, then dynamic int8 (per-channel);
 - ``fp32-mha`` / ``int8-mha``: attention exported as ONNX Runtime's fused MultiHeadAttention kernel
   (no N × N score matrix in memory), fp32 or with dynamic int8 (per-channel) MatMuls.
@@ -55,11 +56,13 @@ def copy_metadata(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-def quantise(src: Path, dst: Path, per_channel: bool) -> None:
+def quantise(src: Path, dst: Path, per_channel: bool, attention_matmuls: bool = False) -> None:
+    """Dynamic int8; ``attention_matmuls`` also quantises q·kᵀ and attention·v (softmax stays float)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                     op_types_to_quantize=["MatMul", "Attention"])  # fmt: skip
+                     op_types_to_quantize=["MatMul", "Attention"],
+                     extra_options={"MatMulConstBOnly": not attention_matmuls})  # fmt: skip
     copy_metadata(src, dst)
 
 
@@ -88,10 +91,12 @@ def main(size: str, batch: int, repeats: int, out: Path) -> None:
         fused_stats = fuse(fp32, folder / "fused.onnx", model.size)
         quantise(fp32, folder / "int8-tensor.onnx", per_channel=False)
         quantise(fp32, folder / "int8-channel.onnx", per_channel=True)
+        quantise(fp32, folder / "int8-attention.onnx", per_channel=True, attention_matmuls=True)
         quantise(folder / "fused.onnx", folder / "int8-fused.onnx", per_channel=True)
         variants = [
             ("fp32", "fp32", "clay.onnx"), ("fp32-fused", "fp32", "fused.onnx"),
             ("int8-tensor", "int8", "int8-tensor.onnx"), ("int8-channel", "int8", "int8-channel.onnx"),
+            ("int8-attention", "int8", "int8-attention.onnx"),
             ("int8-fused", "int8", "int8-fused.onnx"), ("fp32-mha", "fp32", "mha.onnx"),
             ("int8-mha", "int8", "int8-mha.onnx"),
         ]  # fmt: skip
