@@ -221,32 +221,6 @@ def _starts(length: int, size: int, edge: str) -> list[int]:
     return starts
 
 
-def match_bands(path: Path, descriptions, count: int, wanted: tuple[str, ...]) -> tuple[int, ...]:
-    """1-based indexes of ``wanted`` bands: by band description (``B2``/``b02``/``VV``...), or by
-    position when the file has exactly the 13 Clay bands and no names."""
-    named: dict[str, int] = {}
-    for index, description in enumerate(descriptions, start=1):
-        name = canonical_band_name(description) if description else None
-        if name is None:
-            continue
-        if name in named:
-            raise SceneError(f"{path}: two bands are named {name} (bands {named[name]} and {index})")
-        named[name] = index
-    if named:
-        missing = [b for b in wanted if b not in named]
-        if missing:
-            raise SceneError(
-                f"{path}: lacks band(s) {', '.join(missing)} (the file has {', '.join(named)})"
-            )
-        return tuple(named[b] for b in wanted)
-    if count != len(BAND_NAMES):
-        raise SceneError(
-            f"{path}: {count} bands without band descriptions, expected {len(BAND_NAMES)} in Clay order "
-            f"({BAND_NAMES[0]}…{BAND_NAMES[-1]}) or bands named by description"
-        )
-    return tuple(BAND_NAMES.index(b) + 1 for b in wanted)
-
-
 @dataclass(frozen=True)
 class SceneFiles:
     """What the user pointed at as one scene: a multi-band file, or single-band files (per-band
@@ -278,14 +252,14 @@ def open_scene(
             raise SceneError(f"{path}: no such file")
         scene = SceneFiles(path, (path,)) if path.is_file() else discover_scenes([path])[0]
     wanted = tuple(engine.bands)
-    headers = [_read_header(p) for p in scene.files]
-    sources = _band_sources(scene, headers, wanted)
+    headers = [read_header(p) for p in scene.files]
+    sources = band_sources(scene, headers, wanted)
     used = [h for h in headers if h.path in {path for path, _ in sources.values()}]
     reference = min(used, key=lambda h: abs(h.transform.a))  # the finest grid
     _check_overlap(reference, used)
     unit = "degrees" if reference.crs.is_geographic else (reference.crs.linear_units or "units")
     applied: dict[str, object] = {"grid": f"{reference.path.name} ({abs(reference.transform.a):g} {unit} pixels)"}
-    band_sources = []
+    readers = []
     for band in wanted:
         path, index = sources[band]
         header = next(h for h in headers if h.path == path)
@@ -296,21 +270,21 @@ def open_scene(
             applied.setdefault("resampled_bilinear", []).append(band)
         if from_db:
             applied.setdefault("sar_db_to_linear", []).append(band)
-        band_sources.append(BandSource(path, index, band, warp, header.nodata, from_db))
+        readers.append(BandSource(path, index, band, warp, header.nodata, from_db))
     if s2_offset:
         applied["s2_offset_removed"] = s2_offset
     when = date or _scene_date(scene, headers)
     applied["date_source"] = "--date" if date else "file tags"
     return Scene(
         path=scene.path, name=scene.name, crs=reference.crs, transform=reference.transform, width=reference.width,
-        height=reference.height, date=when, sources=tuple(band_sources),
+        height=reference.height, date=when, sources=tuple(readers),
         fill_values=np.asarray(engine.band_means, dtype=np.float32), chip_size=engine.chip_size,
         s2_offset=s2_offset, applied=applied,
     )  # fmt: skip
 
 
 @dataclass(frozen=True)
-class _Header:
+class Header:
     path: Path
     crs: rasterio.crs.CRS
     transform: rasterio.Affine
@@ -323,7 +297,8 @@ class _Header:
     tags: dict[str, str]
 
 
-def _read_header(path: Path) -> _Header:
+def read_header(path: Path) -> Header:
+    """What the runtime (and the training data) need to know of a file, without reading pixels."""
     if not path.is_file():
         raise SceneError(f"{path}: no such file")
     try:
@@ -338,13 +313,13 @@ def _read_header(path: Path) -> _Header:
             names = tuple(canonical_band_name(d) if d else None for d in src.descriptions)
             if src.count == 1 and names[0] is None:
                 names = (canonical_band_name(path.stem),)  # per-band products name the band in the file name
-            return _Header(path, src.crs, src.transform, src.width, src.height, src.count, names, src.nodata,
+            return Header(path, src.crs, src.transform, src.width, src.height, src.count, names, src.nodata,
                            tuple(u or "" for u in src.units), src.tags())  # fmt: skip
     except RasterioError as exc:
         raise SceneError(f"{path}: not a readable GeoTIFF ({_first_line(exc)})") from None
 
 
-def _band_sources(scene: SceneFiles, headers: list[_Header], wanted: tuple[str, ...]) -> dict[str, tuple[Path, int]]:
+def band_sources(scene: SceneFiles, headers: list[Header], wanted: tuple[str, ...]) -> dict[str, tuple[Path, int]]:
     """Engine band → (file, 1-based index); duplicates and missing bands are errors."""
     found: dict[str, tuple[Path, int]] = {}
     for header in headers:
@@ -366,14 +341,14 @@ def _band_sources(scene: SceneFiles, headers: list[_Header], wanted: tuple[str, 
     missing = [b for b in wanted if b not in found]
     if missing:
         fitting = [g for g in GROUP_NAMES if all(BAND_NAMES[i] in found for i in BAND_GROUPS[g])]
-        hint = f"; an engine exported with --groups {','.join(fitting)} fits it" if fitting else ""
+        hint = f"; the band groups it has: --groups {','.join(fitting)}" if fitting else ""
         raise SceneError(
             f"{scene.path}: lacks band(s) {', '.join(missing)} (the scene has {', '.join(found) or 'no Clay band'}){hint}"
         )
     return {b: found[b] for b in wanted}
 
 
-def _check_overlap(reference: _Header, headers: list[_Header]) -> None:
+def _check_overlap(reference: Header, headers: list[Header]) -> None:
     ref = box(*rasterio.transform.array_bounds(reference.height, reference.width, reference.transform))
     for header in headers:
         if header is reference:
@@ -388,7 +363,7 @@ def _check_overlap(reference: _Header, headers: list[_Header]) -> None:
             raise SceneError(f"{header.path} and {reference.path} do not overlap")
 
 
-def _sar_is_db(header: _Header, index: int, band: str, sar_units: str) -> bool:
+def _sar_is_db(header: Header, index: int, band: str, sar_units: str) -> bool:
     """Whether a SAR band holds dB: from ``--sar-units``, else the band's unit metadata, else refuse a
     band that is mostly negative (linear power is never negative)."""
     unit = header.units[index - 1].strip().lower()
@@ -465,7 +440,7 @@ def gsd_warning(scene: Scene) -> str | None:
     return None
 
 
-def _scene_date(scene: SceneFiles, headers: list[_Header]) -> Date:
+def _scene_date(scene: SceneFiles, headers: list[Header]) -> Date:
     for header in headers:
         text = header.tags.get("date") or header.tags.get("DATE") or header.tags.get("TIFFTAG_DATETIME")
         if not text:

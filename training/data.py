@@ -24,7 +24,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset
 
-from clay.runtime.scene import SceneError, match_bands, parse_date
+from clay.runtime.scene import SceneError, SceneFiles, band_sources, parse_date, read_header
 
 from .bands import BAND_MEANS, BAND_NAMES, BAND_STDS, CHIP_SIZE, GROUP_NAMES, bands_of_groups
 from .bands import parse_groups as _parse_groups
@@ -60,22 +60,21 @@ def read_date_tag(tags: dict[str, str], path: Path) -> tuple[int, int, int]:
 
 
 def inspect_chip(path: str | Path, groups: Sequence[str], chip_size: int = CHIP_SIZE) -> ChipFile:
-    """Check a chip file's header (no pixels read) and say how to read it, or raise ChipError."""
+    """Check a chip file's header (no pixels read) and say how to read it, or raise ChipError.
+
+    Band matching is the runtime's own (:func:`clay.runtime.scene.band_sources`), so a file that
+    trains also embeds, and the other way round."""
     path = Path(path)
+    wanted = tuple(BAND_NAMES[b] for b in bands_of_groups(groups))
     try:
-        with rasterio.open(path) as src:
-            if src.crs is None:
-                raise ChipError(f"{path}: no CRS")
-            if src.height < chip_size or src.width < chip_size:
-                raise ChipError(f"{path}: {src.width}×{src.height} px is smaller than a {chip_size}² chip")
-            wanted = tuple(BAND_NAMES[b] for b in bands_of_groups(groups))
-            indexes = match_bands(path, src.descriptions, src.count, wanted)
-            day = read_date_tag(src.tags(), path)
-            return ChipFile(path, indexes, day, src.height, src.width)
+        header = read_header(path)
+        sources = band_sources(SceneFiles(path, (path,)), [header], wanted)
     except SceneError as exc:
         raise ChipError(str(exc)) from None
-    except RasterioError as exc:
-        raise ChipError(f"{path}: not a readable GeoTIFF ({exc})") from None
+    if header.height < chip_size or header.width < chip_size:
+        raise ChipError(f"{path}: {header.width}×{header.height} px is smaller than a {chip_size}² chip")
+    day = read_date_tag(header.tags, path)
+    return ChipFile(path, tuple(sources[b][1] for b in wanted), day, header.height, header.width)
 
 
 class ChipDataset(Dataset):
