@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
@@ -70,8 +69,3 @@ def read_metadata(path: Path) -> EngineMetadata:
 
 def graph_op_types(path: Path) -> set[str]:
     return {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
-
-
-def initializer_dtypes(path: Path) -> set[np.dtype]:
-    model = onnx.load(str(path))
-    return {onnx.helper.tensor_dtype_to_np_dtype(t.data_type) for t in model.graph.initializer}

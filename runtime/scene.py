@@ -37,6 +37,11 @@ class SceneError(ValueError):
     """A scene the runtime cannot embed; the message names the file and the problem."""
 
 
+def date_tag(tags: dict[str, str]) -> str | None:
+    """The acquisition date text of a GeoTIFF: the release's ``date`` tag, else TIFF ``DateTime``."""
+    return tags.get("date") or tags.get("DATE") or tags.get("TIFFTAG_DATETIME")
+
+
 def parse_date(text: str) -> Date:
     """``YYYY-MM-DD`` (also the TIFF ``YYYY:MM:DD HH:MM:SS`` form) → date."""
     head = text.strip()[:10]
@@ -442,7 +447,7 @@ def gsd_warning(scene: Scene) -> str | None:
 
 def _scene_date(scene: SceneFiles, headers: list[Header]) -> Date:
     for header in headers:
-        text = header.tags.get("date") or header.tags.get("DATE") or header.tags.get("TIFFTAG_DATETIME")
+        text = date_tag(header.tags)
         if not text:
             continue
         try:

@@ -160,11 +160,16 @@ def test_missing_band_names_the_groups_that_would_fit(s2_s1_engine, tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "x.parquet").exists()
 
 
-def test_per_band_files_that_do_not_overlap_are_refused(s2_engine, tmp_path):
-    folder = tmp_path / "scene"
+def copy_s2_bands(folder: Path) -> Path:
+    """A writable copy of the T48QUE per-band files, for tests that break it on purpose."""
     folder.mkdir()
     for band in S2_BANDS:
         shutil.copy(T48QUE / f"{band}.tif", folder / f"{band}.tif")
+    return folder
+
+
+def test_per_band_files_that_do_not_overlap_are_refused(s2_engine, tmp_path):
+    folder = copy_s2_bands(tmp_path / "scene")
     with rasterio.open(folder / "B11.tif", "r+") as dst:  # move one band 100 km east
         dst.transform = dst.transform * dst.transform.translation(100_000 / dst.transform.a, 0)
     result = clay_run(folder, "--engine", s2_engine / "clay.onnx", "--date", "2020-02-23", "--out", tmp_path / "o.parquet")
@@ -173,10 +178,7 @@ def test_per_band_files_that_do_not_overlap_are_refused(s2_engine, tmp_path):
 
 
 def test_two_files_claiming_the_same_band_are_refused(s2_engine, tmp_path):
-    folder = tmp_path / "scene"
-    folder.mkdir()
-    for band in S2_BANDS:
-        shutil.copy(T48QUE / f"{band}.tif", folder / f"{band}.tif")
+    folder = copy_s2_bands(tmp_path / "scene")
     shutil.copy(T48QUE / "B02.tif", folder / "B2.tif")
     result = clay_run(folder, "--engine", s2_engine / "clay.onnx", "--date", "2020-02-23", "--out", tmp_path / "o.parquet")
     assert result.returncode != 0 and "two bands claim B02" in result.stderr

@@ -24,7 +24,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset
 
-from clay.runtime.scene import SceneError, SceneFiles, band_sources, parse_date, read_header
+from clay.runtime.scene import SceneError, SceneFiles, band_sources, date_tag, parse_date, read_header
 
 from .bands import BAND_MEANS, BAND_NAMES, BAND_STDS, CHIP_SIZE, GROUP_NAMES, bands_of_groups
 from .bands import parse_groups as _parse_groups
@@ -49,7 +49,7 @@ class ChipFile:
 
 def read_date_tag(tags: dict[str, str], path: Path) -> tuple[int, int, int]:
     """Acquisition date from the ``date`` tag (the release's chips) or TIFF ``DateTime``."""
-    text = tags.get("date") or tags.get("DATE") or tags.get("TIFFTAG_DATETIME")
+    text = date_tag(tags)
     if not text:
         raise ChipError(f"{path}: no acquisition date (no 'date' tag and no TIFF DateTime)")
     try:
