@@ -70,6 +70,10 @@ class BandSource:
     warp: bool  # not on the scene grid: read through a bilinear WarpedVRT onto it
     nodata: float | None
     from_db: bool  # SAR stored in dB, converted to linear power when read
+    # Set when the file's grid differs from the scene's only by pixel size and origin (same CRS,
+    # north-up, covering the scene, no nodata to mask): a bilinear resampled windowed read then gives
+    # the WarpedVRT's values (identical on the demo scene's 20 m bands) at a seventh of the cost.
+    source_transform: rasterio.Affine | None = None
 
 
 @dataclass
@@ -102,8 +106,9 @@ class Scene:
         self._db = [i for i, s in enumerate(self.sources) if s.from_db]
         reads: dict[tuple[Path, bool], list[int]] = {}
         for position, source in enumerate(self.sources):
-            reads.setdefault((source.path, source.warp), []).append(position)
+            reads.setdefault((source.path, source.warp and source.source_transform is None), []).append(position)
         self._reads = list(reads.items())
+        self._resample_from = {s.path: s.source_transform for s in self.sources if s.source_transform is not None}
 
     # --- grid -------------------------------------------------------------------------------------
 
@@ -132,7 +137,13 @@ class Scene:
         for (path, warp), positions in self._reads:
             indexes = [self.sources[p].index for p in positions]
             try:
-                data[positions] = self.reader(path, warp).read(indexes, window=window, out_dtype="float32")
+                if path in self._resample_from:
+                    data[positions] = self.reader(path, False).read(
+                        indexes, window=self._source_window(self._resample_from[path], window),
+                        out_shape=(len(indexes), chip.height, chip.width), resampling=Resampling.bilinear,
+                        out_dtype="float32")  # fmt: skip
+                else:
+                    data[positions] = self.reader(path, warp).read(indexes, window=window, out_dtype="float32")
             except RasterioError as exc:
                 raise SceneError(f"{path}: read failed at row {chip.row}, col {chip.col} ({_first_line(exc)})") from None
         fraction, invalid = 0.0, None
@@ -150,6 +161,12 @@ class Scene:
         if pad_rows or pad_cols:
             data = np.pad(data, ((0, 0), (0, pad_rows), (0, pad_cols)), mode="edge")
         return data, fraction
+
+    def _source_window(self, source: rasterio.Affine, window: Window) -> Window:
+        """The scene-grid window in a coarser file's pixel coordinates (fractional: GDAL resamples it)."""
+        x, y = self.transform * (window.col_off, window.row_off)
+        return Window((x - source.c) / source.a, (y - source.f) / source.e,
+                      window.width * self.transform.a / source.a, window.height * self.transform.e / source.e)  # fmt: skip
 
     def _may_hold_nodata(self, data: np.ndarray) -> bool:
         """Cheap reductions first: on a 2-core machine every pass over a chip is taken from the engine."""
@@ -275,7 +292,8 @@ def open_scene(
             applied.setdefault("resampled_bilinear", []).append(band)
         if from_db:
             applied.setdefault("sar_db_to_linear", []).append(band)
-        readers.append(BandSource(path, index, band, warp, header.nodata, from_db))
+        aligned = warp and _resamples_by_window(header, reference)
+        readers.append(BandSource(path, index, band, warp, header.nodata, from_db, header.transform if aligned else None))
     if s2_offset:
         applied["s2_offset_removed"] = s2_offset
     when = date or _scene_date(scene, headers)
@@ -351,6 +369,20 @@ def band_sources(scene: SceneFiles, headers: list[Header], wanted: tuple[str, ..
             f"{scene.path}: lacks band(s) {', '.join(missing)} (the scene has {', '.join(found) or 'no Clay band'}){hint}"
         )
     return {b: found[b] for b in wanted}
+
+
+def _resamples_by_window(header: Header, reference: Header) -> bool:
+    """Whether a file can be read onto the reference grid by a resampled window instead of a warp."""
+    src, ref = header.transform, reference.transform
+    north_up = src.b == src.d == ref.b == ref.d == 0 and src.a > 0 > src.e and ref.a > 0 > ref.e
+    if header.crs != reference.crs or not north_up or header.nodata is not None:
+        return False
+    tolerance = 1e-6 * abs(src.a)
+    left, top = ref.c, ref.f
+    right, bottom = ref * (reference.width, reference.height)
+    src_right, src_bottom = src * (header.width, header.height)
+    return (src.c - tolerance <= left and right <= src_right + tolerance
+            and src.f + tolerance >= top and bottom >= src_bottom - tolerance)  # fmt: skip
 
 
 def _check_overlap(reference: Header, headers: list[Header]) -> None:
