@@ -26,8 +26,8 @@ from .bench import BASELINE, measure
 from .flops import cpu_peak, encoder_flops
 from .report import write_outputs
 
-ALL_BACKENDS = ("eager-fp32-clay", "eager-fp32-sdpa", "eager-bf16-sdpa", "eager-fp16-sdpa", "onnx-cpu-fp32",
-                "onnx-cpu-int8", "onnx-cuda-fp16", "tensorrt-fp16")  # fmt: skip
+ALL_BACKENDS = ("eager-fp32-clay", "eager-fp32-sdpa", "eager-bf16-sdpa", "compiled-bf16-sdpa", "eager-fp16-sdpa",
+                "compiled-fp16-sdpa", "onnx-cpu-fp32", "onnx-cpu-int8", "onnx-cuda-fp16", "tensorrt-fp16")  # fmt: skip
 DEFAULT_OUT = Path(__file__).parent / "results"
 
 

@@ -12,9 +12,13 @@ import pytest
 pytest.importorskip("torch", reason="the benchmark needs the [bench] extra")
 pytest.importorskip("matplotlib", reason="the benchmark needs the [bench] extra")
 
-from clay.benchmarks.bench import BASELINE  # noqa: E402
+from clay.benchmarks.bench import BASELINE, BEST_EAGER  # noqa: E402
 from clay.benchmarks.flops import encoder_flops  # noqa: E402
 from clay.training.model import get_size  # noqa: E402
+
+from clay.training.cli import cpu_has_bf16  # noqa: E402
+
+from .conftest import SHARED_DATA  # noqa: E402
 
 
 def test_small_encoder_flops_match_the_published_shape():
@@ -64,3 +68,37 @@ def test_every_ratio_is_computed_from_timings_of_the_same_rounds(report):
             assert row["gflops"] == pytest.approx(np.median(batch / seconds) * data["flops_per_chip"] / 1e9)
             assert 0.9 <= row["cosine_min"] <= 1.0 + 1e-6
         assert baseline["ratio_vs_baseline"] == [1.0] * data["repeats"]
+        strong = [rows[n] for n in BEST_EAGER if n in rows]  # best eager = the fastest strong PyTorch here
+        assert rows[baseline["best_eager"]] == min(strong, key=lambda r: np.median(r["seconds"]))
+
+
+def run_module(module: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real samples not found under {SHARED_DATA}")
+def test_real_scene_fidelity_covers_every_sample_chip_and_patch(tmp_path):
+    result = run_module("clay.benchmarks.real_scenes", "--size", "tiny", "--data", SHARED_DATA, "--batch", "2", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "real-scenes-tiny.json").read_text())
+    rows = {r["scene"]: r for r in data["fidelity"]}
+    assert set(rows) == {"T48QUE-20200223", "ssl4eo-s12-0000200", "dem-rome"}
+    assert rows["T48QUE-20200223"]["chips"] == 9 and rows["ssl4eo-s12-0000200"]["groups"][-1] == "sar"
+    for row in rows.values():
+        assert row["patches"] == row["chips"] * len(row["groups"]) * 256
+        assert 0.99 <= row["chip_cosine_min"] <= row["chip_cosine_median"] <= 1 + 1e-6
+        assert row["patch_cosine_min"] <= row["patch_cosine_p01"] <= row["patch_cosine_median"] <= 1 + 1e-6
+    assert [e["batch"] for e in data["end_to_end"]] == [2] and data["end_to_end"][0]["chips"] == 9
+
+
+def test_ablation_times_every_lever_against_both_baselines(tmp_path):
+    result = run_module("clay.benchmarks.ablation", "--size", "tiny", "--batch", "1", "--repeats", "1", "--out", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "ablation-tiny.json").read_text())
+    names = {r["backend"] for r in data["results"]}
+    assert {"eager-fp32-clay", "onnx-int8-mha", "onnx-int8-mha-spin"} <= names
+    assert ("compiled-bf16-sdpa" in names) == cpu_has_bf16()
+    assert "onnx-int8-static" not in names  # needs --data to calibrate on real chips
+    assert data["vnni_check"]["gops"] > 0
+    for row in data["results"]:
+        assert row["ratio_vs_best_eager"] and row["ratio_vs_baseline"]
