@@ -21,7 +21,9 @@ DEMO_STORY = (
     "principal components of the per-patch embeddings, standardised within each chip (middle, one "
     "32 px = 320 m cell each), and of the chip embeddings (right, one 512 px square per chip). Cells "
     "the model finds alike get alike colours. With these small demo weights the large dark area north "
-    "of the river stands out clearly; the reservoir, the river and the town separate only faintly."
+    "of the river is one blue-violet block, the reservoir and the ponds south of the river are cyan, "
+    "and the fields fall into greens, yellows and reds; the river (narrower than a third of a cell) and "
+    "the town do not stand out, and chip seams show because each chip is standardised on its own."
 )
 
 def output_paths(scenes: list[SceneFiles], out: Path | None) -> list[Path]:

@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import rasterio
 from PIL import Image
 from shapely import from_wkb
 
 from clay.runtime.cli import DEMO_DIR, DEMO_ENGINE, DEMO_SCENE
+
+from .conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,10 +98,25 @@ def test_shipped_engine_equals_a_fresh_export_of_the_shipped_weights(tmp_path):
 def test_demo_weights_beat_untrained_and_per_band_mean_on_the_held_out_quadrant(tmp_path):
     from clay.training.demo import WEIGHTS, evaluate, prepare
 
-    _, val = prepare(tmp_path, DEMO_SCENE)
+    _, val = prepare(tmp_path, DEMO_SCENE, pair=None)
     scores = evaluate(WEIGHTS, val / "bottom-right.tif")
     assert scores["demo_weights"] < scores["untrained"]
     assert scores["demo_weights"] < scores["per_band_mean"]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ssl4eo-s12-0000200").is_dir(), reason=f"real samples not found under {SHARED_DATA}")
+def test_the_s2_s1_pair_trains_as_one_padded_chip_with_linear_sar(tmp_path):
+    from clay.training.bands import GROUP_NAMES
+    from clay.training.data import inspect_chip
+    from clay.training.demo import PAIR, prepare
+
+    train, _ = prepare(tmp_path, DEMO_SCENE, PAIR)
+    chip = inspect_chip(train / "ssl4eo-s2-s1.tif", GROUP_NAMES, partial_groups=True, pad_small=True)
+    assert chip.groups == ("rgb", "rededge", "nir", "swir", "sar") and (chip.height, chip.width) == (262, 262)  # S1 cover
+    with rasterio.open(chip.path) as src:
+        sar = src.read([src.descriptions.index(b) + 1 for b in ("VH", "VV")])
+        assert src.tags()["date"] == "2020-06-04" and src.crs.to_epsg() == 4326
+    assert 0 < sar.min() and sar.max() < 10 and np.median(sar[0]) < np.median(sar[1])  # linear power, VH < VV
 
 
 def test_demo_folder_holds_only_what_the_demo_needs():

@@ -16,7 +16,7 @@ pytest.importorskip("lightning", reason="training tests need the [training] extr
 from clay.training.bands import GROUP_NAMES  # noqa: E402
 from clay.training.checkpoint import load_clay_mae  # noqa: E402
 from clay.training.data import ChipDataModule, ChipDataset, ChipError, collate_chips, inspect_chip  # noqa: E402
-from clay.training.synthetic import write_chip  # noqa: E402
+from clay.training.synthetic import write_chip, write_scene  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_setup_leaves_out_bad_files_and_keeps_the_rest(tmp_path, caplog):
     data = ChipDataModule(str(tmp_path), val_fraction=0.0, batch_size=2)
     with caplog.at_level(logging.WARNING):
         data.setup("fit")
-    assert len(data.train_set) + len(data.val_set) == 3
+    assert sum(len(d) for d in data.train_sets.values()) + len(data.val_set) == 3
     assert "nodate.tif: no acquisition date" in caplog.text
 
 
@@ -82,6 +82,57 @@ def test_s2_only_groups_read_by_band_name(tmp_path):
     assert item["pixels"].shape == (10, 512, 512)
     with pytest.raises(ChipError, match="lacks band"):
         inspect_chip(path, GROUP_NAMES)
+
+
+def test_small_image_is_padded_like_the_runtime_and_its_padding_left_out_of_the_loss(tmp_path):
+    from clay.training.bands import S2_BANDS
+
+    path = write_scene(tmp_path / "small.tif", 264, 264, bands=(*S2_BANDS, "VH", "VV"))
+    groups = ("rgb", "rededge", "nir", "swir", "sar")
+    with pytest.raises(ChipError, match="smaller than a 512"):
+        inspect_chip(path, groups)
+    chip = inspect_chip(path, GROUP_NAMES, partial_groups=True, pad_small=True)
+    assert chip.groups == groups  # no DEM in the file: trains on the groups it has
+    item = ChipDataset([chip], chip.groups, augment=True)[0]
+    assert item["pixels"].shape == (12, 512, 512)
+    valid = item["valid"].reshape(16, 16)
+    assert valid[:8, :8].all() and valid.sum() == 64  # 264 px = 8 whole 32 px patches per side
+    assert torch.equal(item["pixels"][:, 300:, 300:], item["pixels"][:, 263:264, 263:264].expand(12, 212, 212))
+
+    from clay.training.model import ClayMAE, masked_patch_loss
+
+    model = ClayMAE("tiny").eval()
+    batch = collate_chips([item, item])
+    args = (batch["pixels"], batch["lonlat"], batch["date"], batch["groups"])
+    loss, pixels, mask = model(*args, generator=torch.Generator().manual_seed(0), valid=batch["valid"])
+    scored = mask * batch["valid"].repeat(1, len(groups))
+    assert torch.isclose(loss, masked_patch_loss(batch["pixels"], pixels, scored, groups))
+    assert not torch.isclose(loss, masked_patch_loss(batch["pixels"], pixels, mask, groups))
+
+
+def test_files_of_two_kinds_train_in_one_step_without_mixing_batches(tmp_path):
+    from lightning.pytorch.utilities import CombinedLoader
+
+    from clay.training.bands import S2_BANDS
+    from clay.training.module import ClayPretraining
+
+    for folder in ("train", "val"):
+        (tmp_path / folder).mkdir()
+    for i in range(2):
+        write_chip(tmp_path / "train" / f"s2-{i}.tif", bands=S2_BANDS, dtype="uint16", seed=i)
+    write_scene(tmp_path / "train" / "s2-s1.tif", 264, 264, bands=(*S2_BANDS, "VH", "VV"), seed=5)
+    write_chip(tmp_path / "val" / "s2.tif", bands=S2_BANDS, dtype="uint16", seed=9)
+    data = ChipDataModule(str(tmp_path / "train"), val_dir=str(tmp_path / "val"), batch_size=2, batch_size_small=1,
+                          groups=list(GROUP_NAMES), partial_groups=True, pad_small=True, augment=True)  # fmt: skip
+    data.setup("fit")
+    assert set(data.train_sets) == {"rgb,rededge,nir,swir", "rgb,rededge,nir,swir,sar (padded)"}
+    loader = data.train_dataloader()
+    assert isinstance(loader, CombinedLoader)
+    batch, _, _ = next(iter(loader))
+    assert batch["rgb,rededge,nir,swir"]["pixels"].shape == (2, 10, 512, 512)
+    assert batch["rgb,rededge,nir,swir,sar (padded)"]["pixels"].shape == (1, 12, 512, 512)
+    loss = ClayPretraining(size="tiny", groups=list(GROUP_NAMES))._step(batch, "train")
+    assert torch.isfinite(loss) and loss.requires_grad
 
 
 def run_clay_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:

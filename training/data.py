@@ -1,7 +1,10 @@
 """Chip GeoTIFFs for pretraining: a Dataset that reads them with rasterio and a Lightning DataModule.
 
 A chip is a GeoTIFF holding Clay's bands (13 in spec order, or any superset named by band
-descriptions), a CRS and a ``date=YYYY-MM-DD`` tag, like the release's training chips. Files that
+descriptions), a CRS and a ``date=YYYY-MM-DD`` tag, like the release's training chips. Two options
+let real samples that are not release chips train too: ``partial_groups`` (a file trains on the
+configured band groups it holds; batches never mix group sets) and ``pad_small`` (an image smaller
+than a chip is padded like the runtime pads a small scene, and its padding is kept out of the loss). Files that
 cannot serve (too few bands, no CRS, no date, too small) are found when the data is set up, logged
 with their reason and left out; chips whose pixels turn out to hold NaN or S2 nodata are dropped
 when read, also with a logged reason, so that one bad file never stops an epoch.
@@ -26,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clay.runtime.scene import SceneError, SceneFiles, band_sources, date_tag, parse_date, read_header
 
-from .bands import BAND_MEANS, BAND_NAMES, BAND_STDS, CHIP_SIZE, GROUP_NAMES, bands_of_groups
+from .bands import BAND_GROUPS, BAND_MEANS, BAND_NAMES, BAND_STDS, CHIP_SIZE, GROUP_NAMES, PATCH_SIZE, bands_of_groups
 from .bands import parse_groups as _parse_groups
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,10 @@ class ChipFile:
     date: tuple[int, int, int]
     height: int
     width: int
+    groups: tuple[str, ...] = GROUP_NAMES  # the band groups this file trains on
+
+    def is_small(self, chip_size: int) -> bool:
+        return self.height < chip_size or self.width < chip_size
 
 
 def read_date_tag(tags: dict[str, str], path: Path) -> tuple[int, int, int]:
@@ -59,31 +66,46 @@ def read_date_tag(tags: dict[str, str], path: Path) -> tuple[int, int, int]:
     return day.year, day.month, day.day
 
 
-def inspect_chip(path: str | Path, groups: Sequence[str], chip_size: int = CHIP_SIZE) -> ChipFile:
+def inspect_chip(
+    path: str | Path,
+    groups: Sequence[str],
+    chip_size: int = CHIP_SIZE,
+    partial_groups: bool = False,
+    pad_small: bool = False,
+) -> ChipFile:
     """Check a chip file's header (no pixels read) and say how to read it, or raise ChipError.
 
     Band matching is the runtime's own (:func:`clay.runtime.scene.band_sources`), so a file that
     trains also embeds, and the other way round."""
     path = Path(path)
-    wanted = tuple(BAND_NAMES[b] for b in bands_of_groups(groups))
     try:
         header = read_header(path)
+        names = {n for n in header.names if n}
+        if partial_groups and names:
+            groups = tuple(g for g in groups if all(BAND_NAMES[b] in names for b in BAND_GROUPS[g]))
+            if not groups:
+                raise ChipError(f"{path}: holds no complete band group of {', '.join(GROUP_NAMES)}")
+        wanted = tuple(BAND_NAMES[b] for b in bands_of_groups(groups))
         sources = band_sources(SceneFiles(path, (path,)), [header], wanted)
     except SceneError as exc:
         raise ChipError(str(exc)) from None
-    if header.height < chip_size or header.width < chip_size:
+    small = header.height < chip_size or header.width < chip_size
+    if small and not (pad_small and min(header.height, header.width) >= PATCH_SIZE):
         raise ChipError(f"{path}: {header.width}×{header.height} px is smaller than a {chip_size}² chip")
     day = read_date_tag(header.tags, path)
-    return ChipFile(path, tuple(sources[b][1] for b in wanted), day, header.height, header.width)
+    return ChipFile(path, tuple(sources[b][1] for b in wanted), day, header.height, header.width, tuple(groups))
 
 
 class ChipDataset(Dataset):
     """Normalised chips with their lon/lat and date, for the masked autoencoder.
 
-    Files larger than a chip give a random window (``augment``) or their centre window. ``augment``
-    also applies random flips and right-angle rotations; ``samples_per_file`` draws that many
-    windows from each file per epoch (for a few large scenes rather than many chips). An item whose pixels hold NaN or S2 nodata
-    (B02 = 0, as the release rejected) is ``None``; :func:`collate_chips` drops it.
+    Files larger than a chip give a random window (``augment``) or their centre window; smaller
+    ones are edge-padded at the bottom and right (as the runtime pads a small scene) and their
+    item's ``valid`` marks the patches that hold real pixels. ``augment`` also applies random flips
+    and right-angle rotations; ``samples_per_file`` draws that many windows from each file per
+    epoch (for a few large scenes rather than many chips). Every file must train on ``groups``. An
+    item whose pixels hold NaN or S2 nodata (B02 = 0, as the release rejected) is ``None``;
+    :func:`collate_chips` drops it.
     """
 
     def __init__(
@@ -114,10 +136,11 @@ class ChipDataset(Dataset):
         rng = np.random.default_rng(int(torch.randint(2**31, ())))
         row, col = self._window_origin(chip, rng)
         size = self.chip_size
+        height, width = min(size, chip.height), min(size, chip.width)
         try:
             with rasterio.open(chip.path) as src:
-                pixels = src.read(list(chip.band_indexes), window=Window(col, row, size, size), out_dtype="float32")
-                cx, cy = src.xy(row + size / 2, col + size / 2, offset="ul")
+                pixels = src.read(list(chip.band_indexes), window=Window(col, row, width, height), out_dtype="float32")
+                cx, cy = src.xy(row + height / 2, col + width / 2, offset="ul")
                 lons, lats = warp_transform(src.crs, "EPSG:4326", [cx], [cy])
         except RasterioError as exc:
             log.warning("skipping chip %s: unreadable (%s)", chip.path, exc)
@@ -130,15 +153,22 @@ class ChipDataset(Dataset):
             pixels = np.rot90(pixels, k=int(rng.integers(4)), axes=(1, 2))
             if rng.random() < 0.5:
                 pixels = pixels[:, :, ::-1]
+        rows, cols = pixels.shape[1:]
         pixels = (pixels - self._mean) / self._std
+        if (rows, cols) != (size, size):
+            pixels = np.pad(pixels, ((0, 0), (0, size - rows), (0, size - cols)), mode="edge")
+        grid = size // PATCH_SIZE
+        valid = (np.arange(1, grid + 1)[:, None] * PATCH_SIZE <= rows) & (np.arange(1, grid + 1)[None, :] * PATCH_SIZE <= cols)
         return {
             "pixels": torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)),
             "lonlat": torch.tensor([lons[0], lats[0]], dtype=torch.float32),
             "date": torch.tensor(chip.date, dtype=torch.float32),
+            "valid": torch.from_numpy(valid.reshape(-1).astype(np.float32)),
+            "groups": self.groups,
         }
 
     def _window_origin(self, chip: ChipFile, rng: np.random.Generator) -> tuple[int, int]:
-        spare_rows, spare_cols = chip.height - self.chip_size, chip.width - self.chip_size
+        spare_rows, spare_cols = max(0, chip.height - self.chip_size), max(0, chip.width - self.chip_size)
         if self.augment:
             return int(rng.integers(spare_rows + 1)), int(rng.integers(spare_cols + 1))
         return spare_rows // 2, spare_cols // 2
@@ -156,7 +186,8 @@ def collate_chips(items: list[dict[str, torch.Tensor] | None]) -> dict[str, torc
     kept = [item for item in items if item is not None]
     if not kept:
         return None
-    return {key: torch.stack([item[key] for item in kept]) for key in kept[0]}
+    batch = {key: torch.stack([item[key] for item in kept]) for key in kept[0] if key != "groups"}
+    return batch | {"groups": kept[0]["groups"]}
 
 
 def find_chip_files(directory: str | Path) -> list[Path]:
@@ -166,12 +197,14 @@ def find_chip_files(directory: str | Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.suffix.lower() in (".tif", ".tiff"))
 
 
-def usable_chips(paths: Sequence[Path], groups: Sequence[str], chip_size: int) -> list[ChipFile]:
+def usable_chips(
+    paths: Sequence[Path], groups: Sequence[str], chip_size: int, partial_groups: bool = False, pad_small: bool = False
+) -> list[ChipFile]:
     """The files that pass :func:`inspect_chip`; the others are logged with their reason."""
     usable = []
     for path in paths:
         try:
-            usable.append(inspect_chip(path, groups, chip_size))
+            usable.append(inspect_chip(path, groups, chip_size, partial_groups, pad_small))
         except ChipError as exc:
             log.warning("skipping %s", exc)
     return usable
@@ -184,7 +217,13 @@ def is_validation_file(path: Path, fraction: float, seed: int) -> bool:
 
 
 class ChipDataModule(L.LightningDataModule):
-    """Chips under ``data_dir`` (recursively), split by file name unless ``val_dir`` is given."""
+    """Chips under ``data_dir`` (recursively), split by file name unless ``val_dir`` is given.
+
+    With ``partial_groups`` or ``pad_small``, files fall into kinds (their band groups, padded or
+    not); each kind has its own loader and a training step takes one batch of every kind (the
+    smaller kinds cycle). ``batch_size_small`` sets the batch of padded kinds, most of whose pixels
+    are padding. Validation files must all be of one kind.
+    """
 
     def __init__(
         self,
@@ -199,8 +238,14 @@ class ChipDataModule(L.LightningDataModule):
         samples_per_file: int = 1,
         val_samples_per_file: int = 1,
         seed: int = 42,
+        partial_groups: bool = False,
+        pad_small: bool = False,
+        batch_size_small: int | None = None,
     ) -> None:
         super().__init__()
+        self.partial_groups = partial_groups
+        self.pad_small = pad_small
+        self.batch_size_small = batch_size_small
         self.samples_per_file = samples_per_file
         self.val_samples_per_file = val_samples_per_file
         self.data_dir = data_dir
@@ -212,11 +257,11 @@ class ChipDataModule(L.LightningDataModule):
         self.chip_size = chip_size
         self.augment = augment
         self.seed = seed
-        self.train_set: ChipDataset | None = None
+        self.train_sets: dict[str, ChipDataset] = {}
         self.val_set: ChipDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        if self.train_sets:
             return
         paths = find_chip_files(self.data_dir)
         if self.val_dir:
@@ -226,26 +271,46 @@ class ChipDataModule(L.LightningDataModule):
             train_paths = [p for p in paths if p not in set(val_paths)]
             if not val_paths and len(train_paths) > 1:
                 val_paths = [train_paths.pop()]
-        train = usable_chips(train_paths, self.groups, self.chip_size)
-        val = usable_chips(val_paths, self.groups, self.chip_size)
+        options = (self.groups, self.chip_size, self.partial_groups, self.pad_small)
+        train, val = usable_chips(train_paths, *options), usable_chips(val_paths, *options)
         if not train:
             raise ChipError(f"{self.data_dir}: no usable chip files (see the warnings above)")
         log.info("chips: %d for training, %d for validation", len(train), len(val))
-        self.train_set = ChipDataset(train, self.groups, self.chip_size, self.augment, self.samples_per_file)
-        self.val_set = ChipDataset(val, self.groups, self.chip_size, False, self.val_samples_per_file)
+        for key, files in self._kinds(train).items():
+            self.train_sets[key] = ChipDataset(files, files[0].groups, self.chip_size, self.augment, self.samples_per_file)
+            log.info("training kind %s: %d files", key, len(files))
+        kinds = self._kinds(val)
+        if len(kinds) > 1:
+            raise ChipError(f"validation files are of {len(kinds)} kinds ({', '.join(kinds)}); give files of one kind")
+        files = next(iter(kinds.values()), [])
+        self.val_set = ChipDataset(files, files[0].groups if files else self.groups, self.chip_size, False,
+                                   self.val_samples_per_file)  # fmt: skip
 
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None
-        return self._loader(self.train_set, shuffle=True)
+    def _kinds(self, files: list[ChipFile]) -> dict[str, list[ChipFile]]:
+        kinds: dict[str, list[ChipFile]] = {}
+        for chip in files:
+            key = ",".join(chip.groups) + (" (padded)" if chip.is_small(self.chip_size) else "")
+            kinds.setdefault(key, []).append(chip)
+        return kinds
+
+    def train_dataloader(self):
+        assert self.train_sets
+        loaders = {key: self._loader(dataset, shuffle=True) for key, dataset in self.train_sets.items()}
+        if len(loaders) == 1:
+            return next(iter(loaders.values()))
+        from lightning.pytorch.utilities import CombinedLoader
+
+        return CombinedLoader(loaders, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None
         return self._loader(self.val_set, shuffle=False)
 
     def _loader(self, dataset: ChipDataset, shuffle: bool) -> DataLoader:
+        padded = any(f.is_small(self.chip_size) for f in dataset.files)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=(self.batch_size_small or self.batch_size) if padded else self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=collate_chips,

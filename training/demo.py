@@ -1,12 +1,13 @@
-"""The demo weights: a `tiny` Clay model pretrained on the real Sentinel-2 scene T48QUE.
+"""The demo weights: a `tiny` Clay model pretrained on the real samples in ``../shared/data``.
 
-``python -m clay.training.demo --out runs/demo`` reproduces them: it stacks the per-band scene onto
-its 10 m grid, keeps the bottom-right quadrant out for validation, trains with ``clay-train`` and the
-``demo.yaml`` config (random 512² crops with flips and right-angle rotations), then scores the
-result on held-out crops against an untrained model and a per-band mean predictor, and writes the
-loss curve. These are demo weights from one 10 × 10 km scene, not Clay v0.
-
-The SSL4EO sample (264² px) is smaller than one 512² chip, so it cannot give a training crop.
+``python -m clay.training.demo --out runs/demo`` reproduces them: it stacks the per-band Sentinel-2
+scene T48QUE onto its 10 m grid and keeps its bottom-right quadrant out for validation; it stacks
+the co-located SSL4EO-S12 pair (S2 L2A + S1 GRD, 264² px) onto its S2 10 m grid with the S1 dB
+turned into linear power, so the SAR group trains too (that image is smaller than a chip: it is
+padded like the runtime pads a small scene, and the padding is kept out of the loss). Then it trains
+with ``clay-train`` and the ``demo.yaml`` config (random 512² crops with flips and right-angle
+rotations), scores the result on held-out crops against an untrained model and a per-band mean
+predictor, and writes the loss curve. Demo weights from two small areas, not Clay v0.
 """
 
 from __future__ import annotations
@@ -23,18 +24,22 @@ import torch
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
-from .bands import BAND_GROUPS, CHIP_SIZE, S2_BANDS, bands_of_groups
+from .bands import BAND_GROUPS, BAND_NAMES, CHIP_SIZE, S2_BANDS, SAR_BANDS, bands_of_groups, canonical_band_name
 from .checkpoint import load_clay_mae
 from .model import ClayMAE, normalise, patchify_in_group_order, random_masking
 
-DEMO_GROUPS = ("rgb", "rededge", "nir", "swir")
+DEMO_GROUPS = ("rgb", "rededge", "nir", "swir")  # the demo scene's groups: the demo engine's
+TRAINED_GROUPS = (*DEMO_GROUPS, "sar")
 DEMO_DATE = "2020-02-23"
-SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s2l2a-T48QUE-20200223"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SOURCE = SHARED_DATA / "s2l2a-T48QUE-20200223"
+PAIR = SHARED_DATA / "ssl4eo-s12-0000200"
+PAIR_DATE = "2020-06-04"  # the S2 acquisition (S1: 2020-06-07); see ../shared/data/README.md
 CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
-WEIGHTS = Path(__file__).parent / "demo" / "clay-demo-tiny-s2.pt"
+WEIGHTS = Path(__file__).parent / "demo" / "clay-demo-tiny.pt"
 WEIGHTS_DESCRIPTION = (
-    "demo weights: Clay 'tiny' (not Clay v0), S2 groups only, pretrained by clay-train on one real "
-    "Sentinel-2 L2A scene (T48QUE, 2020-02-23, ~10 × 10 km)"
+    "demo weights: Clay 'tiny' (not Clay v0), pretrained by clay-train on one real Sentinel-2 L2A "
+    "scene (T48QUE, 2020-02-23, ~10 × 10 km; S2 groups) and one S2 + S1 pair (SSL4EO-S12, 2.6 km; sar)"
 )
 
 
@@ -50,22 +55,52 @@ def stack_scene(source: Path = SOURCE) -> tuple[np.ndarray, dict]:
     return cube, profile
 
 
-def write_region(path: Path, cube: np.ndarray, profile: dict, rows: slice, cols: slice) -> None:
+def stack_pair(source: Path = PAIR) -> tuple[np.ndarray, dict, tuple[str, ...]]:
+    """The pair's S2 bands and S1 VH, VV on the grid of its B2 (bilinear), S1 from dB to linear
+    power (Clay v0's unit), float32 ``[12, H, W]``, and the band names in spec order."""
+    files = {canonical_band_name(p.stem): p for p in sorted(source.rglob("*.tif"))}
+    bands = tuple(b for b in BAND_NAMES if b in files and (b in S2_BANDS or b in SAR_BANDS))
+    with rasterio.open(files["B02"]) as ref:
+        profile = ref.profile
+        cube = np.zeros((len(bands), ref.height, ref.width), np.float32)
+        for i, band in enumerate(bands):
+            with rasterio.open(files[band]) as src:
+                data = src.read(1, out_dtype="float32")
+                if band in SAR_BANDS:
+                    data = np.power(10.0, data / 10.0, dtype=np.float32)
+                reproject(data, cube[i], src_transform=src.transform, src_crs=src.crs, dst_transform=ref.transform,
+                          dst_crs=ref.crs, resampling=Resampling.bilinear)  # fmt: skip
+    # S1's grid stops a few pixels short of S2's at the right and bottom: keep what every band covers
+    top, left, bottom, right = 0, 0, cube.shape[1], cube.shape[2]
+    while bottom > top and right > left and not (cube[:, top:bottom, left:right] > 0).all():
+        edges = {"top": cube[:, top], "bottom": cube[:, bottom - 1], "left": cube[:, :, left], "right": cube[:, :, right - 1]}
+        worst = max(edges, key=lambda k: (edges[k] <= 0).mean())
+        top, bottom = top + (worst == "top"), bottom - (worst == "bottom")
+        left, right = left + (worst == "left"), right - (worst == "right")
+    if bottom - top < CHIP_SIZE // 4 or right - left < CHIP_SIZE // 4:
+        raise ValueError(f"{source}: the S2 and S1 grids hardly overlap")
+    profile = profile | {"transform": profile["transform"] * profile["transform"].translation(left, top)}
+    return np.ascontiguousarray(cube[:, top:bottom, left:right]), profile, bands
+
+
+def write_region(path: Path, cube: np.ndarray, profile: dict, rows: slice, cols: slice,
+                 bands: tuple[str, ...] = S2_BANDS, date: str = DEMO_DATE) -> None:  # fmt: skip
     transform = profile["transform"] * profile["transform"].translation(cols.start, rows.start)
     region = cube[:, rows, cols]
     out = profile | {"count": region.shape[0], "height": region.shape[1], "width": region.shape[2],
                      "transform": transform, "compress": "deflate", "tiled": True, "blockxsize": 256,
-                     "blockysize": 256, "dtype": "uint16"}  # fmt: skip
+                     "blockysize": 256, "dtype": region.dtype.name, "nodata": None}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", **out) as dst:
         dst.write(region)
-        for i, band in enumerate(S2_BANDS, start=1):
+        for i, band in enumerate(bands, start=1):
             dst.set_band_description(i, band)
-        dst.update_tags(date=DEMO_DATE)
+        dst.update_tags(date=date)
 
 
-def prepare(out: Path, source: Path = SOURCE) -> tuple[Path, Path]:
-    """Training regions (top half, bottom-left quadrant) and the held-out bottom-right quadrant."""
+def prepare(out: Path, source: Path = SOURCE, pair: Path | None = PAIR) -> tuple[Path, Path]:
+    """Training regions (top half, bottom-left quadrant, the whole S2 + S1 pair unless ``pair`` is
+    None) and the held-out bottom-right quadrant of T48QUE."""
     cube, profile = stack_scene(source)
     h, w = cube.shape[1:]
     half_h, half_w = h // 2, w // 2
@@ -73,6 +108,10 @@ def prepare(out: Path, source: Path = SOURCE) -> tuple[Path, Path]:
     write_region(train / "top-half.tif", cube, profile, slice(0, half_h), slice(0, w))
     write_region(train / "bottom-left.tif", cube, profile, slice(half_h, h), slice(0, half_w))
     write_region(val / "bottom-right.tif", cube, profile, slice(half_h, h), slice(half_w, w))
+    if pair is not None:
+        pair_cube, pair_profile, bands = stack_pair(pair)
+        rows, cols = pair_cube.shape[1:]
+        write_region(train / "ssl4eo-s2-s1.tif", pair_cube, pair_profile, slice(0, rows), slice(0, cols), bands, PAIR_DATE)
     return train, val
 
 
@@ -162,7 +201,7 @@ def save_demo_weights(checkpoint: Path, target: Path = WEIGHTS) -> Path:
     model = load_clay_mae(checkpoint)
     state = {f"model.{k}": v.half() for k, v in model.state_dict().items()}
     target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state, "hyper_parameters": {"size": "tiny", "groups": list(DEMO_GROUPS)},
+    torch.save({"state_dict": state, "hyper_parameters": {"size": "tiny", "groups": list(TRAINED_GROUPS)},
                 "description": WEIGHTS_DESCRIPTION}, target)  # fmt: skip
     return target
 
@@ -178,9 +217,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--source", type=Path, default=SOURCE, help="the T48QUE per-band folder")
+    parser.add_argument("--pair", type=Path, default=PAIR, help="the SSL4EO-S12 S2 + S1 folder")
     parser.add_argument("--install", action="store_true", help=f"also write the best weights to {WEIGHTS}")
     args = parser.parse_args()
-    train_dir, val_dir = prepare(args.out / "data", args.source)
+    train_dir, val_dir = prepare(args.out / "data", args.source, args.pair)
     from .cli import main as clay_train
 
     logs = args.out / "logs"

@@ -338,7 +338,8 @@ def masked_patch_loss(
     cube: Tensor, pixels: Tensor, mask: Tensor, groups: Sequence[str] = GROUP_NAMES
 ) -> Tensor:
     """Per-pixel MSE, mean over each patch's pixels, then over a group's channels, summed over the
-    masked patches and divided by their count. ``mask`` is ``[B, G*256]`` with 1 where masked."""
+    masked patches and divided by their count. ``mask`` is ``[B, G*256]`` with 1 where masked (and,
+    for chips padded from a smaller image, 0 on patches of padding: nothing to learn there)."""
     error = (patchify_in_group_order(cube, groups) - pixels.float()).pow(2).mean(dim=-1)  # [B, C, L]
     sizes = [len(BAND_GROUPS[g]) for g in groups]
     per_group = [part.mean(dim=1) for part in torch.split(error, sizes, dim=1)]  # G × [B, L]
@@ -378,13 +379,18 @@ class ClayMAE(nn.Module):
         date: Tensor,
         groups: Sequence[str] = GROUP_NAMES,
         generator: torch.Generator | None = None,
+        valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Masked reconstruction → (loss, pixels ``[B, C, 256, 1024]``, mask ``[B, G*256]``)."""
+        """Masked reconstruction → (loss, pixels ``[B, C, 256, 1024]``, mask ``[B, G*256]``).
+
+        ``valid`` ``[B, 256]`` (1 = the patch holds real pixels) keeps padding out of the loss; the
+        encoder still sees the padded patches, as it does when the runtime pads a small scene."""
         n_tokens = len(groups) * GRID_SIZE * GRID_SIZE
         unmasked, mask = random_masking(cube.shape[0], n_tokens, self.mask_ratio, generator, cube.device)
         encoded = self.encoder.forward_masked(cube, lonlat, date, unmasked, groups)
         pixels = self.decoder(encoded, unmasked, groups)
-        return masked_patch_loss(cube, pixels, mask, groups), pixels, mask
+        scored = mask if valid is None else mask * valid.to(mask.dtype).repeat(1, len(groups))
+        return masked_patch_loss(cube, pixels, scored, groups), pixels, mask
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -41,11 +41,23 @@ class ClayPretraining(L.LightningModule):
         self.groups = parse_groups(groups) if groups else GROUP_NAMES
         self.model = ClayMAE(size, mask_ratio=mask_ratio)
 
-    def _step(self, batch: dict[str, Tensor] | None, stage: str) -> Tensor | None:
-        if batch is None:  # every chip of the batch was rejected (logged by the dataset)
-            return None
-        loss, _, _ = self.model(batch["pixels"], batch["lonlat"], batch["date"], self.groups)
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch["pixels"].shape[0], sync_dist=stage == "val")
+    def _step(self, batch: dict | None, stage: str) -> Tensor | None:
+        """One batch, or one batch of each kind of file (a dict of them; see ChipDataModule): the
+        loss is the mean over kinds, so a kind of few files is not drowned by the others."""
+        if batch is not None and "pixels" not in batch:
+            losses = [self._loss(b) for b in batch.values() if b is not None]
+            loss = torch.stack(losses).mean() if losses else None
+            chips = sum(b["pixels"].shape[0] for b in batch.values() if b is not None)
+        else:
+            loss = self._loss(batch) if batch is not None else None  # None: every chip was rejected
+            chips = batch["pixels"].shape[0] if batch is not None else 0
+        if loss is not None:
+            self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=chips, sync_dist=stage == "val")
+        return loss
+
+    def _loss(self, batch: dict) -> Tensor:
+        groups = batch.get("groups", self.groups)
+        loss, _, _ = self.model(batch["pixels"], batch["lonlat"], batch["date"], groups, valid=batch.get("valid"))
         return loss
 
     def training_step(self, batch: dict[str, Tensor] | None, batch_idx: int) -> Tensor | None:
