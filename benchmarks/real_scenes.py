@@ -26,7 +26,7 @@ from clay.runtime.cli import DEMO_SCENE
 from clay.runtime.engine import open_engine
 from clay.runtime.pipeline import prepare_batch
 from clay.runtime.scene import SceneFiles, discover_scenes, open_scene, read_header
-from clay.training.bands import BAND_GROUPS, BAND_NAMES, GROUP_NAMES, bands_of_groups
+from clay.training.bands import BAND_NAMES, bands_of_groups, complete_groups
 
 from .bench import cosine_rows
 from .cli import DEFAULT_OUT, end_to_end, git_commit
@@ -58,8 +58,7 @@ def scenes_under(data: Path, scratch: Path) -> list[SceneFiles]:
 
 def groups_of(scene: SceneFiles) -> tuple[str, ...]:
     """The band groups whose every band the scene holds."""
-    names = {n for p in scene.files for n in read_header(p).names if n}
-    return tuple(g for g in GROUP_NAMES if {BAND_NAMES[i] for i in BAND_GROUPS[g]} <= names)
+    return complete_groups(n for p in scene.files for n in read_header(p).names if n)
 
 
 def real_chips(scene: SceneFiles, metadata) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,8 +77,8 @@ def assembled_chips(metadata, data: Path, scratch: Path) -> tuple[np.ndarray, np
     sources = discover_scenes([DEMO_SCENE]) + scenes_under(data, scratch)
     pixels = lonlat = date = None
     for scene in sources:
-        groups = tuple(g for g in groups_of(scene) if g in metadata.groups)
-        bands = tuple(b for b in metadata.bands if any(b == BAND_NAMES[i] for g in groups for i in BAND_GROUPS[g]))
+        groups = complete_groups(metadata.bands, groups_of(scene))
+        bands = tuple(BAND_NAMES[i] for i in bands_of_groups(groups))
         if not bands or (pixels is not None and all(metadata.bands.index(b) in filled for b in bands)):
             continue
         index = [metadata.bands.index(b) for b in bands]

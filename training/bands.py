@@ -67,6 +67,12 @@ def bands_of_groups(groups: Sequence[str]) -> tuple[int, ...]:
     return tuple(sorted(i for g in groups for i in BAND_GROUPS[g]))
 
 
+def complete_groups(band_names, groups: Sequence[str] = GROUP_NAMES) -> tuple[str, ...]:
+    """The groups (of ``groups``, in spec order) whose every band is among ``band_names``."""
+    present = set(band_names)
+    return tuple(g for g in GROUP_NAMES if g in groups and all(BAND_NAMES[i] in present for i in BAND_GROUPS[g]))
+
+
 def canonical_band_name(name: str) -> str | None:
     """Map a band label as users write it (``B2``, ``b02``, ``vv``, ``B8A``, ``elevation``) to ours.
 

@@ -4,8 +4,8 @@ A chip is a GeoTIFF holding Clay's bands (13 in spec order, or any superset name
 descriptions), a CRS and a ``date=YYYY-MM-DD`` tag, like the release's training chips. Two options
 let real samples that are not release chips train too: ``partial_groups`` (a file trains on the
 configured band groups it holds; batches never mix group sets) and ``pad_small`` (an image smaller
-than a chip is padded like the runtime pads a small scene, and its padding is kept out of the loss). Files that
-cannot serve (too few bands, no CRS, no date, too small) are found when the data is set up, logged
+than a chip is padded like the runtime pads a small scene, and its padding is kept out of the
+loss). Files that cannot serve (too few bands, no CRS, no date, too small) are found when the data is set up, logged
 with their reason and left out; chips whose pixels turn out to hold NaN or S2 nodata are dropped
 when read, also with a logged reason, so that one bad file never stops an epoch.
 """
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clay.runtime.scene import SceneError, SceneFiles, band_sources, date_tag, parse_date, read_header
 
-from .bands import BAND_GROUPS, BAND_MEANS, BAND_NAMES, BAND_STDS, CHIP_SIZE, GROUP_NAMES, PATCH_SIZE, bands_of_groups
+from .bands import BAND_MEANS, BAND_NAMES, BAND_STDS, CHIP_SIZE, GROUP_NAMES, PATCH_SIZE, bands_of_groups, complete_groups
 from .bands import parse_groups as _parse_groups
 
 log = logging.getLogger(__name__)
@@ -82,18 +82,18 @@ def inspect_chip(
         header = read_header(path)
         names = {n for n in header.names if n}
         if partial_groups and names:
-            groups = tuple(g for g in groups if all(BAND_NAMES[b] in names for b in BAND_GROUPS[g]))
+            groups = complete_groups(names, groups)
             if not groups:
                 raise ChipError(f"{path}: holds no complete band group of {', '.join(GROUP_NAMES)}")
         wanted = tuple(BAND_NAMES[b] for b in bands_of_groups(groups))
         sources = band_sources(SceneFiles(path, (path,)), [header], wanted)
     except SceneError as exc:
         raise ChipError(str(exc)) from None
-    small = header.height < chip_size or header.width < chip_size
-    if small and not (pad_small and min(header.height, header.width) >= PATCH_SIZE):
-        raise ChipError(f"{path}: {header.width}×{header.height} px is smaller than a {chip_size}² chip")
     day = read_date_tag(header.tags, path)
-    return ChipFile(path, tuple(sources[b][1] for b in wanted), day, header.height, header.width, tuple(groups))
+    chip = ChipFile(path, tuple(sources[b][1] for b in wanted), day, header.height, header.width, tuple(groups))
+    if chip.is_small(chip_size) and not (pad_small and min(chip.height, chip.width) >= PATCH_SIZE):
+        raise ChipError(f"{path}: {header.width}×{header.height} px is smaller than a {chip_size}² chip")
+    return chip
 
 
 class ChipDataset(Dataset):
