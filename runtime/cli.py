@@ -112,7 +112,7 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, edge, max
 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
     given together or found in one folder (sub-folders too: an S2 and an S1 product side by side);
-    they are warped bilinearly onto the grid of the finest file while reading. A folder of
+    they are resampled bilinearly onto the grid of the finest file while reading. A folder of
     multi-band files gives one scene per file.
 
     Each scene needs a CRS, the engine's bands (13 in Clay order, or named by band description or
