@@ -252,3 +252,30 @@ def test_runtime_does_not_import_torch(engine, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "PYTHONPATH": ""})  # fmt: skip
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_coarser_bands_off_the_grid_by_a_fraction_of_a_pixel_read_as_the_warp_would(tmp_path):
+    """20 m files whose origin is 7.5 m off the 10 m grid: the resampled window is fractional."""
+    from dataclasses import replace
+
+    from rasterio.transform import from_origin
+
+    from clay.runtime.cli import DEMO_ENGINE
+    from clay.runtime.engine import read_engine_metadata
+    from clay.runtime.scene import SceneFiles, open_scene
+
+    rows, cols = np.mgrid[0:700, 0:700]
+    for band in S2_BANDS:
+        coarse = band not in ("B02", "B03", "B04", "B08")
+        size, shift = (360, 7.5) if coarse else (700, 0.0)
+        data = (1000 + 500 * np.sin(cols[:size, :size] / 7) + 300 * np.cos(rows[:size, :size] / 5)).astype("uint16")
+        profile = {"driver": "GTiff", "width": size, "height": size, "count": 1, "dtype": "uint16", "crs": "EPSG:32648",
+                   "transform": from_origin(500000 - shift, 2000000 + shift, 20 if coarse else 10, 20 if coarse else 10)}  # fmt: skip
+        with rasterio.open(tmp_path / f"{band}.tif", "w", **profile) as dst:
+            dst.write(data, 1)
+            dst.update_tags(date="2020-01-01")
+    scene = open_scene(SceneFiles(tmp_path, tuple(sorted(tmp_path.glob("*.tif")))), read_engine_metadata(DEMO_ENGINE))
+    assert sum(s.source_transform is not None for s in scene.sources) == 6
+    warped = replace(scene, sources=tuple(replace(s, source_transform=None) for s in scene.sources))
+    for chip in scene.chips():
+        assert np.abs(scene.read_chip(chip)[0] - warped.read_chip(chip)[0]).max() <= 1.0
