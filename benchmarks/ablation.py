@@ -29,9 +29,11 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import click
+import numpy as np
 import onnx
 
 from clay.export.artifacts import ExportOptions, export_artifacts
@@ -99,7 +101,6 @@ def session_backend(name: str, path: Path, threads: int, spinning: bool = False)
 
 def vnni_check(size, tokens: int, threads: int, folder: Path) -> dict:
     """GOP/s of one dynamic-int8 MatMul shaped like the encoder's MLP up-projection, alone."""
-    import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -115,8 +116,6 @@ def vnni_check(size, tokens: int, threads: int, folder: Path) -> dict:
     session = ort.InferenceSession(str(folder / "gemm-int8.onnx"), options, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).standard_normal((tokens, size.dim), np.float32)
     session.run(None, {"x": x})
-    import time
-
     best = float("inf")
     for _ in range(20):
         start = time.perf_counter()

@@ -63,20 +63,17 @@ def eager_backends(model: ClayMAE, groups, device: str) -> list[Backend]:
         Backend("eager-fp32-sdpa", "PyTorch eager fp32, scaled_dot_product_attention", "fp32",
                 eager_backend(copy.deepcopy(model), groups, "sdpa", None, device)),
     ]  # fmt: skip
-    if device == "cpu":
-        for name, compiled in (("eager-bf16-sdpa", False), ("compiled-bf16-sdpa", True)):
-            how = "torch.compile (Inductor, freezing)" if compiled else "PyTorch eager"
-            bf16 = Backend(name, f"{how}, SDPA + bf16 autocast", "bf16")
-            if cpu_has_bf16():
-                bf16.run = eager_backend(copy.deepcopy(model), groups, "sdpa", torch.bfloat16, device, compiled)
-            else:
-                bf16.absent = "this CPU has no avx512_bf16/AMX: bf16 autocast would be emulated"
-            backends.append(bf16)
-    else:
-        for name, compiled in (("eager-fp16-sdpa", False), ("compiled-fp16-sdpa", True)):
-            how = "torch.compile (Inductor, freezing)" if compiled else "PyTorch eager"
-            backends.append(Backend(name, f"{how}, SDPA + fp16 autocast", "fp16",
-                                    eager_backend(copy.deepcopy(model), groups, "sdpa", torch.float16, device, compiled)))  # fmt: skip
+    precision, dtype = ("bf16", torch.bfloat16) if device == "cpu" else ("fp16", torch.float16)
+    emulated = device == "cpu" and not cpu_has_bf16()
+    for compiled in (False, True):
+        how = "torch.compile (Inductor, freezing)" if compiled else "PyTorch eager"
+        name = f"{'compiled' if compiled else 'eager'}-{precision}-sdpa"
+        backend = Backend(name, f"{how}, SDPA + {precision} autocast", precision)
+        if emulated:
+            backend.absent = "this CPU has no avx512_bf16/AMX: bf16 autocast would be emulated"
+        else:
+            backend.run = eager_backend(copy.deepcopy(model), groups, "sdpa", dtype, device, compiled)
+        backends.append(backend)
     return backends
 
 
