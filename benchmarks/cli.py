@@ -14,16 +14,14 @@ from pathlib import Path
 
 import click
 
-from clay.export.artifacts import ExportOptions, export_artifacts, package_versions
 from clay.runtime.engine import available_backends, open_engine
-from clay.runtime.pipeline import RunOptions, embed_scene
-from clay.runtime.scene import open_scene
+from clay.runtime.metadata import package_versions
 from clay.training.bands import BAND_NAMES, GROUP_NAMES
 from clay.training.synthetic import make_chips, write_scene
 
 from . import backends as contenders
 from .bench import BASELINE, measure
-from .flops import cpu_peak, encoder_flops
+from .flops import cpu_peak, encoder_flops, gpu_peak
 from .report import write_outputs
 
 ALL_BACKENDS = ("eager-fp32-clay", "eager-fp32-sdpa", "eager-bf16-sdpa", "compiled-bf16-sdpa", "eager-fp16-sdpa",
@@ -41,6 +39,9 @@ def git_commit() -> str:
 
 def end_to_end(artifact: Path, backend: str, batch: int, threads: int, scene: Path, label: str) -> dict:
     """clay-run's whole pipeline on a scene vs the engine alone on as many chips, same batch."""
+    from clay.runtime.pipeline import RunOptions, embed_scene  # the GeoTIFF stack, only for this figure
+    from clay.runtime.scene import open_scene
+
     engine = open_engine(artifact, backend, threads)
     opened = open_scene(scene, engine.metadata)
     chips = len(opened.chips())
@@ -100,7 +101,10 @@ def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory(prefix="clay-bench-") as tmp:
         folder = engines or Path(tmp)
-        if engines is None:
+        artifacts_wanted = any(not name.startswith(("eager-", "compiled-")) for name in wanted)
+        if engines is None and artifacts_wanted:
+            from clay.export.artifacts import ExportOptions, export_artifacts  # not needed for PyTorch alone
+
             ckpt = Path(tmp) / "weights.pt"
             torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
             gpu = any(b in available_backends() for b in ("onnx-cuda", "tensorrt"))
@@ -110,7 +114,11 @@ def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out
         candidates = contenders.eager_backends(model, groups, device) + contenders.artifact_backends(folder, threads)
         candidates = [b for b in candidates if b.name in wanted]
         peak = cpu_peak()
-        peaks = {"fp32": peak.fp32_gflops, "bf16": peak.bf16_gflops, "int8": peak.int8_gops} if device == "cpu" else {}
+        gpu = gpu_peak() if device == "cuda" else None
+        if gpu:
+            peaks = {"fp32": gpu.fp32_gflops, "fp16": gpu.fp16_gflops, "bf16": gpu.bf16_gflops}
+        else:
+            peaks = {"fp32": peak.fp32_gflops, "bf16": peak.bf16_gflops, "int8": peak.int8_gops}
         flops = encoder_flops(model.size, groups)
         chips = make_chips(max(batches), seed=42)
         results = []
@@ -135,8 +143,8 @@ def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out
         "size": size, "groups": list(groups), "flops_per_chip": flops, "batches": list(batches), "repeats": repeats,
         "threads": threads, "weights": str(checkpoint) if checkpoint else "random initialisation (seed 0)",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
-        "machine": {"cpu": asdict(peak), "platform": platform.platform(), "python": platform.python_version(),
-                    "device": device if device == "cpu" else torch.cuda.get_device_name(0)},
+        "machine": {"cpu": asdict(peak), "gpu": asdict(gpu) if gpu else None, "platform": platform.platform(),
+                    "python": platform.python_version(), "device": gpu.name if gpu else "cpu"},
         "versions": package_versions(),
         "backends": [{"name": b.name, "description": b.description, "precision": b.precision, "absent": b.absent}
                      for b in candidates],

@@ -119,3 +119,40 @@ def cpu_peak() -> CpuPeak:
     assumption = (f"{cores} cores × {ghz:.2f} GHz ({clock_source}) × {fp32_per_cycle} fp32 FLOP/cycle "
                   f"(2 FMA pipes × {lanes} lanes); bf16 ×2 with avx512_bf16, int8 ×4 with VNNI")  # fmt: skip
     return CpuPeak(model, cores, mhz, clock_source, fp32, bf16, int8, assumption)
+
+
+@dataclass(frozen=True)
+class GpuPeak:
+    name: str
+    fp32_gflops: float
+    fp16_gflops: float
+    bf16_gflops: float
+    assumption: str
+
+
+def gpu_peak(side: int = 8192, repeats: int = 10) -> GpuPeak:
+    """The GPU's attainable dense rates, measured: a ``side``³ matrix product per precision.
+
+    Datasheet figures assume boost clocks and sparsity options a transformer never sees, and differ
+    between SXM and PCIe boards of one name, so the reference is what this card does on the one
+    operation that dominates the encoder. fp32 is true fp32 (TF32 off, PyTorch's default for matmul).
+    """
+    import torch
+
+    rates = {}
+    for label, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        a = torch.randn(side, side, device="cuda", dtype=dtype)
+        b = torch.randn(side, side, device="cuda", dtype=dtype)
+        for _ in range(3):
+            torch.matmul(a, b)
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            torch.matmul(a, b)
+        stop.record()
+        torch.cuda.synchronize()
+        rates[label] = 2 * side**3 * repeats / (start.elapsed_time(stop) / 1e3) / 1e9
+        del a, b
+    torch.cuda.empty_cache()
+    assumption = f"measured: {side}³ torch.matmul per precision, mean of {repeats} after 3 warm-ups (TF32 off)"
+    return GpuPeak(torch.cuda.get_device_name(0), rates["fp32"], rates["fp16"], rates["bf16"], assumption)

@@ -8,10 +8,15 @@ from pathlib import Path
 
 def markdown(report: dict) -> str:
     machine = report["machine"]
+    gpu = machine.get("gpu")
+    where = (
+        f"{gpu['name']} (PyTorch on CUDA; chips copied in and embeddings copied out inside every timed call)"
+        if gpu
+        else f"{machine['cpu']['model']} at {machine['cpu']['mhz'] / 1000:.2f} GHz ({machine['cpu']['clock_source']}), "
+        f"{machine['cpu']['cores']} threads"
+    )
     lines = [
-        f"Clay `{report['size']}` encoder ({report['flops_per_chip'] / 1e9:.1f} GFLOP per chip), "
-        f"{machine['cpu']['model']} at {machine['cpu']['mhz'] / 1000:.2f} GHz ({machine['cpu']['clock_source']}), "
-        f"{machine['cpu']['cores']} threads, "
+        f"Clay `{report['size']}` encoder ({report['flops_per_chip'] / 1e9:.1f} GFLOP per chip), {where}, "
         f"{report['repeats']} interleaved rounds, commit {report['commit'][:10]}, {report['date']}.",
         "",
         "| backend | batch | chips/s (median, min–max) | × eager fp32 (Clay) | × best eager | GFLOP/s | % of peak | min cosine | max abs err | memory MB (call / process) |",
@@ -24,10 +29,15 @@ def markdown(report: dict) -> str:
             f"| {r['ratio_vs_baseline_median']:.2f} | {r['ratio_vs_best_eager_median']:.2f} ({r['best_eager']}) "
             f"| {r['gflops']:.1f} | {fraction} | {r['cosine_min']:.6f} | {r['max_abs_error']:.2g} | {r['call_memory_mb']:.0f} / {r['peak_rss_mb']:.0f} |"
         )
-    lines += ["", f"Peak rates: fp32 {machine['cpu']['fp32_gflops']:.0f} GFLOP/s, bf16 "
-              f"{machine['cpu']['bf16_gflops'] or 0:.0f}, int8 {machine['cpu']['int8_gops'] or 0:.0f} GOP/s "
-              f"({machine['cpu']['assumption']}). Memory: the rise in process RSS during the backend's warm-up "
-              "call / the process RSS at that peak. Weights: " + report["weights"] + "."]
+    if gpu:
+        peaks = (f"Peak rates: fp32 {gpu['fp32_gflops']:.0f} GFLOP/s, fp16 {gpu['fp16_gflops']:.0f}, "
+                 f"bf16 {gpu['bf16_gflops']:.0f} ({gpu['assumption']}). Memory: host RSS, not GPU memory")  # fmt: skip
+    else:
+        peaks = (f"Peak rates: fp32 {machine['cpu']['fp32_gflops']:.0f} GFLOP/s, bf16 "
+                 f"{machine['cpu']['bf16_gflops'] or 0:.0f}, int8 {machine['cpu']['int8_gops'] or 0:.0f} GOP/s "
+                 f"({machine['cpu']['assumption']}). Memory")  # fmt: skip
+    lines += ["", peaks + ": the rise in process RSS during the backend's warm-up call / the process RSS at "
+              "that peak. Weights: " + report["weights"] + "."]
     absent = [b for b in report["backends"] if b["absent"]]
     if absent:
         lines += ["", "Absent here: " + "; ".join(f"{b['name']} ({b['absent']})" for b in absent) + "."]
@@ -62,14 +72,16 @@ def bar_chart(report: dict, png: Path) -> None:
         ax.set_title(title)
         ax.legend()
     axes[1].axhline(1.0, color="grey", linewidth=0.8)
-    fig.suptitle(f"Clay {report['size']} on {report['machine']['cpu']['model']} ({report['machine']['cpu']['cores']} threads)")
+    machine = report["machine"]
+    where = machine["gpu"]["name"] if machine.get("gpu") else f"{machine['cpu']['model']} ({machine['cpu']['cores']} threads)"
+    fig.suptitle(f"Clay {report['size']} on {where}")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
 
 
 def write_outputs(report: dict, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench-{report['size']}"
+    stem = f"bench-{report['size']}" + ("-gpu" if report["machine"].get("gpu") else "")
     paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "png": out / f"{stem}.png"}
     paths["json"].write_text(json.dumps(report, indent=2))
     paths["markdown"].write_text(markdown(report))

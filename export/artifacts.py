@@ -14,12 +14,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
 
-from clay.runtime.metadata import EngineMetadata
+from clay.runtime.metadata import EngineMetadata, package_versions
 from clay.training.bands import BAND_MEANS, BAND_STDS, CHIP_SIZE, GROUP_NAMES, PATCH_SIZE, bands_of_groups
 from clay.training.checkpoint import CheckpointError, file_sha256, load_clay_mae, read_checkpoint_file
 from clay.training.demo import DEMO_GROUPS, WEIGHTS as DEMO_WEIGHTS
@@ -85,16 +84,6 @@ def load_model(options: ExportOptions) -> tuple[ClayMAE, str, str, str]:
     torch.manual_seed(0)
     size = get_size(options.size or "tiny").name
     return ClayMAE(size).eval(), "", "", f"random initialisation (seed 0) of '{size}': for speed tests only, not a trained model"
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in ("clay-runtime", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim", "polygraphy"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return versions
 
 
 def make_metadata(model: ClayMAE, options: ExportOptions, precision: str, checkpoint: str, sha: str, weights: str) -> EngineMetadata:

@@ -1,9 +1,27 @@
-"""Torch-free Clay inference: engines, scenes and GeoParquet output."""
+"""Torch-free Clay inference: engines, scenes and GeoParquet output.
 
-from .api import ClayEmbedder
-from .engine import EngineError, open_engine
-from .metadata import EngineMetadata
-from .pipeline import RunOptions
-from .scene import SceneError
+The public names load on first use (PEP 562), so a service or benchmark that only needs an engine
+(``clay.runtime.engine``) does not pay for, or need, the GeoTIFF and GeoParquet stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "ClayEmbedder": ".api",
+    "EngineError": ".engine",
+    "open_engine": ".engine",
+    "EngineMetadata": ".metadata",
+    "RunOptions": ".pipeline",
+    "SceneError": ".scene",
+}
 
 __all__ = ["ClayEmbedder", "EngineError", "EngineMetadata", "RunOptions", "SceneError", "open_engine"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name], __name__), name)

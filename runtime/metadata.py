@@ -9,9 +9,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 FORMAT_VERSION = 1
+
+
+def package_versions() -> dict[str, str]:
+    """The versions that made an artifact or a measurement, for its provenance record."""
+    versions = {}
+    for name in ("clay-runtime", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim", "polygraphy"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions
 
 
 class MetadataError(ValueError):

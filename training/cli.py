@@ -10,31 +10,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from .checkpoint import CheckpointError
 from .data import ChipDataModule, ChipError
 from .module import ClayPretraining
+from .precision import default_precision
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-
-
-def cpu_has_bf16() -> bool:
-    """AVX-512 BF16 or AMX: the CPU features that make bf16 autocast faster than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def default_precision() -> str:
-    """The release trained in bf16-mixed; use it wherever the hardware has bf16, else fp32."""
-    if torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
 
 class ClayCLI(LightningCLI):

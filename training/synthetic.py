@@ -12,9 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import rasterio
-from rasterio.crs import CRS
-from rasterio.transform import from_origin
 
 from .bands import BAND_NAMES, CHIP_SIZE
 
@@ -97,6 +94,10 @@ def write_scene(
     linear SAR values, so they are refused for scenes with VH/VV. ``band_count``, ``with_date_tag``
     and ``with_crs`` make deliberately broken files for tests (first N bands, no tag, no CRS).
     """
+    import rasterio  # here, not at the top: generated chips in memory need only numpy
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
     path = Path(path)
     if band_count is not None:
         bands = BAND_NAMES[:band_count]
