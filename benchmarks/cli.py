@@ -30,9 +30,16 @@ DEFAULT_OUT = Path(__file__).parent / "results"
 
 
 def git_commit() -> str:
+    """The commit the measured code came from, marked ``+modified`` when the tree differs from it
+    (a copy of a working tree keeps an older HEAD), so a result never claims code it did not run."""
+    here = Path(__file__).parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
+        commit = git("rev-parse", "HEAD")
+        return commit + ("+modified" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -77,7 +84,8 @@ def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out
     """Measure eager PyTorch (the baseline), best eager, ONNX Runtime and TensorRT on the same chips.
 
     Writes bench-SIZE.json (everything, with hardware, versions and commit), bench-SIZE.md and
-    bench-SIZE.png into --out. Ratios come from interleaved rounds: each round times every backend
+    bench-SIZE.png into --out (bench-SIZE-gpu.* where PyTorch sees a CUDA GPU: the PyTorch rows then
+    run on it, in fp16 and bf16 too, against the card's measured matmul rates). Ratios come from interleaved rounds: each round times every backend
     once, and a speed-up is the median over rounds of baseline seconds / backend seconds.
     """
     import torch

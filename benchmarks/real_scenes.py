@@ -30,6 +30,7 @@ from clay.training.bands import BAND_NAMES, bands_of_groups, complete_groups
 
 from .bench import cosine_rows
 from .cli import DEFAULT_OUT, end_to_end, git_commit
+from .report import short_commit
 
 # What ../shared/data/README.md says about samples whose files do not: the SSL4EO pair carries no
 # date tag (S2 sensed 2020-06-04) and its S1 is in dB; a DEM has no acquisition date at all, and the
@@ -176,7 +177,7 @@ def main(size: str, data: Path | None, batches: tuple[int, ...], out: Path) -> N
     out.mkdir(parents=True, exist_ok=True)
     (out / f"real-scenes-{size}.json").write_text(json.dumps(report, indent=2))
     lines = [f"Clay `{size}`, {INT8_NAME} vs eager fp32 PyTorch on chips cut by the runtime from real scenes "
-             f"(random weights, seed 0; commit {report['commit'][:10]}).", "",
+             f"(random weights, seed 0; commit {short_commit(report['commit'])}).", "",
              "| scene | groups | chips | chip cosine min / median | chip max abs err | patches | patch cosine min / 1st pct / median |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:

@@ -6,6 +6,10 @@ import json
 from pathlib import Path
 
 
+def short_commit(commit: str) -> str:
+    return commit[:10] + ("+modified" if commit.endswith("+modified") else "")
+
+
 def markdown(report: dict) -> str:
     machine = report["machine"]
     gpu = machine.get("gpu")
@@ -17,7 +21,7 @@ def markdown(report: dict) -> str:
     )
     lines = [
         f"Clay `{report['size']}` encoder ({report['flops_per_chip'] / 1e9:.1f} GFLOP per chip), {where}, "
-        f"{report['repeats']} interleaved rounds, commit {report['commit'][:10]}, {report['date']}.",
+        f"{report['repeats']} interleaved rounds, commit {short_commit(report['commit'])}, {report['date']}.",
         "",
         "| backend | batch | chips/s (median, min–max) | × eager fp32 (Clay) | × best eager | GFLOP/s | % of peak | min cosine | max abs err | memory MB (call / process) |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -72,6 +72,30 @@ def test_every_ratio_is_computed_from_timings_of_the_same_rounds(report):
         assert rows[baseline["best_eager"]] == min(strong, key=lambda r: np.median(r["seconds"]))
 
 
+def test_a_gpu_report_names_the_card_and_its_measured_peaks_and_keeps_the_cpu_files(report, tmp_path):
+    """The GPU branch of the report, from this run's JSON with a GPU record put in (CI has no GPU;
+    tests/test_gpu.py runs the real thing where one exists)."""
+    from clay.benchmarks.report import write_outputs
+
+    _, data = report
+    gpu = {"name": "Test GPU 80GB", "fp32_gflops": 50000.0, "fp16_gflops": 700000.0, "bf16_gflops": 750000.0,
+           "assumption": "measured: test"}  # fmt: skip
+    paths = write_outputs(data | {"machine": data["machine"] | {"gpu": gpu, "device": gpu["name"]}}, tmp_path)
+    assert paths["json"].name == "bench-tiny-gpu.json" and not (tmp_path / "bench-tiny.json").exists()
+    text = paths["markdown"].read_text()
+    assert "Test GPU 80GB (PyTorch on CUDA" in text and "fp16 700000" in text and "AMD" not in text.splitlines()[0]
+
+
+def test_commit_is_marked_when_the_measured_tree_differs_from_it():
+    from clay.benchmarks.cli import git_commit
+    from clay.benchmarks.report import short_commit
+
+    commit = git_commit()
+    assert commit == "unknown" or len(commit.split("+")[0]) == 40
+    assert short_commit("0123456789abcdef+modified") == "0123456789+modified"
+    assert short_commit("0123456789abcdef") == "0123456789"
+
+
 def run_module(module: str, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, timeout=900)
 
