@@ -34,8 +34,15 @@ class Backend:
 
 
 def eager_backend(
-    model: ClayMAE, groups, attention: str, autocast: torch.dtype | None, device: str, compiled: bool = False
+    model: ClayMAE,
+    groups,
+    attention: str,
+    autocast: torch.dtype | None,
+    device: str,
+    compiled: bool = False,
+    patch_embeddings: bool = False,
 ) -> Runner:
+    """``patch_embeddings`` makes the runner return ``(chip, grid)``: the reference for per-patch fidelity."""
     encoder = set_attention(model.encoder, attention).to(device)
     bands = bands_of_groups(groups)
     embed = torch.compile(encoder.embed, dynamic=False) if compiled else encoder.embed
@@ -46,9 +53,12 @@ def eager_backend(
         # freezing folds the weights into the compiled graph; it applies when a batch size first compiles
         frozen = torch._inductor.config.patch(freezing=True) if compiled else contextlib.nullcontext()
         with torch.inference_mode(), context, frozen:
-            chip, _ = embed(cube, torch.from_numpy(lonlat).to(device), torch.from_numpy(date).to(device), groups)
+            chip, grid = embed(cube, torch.from_numpy(lonlat).to(device), torch.from_numpy(date).to(device), groups,
+                               patch_embeddings)  # fmt: skip
         if device == "cuda":
             torch.cuda.synchronize()
+        if patch_embeddings:
+            return chip.float().cpu().numpy(), grid.float().cpu().numpy()
         return chip.float().cpu().numpy()
 
     return run

@@ -28,6 +28,7 @@ from clay.runtime.pipeline import prepare_batch
 from clay.runtime.scene import SceneFiles, discover_scenes, open_scene, read_header
 from clay.training.bands import BAND_NAMES, bands_of_groups, complete_groups
 
+from .backends import eager_backend
 from .bench import cosine_rows
 from .cli import DEFAULT_OUT, end_to_end, git_commit
 from .report import short_commit
@@ -97,23 +98,6 @@ def assembled_chips(metadata, data: Path, scratch: Path) -> tuple[np.ndarray, np
     return pixels, lonlat, date
 
 
-def eager_fp32(model, groups):
-    import torch
-
-    from clay.training.model import normalise, set_attention
-
-    encoder = set_attention(model.encoder, "explicit")
-    bands = bands_of_groups(groups)
-
-    def run(pixels, lonlat, date):
-        with torch.inference_mode():
-            chip, grid = encoder.embed(normalise(torch.from_numpy(pixels), bands), torch.from_numpy(lonlat),
-                                       torch.from_numpy(date), groups, patch_embeddings=True)  # fmt: skip
-        return chip.numpy(), grid.numpy()
-
-    return run
-
-
 def fidelity(chips, reference, artifact: Path, threads: int) -> dict:
     engine = open_engine(artifact, "onnx-cpu", threads)
     chip_ref, grid_ref = reference
@@ -166,7 +150,7 @@ def main(size: str, data: Path | None, batches: tuple[int, ...], out: Path) -> N
             artifact = exported[groups]
             chips = real_chips(scene, open_engine(artifact, "onnx-cpu", threads).metadata)
             click.echo(f"real-scenes: {scene.name}: {len(chips[0])} chips, eager fp32…", err=True)
-            reference = eager_fp32(model, groups)(*chips)
+            reference = eager_backend(model, groups, "explicit", None, "cpu", patch_embeddings=True)(*chips)
             rows.append({"scene": scene.name, "groups": list(groups), "artifact": INT8_NAME}
                         | fidelity(chips, reference, artifact, threads))  # fmt: skip
             if scene.path == DEMO_SCENE:
