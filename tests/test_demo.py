@@ -99,9 +99,22 @@ def test_demo_weights_beat_untrained_and_per_band_mean_on_the_held_out_quadrant(
     from clay.training.demo import WEIGHTS, evaluate, prepare
 
     _, val = prepare(tmp_path, DEMO_SCENE, pair=None)
-    scores = evaluate(WEIGHTS, val / "bottom-right.tif")
+    scores = evaluate(WEIGHTS, val / "bottom-right.tif", DEMO_SCENE)
     assert scores["demo_weights"] < scores["untrained"]
     assert scores["demo_weights"] < scores["per_band_mean"]
+    water = scores["water_fraction_r2"]
+    assert set(water) == {"demo_weights", "untrained", "cell_band_statistics"}
+    assert all(0 <= v <= 1 for v in water.values()), water
+    assert water["cell_band_statistics"] > 0.5, water  # the scene's water is plain in its own bands
+
+
+def test_water_probe_reads_a_target_the_three_components_carry_and_not_one_they_do_not():
+    from clay.training.demo import explained_by_three_components
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(1024, 64)) * np.r_[10.0, 8.0, 6.0, np.ones(61)]  # three dominant directions
+    assert explained_by_three_components(vectors, vectors[:, 0] + vectors[:, 2]) > 0.99
+    assert explained_by_three_components(vectors, vectors[:, 40]) < 0.05
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "ssl4eo-s12-0000200").is_dir(), reason=f"real samples not found under {SHARED_DATA}")

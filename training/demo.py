@@ -7,7 +7,8 @@ turned into linear power, so the SAR group trains too (that image is smaller tha
 padded like the runtime pads a small scene, and the padding is kept out of the loss). Then it trains
 with ``clay-train`` and the ``demo.yaml`` config (random 512² crops with flips and right-angle
 rotations), scores the result on held-out crops against an untrained model and a per-band mean
-predictor, and writes the loss curve. Demo weights from two small areas, not Clay v0.
+predictor, measures how much of each cell's water fraction the preview's colours carry, and writes
+the loss curve. Demo weights from two small areas, not Clay v0.
 """
 
 from __future__ import annotations
@@ -163,12 +164,71 @@ def masked_mse_scores(model: ClayMAE, cube, lonlat, date, seeds: int = 4) -> dic
     return {"model": float(np.mean(model_losses)), "per_band_mean": float(np.mean(mean_losses))}
 
 
-def evaluate(checkpoint: Path, val_file: Path) -> dict[str, float]:
+def corner_chips(source: Path = SOURCE) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """The whole scene's four non-overlapping corner chips, raw S2 values ``[4, 10, 512, 512]``, with
+    the scene centre's lon/lat and the date (the runtime's metadata inputs)."""
+    from rasterio.warp import transform as reproject_points
+
+    cube, profile = stack_scene(source)
+    h, w = cube.shape[1:]
+    x, y = profile["transform"] * (w / 2, h / 2)
+    lon, lat = (v[0] for v in reproject_points(profile["crs"], "EPSG:4326", [x], [y]))
+    chips = np.stack([cube[:, r : r + CHIP_SIZE, c : c + CHIP_SIZE].astype(np.float32)
+                      for r in (0, h - CHIP_SIZE) for c in (0, w - CHIP_SIZE)])  # fmt: skip
+    day = [float(v) for v in DEMO_DATE.split("-")]
+    return chips, torch.tensor([[lon, lat]] * len(chips)), torch.tensor([day] * len(chips))
+
+
+def explained_by_three_components(vectors: np.ndarray, target: np.ndarray) -> float:
+    """R² of a least-squares fit of ``target`` on the first three principal components of ``vectors``:
+    the three numbers per cell the preview paints as red, green and blue."""
+    from clay.runtime.preview import principal_components
+
+    design = np.c_[principal_components(vectors, 3), np.ones(len(vectors))]
+    fitted = design @ np.linalg.lstsq(design, target, rcond=None)[0]
+    return float(1 - ((fitted - target) ** 2).sum() / ((target - target.mean()) ** 2).sum())
+
+
+def water_probe(models: dict[str, ClayMAE], source: Path = SOURCE) -> dict[str, float]:
+    """How much of each 32 px cell's open-water fraction (NDWI > 0) the preview's colours carry: the
+    R² of the fraction on the first three principal components of the per-patch embeddings,
+    standardised per chip as the preview does, next to the same for the cell's own band means and
+    spreads (what a picture of the pixels alone would carry). The masked-patch MSE does not say
+    whether the picture can show water, river included; this does."""
+    from clay.runtime.preview import standardise_within_chips
+
+    chips, lonlat, date = corner_chips(source)
+    count, cells = len(chips), (CHIP_SIZE // 32) ** 2
+    green, nir = chips[:, S2_BANDS.index("B03")], chips[:, S2_BANDS.index("B08")]
+    water = ((green - nir) / np.maximum(green + nir, 1) > 0).reshape(count, 16, 32, 16, 32).mean((2, 4)).ravel()
+    chip_of = np.repeat(np.arange(count), cells)
+    cube = normalise(torch.from_numpy(chips), bands_of_groups(DEMO_GROUPS))
+    scores = {}
+    for name, model in models.items():
+        with torch.no_grad():
+            _, grid = model.encoder.embed(cube, lonlat, date, DEMO_GROUPS, patch_embeddings=True)
+        vectors = grid.mean(dim=1).reshape(count * cells, -1).numpy()  # the runtime's per-patch output
+        standardised = standardise_within_chips(vectors, chip_of, np.zeros_like(chip_of))
+        scores[name] = explained_by_three_components(standardised, water)
+    blocks = chips.reshape(count, len(S2_BANDS), 16, 32, 16, 32)
+    statistics = np.concatenate([blocks.mean((3, 5)), blocks.std((3, 5))], axis=1).transpose(0, 2, 3, 1)
+    statistics = np.log1p(statistics.reshape(count * cells, -1))
+    scores["cell_band_statistics"] = explained_by_three_components(
+        standardise_within_chips(statistics, chip_of, np.zeros_like(chip_of)), water
+    )
+    return scores
+
+
+def evaluate(checkpoint: Path, val_file: Path, source: Path = SOURCE) -> dict:
     cube, lonlat, date = held_out_crops(val_file)
-    trained = masked_mse_scores(load_clay_mae(checkpoint), cube, lonlat, date)
+    model = load_clay_mae(checkpoint).eval()
+    trained = masked_mse_scores(model, cube, lonlat, date)
     torch.manual_seed(0)
-    untrained = masked_mse_scores(ClayMAE("tiny").eval(), cube, lonlat, date)
-    return {"demo_weights": trained["model"], "untrained": untrained["model"], "per_band_mean": trained["per_band_mean"]}
+    untrained_model = ClayMAE("tiny").eval()
+    untrained = masked_mse_scores(untrained_model, cube, lonlat, date)
+    probe = water_probe({"demo_weights": model, "untrained": untrained_model}, source)
+    return {"demo_weights": trained["model"], "untrained": untrained["model"], "per_band_mean": trained["per_band_mean"],
+            "water_fraction_r2": probe}  # fmt: skip
 
 
 def plot_loss_curve(metrics_csv: Path, png: Path) -> None:
@@ -229,7 +289,7 @@ def main() -> None:
                 "--trainer.default_root_dir", str(logs)])  # fmt: skip
     best = best_checkpoint(logs)
     metrics = next(logs.rglob("metrics.csv"))
-    scores = evaluate(best, val_dir / "bottom-right.tif") | {"checkpoint": best.name}
+    scores = evaluate(best, val_dir / "bottom-right.tif", args.source) | {"checkpoint": best.name}
     (args.out / "evaluation.json").write_text(json.dumps(scores, indent=2))
     plot_loss_curve(metrics, args.out / "loss-curve.png")
     shutil.copy(metrics, args.out / "metrics.csv")
