@@ -98,7 +98,7 @@ def cpu_peak() -> CpuPeak:
     """Peak fp32 / bf16 / int8 rates of the CPUs this process may use."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     flags = set()
-    mhz, model, vendor = 0.0, platform.processor() or "unknown", ""
+    mhz, model, vendor = 0.0, "", ""
     for line in info.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
@@ -106,10 +106,11 @@ def cpu_peak() -> CpuPeak:
             flags = set(value.split())
         elif key == "cpu MHz" and not mhz:
             mhz = float(value)
-        elif key == "model name" and model in ("unknown", ""):
+        elif key == "model name" and not model:
             model = value.strip()
         elif key == "vendor_id" and not vendor:
             vendor = value.strip()
+    model = model or platform.processor() or "unknown"
     cores = len(os.sched_getaffinity(0))
     measured = measured_clock_mhz()
     clock_source = "measured (dependent-add loop)" if measured else "reported by /proc/cpuinfo (nominal)"
