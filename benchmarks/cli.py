@@ -85,8 +85,9 @@ def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out
 
     Writes bench-SIZE.json (everything, with hardware, versions and commit), bench-SIZE.md and
     bench-SIZE.png into --out (bench-SIZE-gpu.* where PyTorch sees a CUDA GPU: the PyTorch rows then
-    run on it, in fp16 and bf16 too, against the card's measured matmul rates). Ratios come from interleaved rounds: each round times every backend
-    once, and a speed-up is the median over rounds of baseline seconds / backend seconds.
+    run on it, in fp16 and bf16 too, against the card's measured matmul rates). Ratios come from
+    interleaved rounds: each round times every backend once, and a speed-up is the median over
+    rounds of baseline seconds / backend seconds.
     """
     import torch
 
@@ -115,9 +116,10 @@ def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out
 
             ckpt = Path(tmp) / "weights.pt"
             torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
-            gpu = any(b in available_backends() for b in ("onnx-cuda", "tensorrt"))
+            gpu_engines = any(b in available_backends() for b in ("onnx-cuda", "tensorrt"))
             click.echo(f"clay-bench: exporting {size} artifacts…", err=True)
-            export_artifacts(ExportOptions(out=folder, checkpoint=ckpt, groups=groups, fp16=gpu, int8_cpu=True, check=False),
+            export_artifacts(ExportOptions(out=folder, checkpoint=ckpt, groups=groups, fp16=gpu_engines, int8_cpu=True,
+                                           check=False),
                              log=lambda line: None)  # fmt: skip
         candidates = contenders.eager_backends(model, groups, device) + contenders.artifact_backends(folder, threads)
         candidates = [b for b in candidates if b.name in wanted]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,29 @@ def checkpoint(tmp_path_factory) -> Path:
     state = {f"model.{k}": v for k, v in trained_like_tiny().state_dict().items()}
     torch.save({"state_dict": state, "epoch": 1, "hyper_parameters": {"size": "tiny"}}, path)
     return path
+
+
+def run_module(module: str, *args, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``python -m module args`` in a fresh interpreter, as a user would run the command."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def masked_training_steps(model, cube, lonlat, date, generator, steps: int = 20, autocast: str | None = None):
+    """``steps`` AdamW steps of the masked training loss (bf16 autocast on ``autocast``'s device if
+    given); every loss must be finite. Returns the losses and the last step's (pixels, mask)."""
+    import contextlib
+
+    import torch
+
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95))
+    losses = []
+    for _ in range(steps):
+        context = torch.autocast(autocast, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with context:
+            loss, pixels, mask = model(cube, lonlat, date, generator=generator)
+        assert torch.isfinite(loss)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    return losses, pixels, mask

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from clay.training.model import get_size  # noqa: E402
 
 from clay.training.precision import cpu_has_bf16  # noqa: E402
 
-from .conftest import SHARED_DATA  # noqa: E402
+from .conftest import SHARED_DATA, run_module  # noqa: E402
 
 
 def test_small_encoder_flops_match_the_published_shape():
@@ -28,11 +26,7 @@ def test_small_encoder_flops_match_the_published_shape():
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    result = subprocess.run(
-        [sys.executable, "-m", "clay.benchmarks.cli", "--size", "tiny", "--batch", "1", "--batch", "2",
-         "--repeats", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    result = run_module("clay.benchmarks.cli", "--size", "tiny", "--batch", "1", "--batch", "2", "--repeats", "2", "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, json.loads((out / "bench-tiny.json").read_text())
 
@@ -94,10 +88,6 @@ def test_commit_is_marked_when_the_measured_tree_differs_from_it():
     assert commit == "unknown" or len(commit.split("+")[0]) == 40
     assert short_commit("0123456789abcdef+modified") == "0123456789+modified"
     assert short_commit("0123456789abcdef") == "0123456789"
-
-
-def run_module(module: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real samples not found under {SHARED_DATA}")

@@ -5,8 +5,6 @@ machine a session was lent (see the closing notes)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ from clay.training.bands import GROUP_NAMES  # noqa: E402
 from clay.training.model import ClayMAE, normalise  # noqa: E402
 from clay.training.synthetic import make_chips  # noqa: E402
 
-from .conftest import trained_like_tiny  # noqa: E402
+from .conftest import masked_training_steps, run_module, trained_like_tiny  # noqa: E402
 
 
 def test_every_gpu_eager_backend_matches_cpu_fp32():
@@ -48,26 +46,14 @@ def test_masked_training_on_the_gpu_in_bf16_falls_like_on_the_cpu():
     pixels, lonlat, date = make_chips(2, seed=3)
     cube = normalise(torch.from_numpy(pixels)).cuda()
     lonlat, date = torch.from_numpy(lonlat).cuda(), torch.from_numpy(date).cuda()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95))
     generator = torch.Generator(device="cuda").manual_seed(0)
-    losses = []
-    for _ in range(20):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss, _, _ = model(cube, lonlat, date, generator=generator)
-        assert torch.isfinite(loss)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses, _, _ = masked_training_steps(model, cube, lonlat, date, generator, autocast="cuda")
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3]), losses
 
 
 def test_clay_bench_on_a_gpu_writes_a_gpu_report_with_measured_peaks(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "clay.benchmarks.cli", "--size", "tiny", "--batch", "2", "--repeats", "2",
-         "--backends", "eager-fp32-sdpa,eager-fp16-sdpa,eager-bf16-sdpa", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    result = run_module("clay.benchmarks.cli", "--size", "tiny", "--batch", "2", "--repeats", "2",
+                        "--backends", "eager-fp32-sdpa,eager-fp16-sdpa,eager-bf16-sdpa", "--out", tmp_path, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bench-tiny-gpu.json").read_text())
     gpu = report["machine"]["gpu"]

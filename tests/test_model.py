@@ -20,6 +20,8 @@ from clay.training.model import (  # noqa: E402
 )
 from clay.training.synthetic import make_chips  # noqa: E402
 
+from .conftest import masked_training_steps  # noqa: E402
+
 
 def tiny_inputs(count: int = 2, seed: int = 0):
     pixels, lonlat, date = make_chips(count, seed=seed)
@@ -96,16 +98,7 @@ def test_masked_training_loss_is_finite_and_falls_over_20_steps():
     torch.manual_seed(0)
     model = ClayMAE("tiny")
     cube, lonlat, date = tiny_inputs(2, seed=3)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95))
-    generator = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(20):
-        loss, pixels, mask = model(cube, lonlat, date, generator=generator)
-        assert torch.isfinite(loss)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        losses.append(loss.item())
+    losses, pixels, mask = masked_training_steps(model, cube, lonlat, date, torch.Generator().manual_seed(0))
     assert pixels.shape == (2, 13, 256, 1024)
     assert mask.sum(dim=1).tolist() == [1152.0, 1152.0]  # 75 % of 1536
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3]), losses
