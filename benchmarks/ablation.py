@@ -26,7 +26,6 @@ reach without VNNI, through 16-bit multiply-adds) and the VNNI int8 peak.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 import time
@@ -35,12 +34,13 @@ from pathlib import Path
 import click
 import numpy as np
 import onnx
-
 from clay.export.artifacts import ExportOptions, export_artifacts
 from clay.export.graph import InferenceEncoder
 from clay.export.onnx_export import export_onnx, read_metadata
-from clay.training.bands import GRID_SIZE, GROUP_NAMES
-from clay.training.model import ClayMAE
+from clay.runtime.bands import GRID_SIZE, GROUP_NAMES
+from clay.runtime.console import setup_logging
+from clay.runtime.formats import format_named
+from clay.training.model import random_clay_mae
 from clay.training.synthetic import make_chips
 
 from .backends import Backend, eager_backends, engine_backend
@@ -48,6 +48,8 @@ from .bench import measure
 from .cli import DEFAULT_OUT, git_commit
 from .flops import cpu_peak, encoder_flops
 from .real_scenes import assembled_chips
+
+FP32 = format_named("fp32")  # every variant derives from the exported float32 graph
 
 
 def fuse(src: Path, dst: Path, size) -> dict[str, int]:
@@ -146,18 +148,17 @@ def quantise(src: Path, dst: Path, per_channel: bool, attention_matmuls: bool = 
 def main(size: str, batch: int, repeats: int, data: Path | None, out: Path) -> None:
     import torch
 
-    logging.getLogger().setLevel(logging.ERROR)
+    setup_logging("clay-bench")
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = ClayMAE(size).eval()
+    model = random_clay_mae(size, seed=0)
     with tempfile.TemporaryDirectory(prefix="clay-ablation-") as tmp:
         folder = Path(tmp)
         ckpt = folder / "weights.pt"
         torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, ckpt)
         export_artifacts(ExportOptions(out=folder, checkpoint=ckpt, groups=GROUP_NAMES, check=False), log=lambda _: None)
-        fp32 = folder / "clay.onnx"
-        export_onnx(InferenceEncoder(model.encoder, GROUP_NAMES, fused_attention=True), folder / "mha.onnx",
+        fp32 = folder / FP32.file_name
+        export_onnx(InferenceEncoder(model.encoder, GROUP_NAMES, attention="onnxruntime"), folder / "mha.onnx",
                     read_metadata(fp32))  # fmt: skip
         quantise(folder / "mha.onnx", folder / "int8-mha.onnx", per_channel=True)
         fused_stats = fuse(fp32, folder / "fused.onnx", model.size)
@@ -171,7 +172,7 @@ def main(size: str, batch: int, repeats: int, data: Path | None, out: Path) -> N
                             assembled_chips(read_metadata(fp32), data, folder / "linked"))  # fmt: skip
             static = [("int8-static", "int8", "int8-static.onnx")]
         variants = [
-            ("fp32", "fp32", "clay.onnx"), ("fp32-fused", "fp32", "fused.onnx"),
+            ("fp32", "fp32", FP32.file_name), ("fp32-fused", "fp32", "fused.onnx"),
             ("int8-tensor", "int8", "int8-tensor.onnx"), ("int8-channel", "int8", "int8-channel.onnx"),
             ("int8-attention", "int8", "int8-attention.onnx"),
             ("int8-fused", "int8", "int8-fused.onnx"), ("fp32-mha", "fp32", "mha.onnx"),

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
+from clay.runtime.bands import bands_of_groups
 from clay.runtime.engine import EngineError, available_backends, open_engine
-from clay.training.bands import bands_of_groups
+from clay.runtime.formats import FORMATS, ArtifactFormat
+from clay.training.model import ClayMAE, normalise
 from clay.training.precision import cpu_has_bf16
-from clay.training.model import ClayMAE, normalise, set_attention
 
 Runner = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -43,7 +43,7 @@ def eager_backend(
     patch_embeddings: bool = False,
 ) -> Runner:
     """``patch_embeddings`` makes the runner return ``(chip, grid)``: the reference for per-patch fidelity."""
-    encoder = set_attention(model.encoder, attention).to(device)
+    encoder = model.encoder.with_attention(attention).eval().to(device)
     bands = bands_of_groups(groups)
     embed = torch.compile(encoder.embed, dynamic=False) if compiled else encoder.embed
 
@@ -65,13 +65,11 @@ def eager_backend(
 
 
 def eager_backends(model: ClayMAE, groups, device: str) -> list[Backend]:
-    import copy
-
     backends = [
         Backend("eager-fp32-clay", "PyTorch eager fp32, explicit softmax attention (Clay's own code path)", "fp32",
-                eager_backend(copy.deepcopy(model), groups, "explicit", None, device)),
+                eager_backend(model, groups, "explicit", None, device)),
         Backend("eager-fp32-sdpa", "PyTorch eager fp32, scaled_dot_product_attention", "fp32",
-                eager_backend(copy.deepcopy(model), groups, "sdpa", None, device)),
+                eager_backend(model, groups, "sdpa", None, device)),
     ]  # fmt: skip
     # CPUs: bf16 only (no fp16 matmul kernels worth measuring); GPUs: both half precisions
     reduced = [("bf16", torch.bfloat16)] if device == "cpu" else [("fp16", torch.float16), ("bf16", torch.bfloat16)]
@@ -84,9 +82,22 @@ def eager_backends(model: ClayMAE, groups, device: str) -> list[Backend]:
             if emulated:
                 backend.absent = "this CPU has no avx512_bf16/AMX: bf16 autocast would be emulated"
             else:
-                backend.run = eager_backend(copy.deepcopy(model), groups, "sdpa", dtype, device, compiled)
+                backend.run = eager_backend(model, groups, "sdpa", dtype, device, compiled)
             backends.append(backend)
     return backends
+
+
+def contender_name(fmt: ArtifactFormat, backend: str) -> str:
+    """``onnx-cpu-int8``, ``tensorrt-fp16``...: one contender per format of the table and backend it runs on."""
+    return f"{backend}-{fmt.precision}"
+
+
+ARTIFACT_CONTENDERS = tuple(contender_name(f, b) for f in FORMATS for b in f.runs_on)
+
+
+def contender_format(name: str) -> ArtifactFormat:
+    """The format a contender of :data:`ARTIFACT_CONTENDERS` runs."""
+    return next(f for f in FORMATS for b in f.runs_on if contender_name(f, b) == name)
 
 
 def engine_backend(name: str, description: str, precision: str, artifact: Path, backend: str, threads: int) -> Backend:
@@ -103,9 +114,6 @@ def engine_backend(name: str, description: str, precision: str, artifact: Path, 
 
 
 def artifact_backends(folder: Path, threads: int) -> list[Backend]:
-    return [
-        engine_backend("onnx-cpu-fp32", "ONNX Runtime CPU, fp32 graph", "fp32", folder / "clay.onnx", "onnx-cpu", threads),
-        engine_backend("onnx-cpu-int8", "ONNX Runtime CPU, dynamic int8", "int8", folder / "clay.int8.onnx", "onnx-cpu", threads),
-        engine_backend("onnx-cuda-fp16", "ONNX Runtime CUDA, fp16 graph", "fp16", folder / "clay.fp16.onnx", "onnx-cuda", threads),
-        engine_backend("tensorrt-fp16", "TensorRT, FP16 plan", "fp16", folder / "clay.plan", "tensorrt", threads),
-    ]  # fmt: skip
+    """Every format of the table on every backend it is made for."""
+    return [engine_backend(contender_name(f, b), f"{b}: {f.file_name}, {f.summary}", f.precision, folder / f.file_name, b, threads)
+            for f in FORMATS for b in f.runs_on]  # fmt: skip

@@ -13,19 +13,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-
+from clay.runtime.bands import BAND_NAMES, GROUP_NAMES
 from clay.runtime.engine import available_backends, open_engine
 from clay.runtime.metadata import package_versions
-from clay.training.bands import BAND_NAMES, GROUP_NAMES
 from clay.training.synthetic import make_chips, write_scene
 
 from . import backends as contenders
+from .backends import ARTIFACT_CONTENDERS, contender_format
 from .bench import BASELINE, measure
 from .flops import cpu_peak, encoder_flops, gpu_peak
 from .report import write_outputs
 
 ALL_BACKENDS = ("eager-fp32-clay", "eager-fp32-sdpa", "eager-bf16-sdpa", "compiled-bf16-sdpa", "eager-fp16-sdpa",
-                "compiled-fp16-sdpa", "onnx-cpu-fp32", "onnx-cpu-int8", "onnx-cuda-fp16", "tensorrt-fp16")  # fmt: skip
+                "compiled-fp16-sdpa", *ARTIFACT_CONTENDERS)  # fmt: skip
 DEFAULT_OUT = Path(__file__).parent / "results"
 
 
@@ -46,7 +46,8 @@ def git_commit() -> str:
 
 def end_to_end(artifact: Path, backend: str, batch: int, threads: int, scene: Path, label: str) -> dict:
     """clay-run's whole pipeline on a scene vs the engine alone on as many chips, same batch."""
-    from clay.runtime.pipeline import RunOptions, embed_scene  # the GeoTIFF stack, only for this figure
+    from clay.runtime.options import RunOptions  # the GeoTIFF stack, only for this figure
+    from clay.runtime.pipeline import embed_scene
     from clay.runtime.scene import open_scene
 
     engine = open_engine(artifact, backend, threads)
@@ -90,9 +91,8 @@ def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out
     rounds of baseline seconds / backend seconds.
     """
     import torch
-
     from clay.training.checkpoint import load_clay_mae
-    from clay.training.model import ClayMAE
+    from clay.training.model import random_clay_mae
 
     batches = tuple(sorted(set(batches))) or (1, 2)
     threads = threads or len(os.sched_getaffinity(0))
@@ -102,11 +102,7 @@ def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out
     if unknown:
         sys.exit(f"clay-bench: unknown backend(s) {', '.join(sorted(unknown))}; known: {', '.join(ALL_BACKENDS)}")
     groups = GROUP_NAMES
-    if checkpoint:
-        model = load_clay_mae(checkpoint, size)
-    else:
-        torch.manual_seed(0)
-        model = ClayMAE(size).eval()
+    model = load_clay_mae(checkpoint, size) if checkpoint else random_clay_mae(size, seed=0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory(prefix="clay-bench-") as tmp:
         folder = engines or Path(tmp)
@@ -140,7 +136,7 @@ def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out
         fastest_cpu = max((r for r in rows if r["backend"].startswith("onnx-cpu")), key=lambda r: r["chips_per_s_median"], default=None)
         e2e = []
         if fastest_cpu:
-            artifact = folder / ("clay.int8.onnx" if fastest_cpu["backend"].endswith("int8") else "clay.onnx")
+            artifact = folder / contender_format(fastest_cpu["backend"]).file_name
             batch = max(batches)
             generated = Path(tmp) / "generated-scene.tif"
             width = 512 * 2 * batch  # two full batches of chips in one row

@@ -62,7 +62,7 @@ def measured_clock_mhz() -> float | None:
     clock = max(runs)
     return clock if clock < MAX_PLAUSIBLE_MHZ else None  # a core that beats the chain: trust nothing
 
-from clay.training.bands import BAND_GROUPS, GRID_SIZE, PATCH_SIZE
+from clay.runtime.bands import BAND_GROUPS, GRID_SIZE, PATCH_SIZE
 from clay.training.model import ModelSize
 
 

@@ -11,7 +11,6 @@ same batches. Generated chips (clay-bench) can flatter a quantised model; real c
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 from dataclasses import replace
@@ -20,13 +19,16 @@ from pathlib import Path
 
 import click
 import numpy as np
-
-from clay.export.artifacts import INT8_NAME, ExportOptions, export_artifacts
+from clay.export.artifacts import ExportOptions, export_artifacts
+from clay.runtime.bands import BAND_NAMES, bands_of_groups, complete_groups
 from clay.runtime.cli import DEMO_SCENE
+from clay.runtime.console import setup_logging
 from clay.runtime.engine import open_engine
-from clay.runtime.pipeline import prepare_batch
-from clay.runtime.scene import SceneFiles, discover_scenes, open_scene, read_header
-from clay.training.bands import BAND_NAMES, bands_of_groups, complete_groups
+from clay.runtime.files import SceneFiles, discover_scenes, read_header
+from clay.runtime.formats import format_named
+from clay.runtime.options import RunOptions
+from clay.runtime.reader import read_chip
+from clay.runtime.scene import open_scene
 
 from .backends import eager_backend
 from .bench import cosine_rows
@@ -40,6 +42,7 @@ KNOWN_SETTINGS = {
     "ssl4eo-s12-0000200": {"date": Date(2020, 6, 4), "sar_units": "db"},
     "dem-rome": {"date": Date(2020, 6, 1)},
 }
+INT8 = format_named("int8")  # the fastest CPU artifact, the one checked here
 UNNAMED_BANDS = {"dem-rome": {"Rome-30m-DEM.tif": "DEM.tif"}}  # files not named as their band
 
 
@@ -65,10 +68,12 @@ def groups_of(scene: SceneFiles) -> tuple[str, ...]:
 
 def real_chips(scene: SceneFiles, metadata) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every chip of the scene (shifted edge chips, padded when the scene is smaller than a chip)."""
-    opened = open_scene(scene, metadata, **KNOWN_SETTINGS.get(scene.name, {}))
-    batch = prepare_batch(opened, opened.chips(), max_nodata=1.0)
-    opened.close()
-    return batch.pixels, batch.lonlat, batch.date
+    opened = open_scene(scene, metadata, RunOptions(**KNOWN_SETTINGS.get(scene.name, {})))
+    chips = opened.chips()
+    pixels = np.stack([read_chip(opened, chip)[0] for chip in chips])
+    lonlat = np.array([opened.chip_centre(chip) for chip in chips], np.float32)
+    day = opened.date
+    return pixels, lonlat, np.tile(np.array([day.year, day.month, day.day], np.float32), (len(chips), 1))
 
 
 def assembled_chips(metadata, data: Path, scratch: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,10 +83,11 @@ def assembled_chips(metadata, data: Path, scratch: Path) -> tuple[np.ndarray, np
     For calibration, where each band's value range matters, not the co-location."""
     sources = discover_scenes([DEMO_SCENE]) + scenes_under(data, scratch)
     pixels = lonlat = date = None
+    filled: set[int] = set()
     for scene in sources:
         groups = complete_groups(metadata.bands, groups_of(scene))
         bands = tuple(BAND_NAMES[i] for i in bands_of_groups(groups))
-        if not bands or (pixels is not None and all(metadata.bands.index(b) in filled for b in bands)):
+        if not bands or all(metadata.bands.index(b) in filled for b in bands):
             continue
         index = [metadata.bands.index(b) for b in bands]
         sub = replace(metadata, bands=bands, groups=groups, band_means=tuple(metadata.band_means[i] for i in index),
@@ -89,7 +95,7 @@ def assembled_chips(metadata, data: Path, scratch: Path) -> tuple[np.ndarray, np
         chip_pixels, chip_lonlat, chip_date = real_chips(scene, sub)
         if pixels is None:
             pixels = np.zeros((len(chip_pixels), len(metadata.bands), *chip_pixels.shape[2:]), np.float32)
-            lonlat, date, filled = chip_lonlat, chip_date, set()
+            lonlat, date = chip_lonlat, chip_date
         pixels[:, index] = chip_pixels[np.arange(len(pixels)) % len(chip_pixels)]
         filled |= set(index)
     missing = [b for i, b in enumerate(metadata.bands) if pixels is None or i not in filled]
@@ -122,14 +128,12 @@ def fidelity(chips, reference, artifact: Path, threads: int) -> dict:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_OUT, show_default=True)
 def main(size: str, data: Path | None, batches: tuple[int, ...], out: Path) -> None:
     import torch
+    from clay.training.model import random_clay_mae
 
-    from clay.training.model import ClayMAE
-
-    logging.getLogger().setLevel(logging.ERROR)
+    setup_logging("clay-bench")
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = ClayMAE(size).eval()
+    model = random_clay_mae(size, seed=0)
     rows, e2e = [], []
     with tempfile.TemporaryDirectory(prefix="clay-real-") as tmp:
         scenes = discover_scenes([DEMO_SCENE]) + (scenes_under(data, Path(tmp) / "linked") if data else [])
@@ -146,12 +150,12 @@ def main(size: str, data: Path | None, batches: tuple[int, ...], out: Path) -> N
                 click.echo(f"real-scenes: exporting {size} for {', '.join(groups)}…", err=True)
                 export_artifacts(ExportOptions(out=folder, checkpoint=ckpt, groups=groups, int8_cpu=True,
                                                patch_embeddings=True, check=False), log=lambda _: None)  # fmt: skip
-                exported[groups] = folder / INT8_NAME
+                exported[groups] = folder / INT8.file_name
             artifact = exported[groups]
             chips = real_chips(scene, open_engine(artifact, "onnx-cpu", threads).metadata)
             click.echo(f"real-scenes: {scene.name}: {len(chips[0])} chips, eager fp32…", err=True)
             reference = eager_backend(model, groups, "explicit", None, "cpu", patch_embeddings=True)(*chips)
-            rows.append({"scene": scene.name, "groups": list(groups), "artifact": INT8_NAME}
+            rows.append({"scene": scene.name, "groups": list(groups), "artifact": INT8.file_name}
                         | fidelity(chips, reference, artifact, threads))  # fmt: skip
             if scene.path == DEMO_SCENE:
                 for batch in batches or (2, 8):
@@ -160,7 +164,7 @@ def main(size: str, data: Path | None, batches: tuple[int, ...], out: Path) -> N
               "reference": "eager fp32 PyTorch, explicit softmax attention", "fidelity": rows, "end_to_end": e2e}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / f"real-scenes-{size}.json").write_text(json.dumps(report, indent=2))
-    lines = [f"Clay `{size}`, {INT8_NAME} vs eager fp32 PyTorch on chips cut by the runtime from real scenes "
+    lines = [f"Clay `{size}`, {INT8.file_name} vs eager fp32 PyTorch on chips cut by the runtime from real scenes "
              f"(random weights, seed 0; commit {short_commit(report['commit'])}).", "",
              "| scene | groups | chips | chip cosine min / median | chip max abs err | patches | patch cosine min / 1st pct / median |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Export orchestration: one call writes every requested artifact into a directory, checked.
+"""Export orchestration: one call writes every requested format of the table, checked.
 
 Artifacts are written into a staging folder inside the output directory and moved into place only
 when all of them are built and checked, so a failed or interrupted export never leaves a file that
@@ -7,29 +7,30 @@ looks finished.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import torch
-
+from clay.runtime.bands import BAND_MEANS, BAND_STDS, CHIP_SIZE, GROUP_NAMES, PATCH_SIZE, bands_of_groups
+from clay.runtime.formats import ArtifactFormat, formats_for_flags
 from clay.runtime.metadata import EngineMetadata, package_versions
-from clay.training.bands import BAND_MEANS, BAND_STDS, CHIP_SIZE, GROUP_NAMES, PATCH_SIZE, bands_of_groups
-from clay.training.checkpoint import CheckpointError, file_sha256, load_clay_mae, read_checkpoint_file
-from clay.training.demo import DEMO_GROUPS, WEIGHTS as DEMO_WEIGHTS
-from clay.training.model import ClayMAE, get_size
+from clay.training.checkpoint import (
+    DEMO_GROUPS,
+    DEMO_WEIGHTS,
+    CheckpointError,
+    file_sha256,
+    load_clay_mae,
+    read_checkpoint_file,
+)
+from clay.training.model import ClayMAE, get_size, random_clay_mae
 
 from . import check
-from .graph import InferenceEncoder
-from .onnx_export import INPUT_NAMES, export_onnx
-from .tensorrt_build import BatchProfile, build_plan, gpu_name, tensorrt_unavailable_reason
-
-FP32_NAME, FP16_NAME, INT8_NAME, PLAN_NAME = "clay.onnx", "clay.fp16.onnx", "clay.int8.onnx", "clay.plan"
+from .builders import BUILDERS, BuildJob, FormatUnavailable
+from .onnx_export import INPUT_NAMES
+from .tensorrt_build import BatchProfile
 
 
 class ExportError(RuntimeError):
@@ -50,6 +51,11 @@ class ExportOptions:
     hardware_compat: str | None = None
     timing_cache: Path | None = None
     check: bool = True
+
+    @property
+    def formats(self) -> tuple[ArtifactFormat, ...]:
+        """The rows of the format table these options ask for."""
+        return formats_for_flags({flag for flag, wanted in (("--fp16", self.fp16), ("--int8-cpu", self.int8_cpu)) if wanted})
 
 
 @dataclass
@@ -81,9 +87,8 @@ def load_model(options: ExportOptions) -> tuple[ClayMAE, str, str, str]:
         description = stored.get("description") if isinstance(stored.get("description"), str) else None
         return (model, options.checkpoint.name, file_sha256(options.checkpoint),
                 description or f"checkpoint {options.checkpoint.name}")  # fmt: skip
-    torch.manual_seed(0)
     size = get_size(options.size or "tiny").name
-    return ClayMAE(size).eval(), "", "", f"random initialisation (seed 0) of '{size}': for speed tests only, not a trained model"
+    return random_clay_mae(size, seed=0), "", "", f"random initialisation (seed 0) of '{size}': for speed tests only, not a trained model"
 
 
 def make_metadata(model: ClayMAE, options: ExportOptions, precision: str, checkpoint: str, sha: str, weights: str) -> EngineMetadata:
@@ -118,13 +123,17 @@ def staging_dir(out: Path) -> Path:
 
 
 def export_artifacts(options: ExportOptions, log: Callable[[str], None] = print) -> ExportReport:
-    """Build, check and publish every requested artifact; raises :class:`ExportError`."""
+    """Build, check and publish every requested format; raises :class:`ExportError`."""
     report = ExportReport()
     options = resolve_weights(options)
     model, checkpoint, sha, weights = load_model(options)
     stage = staging_dir(options.out)
     try:
-        _build(model, options, stage, report, log, (checkpoint, sha, weights))
+        job = BuildJob(model.encoder, options, stage, lambda fmt: make_metadata(model, options, fmt.precision, checkpoint, sha, weights),
+                       log, report.seconds)  # fmt: skip
+        built = _build(job, options.formats, report)
+        if options.check:
+            _check(job, built, report)
         for path in report.artifacts:
             os.replace(path, options.out / path.name)
         report.artifacts = [options.out / p.name for p in report.artifacts]
@@ -133,74 +142,39 @@ def export_artifacts(options: ExportOptions, log: Callable[[str], None] = print)
     return report
 
 
-def _timed(report: ExportReport, label: str, log: Callable[[str], None], func, *args):
-    start = time.perf_counter()
-    result = func(*args)
-    report.seconds[label] = time.perf_counter() - start
-    log(f"{label}: {report.seconds[label]:.1f} s")
-    return result
+def _build(job: BuildJob, formats: tuple[ArtifactFormat, ...], report: ExportReport) -> list[tuple[Path, ArtifactFormat]]:
+    """Every format in table order (a format may read an earlier one's file); the unavailable ones
+    become a note with the command to run where they can be built."""
+    built = []
+    for fmt in formats:
+        try:
+            written = BUILDERS[fmt.name](job, fmt)
+        except FormatUnavailable as reason:
+            report.notes.append(f"no {fmt.file_name}: {reason}; the other artifacts are kept. Where it can be built, "
+                                f"run: {rerun_command(job.options)}")  # fmt: skip
+            continue
+        built.append((written[0], fmt))
+        report.artifacts += written
+    return built
 
 
-def _build(model, options: ExportOptions, stage: Path, report: ExportReport, log, provenance) -> None:
-    encoder, groups = model.encoder, options.groups
-    built: list[tuple[Path, str]] = []
-
-    def metadata(precision: str) -> EngineMetadata:
-        return make_metadata(model, options, precision, *provenance)
-
-    fp32 = stage / FP32_NAME
-    _timed(report, f"exported {FP32_NAME}", log, export_onnx,
-           InferenceEncoder(encoder, groups, options.patch_embeddings), fp32, metadata("fp32"))  # fmt: skip
-    built.append((fp32, "fp32"))
-    if options.fp16:
-        fp16 = stage / FP16_NAME
-        _timed(report, f"exported {FP16_NAME}", log, export_onnx,
-               InferenceEncoder(encoder, groups, options.patch_embeddings, half=True), fp16, metadata("fp16"))  # fmt: skip
-        built.append((fp16, "fp16"))
-    if options.int8_cpu:
-        from .int8 import quantize_int8
-
-        # The CPU artifact starts from a graph whose attention is ONNX Runtime's fused kernel.
-        fused = stage / "clay.fused-attention.onnx"
-        export_onnx(InferenceEncoder(encoder, groups, options.patch_embeddings, fused_attention=True), fused, metadata("int8"))
-        int8 = stage / INT8_NAME
-        _timed(report, f"quantised {INT8_NAME}", log, quantize_int8, fused, int8, metadata("int8"))
-        built.append((int8, "int8"))
-    if options.fp16:
-        reason = tensorrt_unavailable_reason()
-        if reason:
-            report.notes.append(
-                f"no {PLAN_NAME}: {reason}; the ONNX artifacts are kept. On a GPU machine with TensorRT, run: "
-                + rerun_command(options)
-            )
-        else:
-            plan = stage / PLAN_NAME
-            trt_version = _timed(
-                report, f"built {PLAN_NAME}", log, build_plan, stage / FP16_NAME, plan,
-                len(bands_of_groups(groups)), CHIP_SIZE, options.batch, options.timing_cache, options.hardware_compat,
-            )  # fmt: skip
-            extra = {"tensorrt": trt_version, "gpu": gpu_name(), "batch_profile": str(options.batch),
-                     "hardware_compat": options.hardware_compat or "none"}  # fmt: skip
-            sidecar = stage / (PLAN_NAME + ".json")
-            sidecar.write_text(json.dumps(replace(metadata("fp16"), extra=extra).to_dict(), indent=2))
-            built.append((plan, "fp16"))
-            report.artifacts.append(sidecar)
-    if options.check:
-        feeds = check.check_feeds(groups)
-        expected = check.eager_reference(encoder, groups, feeds, options.patch_embeddings)
-        for path, precision in built:
-            scores = _timed(report, f"checked {path.name}", log, check.check_artifact, path, precision, feeds, expected)
-            report.scores.extend(scores)
-            for s in scores:
-                log(s.line())
-        failed = [s for s in report.scores if not s.passed]
-        if failed:
-            worst = failed[0]
-            raise ExportError(
-                f"{worst.artifact} {worst.output}: min cosine {worst.min_cosine:.6f} is below {worst.bound}"
-                + ("" if worst.finite else " (non-finite values)") + "; nothing was written"
-            )
-    report.artifacts = [p for p, _ in built] + report.artifacts
+def _check(job: BuildJob, built: list[tuple[Path, ArtifactFormat]], report: ExportReport) -> None:
+    """Polygraphy runs every built artifact on the same chips; any chip below its format's bound fails the export."""
+    groups = job.options.groups
+    feeds = check.check_feeds(groups)
+    expected = check.eager_reference(job.encoder, groups, feeds, job.options.patch_embeddings)
+    for path, fmt in built:
+        scores = check.check_artifact(path, fmt, feeds, expected)
+        report.scores.extend(scores)
+        for s in scores:
+            job.log(s.line())
+    failed = [s for s in report.scores if not s.passed]
+    if failed:
+        worst = failed[0]
+        raise ExportError(
+            f"{worst.artifact} {worst.output}: min cosine {worst.min_cosine:.6f} is below {worst.bound}"
+            + ("" if worst.finite else " (non-finite values)") + "; nothing was written"
+        )
 
 
 def rerun_command(options: ExportOptions) -> str:

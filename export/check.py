@@ -1,8 +1,8 @@
 """Artifact checks against eager PyTorch fp32: Polygraphy runs each artifact on the same chips,
 and every output is scored by cosine similarity and max abs error against the eager encoder.
 
-A check is data (a cosine bound per precision) plus a report; the command fails when any chip of
-any artifact falls below its bound.
+A check is data (each format's cosine bound, in the format table) plus a report; the command fails
+when any chip of any artifact falls below its bound.
 """
 
 from __future__ import annotations
@@ -13,13 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from clay.training.bands import BAND_NAMES, bands_of_groups
+from clay.runtime.bands import BAND_NAMES, bands_of_groups
+from clay.runtime.formats import ArtifactFormat
 from clay.training.model import Encoder, normalise
 from clay.training.synthetic import make_chips
-
-#: Minimum cosine similarity per chip against eager fp32, per artifact precision.
-COSINE_BOUNDS = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99}
 
 
 @dataclass(frozen=True)
@@ -80,14 +77,14 @@ def eager_reference(encoder: Encoder, groups, feeds, patch_embeddings: bool) -> 
     return results
 
 
-def run_with_polygraphy(artifact: Path, feeds) -> list[dict[str, np.ndarray]]:
-    """Run an ONNX file (ONNX Runtime CPU) or a TensorRT plan through Polygraphy's Comparator."""
+def run_with_polygraphy(artifact: Path, fmt: ArtifactFormat, feeds) -> list[dict[str, np.ndarray]]:
+    """Run a TensorRT plan, or an ONNX file on ONNX Runtime's CPU provider, through Polygraphy's Comparator."""
     from polygraphy.comparator import Comparator
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.WARNING  # per-iteration INFO lines drown the report
 
-    if artifact.suffix == ".plan":
+    if "tensorrt" in fmt.runs_on:
         from polygraphy.backend.trt import EngineFromPath, TrtRunner
 
         runner = TrtRunner(EngineFromPath(str(artifact)), name=artifact.name)
@@ -106,7 +103,7 @@ def cosine_per_chip(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
 
 
-def score(artifact: str, precision: str, actual: list[dict], expected: list[dict]) -> list[OutputScore]:
+def score(artifact: str, bound: float, actual: list[dict], expected: list[dict]) -> list[OutputScore]:
     scores = []
     for output in expected[0]:
         got = np.concatenate([a[output] for a in actual])
@@ -114,13 +111,13 @@ def score(artifact: str, precision: str, actual: list[dict], expected: list[dict
         finite = bool(np.isfinite(got).all())
         cosine = cosine_per_chip(np.nan_to_num(got), want)
         scores.append(
-            OutputScore(artifact, output, float(cosine.min()), float(np.abs(got - want).max()), COSINE_BOUNDS[precision], finite)
+            OutputScore(artifact, output, float(cosine.min()), float(np.abs(got - want).max()), bound, finite)
         )
     return scores
 
 
-def check_artifact(artifact: Path, precision: str, feeds, expected) -> list[OutputScore]:
-    return score(artifact.name, precision, run_with_polygraphy(artifact, feeds), expected)
+def check_artifact(artifact: Path, fmt: ArtifactFormat, feeds, expected) -> list[OutputScore]:
+    return score(artifact.name, fmt.cosine_bound, run_with_polygraphy(artifact, fmt, feeds), expected)
 
 
 def band_names(groups) -> tuple[str, ...]:

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import click
-
-from clay.training.bands import GROUP_NAMES, parse_groups
+from clay.runtime.bands import GROUP_NAMES, parse_groups
+from clay.runtime.console import setup_logging
+from clay.runtime.formats import FORMATS
 from clay.training.model import SIZES
 
 from .artifacts import ExportError, ExportOptions, export_artifacts
 from .tensorrt_build import BatchProfile
 
+
+def _written_by(flag: str) -> str:
+    return ", ".join(f"{f.file_name} ({f.summary})" for f in FORMATS if f.flag == flag)
+
+
+def _bounds() -> str:
+    return ", ".join(f"{f.cosine_bound} ({f.file_name})" for f in FORMATS)
+
+
 DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=f"Cosine bounds: {_bounds()}.")
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
               help="Clay weights: the published Clay v0 checkpoint, a clay-train checkpoint or a bare state dict. "
                    "Default: the bundled demo weights (tiny, S2 only, trained on one scene; not Clay v0).")
@@ -28,8 +37,8 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
 @click.option("--groups", default=None,
               help=f"Band groups the engine takes ({','.join(GROUP_NAMES)}); the pixels input holds only their "
                    "bands, in spec order. Default: all six, or the demo weights' S2 groups when they are used.")
-@click.option("--fp16", is_flag=True, help="Also write clay.fp16.onnx, and clay.plan where TensorRT and a GPU exist.")
-@click.option("--int8-cpu", is_flag=True, help="Also write clay.int8.onnx, dynamically quantised for CPUs.")
+@click.option("--fp16", is_flag=True, help="Also write " + _written_by("--fp16") + ".")
+@click.option("--int8-cpu", is_flag=True, help="Also write " + _written_by("--int8-cpu") + ".")
 @click.option("--patch-embeddings", is_flag=True, help="Add the patch_embeddings [B, G, 16, 16, dim] output.")
 @click.option("--batch", default="1:8:32", show_default=True, help="TensorRT optimisation profile MIN:OPT:MAX.")
 @click.option("--hardware-compat", type=click.Choice(["ampere+"]), default=None,
@@ -43,10 +52,9 @@ def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, patch_em
 
     Unless --no-check, every artifact is compared with eager PyTorch fp32 on generated chips and on a
     chip of physically plausible extremes; the command fails (writing nothing) when any chip's cosine
-    is below 0.99999 (fp32), 0.999 (fp16 graph or plan) or 0.99 (int8).
+    is below its format's bound (listed at the end of --help).
     """
-    logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
-    logging.getLogger().setLevel(logging.ERROR)
+    setup_logging("clay-export")
     try:
         options = ExportOptions(
             out=out, checkpoint=checkpoint, size=size, random_weights=random_weights,

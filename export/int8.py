@@ -4,16 +4,14 @@ Measured on the 2-core reference CPU with the `small` model (benchmarks/results/
 of the levers tried, only two paid: int8 MatMul weights (VNNI kernels) and the fused
 MultiHeadAttention kernel in place of MatMul-Softmax-MatMul (+9 %). ONNX Runtime's transformer
 optimizer (SkipLayerNormalization, bias-GELU) and int8 attention matmuls did not pay and are not used.
-The artifact therefore runs on ONNX Runtime only (the portable graphs are clay.onnx and clay.fp16.onnx).
+The artifact therefore runs on ONNX Runtime only (the fp32 and fp16 graphs are the portable ones).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import onnx
-
 from clay.runtime.metadata import EngineMetadata
 
 
@@ -25,15 +23,9 @@ def quantize_int8(fp32_path: Path, int8_path: Path, metadata: EngineMetadata) ->
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantiser's advice to pre-process is for static quantisation
-    try:
-        quantize_dynamic(
-            str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
-        )
-    finally:
-        root.setLevel(level)
+    quantize_dynamic(
+        str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
+    )
     model = onnx.load(str(int8_path))
     del model.metadata_props[:]
     for key, value in metadata.to_props().items():

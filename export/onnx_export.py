@@ -7,7 +7,6 @@ from pathlib import Path
 
 import onnx
 import torch
-
 from clay.runtime.metadata import EngineMetadata
 
 from .graph import InferenceEncoder
@@ -18,8 +17,7 @@ INPUT_NAMES = ("pixels", "lonlat", "date")
 
 def sample_inputs(module: InferenceEncoder, batch: int = 2, chip_size: int = 512) -> tuple[torch.Tensor, ...]:
     """Plausible tracing inputs (values only matter for constant folding checks, not the graph)."""
-    channels = sum(len(c) for c in module.channels.values())
-    pixels = torch.full((batch, channels, chip_size, chip_size), 1000.0)
+    pixels = torch.full((batch, module.channels, chip_size, chip_size), 1000.0)
     lonlat = torch.tensor([[103.75, 17.92]]).repeat(batch, 1)
     date = torch.tensor([[2020.0, 2.0, 23.0]]).repeat(batch, 1)
     return pixels, lonlat, date
@@ -28,6 +26,7 @@ def sample_inputs(module: InferenceEncoder, batch: int = 2, chip_size: int = 512
 def export_onnx(module: InferenceEncoder, path: Path, metadata: EngineMetadata) -> onnx.ModelProto:
     """Write ``module`` as an ONNX file at ``path`` with ``metadata`` in its ``metadata_props``."""
     names = (*INPUT_NAMES, *module.output_names)
+    contrib = module.attention == "onnxruntime"  # ONNX Runtime's com.microsoft ops have no ONNX schema
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, once per call
         torch.onnx.export(
@@ -40,14 +39,14 @@ def export_onnx(module: InferenceEncoder, path: Path, metadata: EngineMetadata) 
             dynamic_axes={name: {0: "batch"} for name in names},
             opset_version=OPSET,
             do_constant_folding=True,
-            custom_opsets={"com.microsoft": 1} if module.fused_attention else None,
+            custom_opsets={"com.microsoft": 1} if contrib else None,
         )
-    model = simplify(onnx.load(str(path)), strict=not module.fused_attention)
+    model = simplify(onnx.load(str(path)), strict=not contrib)
     model.producer_name = "clay-export"
     del model.metadata_props[:]
     for key, value in metadata.to_props().items():
         model.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(model, full_check=not module.fused_attention)  # contrib ops have no ONNX schema
+    onnx.checker.check_model(model, full_check=not contrib)
     onnx.save(model, str(path))
     return model
 

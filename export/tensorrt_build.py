@@ -75,7 +75,13 @@ def build_plan(
 ) -> str:
     """Build and save the engine; returns the TensorRT version that built it."""
     import tensorrt as trt
-    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineFromNetwork,
+        NetworkFromOnnxPath,
+        Profile,
+        SaveEngine,
+    )
 
     def shapes(b: int) -> dict[str, tuple[int, ...]]:
         return {"pixels": (b, channels, chip_size, chip_size), "lonlat": (b, 2), "date": (b, 3)}

@@ -11,14 +11,17 @@ from typing import Any
 
 _PUBLIC = {
     "ClayEmbedder": ".api",
+    "Engine": ".engine",
     "EngineError": ".engine",
     "open_engine": ".engine",
     "EngineMetadata": ".metadata",
-    "RunOptions": ".pipeline",
-    "SceneError": ".scene",
+    "OutputError": ".output",
+    "RunOptions": ".options",
+    "SceneError": ".files",
+    "SceneResult": ".pipeline",
 }
 
-__all__ = ["ClayEmbedder", "EngineError", "EngineMetadata", "RunOptions", "SceneError", "open_engine"]
+__all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,18 +1,22 @@
 """Python API for services that embed the runtime: load an engine once, embed arrays or scenes.
 
-    from clay.runtime import ClayEmbedder
-    embedder = ClayEmbedder("clay.onnx")                 # or a .plan on a GPU machine
-    vectors = embedder.embed(pixels, lonlat, dates)      # [B, dim] float32
-    table = embedder.embed_scene("scene.tif")            # pyarrow Table, one row per chip
+    from clay.runtime import ClayEmbedder, RunOptions
+    with ClayEmbedder("engine/") as embedder:                 # an export folder or one artifact
+        vectors = embedder.embed(pixels, lonlat, dates)       # [B, dim] float32
+        table = embedder.embed_scene("scene.tif")             # pyarrow Table, one row per chip
+        for result in embedder.embed_scenes(paths, "out/", RunOptions(keep_going=True)):
+            ...
 
-``ClayEmbedder`` is thread-safe: inference calls are serialised on the engine, scene reads use one
-dataset handle per thread.
+Everything ``clay-run`` does goes through this class, with the same :class:`RunOptions`.
+``ClayEmbedder`` is thread-safe: engine calls are serialised, and the chip-reader threads (GDAL
+configured once in each) are shared by every call.
 """
 
 from __future__ import annotations
 
 import tempfile
-from datetime import date as Date
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +24,49 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .engine import Engine, open_engine
+from .files import SceneFiles
 from .metadata import EngineMetadata
-from .pipeline import RunOptions, SceneResult, embed_scene
-from .scene import open_scene
+from .options import RunOptions
+from .output import ScenePaths
+from .pipeline import ChipReaders, Progress, SceneJob, SceneResult, StageClock, run_scenes
+from .scene import Scene, open_scene
 
 
 class ClayEmbedder:
-    """A loaded Clay engine and the scene pipeline around it."""
+    """A loaded Clay engine, the chip readers and the scene pipeline around it."""
 
-    def __init__(self, engine_path: str | Path, backend: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, engine_path: str | Path, backend: str = "auto", threads: int | None = None,
+                 options: RunOptions | None = None) -> None:  # fmt: skip
         self.engine: Engine = open_engine(engine_path, backend, threads)
+        self.options = options or RunOptions()
+        self.clock = StageClock()
+        self._readers: ChipReaders | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> ClayEmbedder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the reader threads and free the engine."""
+        with self._lock:
+            if self._readers is not None:
+                self._readers.close()
+                self._readers = None
+        self.engine.close()
 
     @property
     def metadata(self) -> EngineMetadata:
         return self.engine.metadata
+
+    @property
+    def readers(self) -> ChipReaders:
+        with self._lock:
+            if self._readers is None:
+                self._readers = ChipReaders(self.options.reader_count)
+            return self._readers
 
     def embed(
         self, pixels: np.ndarray, lonlat: np.ndarray, dates: np.ndarray, patch_embeddings: bool = False
@@ -58,14 +91,31 @@ class ClayEmbedder:
             return outputs["embedding"], outputs["patch_embeddings"]
         return outputs["embedding"]
 
-    def embed_scene_to(self, scene: str | Path, output: str | Path, date: Date | None = None,
-                       options: RunOptions | None = None) -> SceneResult:  # fmt: skip
-        """Embed a GeoTIFF scene into a GeoParquet file (written atomically)."""
-        opened = open_scene(scene, self.metadata, date)
-        return embed_scene(self.engine, opened, Path(output), options or RunOptions())
+    def open_scene(self, scene: str | Path | SceneFiles, options: RunOptions | None = None) -> Scene:
+        """Validate a scene against the engine (bands, grid, units, date) without reading a chip."""
+        return open_scene(scene, self.metadata, options or self.options)
 
-    def embed_scene(self, scene: str | Path, date: Date | None = None, options: RunOptions | None = None) -> pa.Table:
+    def embed_scenes(
+        self, scenes: Iterable[tuple[Scene, ScenePaths]], options: RunOptions | None = None,
+        progress: Progress | None = None,
+    ) -> Iterator[SceneResult]:  # fmt: skip
+        """Embed opened scenes into their files, several in flight; yields each result in order."""
+        jobs = [SceneJob(scene, paths) for scene, paths in scenes]
+        yield from run_scenes(self.engine, jobs, options or self.options, self.readers, progress, self.clock)
+
+    def embed_scene_to(self, scene: str | Path | SceneFiles, output: str | Path, options: RunOptions | None = None) -> SceneResult:
+        """Embed a GeoTIFF scene into a GeoParquet file (and its patch file), published atomically."""
+        options = options or self.options
+        paths = ScenePaths.for_chip_file(Path(output), options.patch_embeddings)
+        (result,) = self.embed_scenes([(self.open_scene(scene, options), paths)], options)
+        if result.error:  # with keep_going, a failed scene is a result; a single scene raises
+            from .files import SceneError
+
+            raise SceneError(result.error)
+        return result
+
+    def embed_scene(self, scene: str | Path | SceneFiles, options: RunOptions | None = None) -> pa.Table:
         """Embed a GeoTIFF scene and return the chip table (same schema as the GeoParquet file)."""
         with tempfile.TemporaryDirectory(prefix="clay-") as tmp:
-            result = self.embed_scene_to(scene, Path(tmp) / "chips.parquet", date, options)
+            result = self.embed_scene_to(scene, Path(tmp) / "chips.parquet", options)
             return pq.read_table(result.output)

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
 import click
 import pyarrow.parquet as pq
 
-from .engine import BACKENDS, EngineError, open_engine
-from .pipeline import RunOptions, embed_scene
-from .scene import EDGE_MODES, SAR_UNITS, SceneError, SceneFiles, discover_scenes, gsd_warning, open_scene, parse_date
+from .api import ClayEmbedder
+from .engine import BACKENDS, EngineError
+from .files import SceneError, SceneFiles, discover_scenes, parse_date
+from .formats import describe_formats
+from .grid import EDGE_MODES
+from .options import SAR_UNITS, RunOptions, cpu_count
+from .output import OutputError, ScenePaths
+from .scene import gsd_warning
 
 DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_ENGINE = DEMO_DIR / "clay-demo-tiny-s2.int8.onnx"
@@ -52,22 +58,24 @@ def ensure_writable(folder: Path) -> None:
 
 
 class Progress:
-    """tqdm bar on a terminal, a plain log line every ~10 % otherwise."""
+    """A tqdm bar over all chips on a terminal; otherwise a plain line every ~10 % of the chips."""
 
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.label, self.seen, self.next_log = total, label, 0, 0.1
+    def __init__(self, total: int) -> None:
+        self.total, self.seen, self.next_log, self.start = total, 0, 0.1, time.perf_counter()
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=label, unit="chip", file=sys.stderr)
+            self.bar = tqdm(total=total, unit="chip", file=sys.stderr)
 
-    def __call__(self, chips: int, done: int) -> None:
+    def __call__(self, scene: str, chips: int) -> None:
         self.seen += chips
         if self.bar is not None:
+            self.bar.set_description(scene)
             self.bar.update(chips)
         elif self.seen / max(self.total, 1) >= self.next_log or self.seen == self.total:
-            click.echo(f"{self.label}: {self.seen}/{self.total} chips", err=True)
+            rate = self.seen / max(time.perf_counter() - self.start, 1e-9)
+            click.echo(f"clay-run: {self.seen}/{self.total} chips ({scene}), {rate:.2f} chips/s", err=True)
             self.next_log = self.seen / max(self.total, 1) + 0.1
 
     def close(self) -> None:
@@ -78,7 +86,8 @@ class Progress:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("scenes", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--engine", "engine_path", type=click.Path(path_type=Path),
-              help="clay.plan (TensorRT) or clay*.onnx (ONNX Runtime) written by clay-export.")
+              help="An artifact written by clay-export, or its output folder (the artifact for the backend is "
+                   f"picked): {describe_formats()}.")
 @click.option("--demo", is_flag=True,
               help="Embed the bundled real Sentinel-2 scene with the bundled demo engine (S2-only, int8, "
                    "demo weights — not Clay v0) and draw the preview. No SCENE or --engine needed.")
@@ -87,9 +96,11 @@ class Progress:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output directory (default ./clay-embeddings), or a .parquet file for one scene.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="auto picks the fastest present: tensorrt for a .plan, else onnx-cuda, else onnx-cpu.")
+              help="auto: the fastest backend present that the artifact is made for (tensorrt, onnx-cuda, onnx-cpu).")
 @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=None,
               help="Chips per engine call (default: the engine's preferred batch).")
+@click.option("--readers", type=click.IntRange(min=1), default=None,
+              help=f"Chip-reader threads (default: one per core, {cpu_count()} here).")
 @click.option("--edge", type=click.Choice(EDGE_MODES), default="shift", show_default=True,
               help="Right/bottom remainders: a last chip shifted inside the scene, padded (edge pixels "
                    "replicated), or dropped (the Clay release). Scenes smaller than a chip are padded.")
@@ -104,10 +115,13 @@ class Progress:
 @click.option("--s2-offset", type=float, default=0.0, show_default=True,
               help="Subtract this from S2 DNs, e.g. 1000 for L2A baseline 04.00+ (from 2022-01-25). Off by default: "
                    "Clay v0 was trained on such data without removing the offset.")
-@click.option("--resume", is_flag=True, help="Skip scenes whose output file is already complete.")
+@click.option("--resume", is_flag=True, help="Skip scenes whose outputs are complete (their chip file, and patch file "
+                                            "when asked for, published); clear what a killed run left.")
+@click.option("--keep-going", is_flag=True, help="When a scene fails, finish the others and list the failures at the end "
+                                                "(the exit code is still 1).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for ONNX Runtime.")
-def main(scenes, engine_path, demo, preview, out, backend, batch_size, edge, max_nodata, date_text, patch_embeddings, sar_units,
-         s2_offset, resume, threads) -> None:  # fmt: skip
+def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, edge, max_nodata, date_text,
+         patch_embeddings, sar_units, s2_offset, resume, keep_going, threads) -> None:  # fmt: skip
     """Embed GeoTIFF SCENES with a Clay engine into GeoParquet.
 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
@@ -117,7 +131,7 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, edge, max
 
     Each scene needs a CRS, the engine's bands (13 in Clay order, or named by band description or
     file name: B02…B12, VH, VV, DEM; extra bands are ignored) and an acquisition date (a 'date'
-    tag, the TIFF DateTime tag, or --date).
+    tag, the TIFF DateTime tag, or --date). The summary line says where the time went.
     """
     try:
         date = parse_date(date_text) if date_text else None
@@ -131,55 +145,98 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, edge, max
         out, preview = folder / "demo.parquet", folder / "demo-preview.png"
     elif not scenes or engine_path is None:
         sys.exit("clay-run: give SCENE... and --engine PATH (or --demo); see clay-run --help")
+    options = RunOptions(batch_size=batch_size, edge=edge, max_nodata=max_nodata, patch_embeddings=patch_embeddings,
+                         date=date, sar_units=sar_units, s2_offset=s2_offset, readers=readers, keep_going=keep_going,
+                         resume=resume)  # fmt: skip
+    failures: list[tuple[str, str]] = []
     try:
         scene_files = discover_scenes(scenes)
         targets = output_paths(scene_files, out)
-        engine = open_engine(engine_path, backend, threads)
-        # validate every scene before any work starts
-        opened = [open_scene(s, engine.metadata, date, sar_units, s2_offset) for s in scene_files]
-        for scene in opened:
-            warning = gsd_warning(scene)
-            if warning:
-                click.echo(f"clay-run: warning: {warning}", err=True)
-        for folder in {t.parent for t in targets}:
-            ensure_writable(folder)
-        click.echo(f"clay-run: engine {engine_path.name} on {engine.describe()}", err=True)
-        if preview is not None and len(opened) != 1:
-            raise SceneError(f"--preview {preview}: draws one scene, {len(opened)} were given")
-        options = RunOptions(batch_size=batch_size, edge=edge, max_nodata=max_nodata, patch_embeddings=patch_embeddings)
-        totals = [0, 0, 0.0]
-        for scene, target in zip(opened, targets):
-            if resume and target.exists():
-                click.echo(f"clay-run: {scene.name}: {target} is complete, skipped (--resume)", err=True)
-                continue
-            progress = Progress(len(scene.chips(edge)), scene.name)
-            try:
-                result = embed_scene(engine, scene, target, options, progress)
-            finally:
-                progress.close()
-            totals[0] += result.chips_done
-            totals[1] += result.chips_skipped
-            totals[2] += result.seconds
-            if preview is not None:
+        with ClayEmbedder(engine_path, backend, threads, options) as embedder:
+            click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}", err=True)
+            jobs = plan_jobs(embedder, scene_files, targets, options, failures)
+            if preview is not None and len(jobs) != 1:
+                raise SceneError(f"--preview {preview}: draws one scene, {len(jobs)} to embed")
+            start = time.perf_counter()
+            results = run_jobs(embedder, jobs, options, failures)
+            wall = time.perf_counter() - start
+            if preview is not None and results and results[0].paths:
                 from .preview import render_preview
 
+                result = results[0]
                 patches = pq.read_table(result.patches) if result.patches else None
-                render_preview(scene, pq.read_table(result.output), patches, engine.metadata, engine_path.name, preview)
-            click.echo(f"clay-run: {scene.name}: {result.chips_done} chips, {result.chips_skipped} skipped "
-                       f"(nodata > {max_nodata:g}), {result.chips_per_second:.2f} chips/s → {result.output}", err=True)  # fmt: skip
-    except (SceneError, EngineError) as exc:
+                render_preview(jobs[0][0], pq.read_table(result.output), patches, embedder.metadata,
+                               embedder.engine.path.name, preview)  # fmt: skip
+            summary(embedder, results, targets, wall)
+    except (SceneError, EngineError, OutputError, ValueError) as exc:
         sys.exit(f"clay-run: {exc}")
     except KeyboardInterrupt:
         sys.exit("clay-run: interrupted; finished scenes are kept, rerun with --resume to continue")
+    if failures:
+        click.echo(f"clay-run: {len(failures)} scene(s) failed:", err=True)
+        for name, reason in failures:
+            click.echo(f"clay-run:   {name}: {reason}", err=True)
+        sys.exit(1)
     if demo:
         click.echo(f"clay-run: demo outputs in {out.parent}/: demo.parquet (one row per chip), "
                    f"demo.patches.parquet (one row per 32 px patch), demo-preview.png", err=True)  # fmt: skip
         click.echo(f"clay-run: {DEMO_STORY}", err=True)
     elif preview is not None:
         click.echo(f"clay-run: preview written to {preview}", err=True)
-    rate = totals[0] / totals[2] if totals[2] else 0.0
-    click.echo(f"clay-run: done: {totals[0]} chips, {totals[1]} skipped, {totals[2]:.1f} s, {rate:.2f} chips/s, "
-               f"backend {engine.backend}, output {targets[0].parent if len(targets) > 1 else targets[0]}")  # fmt: skip
+
+
+def plan_jobs(embedder: ClayEmbedder, scene_files: list[SceneFiles], targets: list[Path], options: RunOptions,
+              failures: list) -> list:  # fmt: skip
+    """Validate every scene before any work starts; skip complete ones with --resume. A scene that
+    fails validation stops the run, or with --keep-going is listed as failed."""
+    for folder in dict.fromkeys(target.parent for target in targets):
+        ensure_writable(folder)
+    jobs = []
+    for files, target in zip(scene_files, targets):
+        paths = ScenePaths.for_chip_file(target, options.patch_embeddings)
+        if options.resume and paths.complete():
+            click.echo(f"clay-run: {files.name}: {target} is complete, skipped (--resume)", err=True)
+            continue
+        try:
+            scene = embedder.open_scene(files, options)
+        except SceneError as exc:
+            if not options.keep_going:
+                raise
+            failures.append((files.name, str(exc)))
+            continue
+        warning = gsd_warning(scene)
+        if warning:
+            click.echo(f"clay-run: warning: {warning}", err=True)
+        paths.clear_partials()
+        jobs.append((scene, paths))
+    return jobs
+
+
+def run_jobs(embedder: ClayEmbedder, jobs: list, options: RunOptions, failures: list) -> list:
+    progress = Progress(sum(len(scene.chips(options.edge)) for scene, _ in jobs))
+    results = []
+    try:
+        for result in embedder.embed_scenes(jobs, options, progress):
+            results.append(result)
+            if result.error:
+                failures.append((result.name, result.error))
+                continue
+            click.echo(f"clay-run: {result.name}: {result.chips_done} chips, {result.chips_skipped} skipped "
+                       f"(nodata > {options.max_nodata:g}) → {result.output}", err=True)  # fmt: skip
+    finally:
+        progress.close()
+    return results
+
+
+def summary(embedder: ClayEmbedder, results: list, targets: list[Path], wall: float) -> None:
+    """The closing line: chips, time, speed, backend, and where the time went."""
+    done = sum(r.chips_done for r in results)
+    skipped = sum(r.chips_skipped for r in results)
+    rate = done / wall if wall else 0.0
+    stages = embedder.clock.summary() or "nothing ran"
+    click.echo(f"clay-run: done: {done} chips, {skipped} skipped, {wall:.1f} s, {rate:.2f} chips/s, "
+               f"backend {embedder.engine.backend}, output {targets[0].parent if len(targets) > 1 else targets[0]}; "
+               f"time in: {stages} ({embedder.options.reader_count} reader threads)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .formats import RUNTIME_BACKENDS, format_of_file, pick_artifact, plan_sidecar
 from .metadata import EngineMetadata, MetadataError
 
-BACKENDS = ("auto", "tensorrt", "onnx-cuda", "onnx-cpu")
+BACKENDS = ("auto", *RUNTIME_BACKENDS)
 
 
 class EngineError(RuntimeError):
@@ -24,19 +25,40 @@ class EngineError(RuntimeError):
 
 
 class Engine(ABC):
-    """A loaded Clay encoder. ``infer`` is thread-safe (calls are serialised by a lock)."""
+    """A loaded Clay encoder. ``infer`` is thread-safe (calls are serialised by a lock); ``close``
+    (or leaving a ``with`` block) frees what the backend holds (sessions, device and pinned memory)."""
 
     backend: str
     metadata: EngineMetadata
     preferred_batch: int
+    path: Path
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._closed = False
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the backend's resources; idempotent, and later calls to ``infer`` fail."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._release()
+
+    @abstractmethod
+    def _release(self) -> None: ...
 
     def infer(self, pixels: np.ndarray, lonlat: np.ndarray, date: np.ndarray) -> dict[str, np.ndarray]:
         """``pixels [B, C, 512, 512]`` raw float32, ``lonlat [B, 2]`` degrees, ``date [B, 3]`` Y-M-D
         → ``{"embedding": [B, dim], "patch_embeddings": [B, G, 16, 16, dim] (if exported)}``."""
         with self._lock:
+            if self._closed:
+                raise EngineError(f"{self.path.name}: the engine was closed")
             return self._infer(
                 np.ascontiguousarray(pixels, dtype=np.float32),
                 np.ascontiguousarray(lonlat, dtype=np.float32),
@@ -72,7 +94,7 @@ class OnnxEngine(Engine):
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception zoo
             raise EngineError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)})") from None
         self.backend = "onnx-cuda" if cuda else "onnx-cpu"
-        self.metadata = metadata
+        self.path, self.metadata = path, metadata
         self.preferred_batch = 8 if cuda else 2
         self._outputs = [o.name for o in self.session.get_outputs()]
 
@@ -88,6 +110,9 @@ class OnnxEngine(Engine):
         self.session.run_with_iobinding(binding)
         return dict(zip(self._outputs, binding.copy_outputs_to_cpu()))
 
+    def _release(self) -> None:
+        del self.session
+
 
 class TensorRTEngine(Engine):
     """A serialized TensorRT plan (+ its ``.json`` metadata sidecar), TensorRT 10/11 API.
@@ -101,7 +126,7 @@ class TensorRTEngine(Engine):
         import tensorrt as trt
 
         self._cudart = _import_cudart()
-        self.backend, self.metadata = "tensorrt", metadata
+        self.backend, self.path, self.metadata = "tensorrt", path, metadata
         logger = trt.Logger(trt.Logger.WARNING)
         self._engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
@@ -154,6 +179,15 @@ class TensorRTEngine(Engine):
         _cuda_check(cudart.cudaStreamSynchronize(self._stream))
         return {name: array.copy() for name, array in results.items()}
 
+    def _release(self) -> None:
+        for pointer in self._device.values():
+            self._cudart.cudaFree(pointer)
+        for array in self._host.values():
+            self._cudart.cudaFreeHost(array.ctypes.data)
+        self._cudart.cudaStreamDestroy(self._stream)
+        self._host, self._device = {}, {}
+        del self._context, self._engine
+
 
 def read_engine_metadata(path: Path) -> EngineMetadata:
     """The Clay metadata of an ``.onnx`` file (``metadata_props``) or a ``.plan`` (its JSON sidecar)."""
@@ -161,7 +195,7 @@ def read_engine_metadata(path: Path) -> EngineMetadata:
         raise EngineError(f"{path}: no such engine file")
     try:
         if path.suffix == ".plan":
-            sidecar = path.with_name(path.name + ".json")
+            sidecar = plan_sidecar(path)
             if not sidecar.is_file():
                 raise EngineError(f"{path}: no metadata sidecar {sidecar.name} next to the plan")
             return EngineMetadata.from_dict(json.loads(sidecar.read_text()))
@@ -206,24 +240,48 @@ def available_backends() -> list[str]:
 
 
 def open_engine(path: str | Path, backend: str = "auto", threads: int | None = None) -> Engine:
-    """Load an engine: ``.plan`` → TensorRT; ``.onnx`` → ONNX Runtime CUDA if present, else CPU."""
+    """Load an engine: a file, or an export folder (the artifact the backend should run, by the
+    format table). ``auto`` takes the fastest backend present that the artifact is made for."""
     path = Path(path)
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    metadata = read_engine_metadata(path)
     present = available_backends()
-    if path.suffix == ".plan":
-        if backend not in ("auto", "tensorrt"):
-            raise EngineError(f"{path}: a TensorRT plan runs only on --backend tensorrt")
-        if "tensorrt" not in present:
-            raise EngineError(f"{path}: TensorRT (and cuda-python) are not installed; use the .onnx artifact instead")
-        return TensorRTEngine(path, metadata)
+    if path.is_dir():
+        path = _artifact_in_folder(path, backend, present)
+    metadata = read_engine_metadata(path)
+    fmt = format_of_file(path, metadata.precision)
+    made_for = fmt.runs_on if fmt else (("tensorrt",) if path.suffix == ".plan" else ("onnx-cpu", "onnx-cuda"))
+    if backend == "auto":
+        usable = [b for b in RUNTIME_BACKENDS if b in made_for and b in present]
+        if not usable:
+            raise EngineError(f"{path}: runs on {' or '.join(made_for)}, and {_missing_reason(made_for[0])}")
+        backend = usable[0]
+    elif backend not in made_for:
+        raise EngineError(f"{path}: {'a' if fmt is None else f'the {fmt.name}'} artifact runs on "
+                          f"{' or '.join(made_for)}, not --backend {backend}")  # fmt: skip
+    elif backend not in present:
+        raise EngineError(f"--backend {backend}: {_missing_reason(backend)}")
     if backend == "tensorrt":
-        raise EngineError(f"{path}: --backend tensorrt needs a .plan built by clay-export --fp16 on a GPU")
-    if backend == "onnx-cuda" and "onnx-cuda" not in present:
-        raise EngineError("--backend onnx-cuda: onnxruntime-gpu with a CUDA GPU is not available here")
-    use_cuda = backend == "onnx-cuda" or (backend == "auto" and "onnx-cuda" in present)
-    return OnnxEngine(path, metadata, cuda=use_cuda, threads=threads)
+        return TensorRTEngine(path, metadata)
+    return OnnxEngine(path, metadata, cuda=backend == "onnx-cuda", threads=threads)
+
+
+def _artifact_in_folder(folder: Path, backend: str, present: list[str]) -> Path:
+    """What an export folder offers the requested backend, or the fastest backend present."""
+    for candidate in [backend] if backend != "auto" else present:
+        artifact = pick_artifact(folder, candidate)
+        if artifact is not None:
+            return artifact
+    wanted = backend if backend != "auto" else " or ".join(present)
+    raise EngineError(f"{folder}: no artifact for {wanted} in this folder (see clay-export --help)")
+
+
+def _missing_reason(backend: str) -> str:
+    return {
+        "tensorrt": "TensorRT (and cuda-python) are not installed here",
+        "onnx-cuda": "onnxruntime-gpu with a CUDA GPU is not available here",
+        "onnx-cpu": "onnxruntime is not installed",
+    }[backend]
 
 
 def _import_cudart():

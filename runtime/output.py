@@ -1,15 +1,22 @@
-"""GeoParquet output, streamed one batch at a time and published atomically.
+"""GeoParquet output: conformant GeoParquet 1.1, streamed in bounded memory, published durably.
 
 Rows follow the published Clay embeddings schema (``source_url``, ``date``, ``embeddings``,
-``geometry`` in OGC:CRS84) plus ``row``, ``col`` and ``nodata_fraction``. Files are written under a
-``.partial`` name and renamed only once complete, so a killed run never leaves a file that looks
-finished.
+``geometry`` in OGC:CRS84) plus ``row``, ``col`` and ``nodata_fraction`` (chips) or ``chip_row``,
+``chip_col`` (patches), and a ``bbox`` covering column (xmin, ymin, xmax, ymax) declared in the
+GeoParquet metadata, whose row-group statistics let readers skip what a query does not touch.
+
+What a finished file guarantees: it was written under ``<name>.partial``, flushed and fsync'ed,
+renamed, and its directory fsync'ed, so a file under its final name is complete and survives a
+power loss. A scene's patch file is published before its chip file, and the chip file is the
+scene's done-marker: a scene counts as done only when its chip file exists (and its patch file,
+when patches were asked for); if publishing the chip file fails, the patch file is withdrawn.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from datetime import date as Date
 from pathlib import Path
 
@@ -21,15 +28,32 @@ import shapely
 from .metadata import EngineMetadata
 
 GEOPARQUET_VERSION = "1.1.0"
+#: A row group holds a scene's chips (or up to this many rows, or this many bytes of embeddings,
+#: whichever comes first): large enough for readers' statistics, bounded in memory.
+ROW_GROUP_ROWS = 65_536
+ROW_GROUP_BYTES = 128 << 20
+PARTIAL_SUFFIX = ".partial"
+
+BBOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
+BBOX_TYPE = pa.struct([(name, pa.float64()) for name in BBOX_FIELDS])
+
+
+class OutputError(RuntimeError):
+    """An output file that could not be written; the message names it and the reason."""
+
+
+def geo_metadata() -> str:
+    """The ``geo`` key: WKB polygons in OGC:CRS84 (no ``crs``: the GeoParquet default) with the
+    ``bbox`` column as their covering."""
+    return json.dumps({
+        "version": GEOPARQUET_VERSION,
+        "primary_column": "geometry",
+        "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"],
+                                 "covering": {"bbox": {name: ["bbox", name] for name in BBOX_FIELDS}}}},
+    })  # fmt: skip
 
 
 def chip_schema(dim: int, extra_metadata: dict[str, str]) -> pa.Schema:
-    # GeoParquet: a column without "crs" is OGC:CRS84 (lon/lat), which is what we write.
-    geo = {
-        "version": GEOPARQUET_VERSION,
-        "primary_column": "geometry",
-        "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"]}},
-    }
     fields = [
         pa.field("source_url", pa.string()),
         pa.field("date", pa.date32()),
@@ -38,19 +62,20 @@ def chip_schema(dim: int, extra_metadata: dict[str, str]) -> pa.Schema:
         pa.field("row", pa.int32()),
         pa.field("col", pa.int32()),
         pa.field("nodata_fraction", pa.float32()),
+        pa.field("bbox", BBOX_TYPE),
     ]
-    return pa.schema(fields, metadata={"geo": json.dumps(geo), **extra_metadata})
+    return pa.schema(fields, metadata={"geo": geo_metadata(), **extra_metadata})
 
 
 def patch_schema(dim: int, extra_metadata: dict[str, str]) -> pa.Schema:
     """One row per 32 × 32 px patch: the patch tokens' mean over the engine's band groups."""
     base = chip_schema(dim, extra_metadata)
     fields = [base.field(n) for n in ("source_url", "date", "embeddings", "geometry", "row", "col")]
-    fields += [pa.field("chip_row", pa.int32()), pa.field("chip_col", pa.int32())]
+    fields += [pa.field("chip_row", pa.int32()), pa.field("chip_col", pa.int32()), base.field("bbox")]
     return pa.schema(fields, metadata=base.metadata)
 
 
-def file_metadata(engine: EngineMetadata, scene_crs: str, applied: dict[str, str]) -> dict[str, str]:
+def file_metadata(engine: EngineMetadata, scene_crs: str, applied: dict) -> dict[str, str]:
     return {
         "clay:engine": json.dumps(engine.to_dict()),
         "clay:scene_crs": scene_crs,
@@ -58,47 +83,162 @@ def file_metadata(engine: EngineMetadata, scene_crs: str, applied: dict[str, str
     }
 
 
+def embeddings_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+
+
+def geometry_columns(polygons) -> dict[str, pa.Array]:
+    """WKB geometry and its bounding box, the covering column GeoParquet readers filter on."""
+    polygons = np.asarray(polygons, dtype=object)
+    bounds = shapely.bounds(polygons).reshape(-1, 4)
+    bbox = pa.StructArray.from_arrays([pa.array(bounds[:, i]) for i in range(4)], fields=list(BBOX_TYPE))
+    return {"geometry": pa.array(shapely.to_wkb(polygons).tolist(), pa.binary()), "bbox": bbox}
+
+
+def row_columns(source: str, day: Date, embeddings: np.ndarray, polygons, **columns) -> dict:
+    """The columns of a batch of rows (chips or patches): what every row shares, the embeddings, the
+    geometry with its bbox, and the file kind's own integer columns (``row``, ``col``...)."""
+    count = len(embeddings)
+    return {"source_url": [source] * count, "date": [day] * count, "embeddings": embeddings_column(embeddings),
+            **columns, **geometry_columns(polygons)}  # fmt: skip
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
 class AtomicParquetWriter:
-    """Streams record batches into ``<path>.partial`` and renames it to ``path`` on :meth:`commit`."""
+    """Streams rows into ``<path>.partial`` in row groups of :data:`ROW_GROUP_ROWS`, and publishes
+    it durably under ``path`` on :meth:`commit` (see the module docstring). Write errors (disk full,
+    permissions) are an :class:`OutputError` naming the file."""
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path = path
-        self.partial = path.with_name(path.name + ".partial")
+        self.partial = partial_path(path)
         self.schema = schema
         self.rows = 0
-        self._writer = pq.ParquetWriter(self.partial, schema, compression="zstd")
+        self._pending: list[pa.Table] = []
+        self._pending_rows = self._pending_bytes = 0
+        with _naming(self.partial):
+            self._writer = pq.ParquetWriter(self.partial, schema, compression="zstd")
         # pyarrow sets up its numpy conversion on first use (~0.2 s): pay it here, before the first
         # batch, so it is not taken from the engine's time inside the chip loop.
         pa.array(np.zeros(1, np.float32))
 
     def write(self, columns: dict[str, object]) -> None:
         table = pa.Table.from_pydict(columns, schema=self.schema)
-        if table.num_rows:
-            self._writer.write_table(table)
-            self.rows += table.num_rows
+        if not table.num_rows:
+            return
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self._pending_bytes += table.nbytes
+        self.rows += table.num_rows
+        if self._pending_rows >= ROW_GROUP_ROWS or self._pending_bytes >= ROW_GROUP_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            with _naming(self.partial):
+                self._writer.write_table(pa.concat_tables(self._pending), row_group_size=ROW_GROUP_ROWS)
+            self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def commit(self) -> Path:
-        self._writer.close()
-        os.replace(self.partial, self.path)
+        """Flush, fsync, rename, fsync the directory: the file under ``path`` is complete and durable."""
+        self._flush()
+        with _naming(self.partial):
+            self._writer.close()
+            _fsync(self.partial)
+            os.replace(self.partial, self.path)
+            _fsync(self.path.parent)
         return self.path
 
     def abort(self) -> None:
-        self._writer.close()
+        """Drop everything written; nothing is left under either name."""
+        self._pending = []
+        try:
+            self._writer.close()
+        except OSError:
+            pass
         self.partial.unlink(missing_ok=True)
 
 
-def embeddings_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel(), type=pa.float32())
-    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+@dataclass(frozen=True)
+class ScenePaths:
+    """The files one scene is written to: its chip file (the done-marker) and, when asked for, its
+    patch file."""
+
+    chips: Path
+    patches: Path | None = None
+
+    @classmethod
+    def for_chip_file(cls, chips: Path, patch_embeddings: bool) -> ScenePaths:
+        stem = chips.name.removesuffix(".parquet")
+        return cls(chips, chips.with_name(f"{stem}.patches.parquet") if patch_embeddings else None)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return (self.chips,) if self.patches is None else (self.patches, self.chips)
+
+    def complete(self) -> bool:
+        """Whether a run already finished this scene: every file it would write is published."""
+        return all(path.is_file() for path in self.files)
+
+    def clear_partials(self) -> None:
+        """Remove what a killed run left under ``.partial`` names."""
+        for path in self.files:
+            partial_path(path).unlink(missing_ok=True)
 
 
-def chip_columns(source: str, day: Date, embeddings: np.ndarray, polygons, rows, cols, fractions) -> dict:
-    return {
-        "source_url": [source] * len(rows),
-        "date": [day] * len(rows),
-        "embeddings": embeddings_column(embeddings),
-        "geometry": shapely.to_wkb(np.asarray(polygons, dtype=object)).tolist(),
-        "row": rows,
-        "col": cols,
-        "nodata_fraction": fractions,
-    }
+class SceneOutput:
+    """A scene's writers: the patch file is published first and the chip file last, and a failure
+    of either leaves no file of the scene under a final name."""
+
+    def __init__(self, paths: ScenePaths, dim: int, extra_metadata: dict[str, str]) -> None:
+        self.paths = paths
+        self.chips = AtomicParquetWriter(paths.chips, chip_schema(dim, extra_metadata))
+        try:
+            self.patches = AtomicParquetWriter(paths.patches, patch_schema(dim, extra_metadata)) if paths.patches else None
+        except BaseException:
+            self.chips.abort()
+            raise
+
+    def commit(self) -> None:
+        if self.patches is not None:
+            self.patches.commit()
+        try:
+            self.chips.commit()
+        except BaseException:
+            if self.paths.patches is not None:
+                self.paths.patches.unlink(missing_ok=True)
+                _fsync(self.paths.patches.parent)
+            raise
+
+    def abort(self) -> None:
+        self.chips.abort()
+        if self.patches is not None:
+            self.patches.abort()
+
+
+class _naming:
+    """Turns an OSError into an OutputError that names the file and the reason."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise OutputError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
+        return False
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file, or a directory (its entries: a rename is durable only once its directory is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,183 +1,316 @@
-"""Scene → batches → engine → GeoParquet, with chip reading overlapped with inference.
+"""Scenes → chips → engine → GeoParquet, with reading overlapped with inference and scenes in flight.
 
-Worker threads read and prepare upcoming batches (rasterio and numpy release the GIL) while the
-engine runs the current one; a bounded queue of futures keeps memory flat whatever the scene size.
+The chips of all scenes form one stream in scene and grid order. Reader threads read them ahead
+of the engine straight into a ring of reused host buffers, so that a batch is a slice of the ring
+(no per-batch allocation, no copy) and batches are full across scene boundaries: the engine never
+waits for a scene to open or to finish. Each chip's output goes to its own scene's files, written
+in grid order and published when the scene's last chip is written.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import rasterio
-import shapely
 
 from .engine import Engine
-from .output import AtomicParquetWriter, chip_columns, chip_schema, embeddings_column, file_metadata, patch_schema
-from .scene import Chip, Scene, SceneError
+from .files import SceneError
+from .geometry import patch_polygons
+from .grid import Chip, patch_cells
+from .options import RunOptions
+from .output import OutputError, SceneOutput, ScenePaths, file_metadata, row_columns
+from .reader import close_handles, gdal_env, read_chip
+from .scene import Scene
 
-GRID = 16
-GDAL_CACHE_MB = 128
+Progress = Callable[[str, int], None]  # (scene name, chips passed) after every batch
+
+
+class StageClock:
+    """Seconds spent per stage, summed over threads (reads run in parallel, so their sum can
+    exceed the wall time)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+    def summary(self) -> str:
+        return ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in self.seconds.items())
+
+
+class ChipReaders:
+    """The chip-reader threads: GDAL configured once in each, files kept open between chips."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._pool = ThreadPoolExecutor(count, thread_name_prefix="clay-reader", initializer=_enter_gdal_env)
+
+    def submit(self, scene: Scene, chip: Chip, out: np.ndarray, clock: StageClock) -> Future:
+        return self._pool.submit(_read_into, scene, chip, out, clock)
+
+    def close(self) -> None:
+        for _ in range(self.count):  # each thread closes its own files
+            self._pool.submit(close_handles)
+        self._pool.shutdown(wait=True)
+
+
+_thread_env = threading.local()
+
+
+def _enter_gdal_env() -> None:
+    _thread_env.env = gdal_env()
+    _thread_env.env.__enter__()
+
+
+def _read_into(scene: Scene, chip: Chip, out: np.ndarray, clock: StageClock) -> tuple[float, tuple[float, float]]:
+    start = time.perf_counter()
+    _, fraction = read_chip(scene, chip, out)
+    centre = scene.chip_centre(chip)
+    clock.add("read", time.perf_counter() - start)
+    return fraction, centre
 
 
 @dataclass
-class RunOptions:
-    batch_size: int | None = None
-    edge: str = "shift"
-    max_nodata: float = 0.5
-    patch_embeddings: bool = False
-    workers: int = 2
-    prefetch: int = 3
+class SceneJob:
+    """One scene to embed and the files it goes to."""
+
+    scene: Scene
+    paths: ScenePaths
 
 
 @dataclass
 class SceneResult:
+    """How one scene ended: its files, or the one-line reason it failed."""
+
     scene: Path
-    output: Path
-    patches: Path | None
+    name: str
+    paths: ScenePaths | None
     chips_done: int
     chips_skipped: int
     seconds: float
     backend: str
+    error: str | None = None
+
+    @property
+    def output(self) -> Path | None:
+        return self.paths.chips if self.paths else None
+
+    @property
+    def patches(self) -> Path | None:
+        return self.paths.patches if self.paths else None
 
     @property
     def chips_per_second(self) -> float:
         return self.chips_done / self.seconds if self.seconds else 0.0
 
 
-@dataclass
-class PreparedBatch:
+@dataclass(eq=False)  # identity: a scene's state is a dict key
+class _SceneState:
+    job: SceneJob
     chips: list[Chip]
-    pixels: np.ndarray
-    lonlat: np.ndarray
-    date: np.ndarray
-    fractions: list[float]
-    skipped: int
+    extra: dict[str, str]
+    source: str
+    output: SceneOutput | None = None
+    consumed: int = 0
+    done: int = 0
+    skipped: int = 0
+    error: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def finished(self) -> bool:
+        return self.consumed == len(self.chips)
 
 
-def prepare_batch(scene: Scene, chips: Sequence[Chip], max_nodata: float) -> PreparedBatch:
-    """Read the chips, drop those above ``max_nodata``, and stack the engine inputs."""
-    kept, arrays, fractions = [], [], []
-    for chip in chips:
-        pixels, fraction = scene.read_chip(chip)
-        if fraction > max_nodata:
-            continue
-        kept.append(chip)
-        arrays.append(pixels)
-        fractions.append(fraction)
-    day = scene.date
-    lonlat = np.array([scene.chip_centre_lonlat(c) for c in kept], dtype=np.float32).reshape(-1, 2)
-    date = np.tile(np.array([day.year, day.month, day.day], dtype=np.float32), (len(kept), 1))
-    pixels = np.stack(arrays) if arrays else np.empty((0,), np.float32)
-    return PreparedBatch(kept, pixels, lonlat, date, fractions, len(chips) - len(kept))
+@dataclass
+class _Slot:
+    state: _SceneState
+    chip: Chip
+    read: Future | None  # None: the scene already failed, the chip is not read
 
 
-def prepared_batches(scene: Scene, chips: Sequence[Chip], options: RunOptions, batch_size: int) -> Iterator[PreparedBatch]:
-    """Batches in grid order, read ``options.prefetch`` batches ahead by ``options.workers`` threads."""
-    groups = [chips[i : i + batch_size] for i in range(0, len(chips), batch_size)]
-    # A small block cache: each block is read once, and GDAL's default (5 % of RAM) is pure overhead here.
-    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_CACHEMAX=GDAL_CACHE_MB), ThreadPoolExecutor(options.workers) as pool:
-        pending: deque = deque()
-        upcoming = iter(groups)
-        for group in upcoming:
-            pending.append(pool.submit(prepare_batch, scene, group, options.max_nodata))
-            if len(pending) >= options.prefetch:
-                break
-        while pending:
-            batch = pending.popleft().result()
-            following = next(upcoming, None)
-            if following is not None:
-                pending.append(pool.submit(prepare_batch, scene, following, options.max_nodata))
-            yield batch
+def run_scenes(
+    engine: Engine,
+    jobs: Sequence[SceneJob],
+    options: RunOptions,
+    readers: ChipReaders,
+    progress: Progress | None = None,
+    clock: StageClock | None = None,
+) -> Iterator[SceneResult]:
+    """Embed every job's scene; yields each scene's result as it finishes, in order.
+
+    A scene that fails (a read error, every chip above ``max_nodata``, an output that cannot be
+    written) leaves no file under a final name; with ``options.keep_going`` its result carries the
+    reason and the other scenes go on, otherwise the :class:`SceneError` is raised.
+    """
+    meta = engine.metadata
+    if options.patch_embeddings and not meta.has_patch_embeddings:
+        raise SceneError("--patch-embeddings needs an engine exported with --patch-embeddings")
+    clock = clock or StageClock()
+    batch = options.batch_size or engine.preferred_batch
+    states = [_SceneState(job, job.scene.chips(options.edge),
+                          file_metadata(meta, job.scene.crs.to_string(), job.scene.applied),
+                          str(job.scene.path.resolve())) for job in jobs]  # fmt: skip
+    # Chip n of the stream is read into ring[n % len(ring)]; a batch is a contiguous slice of it.
+    ring_chips = max(2 * batch, -(-2 * readers.count // batch) * batch)
+    ring = np.empty((ring_chips, len(meta.bands), meta.chip_size, meta.chip_size), np.float32)
+    stream = ((state, chip) for state in states for chip in state.chips)
+    slots: deque[_Slot] = deque()
+    submitted = consumed = finished = 0
+
+    def refill() -> None:
+        """Read ahead into every ring slot the engine is done with."""
+        nonlocal submitted
+        while submitted < consumed + ring_chips:
+            item = next(stream, None)
+            if item is None:
+                return
+            state, chip = item
+            read = None if state.error else readers.submit(state.job.scene, chip, ring[submitted % ring_chips], clock)
+            slots.append(_Slot(state, chip, read))
+            submitted += 1
+
+    try:
+        refill()
+        while slots:
+            base = consumed % ring_chips
+            group = [slots.popleft() for _ in range(min(batch, len(slots)))]
+            kept = []
+            for index, slot in enumerate(group):
+                result = _wait(slot, clock)
+                slot.state.consumed += 1
+                if isinstance(result, SceneError):
+                    _fail(slot.state, str(result), options)
+                elif result is not None and not slot.state.error:
+                    fraction, centre = result
+                    if fraction > options.max_nodata:
+                        slot.state.skipped += 1
+                    else:
+                        kept.append((base + index, slot, fraction, centre))
+            if kept:
+                _run_batch(engine, ring, kept, options, clock)
+            consumed += len(group)
+            refill()
+            if progress:
+                for state in dict.fromkeys(slot.state for slot in group):
+                    progress(state.job.scene.name, sum(slot.state is state for slot in group))
+            while finished < len(states) and states[finished].finished:
+                yield _finish(states[finished], engine, options)
+                finished += 1
+    except BaseException:
+        for slot in slots:
+            if slot.read is not None:
+                slot.read.cancel()
+        for state in states:
+            if state.output is not None:
+                state.output.abort()
+                state.output = None
+        raise
 
 
-def patch_rows(scene: Scene, chip: Chip, grid: np.ndarray) -> dict[str, list]:
-    """One row per 32-px patch of a chip (group mean of its tokens); cells in padding are left out."""
-    size = scene.chip_size // GRID
-    rows, cols, polygons, vectors = [], [], [], []
-    corners_x = chip.col + size * np.arange(GRID + 1)
-    corners_y = chip.row + size * np.arange(GRID + 1)
-    xs, ys = np.meshgrid(corners_x, corners_y)
-    wx, wy = scene.transform @ (xs, ys)
-    lon, lat = scene.to_wgs84(wx, wy)
-    mean = grid.mean(axis=0)  # [16, 16, dim]
-    for i in range(GRID):
-        for j in range(GRID):
-            if size * i >= chip.height or size * j >= chip.width:
-                continue
-            ring = [(lon[i, j], lat[i, j]), (lon[i, j + 1], lat[i, j + 1]), (lon[i + 1, j + 1], lat[i + 1, j + 1]),
-                    (lon[i + 1, j], lat[i + 1, j])]  # fmt: skip
-            polygons.append(shapely.Polygon(ring))
-            rows.append(chip.row + size * i)
-            cols.append(chip.col + size * j)
-            vectors.append(mean[i, j])
-    return {"rows": rows, "cols": cols, "polygons": polygons, "vectors": vectors}
+def _wait(slot: _Slot, clock: StageClock):
+    """The chip's (nodata fraction, centre), its scene's read error, or ``None`` (not read)."""
+    if slot.read is None:
+        return None
+    start = time.perf_counter()
+    try:
+        return slot.read.result()
+    except SceneError as exc:
+        return exc
+    finally:
+        clock.add("wait for reads", time.perf_counter() - start)
+
+
+def _fail(state: _SceneState, message: str, options: RunOptions) -> None:
+    """The scene leaves no file; the run stops unless ``keep_going``."""
+    if state.error:
+        return
+    state.error = message
+    if state.output is not None:
+        state.output.abort()
+        state.output = None
+    if not options.keep_going:
+        raise SceneError(message)
+
+
+def _run_batch(engine: Engine, ring: np.ndarray, kept: list, options: RunOptions, clock: StageClock) -> None:
+    """One engine call on the kept chips (a view of the ring when none was dropped), then their rows."""
+    positions = [position for position, *_ in kept]
+    pixels = ring[positions[0] : positions[-1] + 1]
+    if len(pixels) != len(positions):
+        pixels = ring[positions]  # chips dropped from the middle: gather the rest (a copy, rare)
+    lonlat = np.array([centre for *_, centre in kept], np.float32)
+    date = np.array([[d.year, d.month, d.day] for d in (slot.state.job.scene.date for _, slot, _, _ in kept)], np.float32)
+    start = time.perf_counter()
+    outputs = engine.infer(pixels, lonlat, date)
+    clock.add("engine", time.perf_counter() - start)
+    start = time.perf_counter()
+    for state in dict.fromkeys(slot.state for _, slot, _, _ in kept):
+        rows = [k for k, (_, slot, _, _) in enumerate(kept) if slot.state is state]
+        try:
+            _write_rows(state, [kept[k] for k in rows], {name: value[rows] for name, value in outputs.items()}, options)
+        except OutputError as exc:
+            _fail(state, str(exc), options)
+    clock.add("write", time.perf_counter() - start)
+
+
+def _write_rows(state: _SceneState, kept: list, outputs: dict[str, np.ndarray], options: RunOptions) -> None:
+    scene = state.job.scene
+    if state.output is None:
+        state.output = SceneOutput(state.job.paths, outputs["embedding"].shape[1], state.extra)
+    chips = [slot.chip for _, slot, _, _ in kept]
+    state.output.chips.write(row_columns(
+        state.source, scene.date, outputs["embedding"], [scene.chip_polygon(c) for c in chips],
+        row=[c.row for c in chips], col=[c.col for c in chips], nodata_fraction=[fraction for _, _, fraction, _ in kept],
+    ))  # fmt: skip
+    if state.output.patches is not None:
+        for chip, grid in zip(chips, outputs["patch_embeddings"]):
+            cells = patch_cells(chip, scene.chip_size, scene.patch_size)
+            vectors = grid.mean(axis=0)[[c.i for c in cells], [c.j for c in cells]]  # mean over band groups
+            state.output.patches.write(row_columns(
+                state.source, scene.date, vectors, patch_polygons(scene.transform, scene.crs, cells, scene.patch_size),
+                row=[c.row for c in cells], col=[c.col for c in cells], chip_row=[chip.row] * len(cells),
+                chip_col=[chip.col] * len(cells),
+            ))  # fmt: skip
+    state.done += len(chips)
+
+
+def _finish(state: _SceneState, engine: Engine, options: RunOptions) -> SceneResult:
+    scene = state.job.scene
+    if not state.error and state.done == 0:
+        _fail(state, f"{scene.path}: every chip has more than {options.max_nodata:.0%} nodata; nothing to embed", options)
+    if not state.error:
+        try:
+            state.output.commit()
+        except OutputError as exc:
+            state.output.abort()
+            _fail(state, str(exc), options)
+        state.output = None
+    seconds = time.perf_counter() - state.started
+    return SceneResult(scene.path, scene.name, None if state.error else state.job.paths, state.done, state.skipped,
+                       seconds, engine.backend, state.error)  # fmt: skip
 
 
 def embed_scene(
-    engine: Engine,
-    scene: Scene,
-    output: Path,
-    options: RunOptions,
-    progress: Callable[[int, int], None] | None = None,
-    applied: dict[str, str] | None = None,
-) -> SceneResult:
-    """Embed every chip of ``scene`` into ``output`` (GeoParquet); per-patch rows into
-    ``<output stem>.patches.parquet`` when asked. Nothing is left under a final name on failure."""
-    meta = engine.metadata
-    if options.patch_embeddings and not meta.has_patch_embeddings:
-        raise SceneError(f"{scene.path}: --patch-embeddings needs an engine exported with --patch-embeddings")
-    chips = scene.chips(options.edge)
-    if not chips:
-        raise SceneError(f"{scene.path}: no chips with --edge {options.edge}")
-    batch_size = options.batch_size or engine.preferred_batch
-    extra = file_metadata(meta, scene.crs.to_string(), {**scene.applied, **(applied or {})})
-    source = str(scene.path.resolve())
-    writer = AtomicParquetWriter(output, chip_schema(meta.dim, extra))
-    patches_path = output.with_name(output.name.removesuffix(".parquet") + ".patches.parquet")
-    patch_writer = AtomicParquetWriter(patches_path, patch_schema(meta.dim, extra)) if options.patch_embeddings else None
-    start, done, skipped = time.perf_counter(), 0, 0
+    engine: Engine, scene: Scene, output: Path, options: RunOptions, readers: ChipReaders | None = None,
+    progress: Progress | None = None,
+) -> SceneResult:  # fmt: skip
+    """Embed one scene into ``output`` (and its patch file when asked); raises on failure."""
+    own = readers is None
+    readers = readers or ChipReaders(options.reader_count)
     try:
-        for batch in prepared_batches(scene, chips, options, batch_size):
-            skipped += batch.skipped
-            if batch.chips:
-                outputs = engine.infer(batch.pixels, batch.lonlat, batch.date)
-                polygons = [scene.chip_polygon_wgs84(c) for c in batch.chips]
-                writer.write(chip_columns(source, scene.date, outputs["embedding"], polygons,
-                                          [c.row for c in batch.chips], [c.col for c in batch.chips], batch.fractions))  # fmt: skip
-                if patch_writer is not None:
-                    _write_patches(patch_writer, scene, source, batch.chips, outputs["patch_embeddings"])
-                done += len(batch.chips)
-            if progress:
-                progress(len(batch.chips) + batch.skipped, done)
-        if done == 0:
-            raise SceneError(f"{scene.path}: every chip has more than {options.max_nodata:.0%} nodata; nothing to embed")
-        seconds = time.perf_counter() - start
-        writer.commit()
-        if patch_writer is not None:
-            patch_writer.commit()
-    except BaseException:
-        writer.abort()
-        if patch_writer is not None:
-            patch_writer.abort()
-        raise
+        job = SceneJob(scene, ScenePaths.for_chip_file(output, options.patch_embeddings))
+        (result,) = run_scenes(engine, [job], replace(options, keep_going=False), readers, progress)
+        return result
     finally:
-        scene.close()
-    return SceneResult(scene.path, output, patches_path if patch_writer else None, done, skipped, seconds, engine.backend)
-
-
-def _write_patches(writer: AtomicParquetWriter, scene: Scene, source: str, chips: list[Chip], grids: np.ndarray) -> None:
-    for chip, grid in zip(chips, grids):
-        cells = patch_rows(scene, chip, grid)
-        count = len(cells["rows"])
-        writer.write({
-            "source_url": [source] * count, "date": [scene.date] * count,
-            "embeddings": embeddings_column(np.array(cells["vectors"])),
-            "geometry": shapely.to_wkb(np.array(cells["polygons"], dtype=object)).tolist(),
-            "row": cells["rows"], "col": cells["cols"], "chip_row": [chip.row] * count, "chip_col": [chip.col] * count,
-        })  # fmt: skip
+        if own:
+            readers.close()

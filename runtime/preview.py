@@ -15,6 +15,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from .metadata import EngineMetadata
+from .reader import band_reader
 from .scene import Scene
 
 MAX_PANEL_SIDE = 720
@@ -58,7 +59,7 @@ def true_colour(scene: Scene, height: int, width: int) -> np.ndarray:
     channels = []
     for band in wanted:
         source = scene.sources[scene.bands.index(band)]
-        handle = scene.reader(source.path, source.warp)
+        handle = band_reader(scene, source.path, source.warp)
         data = handle.read(source.index, out_shape=(height, width), out_dtype="float32")
         data[(data <= 0) | ~np.isfinite(data)] = np.nan
         channels.append(data)

@@ -26,7 +26,6 @@ def trained_like_tiny(seed: int = 0):
     """A tiny model with non-trivial weights (LayerNorm affine included), closer to a trained one
     than a fresh initialisation whose LayerNorms are identities."""
     import torch
-
     from clay.training.model import ClayMAE
 
     torch.manual_seed(seed)

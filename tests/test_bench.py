@@ -13,7 +13,6 @@ pytest.importorskip("matplotlib", reason="the benchmark needs the [bench] extra"
 from clay.benchmarks.bench import BASELINE, BEST_EAGER  # noqa: E402
 from clay.benchmarks.flops import encoder_flops  # noqa: E402
 from clay.training.model import get_size  # noqa: E402
-
 from clay.training.precision import cpu_has_bf16  # noqa: E402
 
 from .conftest import SHARED_DATA, run_module  # noqa: E402

@@ -10,10 +10,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+from clay.runtime.cli import DEMO_DIR, DEMO_ENGINE, DEMO_SCENE
 from PIL import Image
 from shapely import from_wkb
-
-from clay.runtime.cli import DEMO_DIR, DEMO_ENGINE, DEMO_SCENE
 
 from .conftest import SHARED_DATA
 
@@ -75,9 +74,8 @@ torch = pytest.importorskip("torch", reason="re-exporting and scoring the demo w
 
 def test_shipped_engine_equals_a_fresh_export_of_the_shipped_weights(tmp_path):
     import onnxruntime as ort
-
+    from clay.runtime.bands import BAND_NAMES
     from clay.runtime.engine import read_engine_metadata
-    from clay.training.bands import BAND_NAMES
     from clay.training.synthetic import make_chips
 
     result = subprocess.run([sys.executable, "-m", "clay.export.cli", "--int8-cpu", "--patch-embeddings", "--no-check",
@@ -119,7 +117,7 @@ def test_water_probe_reads_a_target_the_three_components_carry_and_not_one_they_
 
 @pytest.mark.skipif(not (SHARED_DATA / "ssl4eo-s12-0000200").is_dir(), reason=f"real samples not found under {SHARED_DATA}")
 def test_the_s2_s1_pair_trains_as_one_padded_chip_with_linear_sar(tmp_path):
-    from clay.training.bands import GROUP_NAMES
+    from clay.runtime.bands import GROUP_NAMES
     from clay.training.data import inspect_chip
     from clay.training.demo import PAIR, prepare
 
@@ -142,6 +140,7 @@ def test_coarser_bands_read_by_resampled_window_equal_the_warp():
     from dataclasses import replace
 
     from clay.runtime.engine import read_engine_metadata
+    from clay.runtime.reader import read_chip
     from clay.runtime.scene import open_scene
 
     scene = open_scene(DEMO_SCENE, read_engine_metadata(DEMO_ENGINE))
@@ -149,6 +148,6 @@ def test_coarser_bands_read_by_resampled_window_equal_the_warp():
     assert windowed == {"B05", "B06", "B07", "B8A", "B11", "B12"}
     warped = replace(scene, sources=tuple(replace(s, source_transform=None) for s in scene.sources))
     for chip in scene.chips()[::4]:  # corner, centre and the shifted far corner
-        fast, _ = scene.read_chip(chip)
-        slow, _ = warped.read_chip(chip)
+        fast, _ = read_chip(scene, chip)
+        slow, _ = read_chip(warped, chip)
         assert np.abs(fast - slow).max() <= 1.0  # uint16 reflectance: at most one rounding step

@@ -17,7 +17,7 @@ from clay.export import check  # noqa: E402
 from clay.export.artifacts import ExportError, ExportOptions, export_artifacts  # noqa: E402
 from clay.export.onnx_export import graph_op_types, read_metadata  # noqa: E402
 from clay.export.tensorrt_build import BatchProfile, tensorrt_unavailable_reason  # noqa: E402
-from clay.training.bands import GROUP_NAMES, bands_of_groups  # noqa: E402
+from clay.runtime.bands import GROUP_NAMES, bands_of_groups  # noqa: E402
 from clay.training.model import ClayMAE, normalise  # noqa: E402
 from clay.training.synthetic import make_chips  # noqa: E402
 
@@ -131,7 +131,12 @@ def test_s2_only_subset_engine_equals_eager_on_those_groups(checkpoint, tmp_path
 
 
 def test_fidelity_gate_fails_an_artifact_below_its_bound_and_writes_nothing(checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setitem(check.COSINE_BOUNDS, "int8", 0.9999999)
+    from dataclasses import replace
+
+    from clay.runtime import formats
+
+    strict = tuple(replace(f, cosine_bound=0.9999999) if f.name == "int8" else f for f in formats.FORMATS)
+    monkeypatch.setattr(formats, "FORMATS", strict)
     options = ExportOptions(out=tmp_path, checkpoint=checkpoint, groups=GROUP_NAMES, int8_cpu=True)
     with pytest.raises(ExportError, match=r"clay.int8.onnx embedding: min cosine .* is below 0.9999999"):
         export_artifacts(options, log=lambda _: None)

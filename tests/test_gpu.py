@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 
 from clay.benchmarks.backends import eager_backend, eager_backends  # noqa: E402
 from clay.benchmarks.bench import cosine_rows  # noqa: E402
-from clay.training.bands import GROUP_NAMES  # noqa: E402
+from clay.runtime.bands import GROUP_NAMES  # noqa: E402
 from clay.training.model import ClayMAE, normalise  # noqa: E402
 from clay.training.synthetic import make_chips  # noqa: E402
 

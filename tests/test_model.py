@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="model tests need the [training] extra")
 
-from clay.training.bands import BAND_NAMES, GROUP_NAMES, date_features, latlon_features  # noqa: E402
+from clay.runtime.bands import BAND_NAMES, GROUP_NAMES, date_features, latlon_features  # noqa: E402
 from clay.training.model import (  # noqa: E402
     ClayMAE,
     count_parameters,
@@ -61,15 +61,12 @@ def test_patch_embeddings_stay_in_grid_order():
 
 
 def test_sdpa_and_explicit_attention_agree():
-    from clay.training.model import set_attention
-
     torch.manual_seed(0)
     model = ClayMAE("tiny").eval()
     cube, lonlat, date = tiny_inputs(1)
     with torch.no_grad():
         fast, _ = model.encoder.embed(cube, lonlat, date)
-        set_attention(model, "explicit")
-        slow, _ = model.encoder.embed(cube, lonlat, date)
+        slow, _ = model.encoder.with_attention("explicit").embed(cube, lonlat, date)
     assert torch.allclose(fast, slow, atol=1e-5)
 
 

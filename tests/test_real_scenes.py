@@ -68,12 +68,13 @@ def footprint_wgs84(path: Path):
 def test_subset_engine_meets_fp16_and_int8_bounds(s2_engine):
     from clay.export import check
     from clay.export.onnx_export import read_metadata
+    from clay.runtime.formats import format_named
 
     assert read_metadata(s2_engine / "clay.fp16.onnx").bands == S2_BANDS
     feeds = check.check_feeds(S2_GROUPS, count=2)
     expected = check.eager_reference(trained_like_tiny().encoder, S2_GROUPS, feeds, False)
-    for name, precision in (("clay.fp16.onnx", "fp16"), ("clay.int8.onnx", "int8")):
-        scores = check.check_artifact(s2_engine / name, precision, feeds, expected)
+    for fmt in (format_named("fp16"), format_named("int8")):
+        scores = check.check_artifact(s2_engine / fmt.file_name, fmt, feeds, expected)
         assert all(s.passed for s in scores), [s.line() for s in scores]
 
 
@@ -81,7 +82,6 @@ def test_sar_only_engine_keeps_band_group_index_4(checkpoint, tmp_path):
     """Would fail if the subset were re-indexed from 0: the ONNX output must match an eager pass that
     uses encoding row 4, and differ clearly from one that uses row 0."""
     import onnxruntime as ort
-
     from clay.training.model import normalise
     from clay.training.synthetic import make_chips
 

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="training tests need the [training] extra")
 pytest.importorskip("lightning", reason="training tests need the [training] extra")
 
-from clay.training.bands import GROUP_NAMES  # noqa: E402
+from clay.runtime.bands import GROUP_NAMES  # noqa: E402
 from clay.training.checkpoint import load_clay_mae  # noqa: E402
 from clay.training.data import ChipDataModule, ChipDataset, ChipError, collate_chips, inspect_chip  # noqa: E402
 from clay.training.synthetic import write_chip, write_scene  # noqa: E402
@@ -74,7 +74,7 @@ def test_setup_leaves_out_bad_files_and_keeps_the_rest(tmp_path, caplog):
 
 
 def test_s2_only_groups_read_by_band_name(tmp_path):
-    from clay.training.bands import S2_BANDS
+    from clay.runtime.bands import S2_BANDS
 
     path = write_chip(tmp_path / "s2.tif", bands=S2_BANDS, dtype="uint16")
     groups = ("rgb", "rededge", "nir", "swir")
@@ -85,7 +85,7 @@ def test_s2_only_groups_read_by_band_name(tmp_path):
 
 
 def test_small_image_is_padded_like_the_runtime_and_its_padding_left_out_of_the_loss(tmp_path):
-    from clay.training.bands import S2_BANDS
+    from clay.runtime.bands import S2_BANDS
 
     path = write_scene(tmp_path / "small.tif", 264, 264, bands=(*S2_BANDS, "VH", "VV"))
     groups = ("rgb", "rededge", "nir", "swir", "sar")
@@ -111,10 +111,9 @@ def test_small_image_is_padded_like_the_runtime_and_its_padding_left_out_of_the_
 
 
 def test_files_of_two_kinds_train_in_one_step_without_mixing_batches(tmp_path):
-    from lightning.pytorch.utilities import CombinedLoader
-
-    from clay.training.bands import S2_BANDS
+    from clay.runtime.bands import S2_BANDS
     from clay.training.module import ClayPretraining
+    from lightning.pytorch.utilities import CombinedLoader
 
     for folder in ("train", "val"):
         (tmp_path / folder).mkdir()

@@ -22,6 +22,11 @@ from .model import SIZES, ClayMAE, ModelSize, get_size
 
 log = logging.getLogger(__name__)
 
+#: The bundled demo weights (``python -m clay.training.demo`` makes them) and the band groups the
+#: demo engine takes: the S2 groups of the real scene they were trained on.
+DEMO_WEIGHTS = Path(__file__).parent / "demo" / "clay-demo-tiny.pt"
+DEMO_GROUPS = ("rgb", "rededge", "nir", "swir")
+
 _SHOWN_KEYS = 5
 
 

@@ -22,15 +22,22 @@ import lightning as L
 import numpy as np
 import rasterio
 import torch
+from clay.runtime.bands import (
+    BAND_MEANS,
+    BAND_NAMES,
+    BAND_STDS,
+    CHIP_SIZE,
+    GROUP_NAMES,
+    PATCH_SIZE,
+    bands_of_groups,
+    complete_groups,
+    parse_groups,
+)
+from clay.runtime.files import SceneError, SceneFiles, band_sources, date_tag, parse_date, read_header
 from rasterio.errors import RasterioError
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset
-
-from clay.runtime.scene import SceneError, SceneFiles, band_sources, date_tag, parse_date, read_header
-
-from .bands import BAND_MEANS, BAND_NAMES, BAND_STDS, CHIP_SIZE, GROUP_NAMES, PATCH_SIZE, bands_of_groups, complete_groups
-from .bands import parse_groups as _parse_groups
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +82,7 @@ def inspect_chip(
 ) -> ChipFile:
     """Check a chip file's header (no pixels read) and say how to read it, or raise ChipError.
 
-    Band matching is the runtime's own (:func:`clay.runtime.scene.band_sources`), so a file that
+    Band matching is the runtime's own (:func:`clay.runtime.files.band_sources`), so a file that
     trains also embeds, and the other way round."""
     path = Path(path)
     try:
@@ -251,7 +258,7 @@ class ChipDataModule(L.LightningDataModule):
         self.data_dir = data_dir
         self.val_dir = val_dir
         self.val_fraction = val_fraction
-        self.groups = _parse_groups(groups)
+        self.groups = parse_groups(groups)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.chip_size = chip_size

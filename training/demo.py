@@ -22,14 +22,21 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import torch
+from clay.runtime.bands import (
+    BAND_GROUPS,
+    BAND_NAMES,
+    CHIP_SIZE,
+    S2_BANDS,
+    SAR_BANDS,
+    bands_of_groups,
+    canonical_band_name,
+)
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 
-from .bands import BAND_GROUPS, BAND_NAMES, CHIP_SIZE, S2_BANDS, SAR_BANDS, bands_of_groups, canonical_band_name
-from .checkpoint import load_clay_mae
+from .checkpoint import DEMO_GROUPS, DEMO_WEIGHTS, load_clay_mae
 from .model import ClayMAE, normalise, patchify_in_group_order, random_masking
 
-DEMO_GROUPS = ("rgb", "rededge", "nir", "swir")  # the demo scene's groups: the demo engine's
 TRAINED_GROUPS = (*DEMO_GROUPS, "sar")
 DEMO_DATE = "2020-02-23"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -37,7 +44,7 @@ SOURCE = SHARED_DATA / "s2l2a-T48QUE-20200223"
 PAIR = SHARED_DATA / "ssl4eo-s12-0000200"
 PAIR_DATE = "2020-06-04"  # the S2 acquisition (S1: 2020-06-07); see ../shared/data/README.md
 CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
-WEIGHTS = Path(__file__).parent / "demo" / "clay-demo-tiny.pt"
+WEIGHTS = DEMO_WEIGHTS
 WEIGHTS_DESCRIPTION = (
     "demo weights: Clay 'tiny' (not Clay v0), pretrained by clay-train on one real Sentinel-2 L2A "
     "scene (T48QUE, 2020-02-23, ~10 × 10 km; S2 groups) and one S2 + S1 pair (SSL4EO-S12, 2.6 km; sar)"

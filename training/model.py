@@ -13,10 +13,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
-from torch import Tensor, nn
-
-from .bands import (
+from clay.runtime.bands import (
     BAND_GROUPS,
     BAND_MEANS,
     BAND_STDS,
@@ -25,8 +22,11 @@ from .bands import (
     PATCH_SIZE,
     bands_of_groups,
 )
+from einops import rearrange
+from torch import Tensor, nn
 
-AttentionKind = Literal["sdpa", "explicit"]
+AttentionKind = Literal["sdpa", "explicit", "onnxruntime"]
+ATTENTION_KINDS: tuple[str, ...] = ("sdpa", "explicit", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -111,35 +111,73 @@ def metadata_features(lonlat: Tensor, date: Tensor) -> tuple[Tensor, Tensor]:
     return latlon, time
 
 
-# --- transformer (vit-pytorch 1.6.4 layout, SDPA attention) --------------------------------------
+# --- transformer (vit-pytorch 1.6.4 layout) -------------------------------------------------------
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm whose statistics are computed in float32 whatever the compute type (a float16
+    variance of raw-looking activations overflows), returning the input's type. In float32 it is
+    exactly ``nn.LayerNorm``; parameter names are the same, so published weights load as they are."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+class OrtMultiHeadAttention(torch.autograd.Function):
+    """softmax(q kᵀ / √d) v over ``heads`` heads on ``[B, N, heads·d]`` tensors. Eagerly it is
+    PyTorch's SDPA; traced to ONNX it is ONNX Runtime's fused ``com.microsoft.MultiHeadAttention``
+    kernel, which never writes the N × N score matrix out (ONNX Runtime only: TensorRT and other
+    runtimes do not know the op)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
+        batch, tokens, inner = q.shape
+        split = [t.reshape(batch, tokens, heads, inner // heads).transpose(1, 2) for t in (q, k, v)]
+        return F.scaled_dot_product_attention(*split).transpose(1, 2).reshape(batch, tokens, inner)
+
+    @staticmethod
+    def symbolic(g, q, k, v, heads: int):
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads)
+        out.setType(q.type())  # same shape and type as the query: lets the exporter infer shapes
+        return out
 
 
 class Attention(nn.Module):
-    """Pre-norm multi-head self-attention.
+    """Pre-norm multi-head self-attention; the kernel is chosen once, at construction.
 
-    ``kind="sdpa"`` (default) uses PyTorch's fused kernel; ``"explicit"`` is softmax(q kᵀ) v written
-    out as the release did, kept as the baseline users run today.
+    ``"sdpa"`` (default) is PyTorch's fused kernel. ``"explicit"`` writes softmax(q kᵀ) v out as the
+    release did (the baseline users run today, and the portable ONNX graph): q is scaled first and
+    the softmax runs in float32, so the same code is safe in float16. ``"onnxruntime"`` exports as
+    ONNX Runtime's fused attention kernel (see :class:`OrtMultiHeadAttention`).
     """
 
-    def __init__(self, dim: int, heads: int, dim_head: int) -> None:
+    def __init__(self, dim: int, heads: int, dim_head: int, attention: AttentionKind = "sdpa") -> None:
         super().__init__()
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"unknown attention kind {attention!r}; known: {', '.join(ATTENTION_KINDS)}")
         inner = heads * dim_head
         self.heads = heads
         self.scale = dim_head**-0.5
-        self.kind: AttentionKind = "sdpa"
-        self.norm = nn.LayerNorm(dim)
+        self.attention = attention
+        self.norm = LayerNorm(dim)
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
         project_out = not (heads == 1 and dim_head == dim)
         self.to_out = nn.Sequential(nn.Linear(inner, dim)) if project_out else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.norm(x)
-        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in self.to_qkv(x).chunk(3, dim=-1))
-        if self.kind == "sdpa":
+        q, k, v = self.to_qkv(self.norm(x)).chunk(3, dim=-1)  # each [B, N, heads·d]
+        if self.attention == "onnxruntime":
+            return self.to_out(OrtMultiHeadAttention.apply(q, k, v, self.heads))
+        batch, tokens, inner = q.shape
+        q, k, v = (t.reshape(batch, tokens, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        if self.attention == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v)
         else:
-            out = torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * self.scale, dim=-1), v)
-        return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
+            scores = torch.matmul(q * self.scale, k.transpose(-1, -2))
+            out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(v.dtype), v)
+        return self.to_out(out.transpose(1, 2).reshape(batch, tokens, inner))
 
 
 class FeedForward(nn.Module):
@@ -148,39 +186,35 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Identity(), nn.Linear(hidden, dim)
-        )
+        self.net = nn.Sequential(LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Identity(), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
 
 class Transformer(nn.Module):
-    """``depth`` pre-norm blocks with residuals, then a final LayerNorm."""
+    """``depth`` pre-norm blocks with residuals, then a final LayerNorm.
 
-    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int) -> None:
+    The blocks compute in the type of their weights (float32, or float16 when an exporter halves
+    the linear layers): the input is cast to it on the way in. The final LayerNorm and what follows
+    (the chip embedding is a mean over thousands of tokens) stay in float32.
+    """
+
+    def __init__(
+        self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int, attention: AttentionKind = "sdpa"
+    ) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
         self.layers = nn.ModuleList(
-            nn.ModuleList([Attention(dim, heads, dim_head), FeedForward(dim, mlp_dim)]) for _ in range(depth)
+            nn.ModuleList([Attention(dim, heads, dim_head, attention), FeedForward(dim, mlp_dim)]) for _ in range(depth)
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        x = x.to(self.layers[0][0].to_qkv.weight.dtype)
         for attn, ff in self.layers:
             x = attn(x) + x
             x = ff(x) + x
-        return self.norm(x)
-
-
-def set_attention(module: nn.Module, kind: AttentionKind) -> nn.Module:
-    """Switch every attention block below ``module`` to ``kind``; returns ``module``."""
-    if kind not in ("sdpa", "explicit"):
-        raise ValueError(f"unknown attention kind {kind!r}")
-    for m in module.modules():
-        if isinstance(m, Attention):
-            m.kind = kind
-    return module
+        return self.norm(x.float())
 
 
 # --- encoder --------------------------------------------------------------------------------------
@@ -192,10 +226,10 @@ class PatchEmbedding(nn.Module):
     def __init__(self, in_channels: int, dim: int) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=PATCH_SIZE, stride=PATCH_SIZE)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(rearrange(self.proj(x), "b d h w -> b (h w) d"))
+        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
 
 
 def group_channels(groups: Sequence[str]) -> dict[str, list[int]]:
@@ -218,21 +252,36 @@ def _group_encoding(pos: Tensor, band: Tensor, groups: Sequence[str]) -> Tensor:
 
 
 class Encoder(nn.Module):
-    """Clay v0 encoder. Input cubes are normalised and hold the bands of ``groups`` in spec order."""
+    """Clay v0 encoder. Input cubes are normalised and hold the bands of ``groups`` in spec order.
 
-    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_ratio: int) -> None:
+    This is the only encoder forward: training, the eager baselines and every exported graph run
+    it (the exporter wraps it to fold the normalisation into the patch embedding).
+    """
+
+    def __init__(
+        self, dim: int, depth: int, heads: int, dim_head: int, mlp_ratio: int, attention: AttentionKind = "sdpa"
+    ) -> None:
         super().__init__()
         self.dim = dim
+        self.shape = (dim, depth, heads, dim_head, mlp_ratio)
         self.patch_embedding = nn.ModuleDict(
             {g: PatchEmbedding(len(idx), dim) for g, idx in BAND_GROUPS.items()}
         )
         self.latlon_embedding = nn.Linear(2, dim)
         self.time_embedding = nn.Linear(3, dim)
-        self.transformer = Transformer(dim, depth, heads, dim_head, dim * mlp_ratio)
+        self.transformer = Transformer(dim, depth, heads, dim_head, dim * mlp_ratio, attention)
         self.register_buffer("pos_encoding", posemb_sincos_2d(GRID_SIZE, dim // 2), persistent=False)
         self.register_buffer(
             "band_encoding", posemb_sincos_1d(len(GROUP_NAMES), dim // 2), persistent=False
         )
+
+    def with_attention(self, attention: AttentionKind) -> Encoder:
+        """A copy with the same weights whose attention kernel is ``attention``."""
+        with torch.random.fork_rng(devices=[]):  # its throw-away initialisation leaves the caller's RNG alone
+            copy = Encoder(*self.shape, attention=attention)
+        copy.load_state_dict(self.state_dict())
+        copy.to(self.pos_encoding.device)
+        return copy.train(self.training)
 
     def patch_tokens(self, cube: Tensor, groups: Sequence[str] = GROUP_NAMES) -> Tensor:
         """Patch tokens with their fixed encodings, group-major grid order ``[B, G*256, dim]``."""
@@ -279,7 +328,7 @@ class Encoder(nn.Module):
         chip = patches.mean(dim=1)
         if not patch_embeddings:
             return chip, None
-        grid = rearrange(patches, "b (g h w) d -> b g h w d", g=len(groups), h=GRID_SIZE)
+        grid = patches.reshape(patches.shape[0], len(groups), GRID_SIZE, GRID_SIZE, patches.shape[-1])
         return chip, grid
 
 
@@ -362,12 +411,12 @@ def random_masking(
 class ClayMAE(nn.Module):
     """Encoder + decoder + loss. ``ClayMAE(size).encoder`` is what gets exported."""
 
-    def __init__(self, size: str | ModelSize = "small", mask_ratio: float = 0.75) -> None:
+    def __init__(self, size: str | ModelSize = "small", mask_ratio: float = 0.75, attention: AttentionKind = "sdpa") -> None:
         super().__init__()
         self.size = get_size(size) if isinstance(size, str) else size
         s = self.size
         self.mask_ratio = mask_ratio
-        self.encoder = Encoder(s.dim, s.depth, s.heads, s.dim_head, s.mlp_ratio)
+        self.encoder = Encoder(s.dim, s.depth, s.heads, s.dim_head, s.mlp_ratio, attention)
         self.decoder = Decoder(
             s.dim, s.decoder_dim, s.decoder_depth, s.decoder_heads, s.decoder_dim_head, s.decoder_mlp_ratio
         )
@@ -391,6 +440,14 @@ class ClayMAE(nn.Module):
         pixels = self.decoder(encoded, unmasked, groups)
         scored = mask if valid is None else mask * valid.to(mask.dtype).repeat(1, len(groups))
         return masked_patch_loss(cube, pixels, scored, groups), pixels, mask
+
+
+def random_clay_mae(size: str, seed: int = 0) -> ClayMAE:
+    """A randomly initialised model, the same for the same seed (for speed tests: speed does not
+    depend on training). The global random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ClayMAE(size).eval()
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from clay.runtime.bands import GROUP_NAMES, parse_groups
 from torch import Tensor
 
-from .bands import GROUP_NAMES, parse_groups
 from .model import ClayMAE
 
 

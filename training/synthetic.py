@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
-from .bands import BAND_NAMES, CHIP_SIZE
+from clay.runtime.bands import BAND_NAMES, CHIP_SIZE
 
 #: Per land-cover class: 10 S2 DNs (B02…B12), VH, VV (linear gamma0).
 _SPECTRA = np.array(

@@ -1,0 +1,113 @@
+"""One builder per row of the format table (``clay.runtime.formats``), registered by name.
+
+A builder writes its format's file into the staging folder from the encoder and the export's
+options; the :func:`builder` decorator times it and logs the result, the same for every format. A
+format that cannot be built on this machine raises :class:`FormatUnavailable` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clay.runtime.bands import CHIP_SIZE, bands_of_groups
+from clay.runtime.formats import ArtifactFormat, format_named, plan_sidecar
+from clay.runtime.metadata import EngineMetadata
+
+from .graph import InferenceEncoder
+from .onnx_export import export_onnx
+
+if TYPE_CHECKING:
+    from clay.training.model import Encoder
+
+    from .artifacts import ExportOptions
+
+
+class FormatUnavailable(RuntimeError):
+    """This format cannot be built here (e.g. no TensorRT); the other formats still are."""
+
+
+@dataclass
+class BuildJob:
+    """What every builder needs: the encoder, the options, where to write, and the metadata to stamp."""
+
+    encoder: Encoder
+    options: ExportOptions
+    stage: Path
+    provenance: Callable[[ArtifactFormat], EngineMetadata]
+    log: Callable[[str], None]
+    seconds: dict[str, float]
+
+    def path(self, fmt: ArtifactFormat) -> Path:
+        return self.stage / fmt.file_name
+
+    def module(self, **kwargs) -> InferenceEncoder:
+        return InferenceEncoder(self.encoder, self.options.groups, self.options.patch_embeddings, **kwargs)
+
+
+Builder = Callable[[BuildJob, ArtifactFormat], list[Path]]
+BUILDERS: dict[str, Builder] = {}
+
+
+def builder(name: str) -> Callable[[Builder], Builder]:
+    """Register the builder of format ``name``; every build is timed and logged the same way."""
+
+    def register(build: Builder) -> Builder:
+        def timed(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
+            start = time.perf_counter()
+            written = build(job, fmt)
+            job.seconds[fmt.file_name] = time.perf_counter() - start
+            job.log(f"built {fmt.file_name}: {job.seconds[fmt.file_name]:.1f} s")
+            return written
+
+        BUILDERS[name] = timed
+        return timed
+
+    return register
+
+
+@builder("fp32")
+def build_fp32(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
+    export_onnx(job.module(), job.path(fmt), job.provenance(fmt))
+    return [job.path(fmt)]
+
+
+@builder("fp16")
+def build_fp16(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
+    export_onnx(job.module(half=True), job.path(fmt), job.provenance(fmt))
+    return [job.path(fmt)]
+
+
+@builder("int8")
+def build_int8(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
+    from .int8 import quantize_int8
+
+    # The CPU artifact starts from a graph whose attention is ONNX Runtime's fused kernel.
+    fused = job.stage / "int8-source.onnx"
+    export_onnx(job.module(attention="onnxruntime"), fused, job.provenance(fmt))
+    quantize_int8(fused, job.path(fmt), job.provenance(fmt))
+    fused.unlink()
+    return [job.path(fmt)]
+
+
+@builder("plan")
+def build_plan(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
+    from .tensorrt_build import build_plan as build_tensorrt_plan
+    from .tensorrt_build import gpu_name, tensorrt_unavailable_reason
+
+    reason = tensorrt_unavailable_reason()
+    if reason:
+        raise FormatUnavailable(reason)
+    options = job.options
+    source = job.path(format_named("fp16"))  # built before the plan: table order
+    trt_version = build_tensorrt_plan(source, job.path(fmt), len(bands_of_groups(options.groups)), CHIP_SIZE,
+                                      options.batch, options.timing_cache, options.hardware_compat)  # fmt: skip
+    extra = {"tensorrt": trt_version, "gpu": gpu_name(), "batch_profile": str(options.batch),
+             "hardware_compat": options.hardware_compat or "none"}  # fmt: skip
+    sidecar = plan_sidecar(job.path(fmt))
+    sidecar.write_text(json.dumps(replace(job.provenance(fmt), extra=extra).to_dict(), indent=2))
+    return [job.path(fmt), sidecar]

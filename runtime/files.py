@@ -1,0 +1,175 @@
+"""What the user pointed at, before any pixel is read: scenes found among paths, GeoTIFF headers,
+bands matched to Clay's by name, acquisition dates.
+
+Every problem a user can fix is a :class:`SceneError` whose message names the file. The training
+data reads chips through the same band matching, so a file that trains also embeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date as Date
+from pathlib import Path
+
+import rasterio
+from rasterio.errors import RasterioError
+
+from .bands import BAND_GROUPS, BAND_NAMES, GROUP_NAMES, canonical_band_name
+
+SUPPORTED_DTYPES = ("uint16", "int16", "float32")
+SCENE_SUFFIXES = (".tif", ".tiff")
+
+
+class SceneError(ValueError):
+    """A scene the runtime cannot embed; the message names the file and the problem."""
+
+
+def date_tag(tags: dict[str, str]) -> str | None:
+    """The acquisition date text of a GeoTIFF: the release's ``date`` tag, else TIFF ``DateTime``."""
+    return tags.get("date") or tags.get("DATE") or tags.get("TIFFTAG_DATETIME")
+
+
+def parse_date(text: str) -> Date:
+    """``YYYY-MM-DD`` (also the TIFF ``YYYY:MM:DD HH:MM:SS`` form) → date."""
+    head = text.strip()[:10]
+    if len(head) == 10 and head[4] == ":" and head[7] == ":":
+        head = head.replace(":", "-")
+    return Date.fromisoformat(head)
+
+
+@dataclass(frozen=True)
+class SceneFiles:
+    """What the user pointed at as one scene: a multi-band file, or single-band files (per-band
+    products, possibly at several resolutions and from several products) that belong together."""
+
+    path: Path
+    files: tuple[Path, ...]
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path.is_file() else self.path.name
+
+
+@dataclass(frozen=True)
+class Header:
+    path: Path
+    crs: rasterio.crs.CRS
+    transform: rasterio.Affine
+    width: int
+    height: int
+    count: int
+    names: tuple[str | None, ...]  # canonical band name per band (None: not a Clay band)
+    nodata: float | None
+    units: tuple[str, ...]
+    tags: dict[str, str]
+
+
+def read_header(path: Path) -> Header:
+    """What the runtime (and the training data) need to know of a file, without reading pixels."""
+    if not path.is_file():
+        raise SceneError(f"{path}: no such file")
+    try:
+        with rasterio.open(path) as src:
+            dtypes = set(src.dtypes)
+            if not dtypes <= set(SUPPORTED_DTYPES):
+                raise SceneError(
+                    f"{path}: unsupported data type {', '.join(sorted(dtypes))} (use {', '.join(SUPPORTED_DTYPES)})"
+                )
+            if src.crs is None:
+                raise SceneError(f"{path}: no CRS; the runtime needs one to place chips on Earth")
+            names = tuple(canonical_band_name(d) if d else None for d in src.descriptions)
+            if src.count == 1 and names[0] is None:
+                names = (canonical_band_name(path.stem),)  # per-band products name the band in the file name
+            return Header(path, src.crs, src.transform, src.width, src.height, src.count, names, src.nodata,
+                           tuple(u or "" for u in src.units), src.tags())  # fmt: skip
+    except RasterioError as exc:
+        raise SceneError(f"{path}: not a readable GeoTIFF ({first_line(exc)})") from None
+
+
+def band_sources(scene: SceneFiles, headers: list[Header], wanted: tuple[str, ...]) -> dict[str, tuple[Path, int]]:
+    """Engine band → (file, 1-based index); duplicates and missing bands are errors."""
+    found: dict[str, tuple[Path, int]] = {}
+    for header in headers:
+        for index, name in enumerate(header.names, start=1):
+            if name is None:
+                continue
+            if name in found:
+                other = found[name][0]
+                where = f"{other.name} and {header.path.name}" if other != header.path else f"{header.path.name} (twice)"
+                raise SceneError(f"{scene.path}: two bands claim {name}: {where}")
+            found[name] = (header.path, index)
+    if not found and len(headers) == 1 and headers[0].count == len(BAND_NAMES):
+        return {b: (headers[0].path, BAND_NAMES.index(b) + 1) for b in wanted}  # unnamed 13-band stack
+    if not found and len(headers) == 1:
+        raise SceneError(
+            f"{scene.path}: {headers[0].count} bands without band descriptions, expected {len(BAND_NAMES)} in Clay "
+            f"order ({BAND_NAMES[0]}…{BAND_NAMES[-1]}) or bands named by description"
+        )
+    missing = [b for b in wanted if b not in found]
+    if missing:
+        fitting = [g for g in GROUP_NAMES if all(BAND_NAMES[i] in found for i in BAND_GROUPS[g])]
+        hint = f"; the band groups it has: --groups {','.join(fitting)}" if fitting else ""
+        raise SceneError(
+            f"{scene.path}: lacks band(s) {', '.join(missing)} (the scene has {', '.join(found) or 'no Clay band'}){hint}"
+        )
+    return {b: found[b] for b in wanted}
+
+
+def discover_scenes(paths) -> list[SceneFiles]:
+    """Turn command-line paths into scenes.
+
+    A multi-band GeoTIFF is a scene. Single-band files named as bands (``B02.tif``, ``B2.tif``,
+    ``VV.tif``), given together on the command line or found under one folder (sub-folders
+    included, e.g. an S2 and an S1 product side by side), form one scene. A folder of multi-band
+    files gives one scene per file.
+    """
+    scenes: list[SceneFiles] = []
+    loose: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in SCENE_SUFFIXES)
+            if not found:
+                raise SceneError(f"{path}: no GeoTIFF files in this folder")
+            per_band = [p for p in found if _is_band_file(p)]
+            if per_band:  # other single-band files (B01, B09, SCL...) are not Clay bands: ignored
+                scenes.append(SceneFiles(path, tuple(per_band)))
+            multi_band = [SceneFiles(p, (p,)) for p in found if _band_count(p) > 1]
+            if not per_band and not multi_band:
+                raise SceneError(f"{path}: no multi-band GeoTIFF and no file named as a Clay band (B02.tif, VV.tif...)")
+            scenes.extend(multi_band)
+        elif path.is_file() and _is_band_file(path):
+            loose.append(path)
+        else:
+            scenes.append(SceneFiles(path, (path,)))
+    if loose:
+        scenes.append(SceneFiles(loose[0].parent, tuple(loose)))
+    return scenes
+
+
+def _band_count(path: Path) -> int:
+    try:
+        with rasterio.open(path) as src:
+            return src.count
+    except RasterioError:
+        return 0
+
+
+def _is_band_file(path: Path) -> bool:
+    return canonical_band_name(path.stem) is not None and _band_count(path) == 1
+
+
+def scene_date(scene: SceneFiles, headers: list[Header]) -> Date:
+    for header in headers:
+        text = date_tag(header.tags)
+        if not text:
+            continue
+        try:
+            return parse_date(text)
+        except ValueError:
+            raise SceneError(f"{header.path}: acquisition date {text!r} is not YYYY-MM-DD; pass --date YYYY-MM-DD") from None
+    raise SceneError(f"{scene.path}: no acquisition date (no 'date' tag, no TIFF DateTime); pass --date YYYY-MM-DD")
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,96 @@
+"""The one table of artifact formats: what ``clay-export`` writes and what runs each file.
+
+Every part that names an artifact reads this table: ``clay-export`` (which formats a flag asks
+for, where each one is written), its fidelity check (the cosine bound per format), the runtime
+(which backend runs a file, and which file of an export folder a backend picks) and ``clay-bench``
+(one contender per format and backend). Adding a format is one row here plus its builder in
+``clay.export.builders``. Torch-free on purpose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Runtime backends, fastest first: what ``--backend auto`` tries in this order.
+RUNTIME_BACKENDS = ("tensorrt", "onnx-cuda", "onnx-cpu")
+
+#: Faster precisions first: an export folder offers a backend its lowest-precision artifact.
+PRECISION_ORDER = ("int8", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class ArtifactFormat:
+    """One kind of exported encoder.
+
+    ``runs_on`` lists the runtime backends the file is made for (empty: an intermediate file that
+    another format is built from); ``flag`` is the ``clay-export`` option that asks for it
+    (``None``: always written); ``cosine_bound`` is the least per-chip cosine similarity to eager
+    fp32 PyTorch the export check accepts.
+    """
+
+    name: str
+    file_name: str
+    precision: str
+    runs_on: tuple[str, ...]
+    flag: str | None
+    cosine_bound: float
+    summary: str
+
+
+FORMATS: tuple[ArtifactFormat, ...] = (
+    ArtifactFormat("fp32", "clay.onnx", "fp32", ("onnx-cpu", "onnx-cuda"), None, 0.99999,
+                   "portable float32 ONNX graph"),
+    ArtifactFormat("fp16", "clay.fp16.onnx", "fp16", ("onnx-cuda",), "--fp16", 0.999,
+                   "float16 weights and matmuls, float32 where float16 would overflow; the graph TensorRT's "
+                   "strongly typed mode builds"),
+    ArtifactFormat("int8", "clay.int8.onnx", "int8", ("onnx-cpu",), "--int8-cpu", 0.99,
+                   "dynamic int8 MatMuls around ONNX Runtime's fused attention, for CPUs"),
+    ArtifactFormat("plan", "clay.plan", "fp16", ("tensorrt",), "--fp16", 0.999,
+                   "FP16 TensorRT engine built from the fp16 graph, where TensorRT and a GPU exist"),
+)  # fmt: skip
+
+
+class FormatError(ValueError):
+    """No artifact of a known format where one was looked for."""
+
+
+def format_named(name: str) -> ArtifactFormat:
+    for fmt in FORMATS:
+        if fmt.name == name:
+            return fmt
+    raise FormatError(f"unknown artifact format {name!r}; known: {', '.join(f.name for f in FORMATS)}")
+
+
+def format_of_file(path: Path, precision: str | None = None) -> ArtifactFormat | None:
+    """The format of an artifact file: by its file name, else (a renamed file, such as the bundled
+    demo engine) by its suffix and the precision its metadata declares."""
+    for fmt in FORMATS:
+        if fmt.file_name == path.name:
+            return fmt
+    for fmt in FORMATS:
+        if Path(fmt.file_name).suffix == path.suffix and fmt.precision == precision:
+            return fmt
+    return None
+
+
+def formats_for_flags(flags: set[str]) -> tuple[ArtifactFormat, ...]:
+    """The formats an export writes for the given options (``{"--fp16", ...}``), in table order."""
+    return tuple(f for f in FORMATS if f.flag is None or f.flag in flags)
+
+
+def pick_artifact(folder: Path, backend: str) -> Path | None:
+    """The artifact in an export folder that ``backend`` should run: the lowest precision made for it."""
+    present = [f for f in FORMATS if backend in f.runs_on and (folder / f.file_name).is_file()]
+    present.sort(key=lambda f: PRECISION_ORDER.index(f.precision))
+    return folder / present[0].file_name if present else None
+
+
+def plan_sidecar(plan: Path) -> Path:
+    """A TensorRT plan carries its Clay metadata in ``<plan>.json`` beside it (a plan has no metadata field)."""
+    return plan.with_name(plan.name + ".json")
+
+
+def describe_formats() -> str:
+    """One line per format, for ``--help`` texts."""
+    return "; ".join(f"{f.file_name} ({f.summary})" for f in FORMATS)

@@ -1,0 +1,55 @@
+"""How scenes are read and run: one options object for ``clay-run``'s flags and the Python API."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import date as Date
+
+from .grid import EDGE_MODES
+
+SAR_UNITS = ("auto", "db", "linear")
+
+
+def cpu_count() -> int:
+    """The cores this process may use (its affinity, not the machine's total)."""
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Every choice a run makes, with ``clay-run``'s defaults.
+
+    ``date`` overrides the files' acquisition date; ``sar_units`` says whether VH/VV hold linear
+    power or dB (``auto``: the band's unit metadata, else a mostly negative band is refused);
+    ``s2_offset`` is subtracted from S2 DNs (1000 for L2A baseline 04.00+). ``readers`` is the
+    number of chip-reader threads (default: one per core). ``keep_going`` finishes the other scenes
+    when one fails; ``resume`` skips scenes whose outputs are complete.
+    """
+
+    batch_size: int | None = None
+    edge: str = "shift"
+    max_nodata: float = 0.5
+    patch_embeddings: bool = False
+    date: Date | None = None
+    sar_units: str = "auto"
+    s2_offset: float = 0.0
+    readers: int | None = None
+    keep_going: bool = False
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.edge not in EDGE_MODES:
+            raise ValueError(f"edge must be one of {', '.join(EDGE_MODES)}, not {self.edge!r}")
+        if self.sar_units not in SAR_UNITS:
+            raise ValueError(f"sar_units must be one of {', '.join(SAR_UNITS)}, not {self.sar_units!r}")
+        if not 0 <= self.max_nodata <= 1:
+            raise ValueError(f"max_nodata must be between 0 and 1, not {self.max_nodata}")
+        for name in ("batch_size", "readers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
+
+    @property
+    def reader_count(self) -> int:
+        return self.readers or cpu_count()

@@ -1,0 +1,227 @@
+"""The structure the packages promise: dependencies one way, one format table, extras that say
+what is missing, an API that is thread-safe and frees what it holds, a chip grid apart from the reader."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clay.runtime import formats
+from clay.runtime.grid import Chip, chip_grid, chip_starts, patch_cells
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("runtime", "training", "export", "benchmarks")
+
+# Run before the code under test: makes the named top-level modules (and clay sub-packages)
+# unimportable, as on an install without the extra that brings them.
+BLOCKER = """
+import importlib.abc, sys
+BLOCKED = {blocked!r}
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name in BLOCKED or name.split(".")[0] in BLOCKED or any(name.startswith(b + ".") for b in BLOCKED):
+            raise ImportError(f"{{name}} is not installed (blocked by the test)")
+        return None
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def run_python(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def imports_of(package: str) -> set[str]:
+    """The clay packages a folder's modules import (absolute imports, at any depth)."""
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        found |= set(re.findall(r"^\s*(?:from|import) clay\.(\w+)", path.read_text(), flags=re.M))
+    return found
+
+
+def test_dependencies_run_one_way():
+    assert imports_of("runtime") <= {"runtime"}
+    assert imports_of("training") <= {"runtime", "training"}
+    assert imports_of("export") <= {"runtime", "training", "export"}
+
+
+def test_no_private_name_is_imported_across_packages():
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            for line in re.findall(r"^from clay\.(\w+)\.\w+ import (.+)$", path.read_text(), flags=re.M):
+                other, names = line
+                imported = [name.split(" as ")[0].strip(" ()") for name in names.split(",")]
+                if other != package:
+                    assert not [n for n in imported if n.startswith("_")], f"{path.name} imports a private name of {other}: {names}"
+
+
+def test_the_runtime_runs_the_demo_with_torch_training_and_export_unimportable(tmp_path):
+    out = tmp_path / "demo"
+    code = BLOCKER.format(blocked=("torch", "clay.training", "clay.export", "clay.benchmarks", "lightning")) + (
+        "from clay.runtime.cli import main\n"
+        f"try:\n    main(['--demo', '--out', {str(out)!r}])\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "assert not any(m.split('.')[0] == 'torch' or m.startswith(('clay.training', 'clay.export')) for m in sys.modules)\n"
+        "print('ran without torch')\n"
+    )
+    result = run_python(code)
+    assert result.returncode == 0 and "ran without torch" in result.stdout, result.stderr[-3000:]
+    assert (out / "demo.parquet").is_file() and (out / "demo-preview.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("entry", "command", "extra", "blocked"),
+    [
+        ("clay.training", "clay-train", "training", ("torch", "lightning")),
+        ("clay.export", "clay-export", "export", ("torch", "onnx")),
+        ("clay.benchmarks", "clay-bench", "bench", ("matplotlib",)),
+    ],
+)
+def test_a_console_script_without_its_extra_says_which_to_install(entry, command, extra, blocked):
+    code = BLOCKER.format(blocked=blocked) + f"sys.argv = [{command!r}, '--help']\nfrom {entry} import main\nmain()\n"
+    result = run_python(code)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith(f'{command} needs the {extra} extra: pip install "clay-runtime[{extra}]"'), lines[0]
+
+
+def test_console_scripts_point_at_the_guarded_entry_points():
+    text = (ROOT / "pyproject.toml").read_text()
+    for command, entry in (("clay-train", "clay.training:main"), ("clay-export", "clay.export:main"),
+                           ("clay-bench", "clay.benchmarks:main"), ("clay-run", "clay.runtime.cli:main")):  # fmt: skip
+        assert f'{command} = "{entry}"' in text
+
+
+def test_artifact_file_names_live_in_the_format_table_only():
+    names = [f.file_name for f in formats.FORMATS]
+    pattern = re.compile("|".join(re.escape(n) + r"\b" for n in names))
+    holders = sorted(
+        str(path.relative_to(ROOT)) for package in PACKAGES for path in (ROOT / package).rglob("*.py") if pattern.search(path.read_text())
+    )
+    assert holders == ["runtime/formats.py"], holders
+
+
+def test_the_format_table_is_consistent():
+    table = formats.FORMATS
+    assert len({f.name for f in table}) == len(table) and len({f.file_name for f in table}) == len(table)
+    pairs = [(backend, f.precision) for f in table for backend in f.runs_on]
+    assert len(pairs) == len(set(pairs)), "a backend has two artifacts of one precision: clay-bench could not tell them apart"
+    for f in table:
+        assert set(f.runs_on) <= set(formats.RUNTIME_BACKENDS) and f.precision in formats.PRECISION_ORDER
+        assert 0.9 < f.cosine_bound < 1
+    pytest.importorskip("torch", reason="the builders need the [export] extra")
+    from clay.export.builders import BUILDERS
+
+    assert set(BUILDERS) == {f.name for f in table}, "every format needs exactly one builder"
+
+
+def test_an_export_folder_offers_each_backend_its_artifact(tmp_path):
+    for f in formats.FORMATS:
+        (tmp_path / f.file_name).write_bytes(b"")
+    assert formats.pick_artifact(tmp_path, "onnx-cpu").name == formats.format_named("int8").file_name
+    assert formats.pick_artifact(tmp_path, "tensorrt").name == formats.format_named("plan").file_name
+    (tmp_path / formats.format_named("int8").file_name).unlink()
+    assert formats.pick_artifact(tmp_path, "onnx-cpu").name == formats.format_named("fp32").file_name
+    assert formats.pick_artifact(tmp_path / "missing", "onnx-cpu") is None
+
+
+def test_chip_grid_is_pure_and_covers_remainders():
+    assert chip_starts(1300, 512, "shift") == [0, 512, 788]
+    assert chip_starts(1300, 512, "pad") == [0, 512, 1024]
+    assert chip_starts(1300, 512, "drop") == [0, 512]
+    assert chip_starts(300, 512, "drop") == [0]
+    chips = chip_grid(900, 1300, 512, "pad")
+    assert len(chips) == 6 and chips[-1] == Chip(512, 1024, 388, 276)
+    cells = patch_cells(Chip(0, 0, 300, 300), 512, 32)
+    assert len(cells) == 10 * 10 and cells[-1].row == 9 * 32
+    with pytest.raises(ValueError, match="unknown edge mode"):
+        chip_grid(10, 10, 512, "wrap")
+
+
+torch = pytest.importorskip("torch", reason="the engines under test are exported with the [export] extra")
+
+
+@pytest.fixture(scope="module")
+def engine_dir(checkpoint, tmp_path_factory) -> Path:
+    from clay.export.artifacts import ExportOptions, export_artifacts
+
+    out = tmp_path_factory.mktemp("engine")
+    export_artifacts(ExportOptions(out=out, checkpoint=checkpoint, groups=("rgb", "rededge", "nir", "swir")), log=lambda _: None)
+    return out
+
+
+def test_one_embedder_serves_threads_with_the_serial_results(engine_dir, tmp_path):
+    from clay.runtime import ClayEmbedder, RunOptions
+    from clay.runtime.bands import S2_BANDS
+    from clay.training.synthetic import write_scene
+
+    scenes = [write_scene(tmp_path / f"s{i}.tif", 700 + 150 * i, 600, seed=i, dtype="uint16", bands=S2_BANDS) for i in range(3)]
+    options = RunOptions(readers=2, batch_size=2)
+    with ClayEmbedder(engine_dir, options=options) as embedder:
+        serial = [embedder.embed_scene(s) for s in scenes]
+        threaded: dict[int, object] = {}
+        errors = []
+
+        def work(i: int) -> None:
+            try:
+                threaded[i] = embedder.embed_scene(scenes[i])
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    assert not errors, errors
+    for i, table in enumerate(serial):
+        other = threaded[i]
+        assert other.num_rows == table.num_rows == len(table["row"])
+        assert other["row"].to_pylist() == table["row"].to_pylist() and other["col"].to_pylist() == table["col"].to_pylist()
+        a = np.stack(table["embeddings"].to_numpy(zero_copy_only=False))
+        b = np.stack(other["embeddings"].to_numpy(zero_copy_only=False))
+        assert np.array_equal(a, b)
+
+
+def test_engine_close_frees_it_and_later_calls_fail(engine_dir):
+    from clay.runtime import EngineError, open_engine
+    from clay.training.synthetic import make_chips
+
+    pixels, lonlat, date = make_chips(1, seed=1)
+    with open_engine(engine_dir) as engine:
+        assert engine.path.name == formats.format_named("fp32").file_name  # the only artifact in the folder
+        assert engine.infer(pixels[:, :10], lonlat, date)["embedding"].shape == (1, 256)
+    with pytest.raises(EngineError, match="closed"):
+        engine.infer(pixels[:, :10], lonlat, date)
+    engine.close()  # idempotent
+
+
+def test_an_artifact_refuses_a_backend_it_is_not_made_for(engine_dir):
+    from clay.runtime import EngineError, open_engine
+
+    with pytest.raises(EngineError, match="runs on"):
+        open_engine(engine_dir / formats.format_named("fp32").file_name, "tensorrt")
+
+
+def test_api_options_reach_what_the_cli_does(engine_dir, tmp_path):
+    """sar_units / s2_offset / date through RunOptions, with errors that name the option."""
+    from clay.runtime import ClayEmbedder, RunOptions, SceneError
+    from clay.runtime.bands import S2_BANDS
+    from clay.training.synthetic import write_scene
+
+    scene = write_scene(tmp_path / "nodate.tif", 600, 600, dtype="uint16", bands=S2_BANDS, with_date_tag=False)
+    with ClayEmbedder(engine_dir) as embedder:
+        with pytest.raises(SceneError, match="no acquisition date"):
+            embedder.embed_scene(scene)
+        from datetime import date
+
+        table = embedder.embed_scene(scene, RunOptions(date=date(2021, 5, 1), s2_offset=1000))
+        assert table["date"][0].as_py() == date(2021, 5, 1)
+        assert b'"s2_offset_removed": 1000' in table.schema.metadata[b"clay:preprocessing"]
+    with pytest.raises(ValueError, match="sar_units must be one of"):
+        RunOptions(sar_units="decibel")
