@@ -45,9 +45,9 @@ from clay.training.synthetic import make_chips
 
 from .backends import Backend, eager_backends, engine_backend
 from .bench import measure
-from .cli import DEFAULT_OUT, git_commit
 from .flops import cpu_peak, encoder_flops
 from .real_scenes import assembled_chips
+from .report import DEFAULT_OUT, git_commit
 
 FP32 = format_named("fp32")  # every variant derives from the exported float32 graph
 

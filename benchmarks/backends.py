@@ -113,7 +113,7 @@ def engine_backend(name: str, description: str, precision: str, artifact: Path, 
     return Backend(name, description, precision, lambda p, ll, d: engine.infer(p, ll, d)["embedding"])
 
 
-def artifact_backends(folder: Path, threads: int) -> list[Backend]:
-    """Every format of the table on every backend it is made for."""
+def artifact_backends(folder: Path, threads: int, wanted: set[str] | None = None) -> list[Backend]:
+    """Every format of the table on every backend it is made for (only the ``wanted`` contenders are loaded)."""
     return [engine_backend(contender_name(f, b), f"{b}: {f.file_name}, {f.summary}", f.precision, folder / f.file_name, b, threads)
-            for f in FORMATS for b in f.runs_on]  # fmt: skip
+            for f in FORMATS for b in f.runs_on if wanted is None or contender_name(f, b) in wanted]  # fmt: skip

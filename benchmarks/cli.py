@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-from clay.runtime.bands import BAND_NAMES, GROUP_NAMES
+from clay.runtime.bands import GROUP_NAMES
 from clay.runtime.engine import available_backends, open_engine
 from clay.runtime.metadata import package_versions
 from clay.training.synthetic import make_chips, write_scene
@@ -22,50 +20,10 @@ from . import backends as contenders
 from .backends import ARTIFACT_CONTENDERS, contender_format
 from .bench import BASELINE, measure
 from .flops import cpu_peak, encoder_flops, gpu_peak
-from .report import write_outputs
+from .report import DEFAULT_OUT, git_commit, write_outputs
 
 ALL_BACKENDS = ("eager-fp32-clay", "eager-fp32-sdpa", "eager-bf16-sdpa", "compiled-bf16-sdpa", "eager-fp16-sdpa",
                 "compiled-fp16-sdpa", *ARTIFACT_CONTENDERS)  # fmt: skip
-DEFAULT_OUT = Path(__file__).parent / "results"
-
-
-def git_commit() -> str:
-    """The commit the measured code came from, marked ``+modified`` when the tree differs from it
-    (a copy of a working tree keeps an older HEAD), so a result never claims code it did not run."""
-    here = Path(__file__).parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        return commit + ("+modified" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def end_to_end(artifact: Path, backend: str, batch: int, threads: int, scene: Path, label: str) -> dict:
-    """clay-run's whole pipeline on a scene vs the engine alone on as many chips, same batch."""
-    from clay.runtime.options import RunOptions  # the GeoTIFF stack, only for this figure
-    from clay.runtime.pipeline import embed_scene
-    from clay.runtime.scene import open_scene
-
-    engine = open_engine(artifact, backend, threads)
-    opened = open_scene(scene, engine.metadata)
-    chips = len(opened.chips())
-    pixels, lonlat, date = make_chips(batch, seed=3)
-    pixels = pixels[:, [BAND_NAMES.index(b) for b in engine.metadata.bands]]
-    engine.infer(pixels, lonlat, date)
-    start = time.perf_counter()
-    for first in range(0, chips, batch):  # the same chip count in the same batches as the pipeline
-        count = min(batch, chips - first)
-        engine.infer(pixels[:count], lonlat[:count], date[:count])
-    engine_rate = chips / (time.perf_counter() - start)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = embed_scene(engine, opened, Path(tmp) / "e2e.parquet", RunOptions(batch_size=batch))
-    return {"scene": label, "chips": result.chips_done, "backend": f"{backend} ({artifact.name})", "batch": batch,
-            "engine_chips_per_s": engine_rate, "pipeline_chips_per_s": result.chips_per_second,
-            "percent": 100 * result.chips_per_second / engine_rate}  # fmt: skip
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -117,7 +75,7 @@ def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out
             export_artifacts(ExportOptions(out=folder, checkpoint=ckpt, groups=groups, fp16=gpu_engines, int8_cpu=True,
                                            check=False),
                              log=lambda line: None)  # fmt: skip
-        candidates = contenders.eager_backends(model, groups, device) + contenders.artifact_backends(folder, threads)
+        candidates = contenders.eager_backends(model, groups, device) + contenders.artifact_backends(folder, threads, wanted)
         candidates = [b for b in candidates if b.name in wanted]
         peak = cpu_peak()
         gpu = gpu_peak() if device == "cuda" else None
@@ -133,18 +91,21 @@ def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out
             results += measure(candidates, chips, batch, repeats, flops, peaks)
         precision = {b.name: b.precision for b in candidates}
         rows = [r.summary() | {"precision": precision[r.backend]} for r in results]
-        fastest_cpu = max((r for r in rows if r["backend"].startswith("onnx-cpu")), key=lambda r: r["chips_per_s_median"], default=None)
+        fastest = max((r for r in rows if r["backend"] in ARTIFACT_CONTENDERS), key=lambda r: r["chips_per_s_median"], default=None)
         e2e = []
-        if fastest_cpu:
-            artifact = folder / contender_format(fastest_cpu["backend"]).file_name
+        if fastest:
+            from .throughput import end_to_end  # the GeoTIFF stack, only for this figure
+
+            engine = open_engine(folder / contender_format(fastest["backend"]).file_name,
+                                 fastest["backend"].rsplit("-", 1)[0], threads)  # fmt: skip
             batch = max(batches)
             generated = Path(tmp) / "generated-scene.tif"
             width = 512 * 2 * batch  # two full batches of chips in one row
             write_scene(generated, width, 512, seed=5)
             click.echo("clay-bench: end to end…", err=True)
-            e2e.append(end_to_end(artifact, "onnx-cpu", batch, threads, generated, f"generated {width}×512 scene"))
+            e2e.append(end_to_end(engine, [generated], batch, label=f"generated {width}×512 scene"))
             if scene:
-                e2e.append(end_to_end(artifact, "onnx-cpu", batch, threads, scene, str(scene)))
+                e2e.append(end_to_end(engine, [scene], batch, label=str(scene)))
     report = {
         "size": size, "groups": list(groups), "flops_per_chip": flops, "batches": list(batches), "repeats": repeats,
         "threads": threads, "weights": str(checkpoint) if checkpoint else "random initialisation (seed 0)",

@@ -32,8 +32,8 @@ from clay.runtime.scene import open_scene
 
 from .backends import eager_backend
 from .bench import cosine_rows
-from .cli import DEFAULT_OUT, end_to_end, git_commit
-from .report import short_commit
+from .report import DEFAULT_OUT, git_commit, short_commit
+from .throughput import end_to_end
 
 # What ../shared/data/README.md says about samples whose files do not: the SSL4EO pair carries no
 # date tag (S2 sensed 2020-06-04) and its S1 is in dB; a DEM has no acquisition date at all, and the
@@ -159,7 +159,8 @@ def main(size: str, data: Path | None, batches: tuple[int, ...], out: Path) -> N
                         | fidelity(chips, reference, artifact, threads))  # fmt: skip
             if scene.path == DEMO_SCENE:
                 for batch in batches or (2, 8):
-                    e2e.append(end_to_end(artifact, "onnx-cpu", batch, threads, DEMO_SCENE, "bundled demo scene T48QUE"))
+                    engine = open_engine(artifact, "onnx-cpu", threads)
+                    e2e.append(end_to_end(engine, [DEMO_SCENE], batch, label="bundled demo scene T48QUE"))
     report = {"size": size, "threads": threads, "commit": git_commit(), "weights": "random initialisation (seed 0)",
               "reference": "eager fp32 PyTorch, explicit softmax attention", "fidelity": rows, "end_to_end": e2e}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)

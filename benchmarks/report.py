@@ -3,7 +3,30 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
+
+DEFAULT_OUT = Path(__file__).parent / "results"
+
+
+def git_commit() -> str:
+    """The commit the measured code came from, marked ``+modified`` when the tree differs from it
+    (a copy of a working tree keeps an older HEAD), so a result never claims code it did not run."""
+    here = Path(__file__).parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("+modified" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def stage_line(row: dict) -> str:
+    """Where a pipeline run's time went, stage by stage (seconds summed over threads)."""
+    return ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in row["stages"].items())
 
 
 def short_commit(commit: str) -> str:
@@ -50,7 +73,8 @@ def markdown(report: dict) -> str:
         lines.append(
             f"\nEnd to end ({row['scene']}, {row['chips']} chips, {row['backend']}, batch {row['batch']}): "
             f"{row['pipeline_chips_per_s']:.3f} chips/s through clay-run's pipeline vs {row['engine_chips_per_s']:.3f} "
-            f"for the engine alone = {row['percent']:.0f} %."
+            f"for the engine alone = {row['percent']:.0f} %"
+            + (f"; time in: {stage_line(row)} ({row['readers']} readers)." if row.get("stages") else ".")
         )
     return "\n".join(lines) + "\n"
 

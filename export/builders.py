@@ -94,6 +94,19 @@ def build_int8(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
     return [job.path(fmt)]
 
 
+@builder("cuda")
+def build_cuda(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
+    from .cuda import optimise_for_cuda
+
+    source = job.stage / "cuda-source.onnx"
+    export_onnx(job.module(attention="onnxruntime"), source, job.provenance(fmt))
+    dim, _, heads, _, _ = job.encoder.shape
+    fused = optimise_for_cuda(source, job.path(fmt), heads, dim, job.provenance(fmt))
+    job.log(f"{fmt.file_name}: fused {', '.join(f'{k} x{v}' for k, v in fused.items())}")
+    source.unlink()
+    return [job.path(fmt)]
+
+
 @builder("plan")
 def build_plan(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
     from .tensorrt_build import build_plan as build_tensorrt_plan

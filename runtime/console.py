@@ -21,9 +21,10 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
 }
 MISSING_EXTRA_EXIT = 2
 
-# Advice that third-party libraries log on the root logger and that does not apply to how we call
-# them: ONNX Runtime's quantiser recommends its pre-processing before *static* quantisation.
-_IRRELEVANT_ADVICE = ("Please consider to run pre-processing before quantization",)
+# Advice that third-party libraries log and that does not apply to how we call them: ONNX Runtime's
+# quantiser recommends pre-processing before *static* quantisation; its transformer optimizer
+# expects graphs produced by PyTorch's exporter to be named "pytorch" (ours are named clay-export).
+_IRRELEVANT_ADVICE = ("Please consider to run pre-processing before quantization", "Model producer not matched")
 
 
 def missing_modules(extra: str, modules: Sequence[str] | None = None) -> list[str]:

@@ -10,18 +10,32 @@ import json
 import os
 import threading
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .formats import RUNTIME_BACKENDS, format_of_file, pick_artifact, plan_sidecar
 from .metadata import EngineMetadata, MetadataError
+from .timing import NullClock, StageClock
+
+NULL_CLOCK = NullClock()
 
 BACKENDS = ("auto", *RUNTIME_BACKENDS)
 
 
 class EngineError(RuntimeError):
     """An engine file that cannot be used; the message names the file and the reason."""
+
+
+@dataclass
+class Staged:
+    """A batch made ready to run: its host arrays, and where a backend put them on its device."""
+
+    pixels: np.ndarray
+    lonlat: np.ndarray
+    date: np.ndarray
+    slot: object = None
 
 
 class Engine(ABC):
@@ -34,7 +48,7 @@ class Engine(ABC):
     path: Path
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._closed = False
 
     def __enter__(self) -> Engine:
@@ -68,26 +82,46 @@ class Engine(ABC):
     @abstractmethod
     def _infer(self, pixels: np.ndarray, lonlat: np.ndarray, date: np.ndarray) -> dict[str, np.ndarray]: ...
 
+    # Pipelined use: the scene pipeline stages the next batch (a backend with device memory copies
+    # it in now, in the caller's thread) while the engine's own thread runs the current one.
+
+    def stage(self, pixels: np.ndarray, lonlat: np.ndarray, date: np.ndarray, clock: StageClock = NULL_CLOCK) -> Staged:
+        """Make a batch ready to run; the host arrays must stay untouched until :meth:`run` returns."""
+        return Staged(np.ascontiguousarray(pixels, dtype=np.float32), np.ascontiguousarray(lonlat, dtype=np.float32),
+                      np.ascontiguousarray(date, dtype=np.float32))  # fmt: skip
+
+    def run(self, staged: Staged, clock: StageClock = NULL_CLOCK) -> dict[str, np.ndarray]:
+        """Run a staged batch (compute, and the copy of its outputs back to the host)."""
+        with clock.timed("compute"):
+            return self.infer(staged.pixels, staged.lonlat, staged.date)
+
+    def host_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A float32 host array for batches (the scene pipeline's ring), pinned where the backend
+        copies to a GPU."""
+        return np.empty(shape, np.float32)
+
     def describe(self) -> str:
         m = self.metadata
         return f"{self.backend} ({m.model_size}, {m.precision}, {len(m.bands)} bands, {m.weights})"
 
 
 class OnnxEngine(Engine):
-    """ONNX Runtime. On CUDA, inputs and outputs go through I/O binding (one copy each way)."""
+    """ONNX Runtime on the CPU, or on CUDA through I/O binding: batches are copied into device input
+    buffers allocated once (two per batch size, so the next batch's copy in overlaps this batch's
+    compute) and outputs are copied back once."""
 
     def __init__(self, path: Path, metadata: EngineMetadata, cuda: bool, threads: int | None = None) -> None:
         super().__init__()
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        # On CUDA every heavy operator runs on the GPU: one CPU thread for the rest leaves the cores
+        # to clay-run's chip readers. Idle workers sleep instead of spinning: on the CPU the engine
+        # alone is as fast (ablation: 1.090 vs 1.093 chips/s spinning), and the readers get the
+        # cores between operators (+4 to 5 points of engine-only speed end to end on the demo scene).
+        options.intra_op_num_threads = threads or (1 if cuda else len(os.sched_getaffinity(0)))
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if not cuda:
-            # Idle workers sleep instead of spinning: the engine alone is as fast (ablation: 1.090 vs
-            # 1.093 chips/s spinning), and clay-run's chip readers get the cores between operators
-            # (+4 to 5 points of engine-only speed end to end on the demo scene).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
@@ -95,23 +129,97 @@ class OnnxEngine(Engine):
             raise EngineError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)})") from None
         self.backend = "onnx-cuda" if cuda else "onnx-cpu"
         self.path, self.metadata = path, metadata
-        self.preferred_batch = 8 if cuda else 2
+        self.preferred_batch = 16 if cuda else 2
+        self.pinned = False
         self._outputs = [o.name for o in self.session.get_outputs()]
+        self._slots = _DeviceSlots(self.session, self._outputs) if cuda else None
 
     def _infer(self, pixels, lonlat, date):
-        feeds = {"pixels": pixels, "lonlat": lonlat, "date": date}
-        if self.backend == "onnx-cpu":
+        if self._slots is None:
+            feeds = {"pixels": pixels, "lonlat": lonlat, "date": date}
             return dict(zip(self._outputs, self.session.run(self._outputs, feeds)))
-        binding = self.session.io_binding()
-        for name, array in feeds.items():
-            binding.bind_cpu_input(name, array)
-        for name in self._outputs:
-            binding.bind_output(name, "cuda")
-        self.session.run_with_iobinding(binding)
-        return dict(zip(self._outputs, binding.copy_outputs_to_cpu()))
+        return self.run(self.stage(pixels, lonlat, date))
+
+    def stage(self, pixels, lonlat, date, clock: StageClock = NULL_CLOCK) -> Staged:
+        staged = super().stage(pixels, lonlat, date)
+        if self._slots is None:
+            return staged
+        staged.slot = slot = self._slots.acquire(len(pixels))
+        with clock.timed("copy in"):
+            for value, array in zip(slot.inputs, (staged.pixels, staged.lonlat, staged.date)):
+                value.update_inplace(array)
+        return staged
+
+    def run(self, staged: Staged, clock: StageClock = NULL_CLOCK) -> dict[str, np.ndarray]:
+        if staged.slot is None:
+            return super().run(staged, clock)
+        try:
+            with self._lock:
+                if self._closed:
+                    raise EngineError(f"{self.path.name}: the engine was closed")
+                with clock.timed("compute"):
+                    self.session.run_with_iobinding(staged.slot.binding)
+                with clock.timed("copy out"):
+                    outputs = staged.slot.binding.copy_outputs_to_cpu()
+        finally:
+            self._slots.release(staged.slot)
+        return dict(zip(self._outputs, outputs))
+
+    def host_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        array = super().host_buffer(shape)
+        if self._slots is not None:
+            from .cuda_host import pin
+
+            self.pinned = pin(array)
+        return array
 
     def _release(self) -> None:
+        self._slots = None
         del self.session
+
+
+class _DeviceSlot:
+    """Device input buffers for one batch size, bound to the session with outputs on the device."""
+
+    def __init__(self, session, outputs: list[str], shapes: dict[str, tuple[int, ...]]) -> None:
+        import onnxruntime as ort
+
+        self.inputs = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", 0) for shape in shapes.values()]
+        self.binding = session.io_binding()
+        for name, value in zip(shapes, self.inputs):
+            self.binding.bind_ortvalue_input(name, value)
+        for name in outputs:
+            self.binding.bind_output(name, "cuda")
+
+
+class _DeviceSlots:
+    """Two device slots per batch size: one being computed, the next being copied in."""
+
+    PER_SIZE = 2
+
+    def __init__(self, session, outputs: list[str]) -> None:
+        self._session, self._outputs = session, outputs
+        inputs = {i.name: i.shape for i in session.get_inputs()}
+        self._sample = inputs
+        self._free: dict[int, list[_DeviceSlot]] = {}
+        self._made: dict[int, int] = {}
+        self._available = threading.Condition()
+
+    def acquire(self, batch: int) -> _DeviceSlot:
+        with self._available:
+            while not self._free.get(batch) and self._made.get(batch, 0) >= self.PER_SIZE:
+                self._available.wait()
+            if self._free.get(batch):
+                return self._free[batch].pop()
+            self._made[batch] = self._made.get(batch, 0) + 1
+        shapes = {name: (batch, *[int(d) for d in shape[1:]]) for name, shape in self._sample.items()}
+        return _DeviceSlot(self._session, self._outputs, shapes)
+
+    def release(self, slot: _DeviceSlot) -> None:
+        batch = slot.inputs[0].shape()[0]
+        with self._available:
+            self._free.setdefault(batch, []).append(slot)
+            self._available.notify_all()
 
 
 class TensorRTEngine(Engine):
@@ -250,7 +358,7 @@ def open_engine(path: str | Path, backend: str = "auto", threads: int | None = N
         path = _artifact_in_folder(path, backend, present)
     metadata = read_engine_metadata(path)
     fmt = format_of_file(path, metadata.precision)
-    made_for = fmt.runs_on if fmt else (("tensorrt",) if path.suffix == ".plan" else ("onnx-cpu", "onnx-cuda"))
+    made_for = fmt.runs_on if fmt and fmt.runs_on else ("tensorrt",) if path.suffix == ".plan" else ("onnx-cuda", "onnx-cpu")
     if backend == "auto":
         usable = [b for b in RUNTIME_BACKENDS if b in made_for and b in present]
         if not usable:

@@ -23,8 +23,8 @@ PRECISION_ORDER = ("int8", "fp16", "fp32")
 class ArtifactFormat:
     """One kind of exported encoder.
 
-    ``runs_on`` lists the runtime backends the file is made for (empty: an intermediate file that
-    another format is built from); ``flag`` is the ``clay-export`` option that asks for it
+    ``runs_on`` lists the runtime backends the file is made for (empty: a file another format is
+    built from, which any ONNX Runtime backend can still run when asked to by name); ``flag`` is the ``clay-export`` option that asks for it
     (``None``: always written); ``cosine_bound`` is the least per-chip cosine similarity to eager
     fp32 PyTorch the export check accepts.
     """
@@ -41,11 +41,14 @@ class ArtifactFormat:
 FORMATS: tuple[ArtifactFormat, ...] = (
     ArtifactFormat("fp32", "clay.onnx", "fp32", ("onnx-cpu", "onnx-cuda"), None, 0.99999,
                    "portable float32 ONNX graph"),
-    ArtifactFormat("fp16", "clay.fp16.onnx", "fp16", ("onnx-cuda",), "--fp16", 0.999,
-                   "float16 weights and matmuls, float32 where float16 would overflow; the graph TensorRT's "
-                   "strongly typed mode builds"),
+    ArtifactFormat("fp16", "clay.fp16.onnx", "fp16", (), "--fp16", 0.999,
+                   "portable float16 graph, float32 where float16 would overflow: what TensorRT's strongly typed "
+                   "mode builds the plan from"),
     ArtifactFormat("int8", "clay.int8.onnx", "int8", ("onnx-cpu",), "--int8-cpu", 0.99,
                    "dynamic int8 MatMuls around ONNX Runtime's fused attention, for CPUs"),
+    ArtifactFormat("cuda", "clay.cuda.onnx", "fp16", ("onnx-cuda",), "--fp16", 0.999,
+                   "float16 with ONNX Runtime's fused attention, SkipLayerNorm and GELU kernels, for ONNX Runtime "
+                   "on CUDA GPUs"),
     ArtifactFormat("plan", "clay.plan", "fp16", ("tensorrt",), "--fp16", 0.999,
                    "FP16 TensorRT engine built from the fp16 graph, where TensorRT and a GPU exist"),
 )  # fmt: skip

@@ -104,6 +104,12 @@ def row_columns(source: str, day: Date, embeddings: np.ndarray, polygons, **colu
             **columns, **geometry_columns(polygons)}  # fmt: skip
 
 
+def warm_up() -> None:
+    """pyarrow sets up its numpy conversion on first use (~0.2 s): a run pays it before its first
+    read, not inside the chip loop where the engine would wait for it."""
+    pa.array(np.zeros(1, np.float32))
+
+
 def partial_path(path: Path) -> Path:
     return path.with_name(path.name + PARTIAL_SUFFIX)
 
@@ -122,9 +128,6 @@ class AtomicParquetWriter:
         self._pending_rows = self._pending_bytes = 0
         with _naming(self.partial):
             self._writer = pq.ParquetWriter(self.partial, schema, compression="zstd")
-        # pyarrow sets up its numpy conversion on first use (~0.2 s): pay it here, before the first
-        # batch, so it is not taken from the engine's time inside the chip loop.
-        pa.array(np.zeros(1, np.float32))
 
     def write(self, columns: dict[str, object]) -> None:
         table = pa.Table.from_pydict(columns, schema=self.schema)

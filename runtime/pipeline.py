@@ -1,10 +1,12 @@
-"""Scenes → chips → engine → GeoParquet, with reading overlapped with inference and scenes in flight.
+"""Scenes → chips → engine → GeoParquet, every stage overlapped, several scenes in flight.
 
 The chips of all scenes form one stream in scene and grid order. Reader threads read them ahead
-of the engine straight into a ring of reused host buffers, so that a batch is a slice of the ring
-(no per-batch allocation, no copy) and batches are full across scene boundaries: the engine never
-waits for a scene to open or to finish. Each chip's output goes to its own scene's files, written
-in grid order and published when the scene's last chip is written.
+of the engine straight into a ring of reused host buffers (pinned where the engine copies to a
+GPU), so that a batch is a slice of the ring (no per-batch allocation, no copy) and batches are
+full across scene boundaries: the engine never waits for a scene to open or to finish. The main
+thread stages the next batch (a GPU backend copies it in) while the engine's thread runs the
+current one, then writes each chip's outputs to its own scene's files, in grid order, and
+publishes a scene when its last chip is written.
 """
 
 from __future__ import annotations
@@ -24,27 +26,12 @@ from .files import SceneError
 from .geometry import patch_polygons
 from .grid import Chip, patch_cells
 from .options import RunOptions
-from .output import OutputError, SceneOutput, ScenePaths, file_metadata, row_columns
+from .output import OutputError, SceneOutput, ScenePaths, file_metadata, row_columns, warm_up
 from .reader import close_handles, gdal_env, read_chip
 from .scene import Scene
+from .timing import StageClock
 
 Progress = Callable[[str, int], None]  # (scene name, chips passed) after every batch
-
-
-class StageClock:
-    """Seconds spent per stage, summed over threads (reads run in parallel, so their sum can
-    exceed the wall time)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def add(self, stage: str, seconds: float) -> None:
-        with self._lock:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-
-    def summary(self) -> str:
-        return ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in self.seconds.items())
 
 
 class ChipReaders:
@@ -120,7 +107,7 @@ class _SceneState:
     extra: dict[str, str]
     source: str
     output: SceneOutput | None = None
-    consumed: int = 0
+    settled: int = 0  # chips written, skipped or dropped
     done: int = 0
     skipped: int = 0
     error: str | None = None
@@ -128,7 +115,7 @@ class _SceneState:
 
     @property
     def finished(self) -> bool:
-        return self.consumed == len(self.chips)
+        return self.settled == len(self.chips)
 
 
 @dataclass
@@ -161,16 +148,18 @@ def run_scenes(
                           file_metadata(meta, job.scene.crs.to_string(), job.scene.applied),
                           str(job.scene.path.resolve())) for job in jobs]  # fmt: skip
     # Chip n of the stream is read into ring[n % len(ring)]; a batch is a contiguous slice of it.
-    ring_chips = max(2 * batch, -(-2 * readers.count // batch) * batch)
-    ring = np.empty((ring_chips, len(meta.bands), meta.chip_size, meta.chip_size), np.float32)
+    # Room for the two batches the engine holds (one running, one staged) and for reading ahead.
+    ring_chips = 2 * batch + -(-max(readers.count, batch) // batch) * batch
+    ring = engine.host_buffer((ring_chips, len(meta.bands), meta.chip_size, meta.chip_size))
     stream = ((state, chip) for state in states for chip in state.chips)
     slots: deque[_Slot] = deque()
-    submitted = consumed = finished = 0
+    in_flight: deque[tuple[list[_Slot], list, Future | None]] = deque()
+    submitted = released = finished = 0
 
     def refill() -> None:
         """Read ahead into every ring slot the engine is done with."""
         nonlocal submitted
-        while submitted < consumed + ring_chips:
+        while submitted < released + ring_chips:
             item = next(stream, None)
             if item is None:
                 return
@@ -179,42 +168,99 @@ def run_scenes(
             slots.append(_Slot(state, chip, read))
             submitted += 1
 
+    # The engine's thread runs batches; the writer's thread writes rows and publishes scenes (an
+    # fsync per file) in submission order, so neither holds up the assembly of the next batch.
+    engine_thread = ThreadPoolExecutor(1, thread_name_prefix="clay-engine")
+    writer_thread = ThreadPoolExecutor(1, thread_name_prefix="clay-writer")
+    writes: deque[Future] = deque()
+    results: deque[Future] = deque()
+    warm_up()
     try:
         refill()
-        while slots:
-            base = consumed % ring_chips
-            group = [slots.popleft() for _ in range(min(batch, len(slots)))]
-            kept = []
-            for index, slot in enumerate(group):
-                result = _wait(slot, clock)
-                slot.state.consumed += 1
-                if isinstance(result, SceneError):
-                    _fail(slot.state, str(result), options)
-                elif result is not None and not slot.state.error:
-                    fraction, centre = result
-                    if fraction > options.max_nodata:
-                        slot.state.skipped += 1
-                    else:
-                        kept.append((base + index, slot, fraction, centre))
-            if kept:
-                _run_batch(engine, ring, kept, options, clock)
-            consumed += len(group)
+        while slots or in_flight:
+            while slots and len(in_flight) < 2:  # assemble and stage the next batch while the engine runs
+                base = (submitted - len(slots)) % ring_chips
+                group = [slots.popleft() for _ in range(min(batch, len(slots)))]
+                kept = _gather(group, base, options, clock)
+                in_flight.append((group, kept, _submit(engine, engine_thread, ring, kept, clock) if kept else None))
+            group, kept, running = in_flight.popleft()
+            outputs = running.result() if running is not None else None
+            released += len(group)  # the engine is done with these ring slots
             refill()
+            if outputs is not None:
+                writes.append(writer_thread.submit(_write, kept, outputs, options, clock))
+            for slot in group:
+                slot.state.settled += 1
+            while finished < len(states) and states[finished].finished:
+                results.append(writer_thread.submit(_finish, states[finished], engine, options))
+                finished += 1
             if progress:
                 for state in dict.fromkeys(slot.state for slot in group):
                     progress(state.job.scene.name, sum(slot.state is state for slot in group))
-            while finished < len(states) and states[finished].finished:
-                yield _finish(states[finished], engine, options)
-                finished += 1
+            while writes and writes[0].done():
+                writes.popleft().result()  # a write error stops the run here unless keep_going
+            while results and results[0].done():
+                yield results.popleft().result()
+        for write in writes:
+            write.result()
+        for result in results:
+            yield result.result()
     except BaseException:
         for slot in slots:
             if slot.read is not None:
                 slot.read.cancel()
+        writer_thread.shutdown(wait=True, cancel_futures=True)
         for state in states:
             if state.output is not None:
                 state.output.abort()
                 state.output = None
         raise
+    finally:
+        engine_thread.shutdown(wait=True, cancel_futures=True)
+        writer_thread.shutdown(wait=True)
+
+
+def _gather(group: list[_Slot], base: int, options: RunOptions, clock: StageClock) -> list:
+    """Wait for a batch's reads; the chips to embed as (ring position, slot, nodata fraction, centre)."""
+    kept = []
+    for index, slot in enumerate(group):
+        result = _wait(slot, clock)
+        if isinstance(result, SceneError):
+            _fail(slot.state, str(result), options)
+        elif result is not None and not slot.state.error:
+            fraction, centre = result
+            if fraction > options.max_nodata:
+                slot.state.skipped += 1
+            else:
+                kept.append((base + index, slot, fraction, centre))
+    return kept
+
+
+def _submit(engine: Engine, worker: ThreadPoolExecutor, ring: np.ndarray, kept: list, clock: StageClock) -> Future:
+    """Stage the kept chips (a view of the ring when none was dropped) and hand them to the engine's thread."""
+    positions = [position for position, *_ in kept]
+    pixels = ring[positions[0] : positions[-1] + 1]
+    if len(pixels) != len(positions):
+        pixels = ring[positions]  # chips dropped from the middle: gather the rest (a copy, rare)
+    lonlat = np.array([centre for *_, centre in kept], np.float32)
+    date = np.array([[d.year, d.month, d.day] for d in (slot.state.job.scene.date for _, slot, _, _ in kept)], np.float32)
+    staged = engine.stage(pixels, lonlat, date, clock)
+    return worker.submit(engine.run, staged, clock)
+
+
+def _write(kept: list, outputs: dict[str, np.ndarray], options: RunOptions, clock: StageClock) -> None:
+    """Each chip's outputs to its own scene's files (a scene that failed meanwhile is dropped)."""
+    with clock.timed("write"):
+        for state in dict.fromkeys(slot.state for _, slot, _, _ in kept):
+            if state.error:
+                _drop_output(state)
+                continue
+            rows = [k for k, (_, slot, _, _) in enumerate(kept) if slot.state is state]
+            try:
+                _write_rows(state, [kept[k] for k in rows], {name: value[rows] for name, value in outputs.items()}, options)
+            except OutputError as exc:
+                _drop_output(state)
+                _fail(state, str(exc), options)
 
 
 def _wait(slot: _Slot, clock: StageClock):
@@ -231,36 +277,18 @@ def _wait(slot: _Slot, clock: StageClock):
 
 
 def _fail(state: _SceneState, message: str, options: RunOptions) -> None:
-    """The scene leaves no file; the run stops unless ``keep_going``."""
-    if state.error:
-        return
-    state.error = message
-    if state.output is not None:
-        state.output.abort()
-        state.output = None
+    """Mark the scene failed (the writer's thread drops its files); the run stops unless ``keep_going``."""
+    if not state.error:
+        state.error = message
     if not options.keep_going:
         raise SceneError(message)
 
 
-def _run_batch(engine: Engine, ring: np.ndarray, kept: list, options: RunOptions, clock: StageClock) -> None:
-    """One engine call on the kept chips (a view of the ring when none was dropped), then their rows."""
-    positions = [position for position, *_ in kept]
-    pixels = ring[positions[0] : positions[-1] + 1]
-    if len(pixels) != len(positions):
-        pixels = ring[positions]  # chips dropped from the middle: gather the rest (a copy, rare)
-    lonlat = np.array([centre for *_, centre in kept], np.float32)
-    date = np.array([[d.year, d.month, d.day] for d in (slot.state.job.scene.date for _, slot, _, _ in kept)], np.float32)
-    start = time.perf_counter()
-    outputs = engine.infer(pixels, lonlat, date)
-    clock.add("engine", time.perf_counter() - start)
-    start = time.perf_counter()
-    for state in dict.fromkeys(slot.state for _, slot, _, _ in kept):
-        rows = [k for k, (_, slot, _, _) in enumerate(kept) if slot.state is state]
-        try:
-            _write_rows(state, [kept[k] for k in rows], {name: value[rows] for name, value in outputs.items()}, options)
-        except OutputError as exc:
-            _fail(state, str(exc), options)
-    clock.add("write", time.perf_counter() - start)
+def _drop_output(state: _SceneState) -> None:
+    """Abort a failed scene's files (on the writer's thread, the only one that touches them)."""
+    if state.output is not None:
+        state.output.abort()
+        state.output = None
 
 
 def _write_rows(state: _SceneState, kept: list, outputs: dict[str, np.ndarray], options: RunOptions) -> None:
@@ -285,19 +313,22 @@ def _write_rows(state: _SceneState, kept: list, outputs: dict[str, np.ndarray], 
 
 
 def _finish(state: _SceneState, engine: Engine, options: RunOptions) -> SceneResult:
+    """Publish the scene's files (on the writer's thread, after its last rows), or drop them."""
     scene = state.job.scene
     if not state.error and state.done == 0:
-        _fail(state, f"{scene.path}: every chip has more than {options.max_nodata:.0%} nodata; nothing to embed", options)
+        state.error = f"{scene.path}: every chip has more than {options.max_nodata:.0%} nodata; nothing to embed"
     if not state.error:
         try:
             state.output.commit()
+            state.output = None
         except OutputError as exc:
-            state.output.abort()
-            _fail(state, str(exc), options)
-        state.output = None
-    seconds = time.perf_counter() - state.started
-    return SceneResult(scene.path, scene.name, None if state.error else state.job.paths, state.done, state.skipped,
-                       seconds, engine.backend, state.error)  # fmt: skip
+            state.error = str(exc)
+    _drop_output(state)
+    result = SceneResult(scene.path, scene.name, None if state.error else state.job.paths, state.done, state.skipped,
+                         time.perf_counter() - state.started, engine.backend, state.error)  # fmt: skip
+    if state.error and not options.keep_going:
+        raise SceneError(state.error)
+    return result
 
 
 def embed_scene(

@@ -97,6 +97,25 @@ def test_int8_meets_its_bound(exported):
     assert "MultiHeadAttention" not in graph_op_types(exported / "clay.onnx")  # the portable graph stays plain
 
 
+def test_cuda_artifact_fuses_attention_and_layernorms_and_keeps_raw_inputs_in_float32(exported):
+    """clay.cuda.onnx: ONNX Runtime's fused kernels, float16 blocks, float32 where raw values flow
+    (65535 S2 DNs would be infinite in float16); it meets the fp16 bound on CPU too (test above)."""
+    path = exported / "clay.cuda.onnx"
+    ops = graph_op_types(path)
+    assert {"MultiHeadAttention", "SkipLayerNormalization"} <= ops
+    model = onnx.load(str(path))
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in model.graph.input)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    weights = {w.name: w.data_type for w in model.graph.initializer}
+    assert convs and all(weights[n.input[1]] == onnx.TensorProto.FLOAT for n in convs)
+    assert sum(w.data_type == onnx.TensorProto.FLOAT16 for w in model.graph.initializer) > 10
+    model = trained_like_tiny()
+    feeds = check.check_feeds(GROUP_NAMES, count=1)
+    extreme = feeds[-1]
+    (chip, _), (ref, _) = run(path, *extreme.values()), eager(model, *extreme.values())
+    assert np.isfinite(chip).all() and check.cosine_per_chip(chip, ref).min() >= 0.999
+
+
 @pytest.mark.parametrize("batch", [1, 5])
 def test_dynamic_batch(exported, batch):
     pixels, lonlat, date = make_chips(batch, seed=batch, size=512)
@@ -190,7 +209,7 @@ def test_cli_without_tensorrt_keeps_onnx_and_prints_the_plan_command(tmp_path, c
         pytest.skip("TensorRT and a GPU are present: the plan is built instead (see test_tensorrt_plan)")
     result = clay_export("--checkpoint", str(checkpoint), "--out", str(tmp_path), "--fp16", "--no-check")
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clay.fp16.onnx", "clay.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clay.cuda.onnx", "clay.fp16.onnx", "clay.onnx"]
     assert "no clay.plan:" in result.stderr and "clay-export --fp16" in result.stderr
 
 

@@ -85,6 +85,7 @@ def write_scene(
     band_count: int | None = None,
     with_date_tag: bool = True,
     with_crs: bool = True,
+    tile: int | None = None,
 ) -> Path:
     """Write a generated scene as a tiled, deflate-compressed GeoTIFF and return its path.
 
@@ -92,6 +93,7 @@ def write_scene(
     nodata value, also declared as the file's nodata) in integer files. Integer dtypes cannot hold
     linear SAR values, so they are refused for scenes with VH/VV. ``band_count``, ``with_date_tag``
     and ``with_crs`` make deliberately broken files for tests (first N bands, no tag, no CRS).
+    ``tile`` repeats one generated ``tile`` × ``tile`` area to fill a large scene in seconds.
     """
     import rasterio  # here, not at the top: generated chips in memory need only numpy
     from rasterio.crs import CRS
@@ -107,7 +109,12 @@ def write_scene(
         raise ValueError(f"unknown band names {unknown}")
     if np.dtype(dtype).kind in "iu" and any(b in ("VH", "VV") for b in bands):
         raise ValueError("SAR bands are linear gamma0 (~0-1) and need a float dtype")
-    cube = make_scene_array(height, width, seed)[[BAND_NAMES.index(b) for b in bands]]
+    if tile:  # a large scene quickly: one generated tile × tile area repeated (same statistics, same compression)
+        block = make_scene_array(min(tile, height), min(tile, width), seed)
+        reps = (1, -(-height // block.shape[1]), -(-width // block.shape[2]))
+        cube = np.tile(block, reps)[:, :height, :width][[BAND_NAMES.index(b) for b in bands]]
+    else:
+        cube = make_scene_array(height, width, seed)[[BAND_NAMES.index(b) for b in bands]]
     floating = np.dtype(dtype).kind == "f"
     nodata = float("nan") if floating else 0
     if nodata_fraction > 0:
@@ -125,6 +132,7 @@ def write_scene(
         "blockxsize": 256,
         "blockysize": 256,
         "nodata": nodata,
+        "num_threads": "all_cpus",  # GDAL compresses blocks in parallel; the file is the same
     }
     if crs is not None:
         profile["crs"] = CRS.from_user_input(crs)
