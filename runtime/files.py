@@ -171,5 +171,9 @@ def scene_date(scene: SceneFiles, headers: list[Header]) -> Date:
 
 
 def first_line(exc: BaseException) -> str:
+    """The first line of an error, taken from GDAL's own message where rasterio wraps it ("Read
+    failed. See previous exception for details." carries GDAL's reason as its cause)."""
+    while "See previous exception" in str(exc) and (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
