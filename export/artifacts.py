@@ -51,6 +51,7 @@ class ExportOptions:
     hardware_compat: str | None = None
     timing_cache: Path | None = None
     check: bool = True
+    triton_repository: Path | None = None
 
     @property
     def formats(self) -> tuple[ArtifactFormat, ...]:
@@ -139,6 +140,13 @@ def export_artifacts(options: ExportOptions, log: Callable[[str], None] = print)
         report.artifacts = [options.out / p.name for p in report.artifacts]
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    if options.triton_repository is not None:
+        from .triton import write_repository
+
+        try:
+            report.artifacts += write_repository(options.out, options.triton_repository, options.batch)
+        except OSError as exc:
+            raise ExportError(f"{options.triton_repository}: cannot write the Triton repository ({exc.strerror or exc})") from None
     return report
 
 

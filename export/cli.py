@@ -46,8 +46,11 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
 @click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_TIMING_CACHE,
               show_default=True, help="Persistent TensorRT timing cache (read and updated).")
 @click.option("--no-check", is_flag=True, help="Skip the Polygraphy comparison against eager PyTorch fp32.")
+@click.option("--triton-repository", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Also write a Triton model repository here: clay_trt (the plan, where built) and clay_onnx "
+                   "(the ONNX Runtime CUDA artifact, else the float32 graph), each with its config.pbtxt.")
 def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, patch_embeddings, batch, hardware_compat,
-         timing_cache, no_check) -> None:  # fmt: skip
+         timing_cache, no_check, triton_repository) -> None:  # fmt: skip
     """Export the Clay encoder with its normalisation folded in: raw pixels, lon/lat and date in.
 
     Unless --no-check, every artifact is compared with eager PyTorch fp32 on generated chips and on a
@@ -61,6 +64,7 @@ def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, patch_em
             groups=parse_groups(groups) if groups else (),
             fp16=fp16, int8_cpu=int8_cpu, patch_embeddings=patch_embeddings, batch=BatchProfile.parse(batch),
             hardware_compat=hardware_compat, timing_cache=timing_cache, check=not no_check,
+            triton_repository=triton_repository,
         )  # fmt: skip
         if timing_cache is not None:
             timing_cache.parent.mkdir(parents=True, exist_ok=True)

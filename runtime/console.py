@@ -18,6 +18,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "training": ("torch", "lightning", "einops", "jsonargparse"),
     "export": ("torch", "einops", "onnx", "onnxsim", "polygraphy"),
     "bench": ("torch", "einops", "onnx", "onnxsim", "polygraphy", "matplotlib"),
+    "serve": ("kserve", "prometheus_client", "fastapi", "grpc", "orjson"),
 }
 MISSING_EXTRA_EXIT = 2
 

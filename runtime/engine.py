@@ -122,6 +122,7 @@ class OnnxEngine(Engine):
         options.intra_op_num_threads = threads or (1 if cuda else len(os.sched_getaffinity(0)))
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3  # errors only: they reach users as EngineError lines of our own
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)

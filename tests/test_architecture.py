@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from clay.runtime import formats
 from clay.runtime.grid import Chip, chip_grid, chip_starts, patch_cells
 

@@ -49,7 +49,6 @@ def test_cuda_artifact_on_the_gpu_matches_eager_fp32(exported):
 
 def test_pipeline_on_the_gpu_equals_the_engine_on_the_same_chips(exported, tmp_path):
     import pyarrow.parquet as pq
-
     from clay.runtime.engine import open_engine
     from clay.runtime.options import RunOptions
     from clay.runtime.output import ScenePaths

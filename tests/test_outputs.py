@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 import shapely
-
 from clay.runtime import ClayEmbedder, RunOptions, SceneError
 from clay.runtime import output as output_module
 from clay.runtime.bands import S2_BANDS

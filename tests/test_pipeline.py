@@ -14,8 +14,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
-from rasterio.windows import Window
-
 from clay.runtime.bands import S2_BANDS
 from clay.runtime.cli import DEMO_ENGINE
 from clay.runtime.engine import Engine, read_engine_metadata
@@ -25,6 +23,7 @@ from clay.runtime.pipeline import ChipReaders, SceneJob, run_scenes
 from clay.runtime.reader import read_chip
 from clay.runtime.scene import open_scene
 from clay.training.synthetic import write_scene
+from rasterio.windows import Window
 
 BATCH = 2
 

@@ -1,0 +1,66 @@
+"""A Triton Inference Server model repository for the artifacts an export built.
+
+``clay_trt/1/model.plan`` (``platform: "tensorrt_plan"``) where a plan was built, and
+``clay_onnx/1/model.onnx`` (``platform: "onnxruntime_onnx"``: the ONNX Runtime CUDA artifact where
+it was built, else the portable float32 graph), each with a ``config.pbtxt``: the inputs and
+outputs of the exported graph without the batch dimension, ``max_batch_size`` from the export's
+batch profile, dynamic batching at its preferred size, one instance on the GPU, and the engine's
+own metadata as parameters. Triton serves the Open Inference Protocol, so a client written for
+``clay-serve`` calls these models unchanged (only the model name differs).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from clay.runtime.engine import read_engine_metadata
+from clay.runtime.formats import format_named
+from clay.runtime.metadata import EngineMetadata
+
+from .tensorrt_build import BatchProfile
+
+QUEUE_DELAY_US = 5000
+
+
+def config_text(name: str, platform: str, metadata: EngineMetadata, batch: BatchProfile) -> str:
+    """A ``config.pbtxt`` (protobuf text format of Triton's ``ModelConfig``)."""
+    grid = metadata.chip_size // metadata.patch_size
+    inputs = {"pixels": [len(metadata.bands), metadata.chip_size, metadata.chip_size], "lonlat": [2], "date": [3]}
+    outputs = {"embedding": [metadata.dim]}
+    if metadata.has_patch_embeddings:
+        outputs["patch_embeddings"] = [len(metadata.groups), grid, grid, metadata.dim]
+
+    def tensors(kind: str, specs: dict[str, list[int]]) -> list[str]:
+        body = ",\n".join(f'  {{ name: "{n}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, d))} ] }}' for n, d in specs.items())
+        return [f"{kind} [", body, "]"]
+
+    parameters = {"clay_bands": ",".join(metadata.bands), "clay_groups": ",".join(metadata.groups),
+                  "clay_precision": metadata.precision, "clay_checkpoint_sha256": metadata.checkpoint_sha256,
+                  "clay_metadata": json.dumps(metadata.to_dict())}  # fmt: skip
+    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {batch.max}",
+             *tensors("input", inputs), *tensors("output", outputs),
+             f"dynamic_batching {{ preferred_batch_size: [ {batch.opt} ] max_queue_delay_microseconds: {QUEUE_DELAY_US} }}",
+             "instance_group [ { count: 1 kind: KIND_GPU } ]"]  # fmt: skip
+    for key, value in parameters.items():
+        lines.append(f"parameters {{ key: {json.dumps(key)} value {{ string_value: {json.dumps(value, ensure_ascii=False)} }} }}")
+    return "\n".join(lines) + "\n"
+
+
+def write_repository(artifacts: Path, repository: Path, batch: BatchProfile) -> list[Path]:
+    """Copy the built artifacts into ``repository`` as Triton models; returns the models' folders."""
+    models = []
+    plan = artifacts / format_named("plan").file_name
+    if plan.is_file():
+        models.append(("clay_trt", "tensorrt_plan", plan, "model.plan"))
+    onnx = next(artifacts / f.file_name for f in (format_named("cuda"), format_named("fp32")) if (artifacts / f.file_name).is_file())
+    models.append(("clay_onnx", "onnxruntime_onnx", onnx, "model.onnx"))
+    written = []
+    for name, platform, source, target in models:
+        folder = repository / name
+        (folder / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, folder / "1" / target)
+        (folder / "config.pbtxt").write_text(config_text(name, platform, read_engine_metadata(source), batch))
+        written.append(folder)
+    return written

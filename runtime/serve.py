@@ -1,0 +1,55 @@
+"""``clay-serve``: a Clay engine behind the Open Inference Protocol (KServe v2), over HTTP and gRPC."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .console import require_extra, setup_logging
+from .engine import BACKENDS, EngineError, open_engine
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--engine", "engine_path", type=click.Path(path_type=Path), required=True,
+              help="An artifact written by clay-export, or its output folder (the artifact for the backend is picked).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on (HTTP and gRPC); 0.0.0.0 to serve other machines.")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8081, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Chips per engine call; concurrent requests are batched up to it. Also the most chips one request may hold.")
+@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a batch waits for more requests after its first one.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for ONNX Runtime.")
+def main(engine_path, backend, host, http_port, grpc_port, max_batch, max_delay_ms, threads) -> None:
+    """Serve a Clay engine as model 'clay' on the Open Inference Protocol (KServe v2): the API NVIDIA
+    Triton, KServe and Seldon MLServer speak, so tritonclient (HTTP or gRPC) calls it as it calls
+    Triton serving clay-export's artifacts.
+
+    Inputs pixels FP32 [-1, C, 512, 512] (raw values, the engine's bands), lonlat FP32 [-1, 2]
+    (degrees), date FP32 [-1, 3] (year, month, day); output embedding FP32 [-1, dim] (and
+    patch_embeddings where the engine has them). Health: /v2/health/live, /v2/health/ready;
+    metadata: /v2/models/clay; Prometheus metrics: /metrics on the HTTP port.
+    """
+    require_extra("clay-serve", "serve")
+    setup_logging("clay-serve")
+    from .service import ServeOptions, serve
+
+    try:
+        engine = open_engine(engine_path, backend, threads)
+    except EngineError as exc:
+        sys.exit(f"clay-serve: {exc}")
+    options = ServeOptions(host, http_port, grpc_port, max_batch, max_delay_ms)
+    click.echo(f"clay-serve: {engine.path.name} on {engine.describe()}; model 'clay' on http://{host}:{http_port} "
+               f"and grpc {host}:{grpc_port}, batches of up to {max_batch} within {max_delay_ms:g} ms", err=True)  # fmt: skip
+    try:
+        serve(engine, options)
+    finally:
+        engine.close()
+
+
+if __name__ == "__main__":
+    main()
