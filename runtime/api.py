@@ -24,12 +24,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .engine import Engine, open_engine
-from .files import SceneFiles
+from .files import SceneError, SceneFiles
 from .metadata import EngineMetadata
 from .options import RunOptions
 from .output import ScenePaths
-from .pipeline import ChipReaders, Progress, SceneJob, SceneResult, StageClock, run_scenes
+from .pipeline import ChipReaders, Progress, SceneJob, SceneResult, run_scenes
 from .scene import Scene, open_scene
+from .timing import StageClock
 
 
 class ClayEmbedder:
@@ -99,9 +100,14 @@ class ClayEmbedder:
         self, scenes: Iterable[tuple[Scene, ScenePaths]], options: RunOptions | None = None,
         progress: Progress | None = None,
     ) -> Iterator[SceneResult]:  # fmt: skip
-        """Embed opened scenes into their files, several in flight; yields each result in order."""
-        jobs = [SceneJob(scene, paths) for scene, paths in scenes]
-        yield from run_scenes(self.engine, jobs, options or self.options, self.readers, progress, self.clock)
+        """Embed opened scenes into their files, several in flight; yields each result in order.
+        With ``resume``, scenes whose files are complete are left out, and what a killed run left
+        under ``.partial`` names is removed."""
+        options = options or self.options
+        jobs = [SceneJob(scene, paths) for scene, paths in scenes if not (options.resume and paths.complete())]
+        for job in jobs:
+            job.paths.clear_partials()
+        yield from run_scenes(self.engine, jobs, options, self.readers, progress, self.clock)
 
     def embed_scene_to(self, scene: str | Path | SceneFiles, output: str | Path, options: RunOptions | None = None) -> SceneResult:
         """Embed a GeoTIFF scene into a GeoParquet file (and its patch file), published atomically."""
@@ -109,8 +115,6 @@ class ClayEmbedder:
         paths = ScenePaths.for_chip_file(Path(output), options.patch_embeddings)
         (result,) = self.embed_scenes([(self.open_scene(scene, options), paths)], options)
         if result.error:  # with keep_going, a failed scene is a result; a single scene raises
-            from .files import SceneError
-
             raise SceneError(result.error)
         return result
 

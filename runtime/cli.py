@@ -207,7 +207,6 @@ def plan_jobs(embedder: ClayEmbedder, scene_files: list[SceneFiles], targets: li
         warning = gsd_warning(scene)
         if warning:
             click.echo(f"clay-run: warning: {warning}", err=True)
-        paths.clear_partials()
         jobs.append((scene, paths))
     return jobs
 

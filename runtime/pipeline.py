@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from .geometry import patch_polygons
 from .grid import Chip, patch_cells
 from .options import RunOptions
 from .output import OutputError, SceneOutput, ScenePaths, file_metadata, row_columns, warm_up
-from .reader import close_handles, gdal_env, read_chip
+from .reader import gdal_env, read_chip
 from .scene import Scene
 from .timing import StageClock
 
@@ -45,8 +45,7 @@ class ChipReaders:
         return self._pool.submit(_read_into, scene, chip, out, clock)
 
     def close(self) -> None:
-        for _ in range(self.count):  # each thread closes its own files
-            self._pool.submit(close_handles)
+        """Stop the threads; their open files close with them (each thread's handles are its own)."""
         self._pool.shutdown(wait=True)
 
 
@@ -329,19 +328,3 @@ def _finish(state: _SceneState, engine: Engine, options: RunOptions) -> SceneRes
     if state.error and not options.keep_going:
         raise SceneError(state.error)
     return result
-
-
-def embed_scene(
-    engine: Engine, scene: Scene, output: Path, options: RunOptions, readers: ChipReaders | None = None,
-    progress: Progress | None = None,
-) -> SceneResult:  # fmt: skip
-    """Embed one scene into ``output`` (and its patch file when asked); raises on failure."""
-    own = readers is None
-    readers = readers or ChipReaders(options.reader_count)
-    try:
-        job = SceneJob(scene, ScenePaths.for_chip_file(output, options.patch_embeddings))
-        (result,) = run_scenes(engine, [job], replace(options, keep_going=False), readers, progress)
-        return result
-    finally:
-        if own:
-            readers.close()

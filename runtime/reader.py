@@ -1,7 +1,8 @@
 """Reading one chip of a scene: a windowed read per file, nodata found and filled, edges padded.
 
 Nothing here reads a whole scene, so a scene of any size streams in bounded memory. Files stay
-open between chips in a small per-thread cache (GDAL handles are not shared between threads).
+open between chips in a small per-thread cache (GDAL handles are not shared between threads),
+closed when evicted or when their thread ends.
 Reader threads run inside :func:`gdal_env`, GDAL's configuration for this workload.
 """
 
@@ -147,11 +148,3 @@ def band_reader(scene: Scene, path: Path, warp: bool):
         for handle in reversed(evicted):
             handle.close()
     return handles[key][-1]
-
-
-def close_handles() -> None:
-    """Close this thread's open files (reader threads' handles also close when the threads end)."""
-    for evicted in getattr(_local, "handles", {}).values():
-        for handle in reversed(evicted):
-            handle.close()
-    _local.handles = OrderedDict()

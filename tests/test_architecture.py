@@ -73,15 +73,16 @@ def test_the_runtime_runs_the_demo_with_torch_training_and_export_unimportable(t
 
 
 @pytest.mark.parametrize(
-    ("entry", "command", "extra", "blocked"),
+    ("entry", "command", "extra", "blocked", "args"),
     [
-        ("clay.training", "clay-train", "training", ("torch", "lightning")),
-        ("clay.export", "clay-export", "export", ("torch", "onnx")),
-        ("clay.benchmarks", "clay-bench", "bench", ("matplotlib",)),
+        ("clay.training", "clay-train", "training", ("torch", "lightning"), ["--help"]),
+        ("clay.export", "clay-export", "export", ("torch", "onnx"), ["--help"]),
+        ("clay.benchmarks", "clay-bench", "bench", ("matplotlib",), ["--help"]),
+        ("clay.runtime.serve", "clay-serve", "serve", ("kserve",), ["--engine", "engine.onnx"]),
     ],
 )
-def test_a_console_script_without_its_extra_says_which_to_install(entry, command, extra, blocked):
-    code = BLOCKER.format(blocked=blocked) + f"sys.argv = [{command!r}, '--help']\nfrom {entry} import main\nmain()\n"
+def test_a_console_script_without_its_extra_says_which_to_install(entry, command, extra, blocked, args):
+    code = BLOCKER.format(blocked=blocked) + f"sys.argv = [{command!r}, *{args!r}]\nfrom {entry} import main\nmain()\n"
     result = run_python(code)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
@@ -92,7 +93,8 @@ def test_a_console_script_without_its_extra_says_which_to_install(entry, command
 def test_console_scripts_point_at_the_guarded_entry_points():
     text = (ROOT / "pyproject.toml").read_text()
     for command, entry in (("clay-train", "clay.training:main"), ("clay-export", "clay.export:main"),
-                           ("clay-bench", "clay.benchmarks:main"), ("clay-run", "clay.runtime.cli:main")):  # fmt: skip
+                           ("clay-bench", "clay.benchmarks:main"), ("clay-run", "clay.runtime.cli:main"),
+                           ("clay-serve", "clay.runtime.serve:main")):  # fmt: skip
         assert f'{command} = "{entry}"' in text
 
 

@@ -29,7 +29,8 @@ BATCH = 2
 
 
 class FixedTimeEngine(Engine):
-    """Sleeps ``seconds`` per batch; the embedding of a chip is its per-band means (then zeros)."""
+    """Sleeps ``seconds`` per batch; the embedding of a chip is its per-band means over a sparse
+    grid of pixels (then zeros, then its lon/lat)."""
 
     def __init__(self, seconds: float) -> None:
         super().__init__()
@@ -41,7 +42,8 @@ class FixedTimeEngine(Engine):
         time.sleep(self.seconds)
         self.calls += 1
         vectors = np.zeros((len(pixels), self.metadata.dim), np.float32)
-        vectors[:, : pixels.shape[1]] = pixels.reshape(len(pixels), pixels.shape[1], -1).mean(axis=2)
+        # a sparse sample of each band: as telling as the full mean, without taking the readers' CPU
+        vectors[:, : pixels.shape[1]] = pixels[:, :, ::16, ::16].mean(axis=(2, 3))
         vectors[:, -2:] = lonlat
         return {"embedding": vectors}
 
