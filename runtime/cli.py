@@ -84,7 +84,7 @@ class Progress:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("scenes", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("scenes", nargs=-1)  # strings: pathlib would fold the // of https:// URIs
 @click.option("--engine", "engine_path", type=click.Path(path_type=Path),
               help="An artifact written by clay-export, or its output folder (the artifact for the backend is "
                    f"picked): {describe_formats()}.")
@@ -127,7 +127,8 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
     given together or found in one folder (sub-folders too: an S2 and an S1 product side by side);
     they are resampled bilinearly onto the grid of the finest file while reading. A folder of
-    multi-band files gives one scene per file.
+    multi-band files gives one scene per file. A SCENE may also be a GDAL-readable URI (/vsis3/...,
+    s3://..., https://...) or a .txt manifest listing one scene a line.
 
     Each scene needs a CRS, the engine's bands (13 in Clay order, or named by band description or
     file name: B02…B12, VH, VV, DEM; extra bands are ignored) and an acquisition date (a 'date'
