@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from clay.runtime.bands import S2_BANDS
 from clay.runtime.cli import DEMO_ENGINE
 from clay.runtime.files import GdalPath, SceneError, discover_scenes, scene_path
