@@ -93,12 +93,12 @@ class RayProgress:
     and at the end (rows come back from the cluster in batches, not chip by chip)."""
 
     def __init__(self, every: float = 2.0) -> None:
-        self.every, self.last = every, -float("inf")
+        self.every, self.last, self.shown = every, -float("inf"), None
 
     def __call__(self, counts: RunCounts) -> None:
-        now = time.perf_counter()
-        if counts.final or now - self.last >= self.every:
-            self.last = now
+        now, shown = time.perf_counter(), (counts.scenes_done, counts.chips_done)
+        if (counts.final and shown != self.shown) or now - self.last >= self.every:
+            self.last, self.shown = now, shown
             click.echo(f"clay-run: ray: {counts.scenes_done}/{counts.scenes} scenes, {counts.chips_done}/{counts.chips} "
                        f"chips, {counts.chips_per_second:.1f} chips/s", err=True)  # fmt: skip
 

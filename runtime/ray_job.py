@@ -134,7 +134,9 @@ class RayCluster:
                              log_to_driver=False)  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - connection failures come in many types
                 where = f"the Ray cluster at RAY_ADDRESS={address}" if address else "a local Ray"
-                raise RayJobError(f"cannot {'connect to' if address else 'start'} {where} ({first_line(exc)})") from None
+                hint = ("; a cluster with token auth also needs RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN "
+                        "or RAY_AUTH_TOKEN_PATH)") if address and os.environ.get("RAY_AUTH_MODE") != "token" else ""  # fmt: skip
+                raise RayJobError(f"cannot {'connect to' if address else 'start'} {where} ({first_line(exc)}){hint}") from None
         self.local = self._owned and not os.environ.get("RAY_ADDRESS")
 
     def close(self) -> None:
@@ -329,7 +331,11 @@ def build_dataset(items: list[dict], scenes: list[Scene], engine: EngineInfo, la
     engine_args = {"num_cpus": layout.cpus_per_actor}
     if layout.gpus_per_actor:
         engine_args["num_gpus"] = layout.gpus_per_actor
-    read_args = dict(engine_args) if layout.fused else {"num_cpus": 1}
+    meta = engine.metadata
+    chip_bytes = len(meta.bands) * meta.chip_size**2 * 4
+    # Apart from the actors, a read task reserves memory for the pixels it hands on (which also keeps
+    # Ray from fusing it into the actors when their resources happen to be the same).
+    read_args = dict(engine_args) if layout.fused else {"num_cpus": 1, "memory": 4 * chip_bytes}
     die_after = os.environ.get(DIE_AFTER_ENV)
     constructor = {"artifact": engine.artifact, "backend": engine.backend,
                    "threads": threads or (None if layout.gpus_per_actor else int(layout.cpus_per_actor)),
@@ -346,12 +352,14 @@ def build_dataset(items: list[dict], scenes: list[Scene], engine: EngineInfo, la
 def run_on_ray(
     cluster: RayCluster, engine: EngineInfo, jobs: Sequence[tuple[Scene, ScenePaths]], options: RunOptions,
     progress: Progress | None = None, threads: int | None = None, layout: Layout | None = None,
+    stats: dict | None = None,
 ) -> Iterator[SceneResult]:  # fmt: skip
     """Embed the scenes on Ray; yields each scene's result as it is published (or fails).
 
     A scene that cannot be read, has nothing under ``max_nodata`` or cannot be written is a result
     with its one-line reason and leaves no file under a final name; the others go on. A job that
-    cannot run at all raises :class:`RayJobError`.
+    cannot run at all raises :class:`RayJobError`. ``stats`` (for benchmarks) receives Ray Data's
+    execution statistics under ``"dataset"`` once the job is done.
     """
     if options.patch_embeddings and not engine.metadata.has_patch_embeddings:
         raise SceneError("--patch-embeddings needs an engine exported with --patch-embeddings")
@@ -379,6 +387,8 @@ def run_on_ray(
         raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps the cause in its own types
         raise _job_error(exc, "the Ray job stopped") from None
+    if stats is not None:
+        stats["dataset"] = dataset.stats()
     for state in states:
         if state.rows is not None:  # rows lost: never seen with Ray Data's retries, but never a silent gap
             counts.scenes_done += 1
