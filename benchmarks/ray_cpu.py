@@ -45,6 +45,8 @@ SUMMARY = re.compile(r"done: (\d+) chips, \d+ skipped, ([\d.]+) s, ([\d.]+) chip
 STARTUP = re.compile(r"Ray start-up ([\d.]+) s")
 OPERATOR = re.compile(r"^Operator \d+ (.+?): (\d+) tasks executed", re.M)
 OUTPUT_BYTES = re.compile(r"Output size bytes per block: .*?, ([\d.]+) total")
+WALL = re.compile(r"Remote wall time: .*?, ([\d.]+)(us|ms|s) total")
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
 def make_scenes(folder: Path, count: int, size: int) -> list[Path]:
@@ -72,14 +74,16 @@ def run_command(scenes: list[Path], engine: Path, out: Path, ray: bool) -> dict:
 
 
 def operators(stats: str, chips: int) -> list[dict]:
-    """Per Ray Data operator: its name and the bytes per chip it handed on (Ray Data's statistics)."""
+    """Per Ray Data operator: its name, the bytes per chip it handed on and its tasks' wall time per
+    chip (Ray Data's statistics)."""
     rows = []
     parts = re.split(r"(?=^Operator \d+ )", stats, flags=re.M)
     for part in parts:
-        head, size = OPERATOR.search(part), OUTPUT_BYTES.search(part)
+        head, size, wall = OPERATOR.search(part), OUTPUT_BYTES.search(part), WALL.search(part)
         if head and size:
             rows.append({"operator": head.group(1), "tasks": int(head.group(2)),
-                         "bytes_per_chip": round(float(size.group(1)) / chips)})  # fmt: skip
+                         "bytes_per_chip": round(float(size.group(1)) / chips),
+                         "task_ms_per_chip": round(1000 * float(wall.group(1)) * UNITS[wall.group(2)] / chips, 2) if wall else None})  # fmt: skip
     return rows
 
 
@@ -161,11 +165,12 @@ def report_md(record: dict) -> str:
         "Ray Data jobs driven from one process on one local Ray (start-up excluded):",
         "",
         "| layout | chips/s | first rows back s | steady chips/s | driver CPU ms/chip | driver RSS MB (before → peak) "
-        "| bytes per chip handed on, per operator |",
+        "| per operator: bytes per chip handed on (task ms per chip) |",
         "|---|---|---|---|---|---|---|",
     ]
     for run in (one, cli, split):
-        moved = "; ".join(f"{op['operator']}: {op['bytes_per_chip']:,}" for op in run["operators"])
+        moved = "; ".join(f"{op['operator']}: {op['bytes_per_chip']:,} ({op['task_ms_per_chip']} ms)"
+                          for op in run["operators"])  # fmt: skip
         lines.append(f"| {run['layout']} | {run['chips_per_s']:.2f} | {run['first_rows_s']:.1f} | "
                      f"{run['steady_chips_per_s']:.2f} | {run['driver_cpu_ms_per_chip']:.2f} | "
                      f"{run['driver_rss_mb']} → {run['driver_peak_rss_mb']} | {moved} |")  # fmt: skip

@@ -230,7 +230,7 @@ def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_fil
                          failures)  # fmt: skip
         check_preview(preview, jobs)
         chips = sum(len(scene.chips(options.edge)) for scene, _ in jobs)
-        layout = cluster.layout(threads, -(-chips // (options.batch_size or engine.preferred_batch)))
+        layout = cluster.layout(engine, threads, -(-chips // (options.batch_size or engine.preferred_batch)))
         click.echo(f"clay-run: ray: {chips} chips in {len(jobs)} scene(s) on {layout.describe()}", err=True)
         start = time.perf_counter()
         results = report(run_on_ray(cluster, engine, jobs, options, RayProgress(), threads, layout), options, failures)

@@ -164,12 +164,12 @@ class RayCluster:
         return (f"{kind}, {nodes} node{'s' if nodes > 1 else ''}, {totals.get('CPU', 0):g} CPUs, "
                 f"{totals.get('GPU', 0):g} GPUs")  # fmt: skip
 
-    def layout(self, threads: int | None, batches: int) -> Layout:
-        """One actor per GPU; without GPUs, one per ``threads`` CPUs (default 1, the engine's
-        threads), never more actors than batches (each would load the engine for nothing)."""
+    def layout(self, engine: EngineInfo, threads: int | None, batches: int) -> Layout:
+        """One actor per GPU for a GPU engine; else one per ``threads`` CPUs (default 1, the
+        engine's threads); never more actors than batches (each would load the engine for nothing)."""
         totals, node_cpus = self.resources()
         gpus = int(totals.get("GPU", 0))
-        if gpus:
+        if gpus and engine.backend != "onnx-cpu":
             return Layout(max(1, min(gpus, batches)), 1.0, 1, fused=False)
         per = float(max(1, min(threads or 1, int(node_cpus) or 1)))
         return Layout(max(1, min(int(totals.get("CPU", 1) // per), batches)), per, 0, fused=True)
@@ -388,7 +388,7 @@ def run_on_ray(
         return
     batch = options.batch_size or engine.preferred_batch
     items, grids = chip_items(jobs, options.edge)
-    layout = layout or cluster.layout(threads, -(-len(items) // batch))
+    layout = layout or cluster.layout(engine, threads, -(-len(items) // batch))
     scenes = [scene for scene, _ in jobs]
     states = [_Gathered(scene, paths, grid) for (scene, paths), grid in zip(jobs, grids)]
     dataset = build_dataset(items, scenes, engine, layout, batch, options, threads)
