@@ -12,7 +12,7 @@ measures, on one machine, on the same generated uint16 S2 scenes:
 - **load per chip**: bytes each stage hands on (Ray Data's own statistics: what goes through the
   object store), what reaches the driver, the driver's CPU time per chip and its peak RSS.
 
-Writes ``ray-<engine>.json`` and ``.md`` into ``--out``.
+Writes ``ray-cpu-<size>-<precision>.json`` and ``.md`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def main(engine: Path, count: int, size: int, rounds: int, out: Path) -> None:
         "all_rounds": {"local": local, "ray": remote, **runs},
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"ray-{Path(engine.name).stem.split('.')[0]}"
+    stem = f"ray-cpu-{info.metadata.model_size}-{info.metadata.precision}"
     (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / f"{stem}.md").write_text(report_md(record))
     click.echo(report_md(record))
