@@ -43,7 +43,7 @@ from .grid import Chip
 from .metadata import EngineMetadata
 from .options import RunOptions, cpu_count
 from .output import OutputError, SceneOutput, ScenePaths
-from .pipeline import SceneResult, nothing_to_embed, scene_identity, write_chip_rows
+from .pipeline import SceneResult, group_means, nothing_to_embed, scene_identity, write_chip_rows
 from .reader import gdal_env, read_chip
 from .scene import Scene
 
@@ -123,7 +123,6 @@ class RayCluster:
         import ray
 
         _quiet_ray_data()
-        self.started = time.perf_counter()
         self._owned = not ray.is_initialized()
         if self._owned:
             address = os.environ.get("RAY_ADDRESS")
@@ -270,7 +269,8 @@ class EngineActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._test_hook()
         errors, nodata = batch["error"], batch["nodata"]
-        run = np.array([not e for e in errors]) & (nodata <= self.max_nodata)
+        readable = np.array([not e for e in errors], bool)
+        run = readable & (nodata <= self.max_nodata)
         meta = self.engine.metadata
         count, grid = len(errors), meta.chip_size // meta.patch_size
         embedding = np.zeros((count, meta.dim), np.float32)
@@ -280,11 +280,9 @@ class EngineActor:
             outputs = self.engine.infer(pixels, batch["lonlat"][run], batch["date"][run])
             embedding[run] = outputs["embedding"]
             if patches is not None:
-                from .pipeline import group_means
-
                 patches[run] = group_means(outputs["patch_embeddings"])
         result = {"scene": batch["scene"], "chip": batch["chip"], "nodata": nodata, "error": errors,
-                  "skipped": ~run & np.array([not e for e in errors]), "embedding": embedding}  # fmt: skip
+                  "skipped": readable & ~run, "embedding": embedding}  # fmt: skip
         if patches is not None:
             result["patches"] = patches
         self.batches += 1
@@ -305,7 +303,7 @@ class EngineActor:
 
 @dataclass(eq=False)
 class _Gathered:
-    """A scene's rows as they come back, keyed by chip index (a retried batch overwrites, never adds)."""
+    """A scene's rows as they come back, keyed by chip index (a retried batch cannot file a chip twice)."""
 
     scene: Scene
     paths: ScenePaths

@@ -26,7 +26,7 @@ import pytest
 import rasterio
 from clay.runtime.bands import S2_BANDS
 from clay.runtime.cli import DEMO_ENGINE, main
-from clay.runtime.ray_job import DIE_AFTER_ENV, DIE_MARKER_ENV
+from clay.runtime.ray_job import DIE_AFTER_ENV, DIE_MARKER_ENV, MAX_BLOCKS, chips_per_block
 from clay.training.synthetic import write_scene
 
 NAMES = [f"s{k}" for k in range(6)]
@@ -187,3 +187,21 @@ def test_ray_without_the_extra_says_which_to_install(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert lines[0] == 'clay-run --ray needs the ray extra: pip install "clay-runtime[ray]" (missing: ray)'
+
+
+def test_a_cluster_nobody_answers_is_one_line_in_seconds(tmp_path):
+    pytest.importorskip("ray", reason="needs the ray extra")
+    scene = write_scene(tmp_path / "s.tif", 512, 512, dtype="uint16", bands=S2_BANDS)
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "clay.runtime.cli", str(scene), "--engine", str(DEMO_ENGINE),
+                             "--out", str(tmp_path / "out"), "--ray"], capture_output=True, text=True, timeout=120,
+                            env=os.environ | {"RAY_ADDRESS": "127.0.0.1:1"})  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and time.monotonic() - start < 60, result.stderr[-2000:]
+    assert lines[0].startswith("clay-run: cannot reach the Ray cluster at RAY_ADDRESS=127.0.0.1:1 (")
+
+
+def test_blocks_hold_whole_batches_and_stay_few():
+    assert chips_per_block(12, 2, 2) == 2  # a small run: one batch a block, every actor busy
+    assert chips_per_block(128, 2, 2) == 8  # four batches a block once each actor gets four blocks
+    assert chips_per_block(1_000_000, 16, 64) % 16 == 0 and 1_000_000 / chips_per_block(1_000_000, 16, 64) <= MAX_BLOCKS
