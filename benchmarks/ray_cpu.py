@@ -164,15 +164,16 @@ def report_md(record: dict) -> str:
         "",
         "Ray Data jobs driven from one process on one local Ray (start-up excluded):",
         "",
-        "| layout | chips/s | first rows back s | steady chips/s | driver CPU ms/chip | driver RSS MB (before → peak) "
-        "| per operator: bytes per chip handed on (task ms per chip) |",
+        "| layout | chips/s | first rows back s | steady chips/s | driver CPU ms/chip (% of a core) "
+        "| driver RSS MB (before → peak) | per operator: bytes per chip handed on (task ms per chip) |",
         "|---|---|---|---|---|---|---|",
     ]
     for run in (one, cli, split):
         moved = "; ".join(f"{op['operator']}: {op['bytes_per_chip']:,} ({op['task_ms_per_chip']} ms)"
                           for op in run["operators"])  # fmt: skip
         lines.append(f"| {run['layout']} | {run['chips_per_s']:.2f} | {run['first_rows_s']:.1f} | "
-                     f"{run['steady_chips_per_s']:.2f} | {run['driver_cpu_ms_per_chip']:.2f} | "
+                     f"{run['steady_chips_per_s']:.2f} | {run['driver_cpu_ms_per_chip']:.2f} "
+                     f"({run['driver_cpu_ms_per_chip'] * run['chips_per_s'] / 10:.1f} %) | "
                      f"{run['driver_rss_mb']} → {run['driver_peak_rss_mb']} | {moved} |")  # fmt: skip
     lines += [
         "",
