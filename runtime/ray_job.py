@@ -471,11 +471,12 @@ def _result(state: _Gathered, engine: EngineInfo, start: float, error: str | Non
 
 
 def _job_error(exc: BaseException, context: str) -> Exception:
-    """Ray's error as one line: the runtime's own error where a task raised one, else the root cause."""
+    """Ray's error as one line: the runtime's own error where a task raised one (Ray wraps it in a
+    ``RayTaskError`` whose text is the remote traceback), else the root cause."""
     cause = exc
-    for _ in range(10):
+    for _ in range(10):  # RayTaskError.cause is the exception the task raised
         inner = getattr(cause, "cause", None) or cause.__cause__
-        if isinstance(cause, (SceneError, EngineError, OutputError)) or inner is None or inner is cause:
+        if inner is None or inner is cause:
             break
         cause = inner
     if isinstance(cause, (SceneError, EngineError, OutputError)):

@@ -75,6 +75,8 @@ def clay_run(*args) -> int:
     try:
         main([str(a) for a in args])
     except SystemExit as exc:
+        if isinstance(exc.code, str):  # what the interpreter would print on the way out
+            print(exc.code, file=sys.stderr)
         return exc.code if isinstance(exc.code, int) else 1
     return 0
 
@@ -205,3 +207,10 @@ def test_blocks_hold_whole_batches_and_stay_few():
     assert chips_per_block(12, 2, 2) == 2  # a small run: one batch a block, every actor busy
     assert chips_per_block(128, 2, 2) == 8  # four batches a block once each actor gets four blocks
     assert chips_per_block(1_000_000, 16, 64) % 16 == 0 and 1_000_000 / chips_per_block(1_000_000, 16, 64) <= MAX_BLOCKS
+
+
+def test_an_engine_the_cluster_cannot_load_is_one_line(cluster, scenes, tmp_path, capfd):
+    code = clay_run(scenes[0], "--engine", tmp_path / "absent.onnx", "--out", tmp_path / "out", "--ray")
+    err = capfd.readouterr().err
+    assert code == 1 and "Traceback" not in err and "ray::" not in err, err
+    assert err.strip().splitlines()[-1] == f"clay-run: {tmp_path / 'absent.onnx'}: no such engine file"
