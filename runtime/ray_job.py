@@ -49,10 +49,11 @@ from .scene import Scene
 
 DIE_AFTER_ENV = "CLAY_RAY_TEST_DIE_AFTER_BATCHES"
 DIE_MARKER_ENV = "CLAY_RAY_TEST_DIE_MARKER"
-#: Most engine batches in one Ray Data block while every actor still gets several blocks (measured
-#: here, 128 chips: 4 batches a block instead of 1 cut the driver's CPU time per chip from 5-6 to
-#: 3.3 ms, and from 13-14 to 5.6 ms with the reads in separate tasks). Beyond :data:`MAX_BLOCKS`
-#: blocks grow further: the driver schedules every block.
+#: Most engine batches in one Ray Data block while every actor still gets several blocks. Measured
+#: here on 128 chips, the driver's CPU time per chip: 5-6 ms with one chip a block (13-14 ms with
+#: the reads in separate tasks), 3.3 ms (5.6) with two batches of 2, 2.8-3.9 ms with four
+#: (benchmarks/results/ray-cpu.md). Beyond :data:`MAX_BLOCKS` blocks grow further: the driver
+#: schedules every block.
 BATCHES_PER_BLOCK = 4
 MAX_BLOCKS = 20_000
 
