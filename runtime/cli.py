@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -11,13 +12,17 @@ import click
 import pyarrow.parquet as pq
 
 from .api import ClayEmbedder
+from .console import require_extra
 from .engine import BACKENDS, EngineError
 from .files import SceneError, SceneFiles, discover_scenes, parse_date
 from .formats import describe_formats
 from .grid import EDGE_MODES
+from .metadata import EngineMetadata
 from .options import SAR_UNITS, RunOptions, cpu_count
 from .output import OutputError, ScenePaths
-from .scene import gsd_warning
+from .pipeline import SceneResult
+from .ray_job import RayJobError, RunCounts, ray_cluster, run_on_ray
+from .scene import Scene, gsd_warning, open_scene
 
 DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_ENGINE = DEMO_DIR / "clay-demo-tiny-s2.int8.onnx"
@@ -83,8 +88,23 @@ class Progress:
             self.bar.close()
 
 
+class RayProgress:
+    """``--ray``: one line of scenes and chips done and the rate, at most every ``every`` seconds
+    and at the end (rows come back from the cluster in batches, not chip by chip)."""
+
+    def __init__(self, every: float = 2.0) -> None:
+        self.every, self.last, self.shown = every, -float("inf"), None
+
+    def __call__(self, counts: RunCounts) -> None:
+        now, shown = time.perf_counter(), (counts.scenes_done, counts.chips_done)
+        if (counts.final and shown != self.shown) or now - self.last >= self.every:
+            self.last, self.shown = now, shown
+            click.echo(f"clay-run: ray: {counts.scenes_done}/{counts.scenes} scenes, {counts.chips_done}/{counts.chips} "
+                       f"chips, {counts.chips_per_second:.1f} chips/s", err=True)  # fmt: skip
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("scenes", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("scenes", nargs=-1)  # strings: pathlib would fold the // of https:// URIs
 @click.option("--engine", "engine_path", type=click.Path(path_type=Path),
               help="An artifact written by clay-export, or its output folder (the artifact for the backend is "
                    f"picked): {describe_formats()}.")
@@ -119,20 +139,28 @@ class Progress:
                                             "when asked for, published); clear what a killed run left.")
 @click.option("--keep-going", is_flag=True, help="When a scene fails, finish the others and list the failures at the end "
                                                 "(the exit code is still 1).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for ONNX Runtime.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for ONNX Runtime (with --ray: per engine actor, and the CPUs each reserves).")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Run on Ray Data: chip reads in CPU tasks, the engine in a pool of actors (one per GPU, else one "
+                   "per CPU), the same files. Connects to RAY_ADDRESS when set, else starts a local Ray. Implies "
+                   "--keep-going; --readers does not apply. Needs the ray extra.")
 def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, edge, max_nodata, date_text,
-         patch_embeddings, sar_units, s2_offset, resume, keep_going, threads) -> None:  # fmt: skip
+         patch_embeddings, sar_units, s2_offset, resume, keep_going, threads, use_ray) -> None:  # fmt: skip
     """Embed GeoTIFF SCENES with a Clay engine into GeoParquet.
 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
     given together or found in one folder (sub-folders too: an S2 and an S1 product side by side);
     they are resampled bilinearly onto the grid of the finest file while reading. A folder of
-    multi-band files gives one scene per file.
+    multi-band files gives one scene per file. A SCENE may also be a GDAL-readable URI (/vsis3/...,
+    s3://..., https://...) or a .txt manifest listing one scene a line.
 
     Each scene needs a CRS, the engine's bands (13 in Clay order, or named by band description or
     file name: B02…B12, VH, VV, DEM; extra bands are ignored) and an acquisition date (a 'date'
     tag, the TIFF DateTime tag, or --date). The summary line says where the time went.
     """
+    if use_ray:
+        require_extra("clay-run --ray", "ray")
     try:
         date = parse_date(date_text) if date_text else None
     except ValueError:
@@ -146,29 +174,17 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
     elif not scenes or engine_path is None:
         sys.exit("clay-run: give SCENE... and --engine PATH (or --demo); see clay-run --help")
     options = RunOptions(batch_size=batch_size, edge=edge, max_nodata=max_nodata, patch_embeddings=patch_embeddings,
-                         date=date, sar_units=sar_units, s2_offset=s2_offset, readers=readers, keep_going=keep_going,
-                         resume=resume)  # fmt: skip
+                         date=date, sar_units=sar_units, s2_offset=s2_offset, readers=readers,
+                         keep_going=keep_going or use_ray, resume=resume)  # fmt: skip
     failures: list[tuple[str, str]] = []
     try:
         scene_files = discover_scenes(scenes)
         targets = output_paths(scene_files, out)
-        with ClayEmbedder(engine_path, backend, threads, options) as embedder:
-            click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}", err=True)
-            jobs = plan_jobs(embedder, scene_files, targets, options, failures)
-            if preview is not None and len(jobs) != 1:
-                raise SceneError(f"--preview {preview}: draws one scene, {len(jobs)} to embed")
-            start = time.perf_counter()
-            results = run_jobs(embedder, jobs, options, failures)
-            wall = time.perf_counter() - start
-            if preview is not None and results and results[0].paths:
-                from .preview import render_preview
-
-                result = results[0]
-                patches = pq.read_table(result.patches) if result.patches else None
-                render_preview(jobs[0][0], pq.read_table(result.output), patches, embedder.metadata,
-                               embedder.engine.path.name, preview)  # fmt: skip
-            summary(embedder, results, targets, wall)
-    except (SceneError, EngineError, OutputError, ValueError) as exc:
+        if use_ray:
+            run_with_ray(engine_path, backend, threads, scene_files, targets, options, failures, preview)
+        else:
+            run_here(engine_path, backend, threads, scene_files, targets, options, failures, preview)
+    except (SceneError, EngineError, OutputError, RayJobError, ValueError) as exc:
         sys.exit(f"clay-run: {exc}")
     except KeyboardInterrupt:
         sys.exit("clay-run: interrupted; finished scenes are kept, rerun with --resume to continue")
@@ -185,10 +201,65 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
         click.echo(f"clay-run: preview written to {preview}", err=True)
 
 
-def plan_jobs(embedder: ClayEmbedder, scene_files: list[SceneFiles], targets: list[Path], options: RunOptions,
-              failures: list) -> list:  # fmt: skip
-    """Validate every scene before any work starts; skip complete ones with --resume. A scene that
-    fails validation stops the run, or with --keep-going is listed as failed."""
+def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles], targets: list[Path],
+             options: RunOptions, failures: list, preview: Path | None) -> None:  # fmt: skip
+    """The single-machine run: one engine, reader threads, the pipeline."""
+    with ClayEmbedder(engine_path, backend, threads, options) as embedder:
+        click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}", err=True)
+        jobs = plan_jobs(embedder.open_scene, scene_files, targets, options, failures)
+        check_preview(preview, jobs)
+        start = time.perf_counter()
+        results = run_jobs(embedder, jobs, options, failures)
+        wall = time.perf_counter() - start
+        draw_preview(preview, jobs, results, embedder.metadata, embedder.engine.path.name)
+        stages = embedder.clock.summary() or "nothing ran"
+        summary(results, targets, wall, embedder.engine.backend,
+                f"time in: {stages} ({embedder.options.reader_count} reader threads)")  # fmt: skip
+
+
+def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles],
+                 targets: list[Path], options: RunOptions, failures: list, preview: Path | None) -> None:  # fmt: skip
+    """``--ray``: the same validation on this machine (the driver), then the job on Ray Data
+    (:mod:`clay.runtime.ray_job`); Ray's start-up is reported apart from the run's speed."""
+    started = time.perf_counter()
+    with ray_cluster() as cluster:
+        engine = cluster.engine(engine_path, backend, threads)
+        startup = time.perf_counter() - started
+        click.echo(f"clay-run: ray: {cluster.describe()}; engine {engine.name} on {engine.description}", err=True)
+        jobs = plan_jobs(lambda files, opts: open_scene(files, engine.metadata, opts), scene_files, targets, options,
+                         failures)  # fmt: skip
+        check_preview(preview, jobs)
+        chips = sum(len(scene.chips(options.edge)) for scene, _ in jobs)
+        layout = cluster.layout(engine, threads, -(-chips // (options.batch_size or engine.preferred_batch)))
+        click.echo(f"clay-run: ray: {chips} chips in {len(jobs)} scene(s) on {layout.describe()}", err=True)
+        start = time.perf_counter()
+        results = report(run_on_ray(cluster, engine, jobs, options, RayProgress(), threads, layout), options, failures)
+        wall = time.perf_counter() - start
+        draw_preview(preview, jobs, results, engine.metadata, engine.name)
+        summary(results, targets, wall, engine.backend,
+                f"on Ray: {layout.describe()}; Ray start-up {startup:.1f} s not counted")  # fmt: skip
+
+
+def check_preview(preview: Path | None, jobs: list) -> None:
+    if preview is not None and len(jobs) != 1:
+        raise SceneError(f"--preview {preview}: draws one scene, {len(jobs)} to embed")
+
+
+def draw_preview(preview: Path | None, jobs: list, results: list[SceneResult], metadata: EngineMetadata,
+                 engine_name: str) -> None:  # fmt: skip
+    if preview is not None and results and results[0].paths:
+        from .preview import render_preview
+
+        result = results[0]
+        patches = pq.read_table(result.patches) if result.patches else None
+        render_preview(jobs[0][0], pq.read_table(result.output), patches, metadata, engine_name, preview)
+
+
+def plan_jobs(open_one: Callable[[SceneFiles, RunOptions], Scene], scene_files: list[SceneFiles], targets: list[Path],
+              options: RunOptions, failures: list) -> list:  # fmt: skip
+    """Validate every scene before any work starts (``open_one``: open a scene against the engine);
+    skip complete ones with --resume. A scene that fails validation stops the run, or with
+    --keep-going is listed as failed."""
     for folder in dict.fromkeys(target.parent for target in targets):
         ensure_writable(folder)
     jobs = []
@@ -198,7 +269,7 @@ def plan_jobs(embedder: ClayEmbedder, scene_files: list[SceneFiles], targets: li
             click.echo(f"clay-run: {files.name}: {target} is complete, skipped (--resume)", err=True)
             continue
         try:
-            scene = embedder.open_scene(files, options)
+            scene = open_one(files, options)
         except SceneError as exc:
             if not options.keep_going:
                 raise
@@ -213,29 +284,32 @@ def plan_jobs(embedder: ClayEmbedder, scene_files: list[SceneFiles], targets: li
 
 def run_jobs(embedder: ClayEmbedder, jobs: list, options: RunOptions, failures: list) -> list:
     progress = Progress(sum(len(scene.chips(options.edge)) for scene, _ in jobs))
-    results = []
     try:
-        for result in embedder.embed_scenes(jobs, options, progress):
-            results.append(result)
-            if result.error:
-                failures.append((result.name, result.error))
-                continue
-            click.echo(f"clay-run: {result.name}: {result.chips_done} chips, {result.chips_skipped} skipped "
-                       f"(nodata > {options.max_nodata:g}) → {result.output}", err=True)  # fmt: skip
+        return report(embedder.embed_scenes(jobs, options, progress), options, failures)
     finally:
         progress.close()
-    return results
 
 
-def summary(embedder: ClayEmbedder, results: list, targets: list[Path], wall: float) -> None:
+def report(results: Iterable[SceneResult], options: RunOptions, failures: list) -> list[SceneResult]:
+    """One line per scene as it finishes; failed scenes go to ``failures`` for the closing list."""
+    done = []
+    for result in results:
+        done.append(result)
+        if result.error:
+            failures.append((result.name, result.error))
+            continue
+        click.echo(f"clay-run: {result.name}: {result.chips_done} chips, {result.chips_skipped} skipped "
+                   f"(nodata > {options.max_nodata:g}) → {result.output}", err=True)  # fmt: skip
+    return done
+
+
+def summary(results: list, targets: list[Path], wall: float, backend: str, detail: str) -> None:
     """The closing line: chips, time, speed, backend, and where the time went."""
     done = sum(r.chips_done for r in results)
     skipped = sum(r.chips_skipped for r in results)
     rate = done / wall if wall else 0.0
-    stages = embedder.clock.summary() or "nothing ran"
     click.echo(f"clay-run: done: {done} chips, {skipped} skipped, {wall:.1f} s, {rate:.2f} chips/s, "
-               f"backend {embedder.engine.backend}, output {targets[0].parent if len(targets) > 1 else targets[0]}; "
-               f"time in: {stages} ({embedder.options.reader_count} reader threads)")  # fmt: skip
+               f"backend {backend}, output {targets[0].parent if len(targets) > 1 else targets[0]}; {detail}")  # fmt: skip
 
 
 if __name__ == "__main__":

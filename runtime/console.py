@@ -1,9 +1,9 @@
 """What every console script shares: a one-line message when its install extra is missing, and
 logging set up for a terminal.
 
-Used by ``clay-train``, ``clay-export`` and ``clay-bench`` before they import their own stack, so
-that on the plain, torch-free install they say which extra to install instead of dying with an
-ImportError traceback. Application-level only: library code never configures logging.
+Used by ``clay-train``, ``clay-export``, ``clay-bench`` and ``clay-run --ray`` before they import
+their own stack, so that on the plain, torch-free install they say which extra to install instead
+of dying with an ImportError traceback. Application-level only: library code never configures logging.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "export": ("torch", "einops", "onnx", "onnxsim", "polygraphy"),
     "bench": ("torch", "einops", "onnx", "onnxsim", "polygraphy", "matplotlib"),
     "serve": ("kserve", "prometheus_client", "fastapi", "grpc", "orjson"),
+    "ray": ("ray", "pandas", "fsspec"),  # ray[data]: Ray Data needs pandas and fsspec beside ray
 }
 MISSING_EXTRA_EXIT = 2
 

@@ -1,5 +1,5 @@
-"""What the user pointed at, before any pixel is read: scenes found among paths, GeoTIFF headers,
-bands matched to Clay's by name, acquisition dates.
+"""What the user pointed at, before any pixel is read: scenes found among paths, URIs and
+manifests, GeoTIFF headers, bands matched to Clay's by name, acquisition dates.
 
 Every problem a user can fix is a :class:`SceneError` whose message names the file. The training
 data reads chips through the same band matching, so a file that trains also embeds.
@@ -18,6 +18,9 @@ from .bands import BAND_GROUPS, BAND_NAMES, GROUP_NAMES, canonical_band_name
 
 SUPPORTED_DTYPES = ("uint16", "int16", "float32")
 SCENE_SUFFIXES = (".tif", ".tiff")
+MANIFEST_SUFFIX = ".txt"
+#: URI schemes GDAL reads through a virtual file system (``/vsicurl/`` keeps the whole URL).
+URI_SCHEMES = {"s3": "/vsis3/", "gs": "/vsigs/", "az": "/vsiaz/", "http": "/vsicurl/", "https": "/vsicurl/"}
 
 
 class SceneError(ValueError):
@@ -38,12 +41,99 @@ def parse_date(text: str) -> Date:
 
 
 @dataclass(frozen=True)
+class GdalPath:
+    """A scene file that GDAL reads and this machine cannot list: ``/vsis3/...``, ``/vsicurl/...``,
+    or ``s3://``, ``gs://``, ``az://``, ``http(s)://`` URIs (given to GDAL as ``/vsi...`` paths).
+
+    ``pathlib`` would fold the ``//`` of ``/vsicurl/https://...``, so this keeps the text as given.
+    It answers the few ``Path`` questions the runtime asks of a scene file; whether it exists is
+    GDAL's to say when the header is read (one line with GDAL's reason, like any unreadable file).
+    Messages and ``source_url`` show the user's spelling; rasterio opens :attr:`gdal`.
+    """
+
+    uri: str
+    gdal: str
+
+    @classmethod
+    def parse(cls, text: str) -> GdalPath | None:
+        """The GDAL path of ``text``, or ``None`` when it is an ordinary local path."""
+        if text.startswith("/vsi"):
+            return cls(text, text)
+        scheme, sep, rest = text.partition("://")
+        if not sep or scheme.lower() not in URI_SCHEMES:
+            return None
+        prefix = URI_SCHEMES[scheme.lower()]
+        return cls(text, prefix + (text if prefix == "/vsicurl/" else rest))
+
+    def __fspath__(self) -> str:
+        return self.gdal
+
+    def __str__(self) -> str:
+        return self.uri
+
+    @property
+    def name(self) -> str:
+        return self.uri.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.name).suffix
+
+    @property
+    def parent(self) -> GdalPath:
+        uri, gdal = self.uri.split("?", 1)[0], self.gdal.split("?", 1)[0]
+        return GdalPath(uri.rsplit("/", 1)[0], gdal.rsplit("/", 1)[0])
+
+    def is_file(self) -> bool:
+        return True
+
+    def is_dir(self) -> bool:
+        return False
+
+    def exists(self) -> bool:
+        return True
+
+    def resolve(self) -> GdalPath:
+        return self
+
+
+def scene_path(path: str | Path | GdalPath) -> Path | GdalPath:
+    """A command-line scene argument as a local :class:`Path` or a :class:`GdalPath`."""
+    if isinstance(path, (Path, GdalPath)):
+        return path
+    return GdalPath.parse(str(path)) or Path(path)
+
+
+def read_manifest(manifest: Path) -> list[Path | GdalPath]:
+    """The scenes a text manifest lists, one a line; blank lines and ``#`` comments are skipped,
+    and relative paths are taken from the manifest's folder (so a manifest can travel with its data)."""
+    try:
+        lines = manifest.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SceneError(f"{manifest}: cannot read this manifest ({getattr(exc, 'strerror', None) or exc})") from None
+    entries = []
+    for line in lines:
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        entry = scene_path(text)
+        entries.append(entry if isinstance(entry, GdalPath) or entry.is_absolute() else manifest.parent / entry)
+    if not entries:
+        raise SceneError(f"{manifest}: the manifest lists no scene")
+    return entries
+
+
+@dataclass(frozen=True)
 class SceneFiles:
     """What the user pointed at as one scene: a multi-band file, or single-band files (per-band
     products, possibly at several resolutions and from several products) that belong together."""
 
-    path: Path
-    files: tuple[Path, ...]
+    path: Path | GdalPath
+    files: tuple[Path | GdalPath, ...]
 
     @property
     def name(self) -> str:
@@ -52,7 +142,7 @@ class SceneFiles:
 
 @dataclass(frozen=True)
 class Header:
-    path: Path
+    path: Path | GdalPath
     crs: rasterio.crs.CRS
     transform: rasterio.Affine
     width: int
@@ -64,7 +154,7 @@ class Header:
     tags: dict[str, str]
 
 
-def read_header(path: Path) -> Header:
+def read_header(path: Path | GdalPath) -> Header:
     """What the runtime (and the training data) need to know of a file, without reading pixels."""
     if not path.is_file():
         raise SceneError(f"{path}: no such file")
@@ -115,18 +205,23 @@ def band_sources(scene: SceneFiles, headers: list[Header], wanted: tuple[str, ..
     return {b: found[b] for b in wanted}
 
 
-def discover_scenes(paths) -> list[SceneFiles]:
+def discover_scenes(paths, manifests: bool = True) -> list[SceneFiles]:
     """Turn command-line paths into scenes.
 
     A multi-band GeoTIFF is a scene. Single-band files named as bands (``B02.tif``, ``B2.tif``,
     ``VV.tif``), given together on the command line or found under one folder (sub-folders
     included, e.g. an S2 and an S1 product side by side), form one scene. A folder of multi-band
-    files gives one scene per file.
+    files gives one scene per file. A GDAL URI (``/vsis3/...``, ``s3://...``, ``https://...``) is
+    a file. A ``.txt`` file is a manifest: each of its lines is discovered on its own, so one line
+    is one scene (a file, or a folder of per-band files); lines are not manifests themselves.
     """
     scenes: list[SceneFiles] = []
-    loose: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
+    loose: list[Path | GdalPath] = []
+    for path in map(scene_path, paths):
+        if manifests and path.suffix.lower() == MANIFEST_SUFFIX and path.is_file() and not isinstance(path, GdalPath):
+            for entry in read_manifest(path):
+                scenes.extend(discover_scenes([entry], manifests=False))
+        elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in SCENE_SUFFIXES)
             if not found:
                 raise SceneError(f"{path}: no GeoTIFF files in this folder")
@@ -146,7 +241,7 @@ def discover_scenes(paths) -> list[SceneFiles]:
     return scenes
 
 
-def _band_count(path: Path) -> int:
+def _band_count(path: Path | GdalPath) -> int:
     try:
         with rasterio.open(path) as src:
             return src.count
@@ -154,7 +249,7 @@ def _band_count(path: Path) -> int:
         return 0
 
 
-def _is_band_file(path: Path) -> bool:
+def _is_band_file(path: Path | GdalPath) -> bool:
     return canonical_band_name(path.stem) is not None and _band_count(path) == 1
 
 

@@ -25,6 +25,7 @@ from .engine import Engine
 from .files import SceneError
 from .geometry import patch_polygons
 from .grid import Chip, patch_cells
+from .metadata import EngineMetadata
 from .options import RunOptions
 from .output import OutputError, SceneOutput, ScenePaths, file_metadata, row_columns, warm_up
 from .reader import gdal_env, read_chip
@@ -143,9 +144,10 @@ def run_scenes(
         raise SceneError("--patch-embeddings needs an engine exported with --patch-embeddings")
     clock = clock or StageClock()
     batch = options.batch_size or engine.preferred_batch
-    states = [_SceneState(job, job.scene.chips(options.edge),
-                          file_metadata(meta, job.scene.crs.to_string(), job.scene.applied),
-                          str(job.scene.path.resolve())) for job in jobs]  # fmt: skip
+    states = []
+    for job in jobs:
+        source, extra = scene_identity(job.scene, meta)
+        states.append(_SceneState(job, job.scene.chips(options.edge), extra, source))
     # Chip n of the stream is read into ring[n % len(ring)]; a batch is a contiguous slice of it.
     # Room for the two batches the engine holds (one running, one staged) and for reading ahead.
     ring_chips = 2 * batch + -(-max(readers.count, batch) // batch) * batch
@@ -291,31 +293,53 @@ def _drop_output(state: _SceneState) -> None:
 
 
 def _write_rows(state: _SceneState, kept: list, outputs: dict[str, np.ndarray], options: RunOptions) -> None:
-    scene = state.job.scene
     if state.output is None:
         state.output = SceneOutput(state.job.paths, outputs["embedding"].shape[1], state.extra)
     chips = [slot.chip for _, slot, _, _ in kept]
-    state.output.chips.write(row_columns(
-        state.source, scene.date, outputs["embedding"], [scene.chip_polygon(c) for c in chips],
-        row=[c.row for c in chips], col=[c.col for c in chips], nodata_fraction=[fraction for _, _, fraction, _ in kept],
+    patches = group_means(outputs["patch_embeddings"]) if state.output.patches is not None else None
+    write_chip_rows(state.output, state.job.scene, state.source, chips, [fraction for _, _, fraction, _ in kept],
+                    outputs["embedding"], patches)  # fmt: skip
+    state.done += len(chips)
+
+
+def scene_identity(scene: Scene, metadata: EngineMetadata) -> tuple[str, dict[str, str]]:
+    """What every file of a scene carries, whichever way it was run: its ``source_url`` and the
+    key-value metadata (engine, scene CRS, preprocessing)."""
+    return str(scene.path.resolve()), file_metadata(metadata, scene.crs.to_string(), scene.applied)
+
+
+def group_means(patch_embeddings: np.ndarray) -> np.ndarray:
+    """``[B, G, 16, 16, dim]`` → ``[B, 16, 16, dim]``: a patch's row is the mean of its band-group
+    tokens. Taken where the engine ran, so the Ray job moves a G-th of the bytes (same values as
+    averaging chip by chip)."""
+    return patch_embeddings.mean(axis=1)
+
+
+def write_chip_rows(output: SceneOutput, scene: Scene, source: str, chips: list[Chip], fractions: list[float],
+                    embeddings: np.ndarray, patch_means: np.ndarray | None = None) -> None:  # fmt: skip
+    """Chips of one scene, in the order given, as rows of its chip file, and their patches as rows
+    of its patch file when it has one (``patch_means`` from :func:`group_means`). The one place rows
+    are made, for the local pipeline and the Ray job alike, so both write the same files."""
+    output.chips.write(row_columns(
+        source, scene.date, embeddings, [scene.chip_polygon(c) for c in chips],
+        row=[c.row for c in chips], col=[c.col for c in chips], nodata_fraction=fractions,
     ))  # fmt: skip
-    if state.output.patches is not None:
-        for chip, grid in zip(chips, outputs["patch_embeddings"]):
+    if output.patches is not None:
+        for chip, grid in zip(chips, patch_means):
             cells = patch_cells(chip, scene.chip_size, scene.patch_size)
-            vectors = grid.mean(axis=0)[[c.i for c in cells], [c.j for c in cells]]  # mean over band groups
-            state.output.patches.write(row_columns(
-                state.source, scene.date, vectors, patch_polygons(scene.transform, scene.crs, cells, scene.patch_size),
+            vectors = grid[[c.i for c in cells], [c.j for c in cells]]
+            output.patches.write(row_columns(
+                source, scene.date, vectors, patch_polygons(scene.transform, scene.crs, cells, scene.patch_size),
                 row=[c.row for c in cells], col=[c.col for c in cells], chip_row=[chip.row] * len(cells),
                 chip_col=[chip.col] * len(cells),
             ))  # fmt: skip
-    state.done += len(chips)
 
 
 def _finish(state: _SceneState, engine: Engine, options: RunOptions) -> SceneResult:
     """Publish the scene's files (on the writer's thread, after its last rows), or drop them."""
     scene = state.job.scene
     if not state.error and state.done == 0:
-        state.error = f"{scene.path}: every chip has more than {options.max_nodata:.0%} nodata; nothing to embed"
+        state.error = nothing_to_embed(scene, options)
     if not state.error:
         try:
             state.output.commit()
@@ -328,3 +352,8 @@ def _finish(state: _SceneState, engine: Engine, options: RunOptions) -> SceneRes
     if state.error and not options.keep_going:
         raise SceneError(state.error)
     return result
+
+
+def nothing_to_embed(scene: Scene, options: RunOptions) -> str:
+    """Why a scene whose every chip was skipped fails: a scene file with no row would look done."""
+    return f"{scene.path}: every chip has more than {options.max_nodata:.0%} nodata; nothing to embed"

@@ -32,6 +32,7 @@ from .files import (
     first_line,
     read_header,
     scene_date,
+    scene_path,
 )
 from .grid import Chip, chip_grid
 from .metadata import EngineMetadata
@@ -123,7 +124,7 @@ def open_scene(scene: SceneFiles | str | Path, engine: EngineMetadata, options: 
     """
     options = options or RunOptions()
     if not isinstance(scene, SceneFiles):
-        path = Path(scene)
+        path = scene_path(scene)
         if not path.exists():
             raise SceneError(f"{path}: no such file")
         scene = SceneFiles(path, (path,)) if path.is_file() else discover_scenes([path])[0]
