@@ -4,7 +4,7 @@
 starts ``clay-serve`` on free loopback ports, measures the engine in this process at the same
 batch size, then runs the clients (tritonclient over HTTP with binary tensors, one chip per
 request) and reports throughput, p50/p99 latency, errors and the batch sizes the server ran (from
-its Prometheus metrics). Writes ``serve-load-<device>.json`` and ``.md``.
+its Prometheus metrics). Writes ``serve-load-cpu-<engine>.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -178,8 +178,9 @@ def main(engine: Path, clients: int, seconds: float, max_batch: int, max_delay_m
         "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "commit": git_commit(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    (out / "serve-load-cpu.json").write_text(json.dumps(report, indent=2))
-    (out / "serve-load-cpu.md").write_text(markdown(report))
+    stem = f"serve-load-cpu-{engine.stem.replace('.', '-')}"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{stem}.md").write_text(markdown(report))
     click.echo(markdown(report))
 
 

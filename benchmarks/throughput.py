@@ -97,7 +97,7 @@ def end_to_end(engine: Engine, scenes: list[Path], batch: int, readers: int | No
             pool.close()
     rate = done / seconds
     return {"scene": label or ", ".join(p.name for p in scenes), "scenes": len(scenes), "chips": done,
-            "backend": f"{engine.backend} ({engine.path.name})", "batch": batch, "readers": options.reader_count,
+            "backend": f"{engine.backend} ({engine.path.name}, {engine.metadata.model_size})", "batch": batch, "readers": options.reader_count,
             "pinned": getattr(engine, "pinned", False), "engine_chips_per_s": alone, "pipeline_chips_per_s": rate,
             "percent": 100 * rate / alone, "seconds": seconds, "stages": dict(clock.seconds)}  # fmt: skip
 
@@ -182,7 +182,8 @@ def main(engines, backend, scenes, generate, copies, thread_counts, batches, rea
         rows = []
         for engine in opened:
             for batch in batches:
-                rows.append({"artifact": engine.path.name, "backend": engine.backend, "batch": batch,
+                artifact = f"{engine.path.name} ({engine.metadata.model_size}, {len(engine.metadata.bands)} bands)"
+                rows.append({"artifact": artifact, "backend": engine.backend, "batch": batch,
                              "chips_per_s": engine_rate(engine, batch, 8 * batch)})  # fmt: skip
                 click.echo(f"engine alone {rows[-1]}", err=True)
         e2e = []
