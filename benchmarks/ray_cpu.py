@@ -25,7 +25,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +38,7 @@ from clay.runtime.ray_job import Layout, RayCluster, run_on_ray
 from clay.runtime.scene import open_scene
 from clay.training.synthetic import write_scene
 
+from .bench import RssSampler
 from .report import DEFAULT_OUT, git_commit
 
 SUMMARY = re.compile(r"done: (\d+) chips, \d+ skipped, ([\d.]+) s, ([\d.]+) chips/s")
@@ -87,31 +87,6 @@ def operators(stats: str, chips: int) -> list[dict]:
     return rows
 
 
-def rss_mb() -> float:
-    """This process's resident memory now (VmRSS)."""
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(r"^VmRSS:\s+(\d+) kB", text, re.M).group(1)) / 1024
-
-
-class PeakRss:
-    """The driver's resident memory before a job and its peak during it, sampled every 50 ms."""
-
-    def __enter__(self) -> PeakRss:
-        self.before = self.peak = rss_mb()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._done.wait(0.05):
-            self.peak = max(self.peak, rss_mb())
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
-
-
 def run_in_process(cluster: RayCluster, engine_info, scenes: list[Path], out: Path, layout: Layout) -> dict:
     """One Ray Data job with a given layout, driven from this process: chips/s, what each stage
     handed on, and the driver's CPU time per chip and memory."""
@@ -122,7 +97,7 @@ def run_in_process(cluster: RayCluster, engine_info, scenes: list[Path], out: Pa
     seen: list[tuple[float, int]] = []  # (seconds, chips back) at every batch of rows the driver gets
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    with PeakRss() as memory:
+    with RssSampler() as memory:  # the driver's memory before the job and at its peak
         results = list(run_on_ray(cluster, engine_info, jobs, options, layout=layout, stats=stats,
                                   progress=lambda counts: seen.append((counts.seconds, counts.chips_done))))  # fmt: skip
     seconds = time.perf_counter() - start
