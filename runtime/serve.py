@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -42,6 +43,11 @@ def main(engine_path, backend, host, http_port, grpc_port, max_batch, max_delay_
         engine = open_engine(engine_path, backend, threads)
     except EngineError as exc:
         sys.exit(f"clay-serve: {exc}")
+    for port in (http_port, grpc_port):  # one line now, rather than a server half started
+        problem = _cannot_listen(host, port)
+        if problem:
+            engine.close()
+            sys.exit(f"clay-serve: cannot listen on {host}:{port} ({problem})")
     options = ServeOptions(host, http_port, grpc_port, max_batch, max_delay_ms)
     click.echo(f"clay-serve: {engine.path.name} on {engine.describe()}; model 'clay' on http://{host}:{http_port} "
                f"and grpc {host}:{grpc_port}, batches of up to {max_batch} within {max_delay_ms:g} ms", err=True)  # fmt: skip
@@ -49,6 +55,17 @@ def main(engine_path, backend, host, http_port, grpc_port, max_batch, max_delay_
         serve(engine, options)
     finally:
         engine.close()
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, not an address of this machine), or None."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 if __name__ == "__main__":

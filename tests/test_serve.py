@@ -244,3 +244,17 @@ def test_export_writes_a_triton_repository_whose_configs_parse(tmp_path):
     assert not (repository / "clay_trt").exists()  # no plan without TensorRT
     with pytest.raises(text_format.ParseError):  # the check has teeth: a malformed config fails
         text_format.Parse((folder / "config.pbtxt").read_text().replace("max_batch_size", "max_batch"), model_config_pb2.ModelConfig())
+
+
+def test_a_port_in_use_is_one_line_before_anything_starts():
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "clay.runtime.serve", "--engine", str(DEMO_ENGINE), "--http-port",
+                                 str(port)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"clay-serve: cannot listen on 127.0.0.1:{port} (Address already in use)"
