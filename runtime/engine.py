@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import first_line
 from .formats import RUNTIME_BACKENDS, format_of_file, pick_artifact, plan_sidecar
 from .metadata import EngineMetadata, MetadataError
 from .timing import NullClock, StageClock
@@ -127,7 +128,7 @@ class OnnxEngine(Engine):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception zoo
-            raise EngineError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)})") from None
+            raise EngineError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)[:300]})") from None
         self.backend = "onnx-cuda" if cuda else "onnx-cpu"
         self.path, self.metadata = path, metadata
         self.preferred_batch = 16 if cuda else 2
@@ -322,7 +323,7 @@ def _onnx_metadata_props(path: Path) -> dict[str, str]:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001
-        raise EngineError(f"{path}: not an ONNX model ONNX Runtime can read ({_first_line(exc)})") from None
+        raise EngineError(f"{path}: not an ONNX model ONNX Runtime can read ({first_line(exc)[:300]})") from None
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
@@ -406,8 +407,3 @@ def _cuda_check(result):
     if int(error) != 0:
         raise EngineError(f"CUDA error {error}")
     return values[0] if values else None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else type(exc).__name__

@@ -23,6 +23,7 @@ from prometheus_client import Counter, Histogram
 
 from .batching import DynamicBatcher
 from .engine import Engine
+from .files import first_line
 
 # kserve parses sys.argv when imported (its own --http_port, --workers...): keep ours away from it.
 _argv, sys.argv = sys.argv, sys.argv[:1]
@@ -149,7 +150,7 @@ class ClayModel(kserve.Model):
             outputs = await self.batcher.submit(arrays)
         except Exception as exc:  # noqa: BLE001 - any engine failure is the server's, with its reason
             REQUESTS.labels("failed").inc()
-            reason = f"the engine failed: {str(exc).strip().splitlines()[0][:300]}"
+            reason = f"the engine failed: {first_line(exc)[:300]}"
             log.error("engine failure: %s", reason)
             raise kserve_fixes.EngineFailure(reason) from None
         response = []

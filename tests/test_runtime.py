@@ -219,6 +219,21 @@ def test_bad_engines_and_outputs_are_one_line(engine, tmp_path):
     assert result.returncode != 0 and "expected YYYY-MM-DD" in result.stderr
 
 
+
+def test_an_error_is_reported_by_its_first_line_even_without_a_message():
+    """Every one-line message (scene, engine, checkpoint, server) quotes errors through this helper."""
+    from clay.runtime.files import first_line
+
+    assert first_line(ValueError("  bad input\ntraceback detail\n")) == "bad input"
+    assert first_line(RuntimeError()) == "RuntimeError"  # an empty message still says something
+    try:
+        try:
+            raise OSError("GDAL: block 3 is truncated")
+        except OSError as cause:
+            raise RuntimeError("Read failed. See previous exception for details.") from cause
+    except RuntimeError as wrapped:
+        assert first_line(wrapped) == "GDAL: block 3 is truncated"
+
 def test_killed_run_leaves_no_finished_looking_file_and_resume_continues(engine, tmp_path):
     first = write_scene(tmp_path / "first.tif", 512, 512, seed=1)
     big = write_scene(tmp_path / "big.tif", 2560, 2560, seed=2)

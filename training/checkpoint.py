@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from clay.runtime.files import first_line
 from torch import Tensor
 
 from .model import SIZES, ClayMAE, ModelSize, get_size
@@ -57,11 +58,11 @@ def read_checkpoint_file(path: str | Path) -> dict:
     except pickle.UnpicklingError:
         log.warning("%s: not loadable with weights_only=True, unpickling it fully", path)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a file that is not a checkpoint
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)})") from None
 
 
 def extract_state_dict(obj: object) -> dict[str, Tensor]:
@@ -146,8 +147,3 @@ def _count_layers(state: Mapping[str, Tensor], prefix: str) -> int:
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     indices = {int(m.group(1)) for k in state if (m := pattern.match(k))}
     return max(indices) + 1 if indices else 0
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
