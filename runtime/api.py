@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .engine import Engine, open_engine
+from .engine import Engine, all_finite, open_engine
 from .files import SceneError, SceneFiles
 from .metadata import EngineMetadata
 from .options import RunOptions
@@ -83,7 +83,7 @@ class ClayEmbedder:
         expected = (len(meta.bands), meta.chip_size, meta.chip_size)
         if pixels.ndim != 4 or pixels.shape[1:] != expected:
             raise ValueError(f"pixels must be [B, {', '.join(map(str, expected))}] ({', '.join(meta.bands)}), got {list(pixels.shape)}")
-        if not np.isfinite(pixels).all():
+        if not all_finite(pixels):
             raise ValueError("pixels hold NaN or infinite values; fill nodata before embedding")
         if patch_embeddings and not meta.has_patch_embeddings:
             raise ValueError("this engine was exported without --patch-embeddings")

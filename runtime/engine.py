@@ -39,6 +39,14 @@ class Staged:
     slot: object = None
 
 
+def all_finite(array: np.ndarray) -> bool:
+    """Whether an input holds no NaN or infinity, checked before it reaches an engine (which would
+    turn one into NaN embeddings). One pass and no temporary mask: a NaN or an infinity makes the
+    sum non-finite (a finite sum of realistic values never overflows float32), then the full check
+    confirms it."""
+    return bool(np.isfinite(np.add.reduce(array, axis=None)) or np.isfinite(array).all())
+
+
 class Engine(ABC):
     """A loaded Clay encoder. ``infer`` is thread-safe (calls are serialised by a lock); ``close``
     (or leaving a ``with`` block) frees what the backend holds (sessions, device and pinned memory)."""

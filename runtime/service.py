@@ -22,7 +22,7 @@ import numpy as np
 from prometheus_client import Counter, Histogram
 
 from .batching import DynamicBatcher
-from .engine import Engine
+from .engine import Engine, all_finite
 from .files import first_line
 
 # kserve parses sys.argv when imported (its own --http_port, --workers...): keep ours away from it.
@@ -108,9 +108,7 @@ def validate(tensors: dict[str, tuple[str, list[int], object]], engine: Engine, 
     if not 1 <= batch <= max_batch:
         raise BadRequest(f"a request holds 1 to {max_batch} chips (this server's --max-batch), not {batch}")
     for name, array in arrays.items():
-        # one pass and no temporary mask: a NaN or an infinity makes the sum non-finite (a finite
-        # sum of realistic values never overflows float32), then the full check confirms it
-        if not np.isfinite(np.add.reduce(array, axis=None)) and not np.isfinite(array).all():
+        if not all_finite(array):
             raise BadRequest(f"input {name} holds NaN or infinite values; fill nodata before embedding")
     return arrays
 

@@ -166,6 +166,13 @@ def test_api_embeds_arrays_and_refuses_wrong_shapes(engine):
     assert vectors.shape == (2, 256) and vectors.dtype == np.float32
     with pytest.raises(ValueError, match=r"pixels must be \[B, 13, 512, 512\]"):
         embedder.embed(pixels[:, :12], lonlat, date)
+    for bad in (np.nan, np.inf):
+        holed = pixels.copy()
+        holed[1, 3, 100, 200] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            embedder.embed(holed, lonlat, date)
+    huge = np.full_like(pixels, 3e38)  # finite, though their float32 sum overflows: still accepted
+    assert embedder.embed(huge, lonlat, date).shape == (2, 256)
 
 
 @pytest.mark.parametrize(
