@@ -119,6 +119,7 @@ class ClayModel(kserve.Model):
     def __init__(self, engine: Engine, options: ServeOptions) -> None:
         super().__init__(MODEL_NAME)
         self.engine, self.options = engine, options
+        self.output_specs = output_specs(engine)
         self.batcher = DynamicBatcher(self._infer, options.max_batch, options.max_delay_ms / 1000, BATCH_ROWS.observe)
         self.ready = True
 
@@ -129,7 +130,7 @@ class ClayModel(kserve.Model):
         return [{"name": n, "datatype": "FP32", "shape": s} for n, s in input_specs(self.engine).items()]
 
     def get_output_types(self) -> list[dict]:
-        return [{"name": n, "datatype": "FP32", "shape": s} for n, s in output_specs(self.engine).items()]
+        return [{"name": n, "datatype": "FP32", "shape": s} for n, s in self.output_specs.items()]
 
     async def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
         start = time.perf_counter()
@@ -137,10 +138,10 @@ class ClayModel(kserve.Model):
         try:
             arrays = validate({t.name: (t.datatype, list(t.shape), t.as_numpy) for t in payload.inputs},
                               self.engine, self.options.max_batch)  # fmt: skip
-            wanted = [o.name for o in payload.request_outputs or []] or list(output_specs(self.engine))
-            unknown = [name for name in wanted if name not in output_specs(self.engine)]
+            wanted = [o.name for o in payload.request_outputs or []] or list(self.output_specs)
+            unknown = [name for name in wanted if name not in self.output_specs]
             if unknown:
-                raise BadRequest(f"unknown output(s) {', '.join(unknown)}; this engine has {', '.join(output_specs(self.engine))}")
+                raise BadRequest(f"unknown output(s) {', '.join(unknown)}; this engine has {', '.join(self.output_specs)}")
         except BadRequest as exc:
             REQUESTS.labels("invalid").inc()
             raise InvalidInput(str(exc)) from None  # HTTP 400, gRPC INVALID_ARGUMENT
