@@ -26,13 +26,8 @@ QUEUE_DELAY_US = 5000
 
 def config_text(name: str, platform: str, metadata: EngineMetadata, batch: BatchProfile) -> str:
     """A ``config.pbtxt`` (protobuf text format of Triton's ``ModelConfig``)."""
-    grid = metadata.chip_size // metadata.patch_size
-    inputs = {"pixels": [len(metadata.bands), metadata.chip_size, metadata.chip_size], "lonlat": [2], "date": [3]}
-    outputs = {"embedding": [metadata.dim]}
-    if metadata.has_patch_embeddings:
-        outputs["patch_embeddings"] = [len(metadata.groups), grid, grid, metadata.dim]
 
-    def tensors(kind: str, specs: dict[str, list[int]]) -> list[str]:
+    def tensors(kind: str, specs: dict[str, tuple[int, ...]]) -> list[str]:
         body = ",\n".join(f'  {{ name: "{n}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, d))} ] }}' for n, d in specs.items())
         return [f"{kind} [", body, "]"]
 
@@ -40,7 +35,7 @@ def config_text(name: str, platform: str, metadata: EngineMetadata, batch: Batch
                   "clay_precision": metadata.precision, "clay_checkpoint_sha256": metadata.checkpoint_sha256,
                   "clay_metadata": json.dumps(metadata.to_dict())}  # fmt: skip
     lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {batch.max}",
-             *tensors("input", inputs), *tensors("output", outputs),
+             *tensors("input", metadata.input_shapes), *tensors("output", metadata.output_shapes),
              f"dynamic_batching {{ preferred_batch_size: [ {batch.opt} ] max_queue_delay_microseconds: {QUEUE_DELAY_US} }}",
              "instance_group [ { count: 1 kind: KIND_GPU } ]"]  # fmt: skip
     for key, value in parameters.items():

@@ -267,12 +267,8 @@ class TensorRTEngine(Engine):
             self._context.set_tensor_address(name, self._device[name])
 
     def _max_shapes(self) -> dict[str, tuple[int, ...]]:
-        m, b = self.metadata, self._max_batch
-        shapes = {"pixels": (b, len(m.bands), m.chip_size, m.chip_size), "lonlat": (b, 2), "date": (b, 3),
-                  "embedding": (b, m.dim)}  # fmt: skip
-        grid = m.chip_size // m.patch_size
-        shapes["patch_embeddings"] = (b, len(m.groups), grid, grid, m.dim)
-        return shapes
+        shapes = {**self.metadata.input_shapes, **self.metadata.output_shapes}
+        return {name: (self._max_batch, *shape) for name, shape in shapes.items()}
 
     def _infer(self, pixels, lonlat, date):
         cudart, batch = self._cudart, pixels.shape[0]

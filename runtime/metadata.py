@@ -61,6 +61,21 @@ class EngineMetadata:
     def has_patch_embeddings(self) -> bool:
         return "patch_embeddings" in self.outputs
 
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The exported graph's inputs, one chip's shape each (the batch axis left out): what the
+        engines allocate, ``clay-serve`` declares and Triton's model configs say."""
+        return {"pixels": (len(self.bands), self.chip_size, self.chip_size), "lonlat": (2,), "date": (3,)}
+
+    @property
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The exported graph's outputs, one chip's shape each (the batch axis left out)."""
+        grid = self.chip_size // self.patch_size
+        shapes = {"embedding": (self.dim,)}
+        if self.has_patch_embeddings:
+            shapes["patch_embeddings"] = (len(self.groups), grid, grid, self.dim)
+        return shapes
+
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
         for key, value in record.items():

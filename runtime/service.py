@@ -72,17 +72,12 @@ def request_limit(engine: Engine, max_batch: int) -> int:
 
 
 def input_specs(engine: Engine) -> dict[str, list[int]]:
-    meta = engine.metadata
-    return {"pixels": [-1, len(meta.bands), meta.chip_size, meta.chip_size], "lonlat": [-1, 2], "date": [-1, 3]}
+    """The inputs as the Open Inference Protocol declares them: -1 for any batch."""
+    return {name: [-1, *shape] for name, shape in engine.metadata.input_shapes.items()}
 
 
 def output_specs(engine: Engine) -> dict[str, list[int]]:
-    meta = engine.metadata
-    grid = meta.chip_size // meta.patch_size
-    specs = {"embedding": [-1, meta.dim]}
-    if meta.has_patch_embeddings:
-        specs["patch_embeddings"] = [-1, len(meta.groups), grid, grid, meta.dim]
-    return specs
+    return {name: [-1, *shape] for name, shape in engine.metadata.output_shapes.items()}
 
 
 def validate(tensors: dict[str, tuple[str, list[int], object]], engine: Engine, max_batch: int) -> dict[str, np.ndarray]:

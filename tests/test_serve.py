@@ -76,6 +76,8 @@ def test_http_and_grpc_answer_like_the_python_api(server, chips):
         metadata = json.load(answer)
     engine = read_engine_metadata(DEMO_ENGINE)
     assert metadata["inputs"][0] == {"name": "pixels", "datatype": "FP32", "shape": [-1, len(engine.bands), 512, 512]}
+    assert [(o["name"], o["shape"]) for o in metadata["outputs"]] == [
+        ("embedding", [-1, engine.dim]), ("patch_embeddings", [-1, len(engine.groups), 16, 16, engine.dim])]
     assert metadata["parameters"]["checkpoint_sha256"] == engine.checkpoint_sha256
     assert metadata["parameters"]["bands"] == ",".join(engine.bands) and metadata["parameters"]["max_batch_per_request"] == 2
     assert grpc.get_model_metadata("clay").inputs[1].shape == [-1, 2]
