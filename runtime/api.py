@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from .metadata import EngineMetadata
 from .options import RunOptions
 from .output import ScenePaths
 from .pipeline import ChipReaders, Progress, SceneJob, SceneResult, run_scenes
-from .scene import Scene, open_scene
+from .scene import Scene, as_scene_files, open_scene
 from .timing import StageClock
 
 
@@ -97,17 +97,25 @@ class ClayEmbedder:
         return open_scene(scene, self.metadata, options or self.options)
 
     def embed_scenes(
-        self, scenes: Iterable[tuple[Scene, ScenePaths]], options: RunOptions | None = None,
-        progress: Progress | None = None,
+        self, scenes: Iterable[SceneJob | tuple[Scene | SceneFiles | str | Path, ScenePaths]],
+        options: RunOptions | None = None, progress: Progress | None = None,
+        on_open: Callable[[Scene], None] | None = None,
     ) -> Iterator[SceneResult]:  # fmt: skip
-        """Embed opened scenes into their files, several in flight; yields each result in order.
-        With ``resume``, scenes whose files are complete are left out, and what a killed run left
-        under ``.partial`` names is removed."""
+        """Embed scenes into their files, several in flight; yields each result in order. A scene
+        given unopened (files, a path) is opened by the pipeline ahead of its chips (``on_open`` sees
+        each), and one that cannot be opened is a failed result with ``keep_going``, else raises
+        :class:`SceneError`. With ``resume``, scenes whose files are complete are left out, and what
+        a killed run left under ``.partial`` names is removed."""
         options = options or self.options
-        jobs = [SceneJob(scene, paths) for scene, paths in scenes if not (options.resume and paths.complete())]
+        jobs = []
+        for item in scenes:
+            job = item if isinstance(item, SceneJob) else SceneJob(
+                item[0] if isinstance(item[0], (Scene, SceneFiles)) else as_scene_files(item[0]), item[1])  # fmt: skip
+            if not (options.resume and job.paths.complete()):
+                jobs.append(job)
         for job in jobs:
             job.paths.clear_partials()
-        yield from run_scenes(self.engine, jobs, options, self.readers, progress, self.clock)
+        yield from run_scenes(self.engine, jobs, options, self.readers, progress, self.clock, on_open)
 
     def embed_scene_to(self, scene: str | Path | SceneFiles, output: str | Path, options: RunOptions | None = None) -> SceneResult:
         """Embed a GeoTIFF scene into a GeoParquet file (and its patch file), published atomically."""

@@ -39,6 +39,17 @@ GROUP_NAMES: tuple[str, ...] = tuple(BAND_GROUPS)
 S2_BANDS: tuple[str, ...] = BAND_NAMES[:10]
 SAR_BANDS: tuple[str, ...] = ("VH", "VV")
 
+#: The units the engine's ``pixels`` input expects, per kind of band: what Clay v0's normalisation
+#: constants (BAND_MEANS/BAND_STDS) were computed on, and what :mod:`clay.runtime.units` brings
+#: every scene to. Sentinel-2: harmonised DNs, i.e. without the +1000 offset that L2A processing
+#: baseline 04.00+ adds (from 2022-01-25): most of Clay v0's 2017–2023 training scenes predate it,
+#: so its normalisation means above (B02 1369) are mostly offset-free statistics.
+INPUT_UNITS: dict[str, str] = {
+    "S2": "L2A surface reflectance x 10000, harmonised (no +1000 offset of processing baseline 04.00+)",
+    "SAR": "backscatter as linear power (gamma0), not dB",
+    "DEM": "elevation in metres",
+}
+
 CHIP_SIZE = 512
 PATCH_SIZE = 32
 GRID_SIZE = CHIP_SIZE // PATCH_SIZE  # 16 patches per side, 256 tokens per group

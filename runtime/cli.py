@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -13,16 +15,17 @@ import pyarrow.parquet as pq
 
 from .api import ClayEmbedder
 from .console import require_extra
+from .dates import parse_date
 from .engine import BACKENDS, EngineError
-from .files import SceneError, SceneFiles, discover_scenes, parse_date
+from .files import SceneError, SceneFiles, discover_scenes, first_line
 from .formats import describe_formats
 from .grid import EDGE_MODES
 from .metadata import EngineMetadata
 from .options import SAR_UNITS, RunOptions, cpu_count
 from .output import OutputError, ScenePaths
-from .pipeline import SceneResult
+from .pipeline import SceneJob, SceneResult
 from .ray_job import RayJobError, RunCounts, ray_cluster, run_on_ray
-from .scene import Scene, gsd_warning, open_scene
+from .scene import Scene, open_scene
 
 DEMO_DIR = Path(__file__).parent / "demo"
 DEMO_ENGINE = DEMO_DIR / "clay-demo-tiny-s2.int8.onnx"
@@ -47,8 +50,12 @@ def output_paths(scenes: list[SceneFiles], out: Path | None) -> list[Path]:
     else:
         folder = out or Path("clay-embeddings")
         targets = [folder / f"{scene.name}.parquet" for scene in scenes]
-    if len(set(targets)) != len(targets):
-        raise SceneError("two scenes have the same file name; run them into different --out directories")
+    seen: dict[Path, SceneFiles] = {}
+    for scene, target in zip(scenes, targets):
+        if target in seen:
+            raise SceneError(f"{seen[target].path} and {scene.path} would both be written to {target}; "
+                             "run them into different --out directories")  # fmt: skip
+        seen[target] = scene
     return targets
 
 
@@ -63,25 +70,37 @@ def ensure_writable(folder: Path) -> None:
 
 
 class Progress:
-    """A tqdm bar over all chips on a terminal; otherwise a plain line every ~10 % of the chips."""
+    """Chips as they are embedded: a tqdm bar on a terminal, whose total grows as scenes open (they
+    open ahead of the chip stream); otherwise a plain line at most every ``every`` seconds and at the end."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.seen, self.next_log, self.start = total, 0, 0.1, time.perf_counter()
+    def __init__(self, scenes: int, every: float = 10.0) -> None:
+        self.scenes, self.opened, self.total, self.seen = scenes, 0, 0, 0
+        self.every, self.start, self.last = every, time.perf_counter(), time.perf_counter()
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="chip", file=sys.stderr)
+            self.bar = tqdm(total=0, unit="chip", file=sys.stderr)
+
+    def opened_scene(self, chips: int) -> None:
+        self.opened += 1
+        self.total += chips
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
 
     def __call__(self, scene: str, chips: int) -> None:
         self.seen += chips
         if self.bar is not None:
             self.bar.set_description(scene)
             self.bar.update(chips)
-        elif self.seen / max(self.total, 1) >= self.next_log or self.seen == self.total:
-            rate = self.seen / max(time.perf_counter() - self.start, 1e-9)
-            click.echo(f"clay-run: {self.seen}/{self.total} chips ({scene}), {rate:.2f} chips/s", err=True)
-            self.next_log = self.seen / max(self.total, 1) + 0.1
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every or (self.opened == self.scenes and self.seen == self.total):
+            self.last = now
+            rate = self.seen / max(now - self.start, 1e-9)
+            click.echo(f"clay-run: {self.seen}/{self.total} chips of {self.opened}/{self.scenes} scenes opened "
+                       f"({scene}), {rate:.2f} chips/s", err=True)  # fmt: skip
 
     def close(self) -> None:
         if self.bar is not None:
@@ -132,9 +151,10 @@ class RayProgress:
 @click.option("--sar-units", type=click.Choice(SAR_UNITS), default="auto", show_default=True,
               help="Units of VH/VV. Clay v0 expects linear power; dB is converted (10^(dB/10)) while reading. "
                    "auto: the band's unit metadata, else refuse a mostly negative (dB) band.")
-@click.option("--s2-offset", type=float, default=0.0, show_default=True,
-              help="Subtract this from S2 DNs, e.g. 1000 for L2A baseline 04.00+ (from 2022-01-25). Off by default: "
-                   "Clay v0 was trained on such data without removing the offset.")
+@click.option("--s2-offset", type=float, default=None,
+              help="Subtract this from every scene's S2 DNs (e.g. 0 or 1000), overriding what each scene declares. "
+                   "Default: per scene, from its metadata (GDAL scale/offset, BOA_ADD_OFFSET, processing baseline "
+                   "04.00+ → 1000), to the engine's harmonised DNs (no +1000 offset); nothing declared: none removed.")
 @click.option("--resume", is_flag=True, help="Skip scenes whose outputs are complete (their chip file, and patch file "
                                             "when asked for, published); clear what a killed run left.")
 @click.option("--keep-going", is_flag=True, help="When a scene fails, finish the others and list the failures at the end "
@@ -180,6 +200,8 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
     try:
         scene_files = discover_scenes(scenes)
         targets = output_paths(scene_files, out)
+        if preview is not None and len(scene_files) != 1:
+            raise SceneError(f"--preview {preview}: draws one scene, {len(scene_files)} to embed")
         if use_ray:
             run_with_ray(engine_path, backend, threads, scene_files, targets, options, failures, preview)
         else:
@@ -188,6 +210,11 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
         sys.exit(f"clay-run: {exc}")
     except KeyboardInterrupt:
         sys.exit("clay-run: interrupted; finished scenes are kept, rerun with --resume to continue")
+    except Exception as exc:  # noqa: BLE001 - a bug of ours is still one line for the user, with its kind
+        if os.environ.get("CLAY_DEBUG"):
+            raise
+        sys.exit(f"clay-run: internal error ({type(exc).__name__}: {first_line(exc)}); rerun with CLAY_DEBUG=1 "
+                 "for the traceback and report it")  # fmt: skip
     if failures:
         click.echo(f"clay-run: {len(failures)} scene(s) failed:", err=True)
         for name, reason in failures:
@@ -203,15 +230,15 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
 
 def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles], targets: list[Path],
              options: RunOptions, failures: list, preview: Path | None) -> None:  # fmt: skip
-    """The single-machine run: one engine, reader threads, the pipeline."""
+    """The single-machine run: one engine, reader threads, the pipeline (which opens the scenes)."""
     with ClayEmbedder(engine_path, backend, threads, options) as embedder:
         click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}", err=True)
-        jobs = plan_jobs(embedder.open_scene, scene_files, targets, options, failures)
-        check_preview(preview, jobs)
+        jobs = plan_jobs(scene_files, targets, options)
         start = time.perf_counter()
         results = run_jobs(embedder, jobs, options, failures)
         wall = time.perf_counter() - start
-        draw_preview(preview, jobs, results, embedder.metadata, embedder.engine.path.name)
+        draw_preview(preview, results, embedder.metadata, embedder.engine.path.name)
+        ignored_files(results)
         stages = embedder.clock.summary() or "nothing ran"
         summary(results, targets, wall, embedder.engine.backend,
                 f"time in: {stages} ({embedder.options.reader_count} reader threads)")  # fmt: skip
@@ -219,47 +246,39 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
 
 def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles],
                  targets: list[Path], options: RunOptions, failures: list, preview: Path | None) -> None:  # fmt: skip
-    """``--ray``: the same validation on this machine (the driver), then the job on Ray Data
+    """``--ray``: the scenes opened on this machine (the driver), then the job on Ray Data
     (:mod:`clay.runtime.ray_job`); Ray's start-up is reported apart from the run's speed."""
     started = time.perf_counter()
     with ray_cluster() as cluster:
         engine = cluster.engine(engine_path, backend, threads)
         startup = time.perf_counter() - started
         click.echo(f"clay-run: ray: {cluster.describe()}; engine {engine.name} on {engine.description}", err=True)
-        jobs = plan_jobs(lambda files, opts: open_scene(files, engine.metadata, opts), scene_files, targets, options,
-                         failures)  # fmt: skip
-        check_preview(preview, jobs)
+        jobs = open_jobs(engine.metadata, plan_jobs(scene_files, targets, options), options, failures)
         chips = sum(len(scene.chips(options.edge)) for scene, _ in jobs)
         layout = cluster.layout(engine, threads, -(-chips // (options.batch_size or engine.preferred_batch)))
         click.echo(f"clay-run: ray: {chips} chips in {len(jobs)} scene(s) on {layout.describe()}", err=True)
         start = time.perf_counter()
         results = report(run_on_ray(cluster, engine, jobs, options, RayProgress(), threads, layout), options, failures)
         wall = time.perf_counter() - start
-        draw_preview(preview, jobs, results, engine.metadata, engine.name)
+        draw_preview(preview, results, engine.metadata, engine.name)
+        ignored_files(results)
         summary(results, targets, wall, engine.backend,
                 f"on Ray: {layout.describe()}; Ray start-up {startup:.1f} s not counted")  # fmt: skip
 
 
-def check_preview(preview: Path | None, jobs: list) -> None:
-    if preview is not None and len(jobs) != 1:
-        raise SceneError(f"--preview {preview}: draws one scene, {len(jobs)} to embed")
-
-
-def draw_preview(preview: Path | None, jobs: list, results: list[SceneResult], metadata: EngineMetadata,
-                 engine_name: str) -> None:  # fmt: skip
-    if preview is not None and results and results[0].paths:
+def draw_preview(preview: Path | None, results: list[SceneResult], metadata: EngineMetadata, engine_name: str) -> None:
+    if preview is not None and results and results[0].paths and results[0].opened is not None:
         from .preview import render_preview
 
         result = results[0]
         patches = pq.read_table(result.patches) if result.patches else None
-        render_preview(jobs[0][0], pq.read_table(result.output), patches, metadata, engine_name, preview)
+        render_preview(result.opened, pq.read_table(result.output), patches, metadata, engine_name, preview)
 
 
-def plan_jobs(open_one: Callable[[SceneFiles, RunOptions], Scene], scene_files: list[SceneFiles], targets: list[Path],
-              options: RunOptions, failures: list) -> list:  # fmt: skip
-    """Validate every scene before any work starts (``open_one``: open a scene against the engine);
-    skip complete ones with --resume. A scene that fails validation stops the run, or with
-    --keep-going is listed as failed."""
+def plan_jobs(scene_files: list[SceneFiles], targets: list[Path], options: RunOptions) -> list[SceneJob]:
+    """The scenes to embed and their files, before any is opened: output folders checked writable,
+    complete scenes skipped with --resume. The pipeline opens (validates) each scene ahead of its
+    chips; a scene that fails then stops the run, or with --keep-going is listed as failed."""
     for folder in dict.fromkeys(target.parent for target in targets):
         ensure_writable(folder)
     jobs = []
@@ -268,24 +287,56 @@ def plan_jobs(open_one: Callable[[SceneFiles, RunOptions], Scene], scene_files: 
         if options.resume and paths.complete():
             click.echo(f"clay-run: {files.name}: {target} is complete, skipped (--resume)", err=True)
             continue
-        try:
-            scene = open_one(files, options)
-        except SceneError as exc:
-            if not options.keep_going:
-                raise
-            failures.append((files.name, str(exc)))
-            continue
-        warning = gsd_warning(scene)
-        if warning:
-            click.echo(f"clay-run: warning: {warning}", err=True)
-        jobs.append((scene, paths))
+        jobs.append(SceneJob(files, paths))
     return jobs
 
 
-def run_jobs(embedder: ClayEmbedder, jobs: list, options: RunOptions, failures: list) -> list:
-    progress = Progress(sum(len(scene.chips(options.edge)) for scene, _ in jobs))
+def open_jobs(metadata: EngineMetadata, jobs: list[SceneJob], options: RunOptions, failures: list) -> list:
+    """Open every scene on this machine's cores at once (the Ray driver needs them all before the
+    dataset is built); a scene that fails stops the run, or with --keep-going is listed as failed."""
+    with ThreadPoolExecutor(cpu_count()) as pool:
+        opened = list(pool.map(lambda job: _try_open(job, metadata, options), jobs))
+    ready = []
+    for job, (scene, error) in zip(jobs, opened):
+        if error is not None:
+            if not options.keep_going:
+                raise SceneError(error)
+            failures.append((job.name, error))
+            continue
+        print_warnings(scene)
+        ready.append((scene, job.paths))
+    return ready
+
+
+def _try_open(job: SceneJob, metadata: EngineMetadata, options: RunOptions) -> tuple[Scene | None, str | None]:
     try:
-        return report(embedder.embed_scenes(jobs, options, progress), options, failures)
+        return open_scene(job.scene, metadata, options), None
+    except SceneError as exc:
+        return None, str(exc)
+
+
+def print_warnings(scene: Scene) -> None:
+    for warning in scene.warnings:
+        click.echo(f"clay-run: warning: {warning}", err=True)
+
+
+def ignored_files(results: list[SceneResult]) -> None:
+    """Once per run: the files beside the scenes' bands that were not bands of the engine."""
+    ignored = [str(p) for r in results if r.opened is not None for p in r.opened.ignored]
+    if ignored:
+        shown = ", ".join(ignored[:12]) + (f" and {len(ignored) - 12} more" if len(ignored) > 12 else "")
+        click.echo(f"clay-run: ignored {len(ignored)} file(s) that are not bands of the engine: {shown}", err=True)
+
+
+def run_jobs(embedder: ClayEmbedder, jobs: list[SceneJob], options: RunOptions, failures: list) -> list:
+    progress = Progress(len(jobs))
+
+    def opened(scene: Scene) -> None:
+        print_warnings(scene)
+        progress.opened_scene(len(scene.chips(options.edge)))
+
+    try:
+        return report(embedder.embed_scenes(jobs, options, progress, on_open=opened), options, failures)
     finally:
         progress.close()
 

@@ -1,5 +1,6 @@
 """What the user pointed at, before any pixel is read: scenes found among paths, URIs and
-manifests, GeoTIFF headers, bands matched to Clay's by name, acquisition dates.
+manifests, GeoTIFF headers (georeferencing, per-band masks, scale/offset, units, tags), and bands
+matched to Clay's by name.
 
 Every problem a user can fix is a :class:`SceneError` whose message names the file. The training
 data reads chips through the same band matching, so a file that trains also embeds.
@@ -7,16 +8,19 @@ data reads chips through the same band matching, so a file that trains also embe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date as Date
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import rasterio
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
+from rasterio.transform import Affine
 
 from .bands import BAND_GROUPS, BAND_NAMES, GROUP_NAMES, canonical_band_name
 
-SUPPORTED_DTYPES = ("uint16", "int16", "float32")
+#: Data types a Clay band may be stored in. uint8 is left out on purpose: Sentinel-2's uint8 files
+#: are the true-colour preview (TCI), not reflectances.
+SUPPORTED_DTYPES = ("uint16", "int16", "uint32", "int32", "float32", "float64")
 SCENE_SUFFIXES = (".tif", ".tiff")
 MANIFEST_SUFFIX = ".txt"
 #: URI schemes GDAL reads through a virtual file system (``/vsicurl/`` keeps the whole URL).
@@ -25,19 +29,6 @@ URI_SCHEMES = {"s3": "/vsis3/", "gs": "/vsigs/", "az": "/vsiaz/", "http": "/vsic
 
 class SceneError(ValueError):
     """A scene the runtime cannot embed; the message names the file and the problem."""
-
-
-def date_tag(tags: dict[str, str]) -> str | None:
-    """The acquisition date text of a GeoTIFF: the release's ``date`` tag, else TIFF ``DateTime``."""
-    return tags.get("date") or tags.get("DATE") or tags.get("TIFFTAG_DATETIME")
-
-
-def parse_date(text: str) -> Date:
-    """``YYYY-MM-DD`` (also the TIFF ``YYYY:MM:DD HH:MM:SS`` form) → date."""
-    head = text.strip()[:10]
-    if len(head) == 10 and head[4] == ":" and head[7] == ":":
-        head = head.replace(":", "-")
-    return Date.fromisoformat(head)
 
 
 @dataclass(frozen=True)
@@ -112,7 +103,7 @@ def read_manifest(manifest: Path) -> list[Path | GdalPath]:
     """The scenes a text manifest lists, one a line; blank lines and ``#`` comments are skipped,
     and relative paths are taken from the manifest's folder (so a manifest can travel with its data)."""
     try:
-        lines = manifest.read_text().splitlines()
+        lines = manifest.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Windows editors) is not a path
     except (OSError, UnicodeDecodeError) as exc:
         raise SceneError(f"{manifest}: cannot read this manifest ({getattr(exc, 'strerror', None) or exc})") from None
     entries = []
@@ -134,44 +125,92 @@ class SceneFiles:
 
     path: Path | GdalPath
     files: tuple[Path | GdalPath, ...]
+    ignored: tuple[Path | GdalPath, ...] = ()  # files beside them that are not Clay bands
 
     @property
     def name(self) -> str:
         return self.path.stem if self.path.is_file() else self.path.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # a file's header is itself: identity, hashable
 class Header:
+    """What a file says about itself, without its pixels. Per-band tuples are in band order."""
+
     path: Path | GdalPath
     crs: rasterio.crs.CRS
-    transform: rasterio.Affine
+    transform: Affine
     width: int
     height: int
     count: int
     names: tuple[str | None, ...]  # canonical band name per band (None: not a Clay band)
-    nodata: float | None
+    dtypes: tuple[str, ...]
+    nodata: tuple[float | None, ...]
+    masks: tuple[str, ...]  # "none", "nodata" (the nodata value marks it) or "mask" (a mask band or alpha)
+    scales: tuple[float, ...]
+    offsets: tuple[float, ...]
     units: tuple[str, ...]
-    tags: dict[str, str]
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)  # metadata domain ("" default) → tags
+    band_tags: tuple[dict[str, str], ...] = ()
+    overviews: bool = False
+
+    def tag(self, key: str, domain: str = "") -> str | None:
+        return self.tags.get(domain, {}).get(key)
+
+
+#: Metadata domains whose tags a header keeps (GDAL's IMAGERY domain holds acquisition metadata).
+TAG_DOMAINS = ("", "IMAGERY")
+
+
+def mask_kind(flags) -> str:
+    """GDAL's mask flags of a band (rasterio ``mask_flag_enums``) as how its invalid pixels are found:
+    ``none`` (all valid), ``nodata`` (equal to the nodata value) or ``mask`` (a per-band or
+    per-dataset mask band, or an alpha band: read with ``read_masks``)."""
+    flags = set(flags)
+    if flags == {MaskFlags.all_valid}:
+        return "none"
+    if flags == {MaskFlags.nodata}:
+        return "nodata"
+    return "mask"
+
+
+def georeferencing_problem(src) -> str | None:
+    """Why an open dataset cannot be placed on Earth, or ``None``. GDAL reports a file without a
+    geotransform as the identity (pixel (0, 0) at the CRS origin, 1-unit pixels): placing chips with
+    it would put them at the wrong place with exit code 0."""
+    if src.crs is None:
+        return "no CRS; the runtime needs one to place chips on Earth"
+    transform = src.transform
+    if transform == Affine.identity() or transform.is_degenerate:
+        if src.gcps[0]:
+            how = "ground control points only"
+        elif src.rpcs is not None:
+            how = "RPCs only"
+        else:
+            how = "no geotransform (GDAL reports the identity: 1-unit pixels at the CRS origin)"
+        return f"{how}; warp it onto a grid first (gdalwarp -t_srs EPSG:... in.tif out.tif)"
+    return None
 
 
 def read_header(path: Path | GdalPath) -> Header:
-    """What the runtime (and the training data) need to know of a file, without reading pixels."""
+    """What the runtime (and the training data) need to know of a file, without reading pixels.
+    Raises :class:`SceneError` for a file that is missing, unreadable or not georeferenced."""
     if not path.is_file():
         raise SceneError(f"{path}: no such file")
     try:
         with rasterio.open(path) as src:
-            dtypes = set(src.dtypes)
-            if not dtypes <= set(SUPPORTED_DTYPES):
-                raise SceneError(
-                    f"{path}: unsupported data type {', '.join(sorted(dtypes))} (use {', '.join(SUPPORTED_DTYPES)})"
-                )
-            if src.crs is None:
-                raise SceneError(f"{path}: no CRS; the runtime needs one to place chips on Earth")
+            problem = georeferencing_problem(src)
+            if problem:
+                raise SceneError(f"{path}: {problem}")
             names = tuple(canonical_band_name(d) if d else None for d in src.descriptions)
             if src.count == 1 and names[0] is None:
                 names = (canonical_band_name(path.stem),)  # per-band products name the band in the file name
-            return Header(path, src.crs, src.transform, src.width, src.height, src.count, names, src.nodata,
-                           tuple(u or "" for u in src.units), src.tags())  # fmt: skip
+            return Header(
+                path, src.crs, src.transform, src.width, src.height, src.count, names, tuple(src.dtypes),
+                tuple(src.nodatavals), tuple(mask_kind(f) for f in src.mask_flag_enums), tuple(src.scales),
+                tuple(src.offsets), tuple(u or "" for u in src.units),
+                {domain: src.tags(ns=domain) if domain else src.tags() for domain in TAG_DOMAINS},
+                tuple(src.tags(i) for i in range(1, src.count + 1)), bool(src.overviews(1)),
+            )  # fmt: skip
     except RasterioError as exc:
         raise SceneError(f"{path}: not a readable GeoTIFF ({first_line(exc)})") from None
 
@@ -198,7 +237,8 @@ def band_sources(scene: SceneFiles, headers: list[Header], wanted: tuple[str, ..
     missing = [b for b in wanted if b not in found]
     if missing:
         fitting = [g for g in GROUP_NAMES if all(BAND_NAMES[i] in found for i in BAND_GROUPS[g])]
-        hint = f"; the band groups it has: --groups {','.join(fitting)}" if fitting else ""
+        hint = (f"; the band groups it has: {','.join(fitting)} (export an engine for them with clay-export "
+                f"--groups {','.join(fitting)})" if fitting else "")  # fmt: skip
         raise SceneError(
             f"{scene.path}: lacks band(s) {', '.join(missing)} (the scene has {', '.join(found) or 'no Clay band'}){hint}"
         )
@@ -210,10 +250,12 @@ def discover_scenes(paths, manifests: bool = True) -> list[SceneFiles]:
 
     A multi-band GeoTIFF is a scene. Single-band files named as bands (``B02.tif``, ``B2.tif``,
     ``VV.tif``), given together on the command line or found under one folder (sub-folders
-    included, e.g. an S2 and an S1 product side by side), form one scene. A folder of multi-band
-    files gives one scene per file. A GDAL URI (``/vsis3/...``, ``s3://...``, ``https://...``) is
-    a file. A ``.txt`` file is a manifest: each of its lines is discovered on its own, so one line
-    is one scene (a file, or a folder of per-band files); lines are not manifests themselves.
+    included, e.g. an S2 and an S1 product side by side), form one scene; the other GeoTIFFs beside
+    them (``visual.tif``, ``SCL.tif``, ``B01.tif``, ``AOT.tif``…) are not Clay bands and are listed in
+    the scene's ``ignored``. A folder without such files gives one scene per multi-band file. A GDAL
+    URI (``/vsis3/...``, ``s3://...``, ``https://...``) is a file. A ``.txt`` file is a manifest:
+    each of its lines is discovered on its own, so one line is one scene (a file, or a folder of
+    per-band files); lines are not manifests themselves.
     """
     scenes: list[SceneFiles] = []
     loose: list[Path | GdalPath] = []
@@ -226,10 +268,11 @@ def discover_scenes(paths, manifests: bool = True) -> list[SceneFiles]:
             if not found:
                 raise SceneError(f"{path}: no GeoTIFF files in this folder")
             per_band = [p for p in found if _is_band_file(p)]
-            if per_band:  # other single-band files (B01, B09, SCL...) are not Clay bands: ignored
-                scenes.append(SceneFiles(path, tuple(per_band)))
+            if per_band:
+                scenes.append(SceneFiles(path, tuple(per_band), tuple(p for p in found if p not in per_band)))
+                continue
             multi_band = [SceneFiles(p, (p,)) for p in found if _band_count(p) > 1]
-            if not per_band and not multi_band:
+            if not multi_band:
                 raise SceneError(f"{path}: no multi-band GeoTIFF and no file named as a Clay band (B02.tif, VV.tif...)")
             scenes.extend(multi_band)
         elif path.is_file() and _is_band_file(path):
@@ -251,18 +294,6 @@ def _band_count(path: Path | GdalPath) -> int:
 
 def _is_band_file(path: Path | GdalPath) -> bool:
     return canonical_band_name(path.stem) is not None and _band_count(path) == 1
-
-
-def scene_date(scene: SceneFiles, headers: list[Header]) -> Date:
-    for header in headers:
-        text = date_tag(header.tags)
-        if not text:
-            continue
-        try:
-            return parse_date(text)
-        except ValueError:
-            raise SceneError(f"{header.path}: acquisition date {text!r} is not YYYY-MM-DD; pass --date YYYY-MM-DD") from None
-    raise SceneError(f"{scene.path}: no acquisition date (no 'date' tag, no TIFF DateTime); pass --date YYYY-MM-DD")
 
 
 def first_line(exc: BaseException) -> str:

@@ -12,6 +12,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from .bands import INPUT_UNITS
+
 FORMAT_VERSION = 1
 
 
@@ -54,6 +56,9 @@ class EngineMetadata:
     weights: str  # human-readable provenance, e.g. "Clay v0 (published)" or "demo weights ..."
     exporter: str
     versions: dict[str, str] = field(default_factory=dict)
+    # The units ``pixels`` expects (clay.runtime.bands.INPUT_UNITS); artifacts from before this field
+    # were exported for the same units.
+    input_units: dict[str, str] = field(default_factory=lambda: dict(INPUT_UNITS))
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. TensorRT version and GPU of a plan
 

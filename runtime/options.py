@@ -22,7 +22,8 @@ class RunOptions:
 
     ``date`` overrides the files' acquisition date; ``sar_units`` says whether VH/VV hold linear
     power or dB (``auto``: the band's unit metadata, else a mostly negative band is refused);
-    ``s2_offset`` is subtracted from S2 DNs (1000 for L2A baseline 04.00+). ``readers`` is the
+    ``s2_offset``, when set, is subtracted from every scene's S2 DNs instead of the offset each
+    scene's metadata declares (``None``: per scene, see :mod:`clay.runtime.units`). ``readers`` is the
     number of chip-reader threads (default: one per core). ``keep_going`` finishes the other scenes
     when one fails; ``resume`` skips scenes whose outputs are complete.
     """
@@ -33,7 +34,7 @@ class RunOptions:
     patch_embeddings: bool = False
     date: Date | None = None
     sar_units: str = "auto"
-    s2_offset: float = 0.0
+    s2_offset: float | None = None
     readers: int | None = None
     keep_going: bool = False
     resume: bool = False

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
+from .geometry import bounding_boxes
 from .metadata import EngineMetadata
 
 GEOPARQUET_VERSION = "1.1.0"
@@ -42,18 +43,20 @@ class OutputError(RuntimeError):
     """An output file that could not be written; the message names it and the reason."""
 
 
-def geo_metadata() -> str:
-    """The ``geo`` key: WKB polygons in OGC:CRS84 (no ``crs``: the GeoParquet default) with the
-    ``bbox`` column as their covering."""
+def geo_metadata(multipart: bool = False) -> str:
+    """The ``geo`` key: WKB polygons in OGC:CRS84 (no ``crs``: the GeoParquet default), counterclockwise,
+    with the ``bbox`` column as their covering. ``multipart``: the scene crosses the antimeridian (or
+    holds a pole), and every geometry of its files is a MultiPolygon, so ``geometry_types`` is exact."""
     return json.dumps({
         "version": GEOPARQUET_VERSION,
         "primary_column": "geometry",
-        "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"],
+        "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["MultiPolygon" if multipart else "Polygon"],
+                                 "orientation": "counterclockwise",
                                  "covering": {"bbox": {name: ["bbox", name] for name in BBOX_FIELDS}}}},
     })  # fmt: skip
 
 
-def chip_schema(dim: int, extra_metadata: dict[str, str]) -> pa.Schema:
+def chip_schema(dim: int, extra_metadata: dict[str, str], multipart: bool = False) -> pa.Schema:
     fields = [
         pa.field("source_url", pa.string()),
         pa.field("date", pa.date32()),
@@ -64,12 +67,12 @@ def chip_schema(dim: int, extra_metadata: dict[str, str]) -> pa.Schema:
         pa.field("nodata_fraction", pa.float32()),
         pa.field("bbox", BBOX_TYPE),
     ]
-    return pa.schema(fields, metadata={"geo": geo_metadata(), **extra_metadata})
+    return pa.schema(fields, metadata={"geo": geo_metadata(multipart), **extra_metadata})
 
 
-def patch_schema(dim: int, extra_metadata: dict[str, str]) -> pa.Schema:
+def patch_schema(dim: int, extra_metadata: dict[str, str], multipart: bool = False) -> pa.Schema:
     """One row per 32 × 32 px patch: the patch tokens' mean over the engine's band groups."""
-    base = chip_schema(dim, extra_metadata)
+    base = chip_schema(dim, extra_metadata, multipart)
     fields = [base.field(n) for n in ("source_url", "date", "embeddings", "geometry", "row", "col")]
     fields += [pa.field("chip_row", pa.int32()), pa.field("chip_col", pa.int32()), base.field("bbox")]
     return pa.schema(fields, metadata=base.metadata)
@@ -88,20 +91,25 @@ def embeddings_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
 
 
-def geometry_columns(polygons) -> dict[str, pa.Array]:
-    """WKB geometry and its bounding box, the covering column GeoParquet readers filter on."""
-    polygons = np.asarray(polygons, dtype=object)
-    bounds = shapely.bounds(polygons).reshape(-1, 4)
+def geometry_columns(polygons, multipart: bool = False) -> dict[str, pa.Array]:
+    """WKB geometry and its bounding box, the covering column GeoParquet readers filter on (west >
+    east for a geometry cut at the antimeridian, RFC 7946 §5). ``multipart``: every geometry is
+    written as a MultiPolygon (see :func:`geo_metadata`)."""
+    polygons = np.array(polygons, dtype=object)
+    if multipart:
+        for k in np.flatnonzero(shapely.get_type_id(polygons) == shapely.GeometryType.POLYGON):
+            polygons[k] = shapely.MultiPolygon([polygons[k]])
+    bounds = bounding_boxes(polygons)
     bbox = pa.StructArray.from_arrays([pa.array(bounds[:, i]) for i in range(4)], fields=list(BBOX_TYPE))
     return {"geometry": pa.array(shapely.to_wkb(polygons).tolist(), pa.binary()), "bbox": bbox}
 
 
-def row_columns(source: str, day: Date, embeddings: np.ndarray, polygons, **columns) -> dict:
+def row_columns(source: str, day: Date, embeddings: np.ndarray, polygons, multipart: bool = False, **columns) -> dict:
     """The columns of a batch of rows (chips or patches): what every row shares, the embeddings, the
     geometry with its bbox, and the file kind's own integer columns (``row``, ``col``...)."""
     count = len(embeddings)
     return {"source_url": [source] * count, "date": [day] * count, "embeddings": embeddings_column(embeddings),
-            **columns, **geometry_columns(polygons)}  # fmt: skip
+            **columns, **geometry_columns(polygons, multipart)}  # fmt: skip
 
 
 def warm_up() -> None:
@@ -197,11 +205,12 @@ class SceneOutput:
     """A scene's writers: the patch file is published first and the chip file last, and a failure
     of either leaves no file of the scene under a final name."""
 
-    def __init__(self, paths: ScenePaths, dim: int, extra_metadata: dict[str, str]) -> None:
+    def __init__(self, paths: ScenePaths, dim: int, extra_metadata: dict[str, str], multipart: bool = False) -> None:
         self.paths = paths
-        self.chips = AtomicParquetWriter(paths.chips, chip_schema(dim, extra_metadata))
+        self.chips = AtomicParquetWriter(paths.chips, chip_schema(dim, extra_metadata, multipart))
         try:
-            self.patches = AtomicParquetWriter(paths.patches, patch_schema(dim, extra_metadata)) if paths.patches else None
+            self.patches = (AtomicParquetWriter(paths.patches, patch_schema(dim, extra_metadata, multipart))
+                            if paths.patches else None)  # fmt: skip
         except BaseException:
             self.chips.abort()
             raise

@@ -1,12 +1,17 @@
 """Scenes → chips → engine → GeoParquet, every stage overlapped, several scenes in flight.
 
-The chips of all scenes form one stream in scene and grid order. Reader threads read them ahead
-of the engine straight into a ring of reused host buffers (pinned where the engine copies to a
-GPU), so that a batch is a slice of the ring (no per-batch allocation, no copy) and batches are
-full across scene boundaries: the engine never waits for a scene to open or to finish. The main
-thread stages the next batch (a GPU backend copies it in) while the engine's thread runs the
-current one, then writes each chip's outputs to its own scene's files, in grid order, and
-publishes a scene when its last chip is written.
+The chips of all scenes form one stream in scene and grid order. Scenes are opened (validated:
+headers, units, dates, see :func:`clay.runtime.scene.open_scene`) by their own threads a few scenes
+ahead of the stream, so an archive of chip-sized scenes does not pay each scene's opening on the
+critical path. Reader threads read chips ahead of the engine straight into a ring of reused host
+buffers (pinned where the engine copies to a GPU), so that a batch is a slice of the ring (no
+per-batch allocation, no copy) and batches are full across scene boundaries: the engine never
+waits for a scene to open or to finish. The main thread stages the next batch (a GPU backend copies
+it in) while the engine's thread runs the current one, then writes each chip's outputs to its own
+scene's files, in grid order, and publishes a scene when its last chip is written.
+
+Whatever goes wrong inside one scene (a scene that cannot be opened, a read, a footprint, a write)
+fails that scene with one line; with ``keep_going`` the others finish.
 """
 
 from __future__ import annotations
@@ -22,14 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from .engine import Engine
-from .files import SceneError
+from .files import SceneError, SceneFiles, first_line
 from .geometry import patch_polygons
 from .grid import Chip, patch_cells
 from .metadata import EngineMetadata
 from .options import RunOptions
 from .output import OutputError, SceneOutput, ScenePaths, file_metadata, row_columns, warm_up
 from .reader import gdal_env, read_chip
-from .scene import Scene
+from .scene import Scene, open_scene
 from .timing import StageClock
 
 Progress = Callable[[str, int], None]  # (scene name, chips passed) after every batch
@@ -60,18 +65,33 @@ def _enter_gdal_env() -> None:
 
 def _read_into(scene: Scene, chip: Chip, out: np.ndarray, clock: StageClock) -> tuple[float, tuple[float, float]]:
     start = time.perf_counter()
-    _, fraction = read_chip(scene, chip, out)
-    centre = scene.chip_centre(chip)
+    try:
+        _, fraction = read_chip(scene, chip, out)
+        centre = scene.chip_centre(chip)
+    except SceneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure is this scene's, in one line
+        raise SceneError(f"{scene.path}: chip at row {chip.row}, col {chip.col}: {type(exc).__name__}: "
+                         f"{first_line(exc)}") from None  # fmt: skip
     clock.add("read", time.perf_counter() - start)
     return fraction, centre
 
 
 @dataclass
 class SceneJob:
-    """One scene to embed and the files it goes to."""
+    """One scene to embed and the files it goes to: an opened :class:`Scene`, or the
+    :class:`SceneFiles` the pipeline opens itself, ahead of the chip stream."""
 
-    scene: Scene
+    scene: Scene | SceneFiles
     paths: ScenePaths
+
+    @property
+    def name(self) -> str:
+        return self.scene.name
+
+    @property
+    def path(self) -> Path:
+        return self.scene.path
 
 
 @dataclass
@@ -86,6 +106,7 @@ class SceneResult:
     seconds: float
     backend: str
     error: str | None = None
+    opened: Scene | None = None  # what open_scene made of it (None: it could not be opened)
 
     @property
     def output(self) -> Path | None:
@@ -103,6 +124,7 @@ class SceneResult:
 @dataclass(eq=False)  # identity: a scene's state is a dict key
 class _SceneState:
     job: SceneJob
+    scene: Scene | None  # None: it could not be opened (``error`` says why)
     chips: list[Chip]
     extra: dict[str, str]
     source: str
@@ -132,27 +154,29 @@ def run_scenes(
     readers: ChipReaders,
     progress: Progress | None = None,
     clock: StageClock | None = None,
+    on_open: Callable[[Scene], None] | None = None,
 ) -> Iterator[SceneResult]:
     """Embed every job's scene; yields each scene's result as it finishes, in order.
 
-    A scene that fails (a read error, every chip above ``max_nodata``, an output that cannot be
-    written) leaves no file under a final name; with ``options.keep_going`` its result carries the
-    reason and the other scenes go on, otherwise the :class:`SceneError` is raised.
+    Jobs given as :class:`SceneFiles` are opened ahead of the chip stream (``on_open`` is called
+    with each opened scene, on the opening thread). A scene that fails (it cannot be opened, a read
+    error, every chip above ``max_nodata``, an output that cannot be written) leaves no file under a
+    final name; with ``options.keep_going`` its result carries the reason and the other scenes go
+    on, otherwise the :class:`SceneError` is raised.
     """
     meta = engine.metadata
     if options.patch_embeddings and not meta.has_patch_embeddings:
         raise SceneError("--patch-embeddings needs an engine exported with --patch-embeddings")
     clock = clock or StageClock()
     batch = options.batch_size or engine.preferred_batch
-    states = []
-    for job in jobs:
-        source, extra = scene_identity(job.scene, meta)
-        states.append(_SceneState(job, job.scene.chips(options.edge), extra, source))
     # Chip n of the stream is read into ring[n % len(ring)]; a batch is a contiguous slice of it.
     # Room for the two batches the engine holds (one running, one staged) and for reading ahead.
     ring_chips = 2 * batch + -(-max(readers.count, batch) // batch) * batch
     ring = engine.host_buffer((ring_chips, len(meta.bands), meta.chip_size, meta.chip_size))
-    stream = ((state, chip) for state in states for chip in state.chips)
+    # Scenes are opened far enough ahead to fill the ring with chip-sized scenes.
+    opener = ThreadPoolExecutor(max(1, readers.count // 2), thread_name_prefix="clay-open")
+    states: list[_SceneState] = []
+    stream = _chip_stream(jobs, states, meta, options, opener, ring_chips + readers.count, clock, on_open)
     slots: deque[_Slot] = deque()
     in_flight: deque[tuple[list[_Slot], list, Future | None]] = deque()
     submitted = released = finished = 0
@@ -165,9 +189,16 @@ def run_scenes(
             if item is None:
                 return
             state, chip = item
-            read = None if state.error else readers.submit(state.job.scene, chip, ring[submitted % ring_chips], clock)
+            read = None if state.error else readers.submit(state.scene, chip, ring[submitted % ring_chips], clock)
             slots.append(_Slot(state, chip, read))
             submitted += 1
+
+    def publish_finished() -> None:
+        """Hand every finished scene, in order, to the writer's thread to publish."""
+        nonlocal finished
+        while finished < len(states) and states[finished].finished:
+            results.append(writer_thread.submit(_finish, states[finished], engine, options))
+            finished += 1
 
     # The engine's thread runs batches; the writer's thread writes rows and publishes scenes (an
     # fsync per file) in submission order, so neither holds up the assembly of the next batch.
@@ -192,16 +223,15 @@ def run_scenes(
                 writes.append(writer_thread.submit(_write, kept, outputs, options, clock))
             for slot in group:
                 slot.state.settled += 1
-            while finished < len(states) and states[finished].finished:
-                results.append(writer_thread.submit(_finish, states[finished], engine, options))
-                finished += 1
+            publish_finished()
             if progress:
                 for state in dict.fromkeys(slot.state for slot in group):
-                    progress(state.job.scene.name, sum(slot.state is state for slot in group))
+                    progress(state.job.name, sum(slot.state is state for slot in group))
             while writes and writes[0].done():
                 writes.popleft().result()  # a write error stops the run here unless keep_going
             while results and results[0].done():
                 yield results.popleft().result()
+        publish_finished()  # scenes that could not be opened after the last chip
         for write in writes:
             write.result()
         for result in results:
@@ -217,8 +247,60 @@ def run_scenes(
                 state.output = None
         raise
     finally:
+        opener.shutdown(wait=True, cancel_futures=True)
         engine_thread.shutdown(wait=True, cancel_futures=True)
         writer_thread.shutdown(wait=True)
+
+
+def _chip_stream(jobs: Sequence[SceneJob], states: list, meta: EngineMetadata, options: RunOptions,
+                 opener: ThreadPoolExecutor, ahead: int, clock: StageClock,
+                 on_open: Callable[[Scene], None] | None) -> Iterator[tuple[_SceneState, Chip]]:  # fmt: skip
+    """The chips of every scene in order, each scene opened up to ``ahead`` scenes before its first
+    chip is needed; appends each scene's state to ``states`` as the stream reaches it. A scene that
+    cannot be opened gets a state with no chips and its reason (raised unless ``keep_going``)."""
+
+    def open_one(files: SceneFiles) -> Scene:
+        start = time.perf_counter()
+        try:
+            scene = open_scene(files, meta, options)
+        finally:
+            clock.add("open scenes", time.perf_counter() - start)
+        if on_open is not None:
+            on_open(scene)
+        return scene
+
+    pending: deque[tuple[SceneJob, Future | None]] = deque()
+    upcoming = iter(jobs)
+
+    def submit_next() -> None:
+        job = next(upcoming, None)
+        if job is not None:
+            pending.append((job, opener.submit(open_one, job.scene) if isinstance(job.scene, SceneFiles) else None))
+
+    for _ in range(ahead):
+        submit_next()
+    while pending:
+        job, opening = pending.popleft()
+        submit_next()
+        scene, error = job.scene, None
+        if opening is not None:
+            start = time.perf_counter()
+            try:
+                scene = opening.result()
+            except SceneError as exc:
+                scene, error = None, str(exc)
+            finally:
+                clock.add("wait for scene opening", time.perf_counter() - start)
+        if scene is None:
+            state = _SceneState(job, None, [], {}, "", error=error)
+        else:
+            source, extra = scene_identity(scene, meta)
+            state = _SceneState(job, scene, scene.chips(options.edge), extra, source)
+        states.append(state)
+        if error and not options.keep_going:
+            raise SceneError(error)
+        for chip in state.chips:
+            yield state, chip
 
 
 def _gather(group: list[_Slot], base: int, options: RunOptions, clock: StageClock) -> list:
@@ -244,7 +326,7 @@ def _submit(engine: Engine, worker: ThreadPoolExecutor, ring: np.ndarray, kept: 
     if len(pixels) != len(positions):
         pixels = ring[positions]  # chips dropped from the middle: gather the rest (a copy, rare)
     lonlat = np.array([centre for *_, centre in kept], np.float32)
-    date = np.array([[d.year, d.month, d.day] for d in (slot.state.job.scene.date for _, slot, _, _ in kept)], np.float32)
+    date = np.array([[d.year, d.month, d.day] for d in (slot.state.scene.date for _, slot, _, _ in kept)], np.float32)
     staged = engine.stage(pixels, lonlat, date, clock)
     return worker.submit(engine.run, staged, clock)
 
@@ -262,6 +344,9 @@ def _write(kept: list, outputs: dict[str, np.ndarray], options: RunOptions, cloc
             except OutputError as exc:
                 _drop_output(state)
                 _fail(state, str(exc), options)
+            except Exception as exc:  # noqa: BLE001 - a footprint or row that cannot be made fails this scene only
+                _drop_output(state)
+                _fail(state, f"{state.job.path}: cannot write its rows ({type(exc).__name__}: {first_line(exc)})", options)
 
 
 def _wait(slot: _Slot, clock: StageClock):
@@ -294,10 +379,10 @@ def _drop_output(state: _SceneState) -> None:
 
 def _write_rows(state: _SceneState, kept: list, outputs: dict[str, np.ndarray], options: RunOptions) -> None:
     if state.output is None:
-        state.output = SceneOutput(state.job.paths, outputs["embedding"].shape[1], state.extra)
+        state.output = SceneOutput(state.job.paths, outputs["embedding"].shape[1], state.extra, state.scene.multipart)
     chips = [slot.chip for _, slot, _, _ in kept]
     patches = group_means(outputs["patch_embeddings"]) if state.output.patches is not None else None
-    write_chip_rows(state.output, state.job.scene, state.source, chips, [fraction for _, _, fraction, _ in kept],
+    write_chip_rows(state.output, state.scene, state.source, chips, [fraction for _, _, fraction, _ in kept],
                     outputs["embedding"], patches)  # fmt: skip
     state.done += len(chips)
 
@@ -321,7 +406,7 @@ def write_chip_rows(output: SceneOutput, scene: Scene, source: str, chips: list[
     of its patch file when it has one (``patch_means`` from :func:`group_means`). The one place rows
     are made, for the local pipeline and the Ray job alike, so both write the same files."""
     output.chips.write(row_columns(
-        source, scene.date, embeddings, [scene.chip_polygon(c) for c in chips],
+        source, scene.date, embeddings, [scene.chip_polygon(c) for c in chips], scene.multipart,
         row=[c.row for c in chips], col=[c.col for c in chips], nodata_fraction=fractions,
     ))  # fmt: skip
     if output.patches is not None:
@@ -329,17 +414,16 @@ def write_chip_rows(output: SceneOutput, scene: Scene, source: str, chips: list[
             cells = patch_cells(chip, scene.chip_size, scene.patch_size)
             vectors = grid[[c.i for c in cells], [c.j for c in cells]]
             output.patches.write(row_columns(
-                source, scene.date, vectors, patch_polygons(scene.transform, scene.crs, cells, scene.patch_size),
-                row=[c.row for c in cells], col=[c.col for c in cells], chip_row=[chip.row] * len(cells),
+                source, scene.date, vectors, patch_polygons(scene.transform, scene.crs, chip, cells, scene.patch_size),
+                scene.multipart, row=[c.row for c in cells], col=[c.col for c in cells], chip_row=[chip.row] * len(cells),
                 chip_col=[chip.col] * len(cells),
             ))  # fmt: skip
 
 
 def _finish(state: _SceneState, engine: Engine, options: RunOptions) -> SceneResult:
     """Publish the scene's files (on the writer's thread, after its last rows), or drop them."""
-    scene = state.job.scene
     if not state.error and state.done == 0:
-        state.error = nothing_to_embed(scene, options)
+        state.error = nothing_to_embed(state.scene, options)
     if not state.error:
         try:
             state.output.commit()
@@ -347,8 +431,9 @@ def _finish(state: _SceneState, engine: Engine, options: RunOptions) -> SceneRes
         except OutputError as exc:
             state.error = str(exc)
     _drop_output(state)
-    result = SceneResult(scene.path, scene.name, None if state.error else state.job.paths, state.done, state.skipped,
-                         time.perf_counter() - state.started, engine.backend, state.error)  # fmt: skip
+    job = state.job
+    result = SceneResult(job.path, job.name, None if state.error else job.paths, state.done, state.skipped,
+                         time.perf_counter() - state.started, engine.backend, state.error, state.scene)  # fmt: skip
     if state.error and not options.keep_going:
         raise SceneError(state.error)
     return result

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from .metadata import EngineMetadata
 from .reader import band_reader
-from .scene import Scene
+from .scene import ReadGroup, Scene
 
 MAX_PANEL_SIDE = 720
 TITLE_HEIGHT = 44
@@ -58,8 +58,10 @@ def true_colour(scene: Scene, height: int, width: int) -> np.ndarray:
     wanted = [b for b in ("B04", "B03", "B02") if b in scene.bands] or [scene.bands[0]]
     channels = []
     for band in wanted:
-        source = scene.sources[scene.bands.index(band)]
-        handle = band_reader(scene, source.path, source.warp)
+        position = scene.bands.index(band)
+        source = scene.sources[position]
+        group = ReadGroup(source.path, (position,), (source.index,), source.mode, source.source_transform)
+        handle = band_reader(scene, group, warp=source.mode != "direct")
         data = handle.read(source.index, out_shape=(height, width), out_dtype="float32")
         data[(data <= 0) | ~np.isfinite(data)] = np.nan
         channels.append(data)

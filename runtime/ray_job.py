@@ -448,6 +448,8 @@ def _publish(state: _Gathered, engine: EngineInfo, options: RunOptions, start: f
                         np.stack([ordered[k][1] for k in kept]) if options.patch_embeddings else None)  # fmt: skip
         except OutputError as exc:
             error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a footprint or row that cannot be made fails this scene only
+            error = f"{state.scene.path}: cannot write its rows ({type(exc).__name__}: {first_line(exc)})"
     return _result(state, engine, start, error, done=len(kept), skipped=sum(row[4] for row in ordered))
 
 
@@ -455,7 +457,7 @@ def write_scene(scene: Scene, paths: ScenePaths, metadata: EngineMetadata, chips
                 embeddings: np.ndarray, patch_means: np.ndarray | None) -> None:  # fmt: skip
     """A whole scene's rows through the local pipeline's writer, published all or nothing."""
     source, extra = scene_identity(scene, metadata)
-    output = SceneOutput(paths, embeddings.shape[1], extra)
+    output = SceneOutput(paths, embeddings.shape[1], extra, scene.multipart)
     try:
         write_chip_rows(output, scene, source, chips, fractions, embeddings, patch_means)
         output.commit()
@@ -468,7 +470,7 @@ def _result(state: _Gathered, engine: EngineInfo, start: float, error: str | Non
             skipped: int = 0) -> SceneResult:  # fmt: skip
     state.rows = None  # the embeddings are written (or dropped): free them, and ignore late duplicates
     return SceneResult(state.scene.path, state.scene.name, None if error else state.paths, 0 if error else done,
-                       skipped, time.perf_counter() - start, engine.backend, error)  # fmt: skip
+                       skipped, time.perf_counter() - start, engine.backend, error, state.scene)  # fmt: skip
 
 
 def _job_error(exc: BaseException, context: str) -> Exception:

@@ -1,4 +1,5 @@
-"""Reading one chip of a scene: a windowed read per file, nodata found and filled, edges padded.
+"""Reading one chip of a scene: a windowed read per file, invalid pixels found and filled, values
+brought to Clay units, edges padded.
 
 Nothing here reads a whole scene, so a scene of any size streams in bounded memory. Files stay
 open between chips in a small per-thread cache (GDAL handles are not shared between threads),
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -38,13 +38,15 @@ def gdal_env(cache_mb: int = GDAL_CACHE_MB) -> rasterio.Env:
 
 
 def read_chip(scene: Scene, chip: Chip, out: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """Raw float32 pixels ``[C, size, size]`` (into ``out`` when given) with nodata filled by band
-    means and edges padded by replication, and the chip's nodata fraction over its real pixels.
+    """Pixels in Clay units, float32 ``[C, size, size]`` (into ``out`` when given), with invalid
+    pixels filled by band means and edges padded by replication, and the chip's nodata fraction: the
+    share of its real pixels where any band is invalid.
 
-    Nodata is found on the stored values (the file's nodata value, NaN, S2 zeros); then SAR in dB
-    becomes linear power and ``s2_offset`` is removed, before the fill, so the engine always sees
-    Clay v0's units. Read errors are a :class:`SceneError` naming the file, the window and GDAL's
-    reason.
+    Invalid is decided on the stored values, per band: the file's nodata value, NaN, a GDAL mask band
+    or alpha (``read_masks``), a stored 0 in a Sentinel-2 band (L2A NO_DATA), and whatever a warp
+    could not fill. Then each band's conversion (:class:`clay.runtime.units.Conversion`: scale,
+    offset, S2 offset, dB → linear) brings it to Clay units, before the fill. Read errors are a
+    :class:`SceneError` naming the file, the window and GDAL's reason.
     """
     size = scene.chip_size
     if out is None:
@@ -53,22 +55,17 @@ def read_chip(scene: Scene, chip: Chip, out: np.ndarray | None = None) -> tuple[
     invalid: np.ndarray | None = None
     for group in scene.read_groups:
         try:
-            raw = _read_group(scene, group, chip)
+            values, mask = _read_group(scene, group, chip)
         except RasterioError as exc:
             window = f"rows {chip.row}-{chip.row + chip.height}, cols {chip.col}-{chip.col + chip.width}"
             raise SceneError(f"{group.path}: read failed at {window} ({first_line(exc)})") from None
         positions = _positions(group)
-        mask = _nodata_mask(scene, group, raw)
         if mask is not None:
             if invalid is None:
                 invalid = np.zeros(data.shape, bool)
             invalid[positions] = mask
-        data[positions] = raw
-    db = [i for i, s in enumerate(scene.sources) if s.from_db]
-    if db:
-        data[db] = np.power(10.0, data[db] / 10.0, dtype=np.float32)
-    if scene.s2_offset:
-        data[: scene.s2_count] -= scene.s2_offset
+        data[positions] = values
+    _convert(scene, data)
     fraction = 0.0
     if invalid is not None:
         fraction = float(invalid.any(axis=0).mean())
@@ -80,6 +77,23 @@ def read_chip(scene: Scene, chip: Chip, out: np.ndarray | None = None) -> tuple[
     return out, fraction
 
 
+def _convert(scene: Scene, data: np.ndarray) -> None:
+    """Each band's stored values → Clay units, in place (invalid pixels too: they are filled after,
+    so overflow there is of no consequence)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k, source in enumerate(scene.sources):
+            conversion = source.conversion
+            if conversion.identity:
+                continue
+            band = data[k]
+            if conversion.gain != 1.0:
+                band *= np.float32(conversion.gain)
+            if conversion.bias != 0.0:
+                band += np.float32(conversion.bias)
+            if conversion.from_db:
+                np.power(np.float32(10.0), band / np.float32(10.0), out=band)
+
+
 def _positions(group: ReadGroup) -> slice | list[int]:
     """A slice where the group's bands are consecutive (a view, no copy), else a list."""
     first, last = group.positions[0], group.positions[-1]
@@ -88,28 +102,61 @@ def _positions(group: ReadGroup) -> slice | list[int]:
     return list(group.positions)
 
 
-def _read_group(scene: Scene, group: ReadGroup, chip: Chip) -> np.ndarray:
+def _read_group(scene: Scene, group: ReadGroup, chip: Chip) -> tuple[np.ndarray, np.ndarray | None]:
+    """A group's values on the chip's window and, where any is invalid, the invalid mask (else ``None``)."""
     indexes = list(group.indexes)
     window = chip.window
     if group.mode == "resample":  # a coarser file in the same CRS: GDAL resamples the window bilinearly
+        handle = band_reader(scene, group, warp=False)
         source = group.source_transform
         x, y = scene.transform @ (window.col_off, window.row_off)
         fractional = Window((x - source.c) / source.a, (y - source.f) / source.e,
                             window.width * scene.transform.a / source.a, window.height * scene.transform.e / source.e)  # fmt: skip
-        return band_reader(scene, group.path, warp=False).read(
-            indexes, window=fractional, out_shape=(len(indexes), chip.height, chip.width),
-            resampling=Resampling.bilinear, out_dtype="float32",
-        )  # fmt: skip
+        if not _source_window_valid(scene, group, handle, fractional):
+            return _read_warped(scene, group, chip)  # nodata near the chip: the warper leaves it out of the kernel
+        values = handle.read(indexes, window=fractional, out_shape=(len(indexes), chip.height, chip.width),
+                             resampling=Resampling.bilinear, out_dtype="float32")  # fmt: skip
+        return values, None
     if group.mode == "warp":
-        return band_reader(scene, group.path, warp=True).read(indexes, window=window, out_dtype="float32")
-    return band_reader(scene, group.path, warp=False).read(indexes, window=window)  # the file's own dtype
+        return _read_warped(scene, group, chip)
+    handle = band_reader(scene, group, warp=False)
+    values = handle.read(indexes, window=window)  # the file's own dtype
+    mask = _invalid(scene, group, values)
+    masked = [k for k, p in enumerate(group.positions) if scene.sources[p].mask == "mask"]
+    if masked:
+        unmasked = handle.read_masks([indexes[k] for k in masked], window=window) == 0
+        if unmasked.any():
+            mask = np.zeros(values.shape, bool) if mask is None else mask
+            mask[masked] |= unmasked
+    return values, mask
 
 
-def _nodata_mask(scene: Scene, group: ReadGroup, raw: np.ndarray) -> np.ndarray | None:
-    """Per band and pixel, whether the value is nodata; ``None`` (cheap checks first) when none is.
-    On a 2-core machine every pass over a chip is taken from the engine."""
-    nodata = [scene.sources[p].nodata for p in group.positions]
-    s2 = [k for k, p in enumerate(group.positions) if p < scene.s2_count]
+def _read_warped(scene: Scene, group: ReadGroup, chip: Chip) -> tuple[np.ndarray, np.ndarray | None]:
+    """Through a bilinear float32 WarpedVRT whose nodata is NaN: what the source marks invalid (its
+    nodata, mask band or alpha) is left out of the resampling, and what it cannot cover is NaN."""
+    values = band_reader(scene, group, warp=True).read(list(group.indexes), window=chip.window)
+    mask = np.isnan(values)
+    return values, mask if mask.any() else None
+
+
+def _source_window_valid(scene: Scene, group: ReadGroup, handle, fractional: Window) -> bool:
+    """Whether the source pixels a resampled read draws on (one pixel of margin) hold no invalid
+    value: then the bilinear window read is exact; else the chip is read through the warper."""
+    if not any(scene.sources[p].s2 or scene.sources[p].mask != "none" for p in group.positions):
+        return True
+    col0, row0 = max(int(np.floor(fractional.col_off)) - 1, 0), max(int(np.floor(fractional.row_off)) - 1, 0)
+    col1 = min(int(np.ceil(fractional.col_off + fractional.width)) + 1, handle.width)
+    row1 = min(int(np.ceil(fractional.row_off + fractional.height)) + 1, handle.height)
+    native = handle.read(list(group.indexes), window=Window(col0, row0, col1 - col0, row1 - row0))
+    return _invalid(scene, group, native) is None
+
+
+def _invalid(scene: Scene, group: ReadGroup, raw: np.ndarray) -> np.ndarray | None:
+    """Per band and pixel, whether a stored value is nodata, NaN or an S2 zero; ``None`` (cheap checks
+    first) when none is. On a 2-core machine every pass over a chip is taken from the engine."""
+    sources = [scene.sources[p] for p in group.positions]
+    nodata = [s.nodata if s.mask == "nodata" else None for s in sources]
+    s2 = [k for k, s in enumerate(sources) if s.s2]
     floating = raw.dtype.kind == "f"
     maybe = floating and not np.isfinite(raw.sum(dtype=np.float64))
     maybe = maybe or any(v is not None and not np.isnan(v) and (raw[k] == v).any() for k, v in enumerate(nodata))
@@ -121,25 +168,27 @@ def _nodata_mask(scene: Scene, group: ReadGroup, raw: np.ndarray) -> np.ndarray 
         if value is not None and not np.isnan(value):
             mask[k] |= raw[k] == value
     for k in s2:
-        mask[k] |= raw[k] == 0  # S2 L2A nodata
-    return mask
+        mask[k] |= raw[k] == 0  # S2 L2A NO_DATA
+    return mask if mask.any() else None
 
 
-def band_reader(scene: Scene, path: Path, warp: bool):
-    """This thread's open reader for a file: the file itself, or a bilinear WarpedVRT onto the
-    scene's grid. The least recently used handles are closed beyond :data:`HANDLES_PER_THREAD`."""
+def band_reader(scene: Scene, group: ReadGroup, warp: bool):
+    """This thread's open reader for a group's file: the file itself, or a bilinear float32 WarpedVRT
+    onto the scene's grid whose nodata is NaN. The warp's source nodata is the file's own, else 0 for
+    a group of Sentinel-2 bands (their NO_DATA). The least recently used handles are closed beyond
+    :data:`HANDLES_PER_THREAD`."""
     handles: OrderedDict | None = getattr(_local, "handles", None)
     if handles is None:
         handles = _local.handles = OrderedDict()
-    key = (str(path), (scene.crs.to_wkt(), scene.transform, scene.width, scene.height) if warp else None)
+    src_nodata = _warp_source_nodata(scene, group) if warp else None
+    key = (str(group.path), (scene.crs.to_wkt(), scene.transform, scene.width, scene.height, src_nodata) if warp else None)
     if key in handles:
         handles.move_to_end(key)
         return handles[key][-1]
-    dataset = rasterio.open(path)
+    dataset = rasterio.open(group.path)
     if warp:
-        floating = np.dtype(dataset.dtypes[0]).kind == "f"
         vrt = WarpedVRT(dataset, crs=scene.crs, transform=scene.transform, width=scene.width, height=scene.height,
-                        resampling=Resampling.bilinear, src_nodata=dataset.nodata, nodata=np.nan if floating else 0)  # fmt: skip
+                        resampling=Resampling.bilinear, src_nodata=src_nodata, nodata=np.nan, dtype="float32")  # fmt: skip
         handles[key] = (dataset, vrt)
     else:
         handles[key] = (dataset,)
@@ -148,3 +197,11 @@ def band_reader(scene: Scene, path: Path, warp: bool):
         for handle in reversed(evicted):
             handle.close()
     return handles[key][-1]
+
+
+def _warp_source_nodata(scene: Scene, group: ReadGroup) -> float | None:
+    sources = [scene.sources[p] for p in group.positions]
+    declared = next((s.nodata for s in sources if s.nodata is not None), None)
+    if declared is not None:
+        return declared
+    return 0.0 if all(s.s2 for s in sources) else None

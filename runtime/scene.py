@@ -1,14 +1,16 @@
 """A scene as the engine needs it: validated up front, on one pixel grid, described by plain data.
 
 :func:`open_scene` checks a scene against an engine before any chip is read: bands matched by name,
-the grid of the finest file, how each band is brought onto it, SAR units, the date. The result,
-:class:`Scene`, holds no open file, so it can be handed to reader threads, processes or Ray tasks;
-:mod:`clay.runtime.reader` reads its chips.
+the reference grid (:func:`reference_grid`), how each band is brought onto it and into Clay units
+(:mod:`clay.runtime.units`), how its invalid pixels are found (nodata, mask bands, alpha, what a
+warp cannot fill), the sensing date (:mod:`clay.runtime.dates`), whether its footprint crosses the
+antimeridian. Every choice is recorded in ``applied`` (the outputs' ``clay:preprocessing``). The
+result, :class:`Scene`, holds no open file, so it can be handed to reader threads, processes or Ray
+tasks; :mod:`clay.runtime.reader` reads its chips.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import date as Date
 from functools import cached_property
@@ -16,14 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.errors import RasterioError
+from pyproj import Geod
 from rasterio.warp import transform_bounds
-from rasterio.windows import Window
 from shapely.geometry import box
 
 from . import geometry
-from .bands import S2_BANDS, SAR_BANDS
+from .bands import S2_BANDS
+from .dates import DatedFile, file_date
 from .files import (
+    SUPPORTED_DTYPES,
     Header,
     SceneError,
     SceneFiles,
@@ -31,27 +34,36 @@ from .files import (
     discover_scenes,
     first_line,
     read_header,
-    scene_date,
     scene_path,
 )
 from .grid import Chip, chip_grid
 from .metadata import EngineMetadata
 from .options import RunOptions
+from .units import Conversion, band_conversion
+
+_GEOD = Geod(ellps="WGS84")
+#: Pixel sizes within this ratio count as equal when choosing the reference grid.
+SAME_SIZE = 1.01
+#: Clay v0's chips are 10 m; a scene outside this range of ground pixel sizes gets a warning.
+GSD_RANGE_M = (8.0, 12.5)
 
 
 @dataclass(frozen=True)
 class BandSource:
-    """Where one engine band comes from: a file, its 1-based band index, and how to read it."""
+    """Where one engine band comes from, how it is read onto the scene grid, how its invalid pixels
+    are found, and how its values become Clay units."""
 
     path: Path
-    index: int
+    index: int  # 1-based band index in the file
     band: str
-    warp: bool  # not on the scene grid: read through a bilinear WarpedVRT onto it
+    mode: str  # "direct" (on the scene grid), "resample" (coarser grid, resampled window) or "warp"
     nodata: float | None
-    from_db: bool  # SAR stored in dB, converted to linear power when read
-    # Set when the file's grid differs from the scene's only by pixel size and origin (same CRS,
-    # north-up, covering the scene, no nodata to mask): a bilinear resampled windowed read then gives
-    # the WarpedVRT's values (identical on the demo scene's 20 m bands) at a seventh of the cost.
+    mask: str  # "none", "nodata" or "mask" (see clay.runtime.files.mask_kind)
+    s2: bool  # Sentinel-2 L2A: a stored 0 is nodata (its NO_DATA value) whatever the file declares
+    conversion: Conversion = Conversion()
+    # "resample": the file's grid differs from the scene's only by pixel size and origin (same CRS,
+    # north-up, covering the scene): a bilinear resampled windowed read gives the WarpedVRT's values
+    # (identical on the demo scene's 20 m bands) at a seventh of the cost.
     source_transform: rasterio.Affine | None = None
 
 
@@ -62,13 +74,13 @@ class ReadGroup:
     path: Path
     positions: tuple[int, ...]  # where the bands go in the engine's band order
     indexes: tuple[int, ...]  # their 1-based band indexes in the file
-    mode: str  # "direct" (on the scene grid), "resample" (coarser grid, window read) or "warp"
+    mode: str
     source_transform: rasterio.Affine | None
 
 
 @dataclass
 class Scene:
-    """An opened, validated scene on one pixel grid (the finest of its files). Plain data."""
+    """An opened, validated scene on one pixel grid. Plain data."""
 
     path: Path  # the file, or the folder of per-band files, the user named
     name: str
@@ -78,27 +90,23 @@ class Scene:
     height: int
     date: Date
     sources: tuple[BandSource, ...]  # in the engine's band order
-    fill_values: np.ndarray  # raw-space band means, float32 [C]: nodata becomes 0 after normalisation
+    fill_values: np.ndarray  # band means in Clay units, float32 [C]: nodata becomes 0 after normalisation
     chip_size: int
     patch_size: int
-    s2_offset: float = 0.0
     applied: dict = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    multipart: bool = False  # the footprint crosses the antimeridian (or holds a pole)
+    ignored: tuple[Path, ...] = ()  # files beside the scene's bands that are not bands of the engine
 
     @cached_property
     def bands(self) -> tuple[str, ...]:
         return tuple(s.band for s in self.sources)
 
     @cached_property
-    def s2_count(self) -> int:
-        """Engine bands are in spec order, so the S2 bands (if any) are the first ones."""
-        return sum(b in S2_BANDS for b in self.bands)
-
-    @cached_property
     def read_groups(self) -> tuple[ReadGroup, ...]:
         groups: dict[tuple[Path, str], list[int]] = {}
         for position, source in enumerate(self.sources):
-            mode = "resample" if source.source_transform is not None else "warp" if source.warp else "direct"
-            groups.setdefault((source.path, mode), []).append(position)
+            groups.setdefault((source.path, source.mode), []).append(position)
         return tuple(
             ReadGroup(path, tuple(positions), tuple(self.sources[p].index for p in positions), mode,
                       self.sources[positions[0]].source_transform)  # fmt: skip
@@ -110,62 +118,186 @@ class Scene:
         return chip_grid(self.height, self.width, self.chip_size, edge)
 
     def chip_polygon(self, chip: Chip):
-        return geometry.chip_polygon(self.transform, self.crs, chip)
+        return geometry.chip_polygon(self.transform, self.crs, chip, self.patch_size)
 
     def chip_centre(self, chip: Chip) -> tuple[float, float]:
         return geometry.chip_centre(self.transform, self.crs, chip, self.chip_size)
 
 
-def open_scene(scene: SceneFiles | str | Path, engine: EngineMetadata, options: RunOptions | None = None) -> Scene:
-    """Validate a scene against an engine before any pixel is read.
+def as_scene_files(scene: SceneFiles | str | Path) -> SceneFiles:
+    if isinstance(scene, SceneFiles):
+        return scene
+    path = scene_path(scene)
+    if not path.exists():
+        raise SceneError(f"{path}: no such file")
+    return SceneFiles(path, (path,)) if path.is_file() else discover_scenes([path])[0]
 
-    Bands are matched by name (band descriptions, or file names for single-band files); the grid is
-    that of the finest file; other files are resampled onto it while reading.
+
+def open_scene(scene: SceneFiles | str | Path, engine: EngineMetadata, options: RunOptions | None = None) -> Scene:
+    """Validate a scene against an engine before any pixel is read (see the module docstring).
+
+    Raises :class:`SceneError` with one line naming the file for anything a user can fix; any other
+    failure while opening (a PROJ or GDAL error of an unexpected kind) is turned into one too, so that
+    one scene never stops a run with a traceback.
     """
     options = options or RunOptions()
-    if not isinstance(scene, SceneFiles):
-        path = scene_path(scene)
-        if not path.exists():
-            raise SceneError(f"{path}: no such file")
-        scene = SceneFiles(path, (path,)) if path.is_file() else discover_scenes([path])[0]
+    scene = as_scene_files(scene)
+    try:
+        return _open(scene, engine, options)
+    except SceneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure is this scene's, in one line
+        raise SceneError(f"{scene.path}: cannot be opened ({type(exc).__name__}: {first_line(exc)})") from None
+
+
+def _open(scene: SceneFiles, engine: EngineMetadata, options: RunOptions) -> Scene:
     wanted = tuple(engine.bands)
-    headers = [read_header(p) for p in scene.files]
-    sources = band_sources(scene, headers, wanted)
-    used = [h for h in headers if h.path in {path for path, _ in sources.values()}]
-    reference = min(used, key=lambda h: abs(h.transform.a))  # the finest grid
-    _check_overlap(reference, used)
-    unit = "degrees" if reference.crs.is_geographic else (reference.crs.linear_units or "units")
-    applied: dict[str, object] = {"grid": f"{reference.path.name} ({abs(reference.transform.a):g} {unit} pixels)"}
-    readers = []
+    headers = {path: read_header(path) for path in scene.files}
+    sources = band_sources(scene, list(headers.values()), wanted)
+    used = list(dict.fromkeys(headers[sources[b][0]] for b in wanted))  # engine band order
     for band in wanted:
         path, index = sources[band]
-        header = next(h for h in headers if h.path == path)
-        warp = (header.crs, header.transform, header.width, header.height) != (
-            reference.crs, reference.transform, reference.width, reference.height)  # fmt: skip
-        from_db = band in SAR_BANDS and _sar_is_db(header, index, band, options.sar_units)
-        if warp:
-            applied.setdefault("resampled_bilinear", []).append(band)
-        if from_db:
-            applied.setdefault("sar_db_to_linear", []).append(band)
-        aligned = warp and _resamples_by_window(header, reference)
-        readers.append(BandSource(path, index, band, warp, header.nodata, from_db, header.transform if aligned else None))
-    if options.s2_offset:
-        applied["s2_offset_removed"] = options.s2_offset
-    when = options.date or scene_date(scene, headers)
-    applied["date_source"] = "--date" if options.date else "file tags"
-    return Scene(
+        dtype = headers[path].dtypes[index - 1]
+        if dtype not in SUPPORTED_DTYPES:
+            raise SceneError(f"{path}: band {band} has unsupported data type {dtype} (use {', '.join(SUPPORTED_DTYPES)})")
+    reference, grid_note = reference_grid(used, wanted, sources)
+    _check_overlap(reference, used)
+    applied: dict[str, object] = {"grid": grid_note}
+    warnings: list[str] = []
+    day, date_note, date_warning = scene_date(scene, used, options.date)
+    applied["date"] = date_note
+    if date_warning:
+        warnings.append(date_warning)
+    readers, units, modes, masks = [], {}, {}, {}
+    for band in wanted:
+        path, index = sources[band]
+        header = headers[path]
+        converted = band_conversion(header, index, band, options.sar_units, options.s2_offset, day)
+        if converted.warning:
+            warnings.append(converted.warning)
+        units.setdefault(converted.note, []).append(band)
+        mode = _mode(header, index, reference)
+        if mode != "direct":
+            modes.setdefault("resampled bilinear" if mode == "resample" else "warped bilinear", []).append(band)
+        mask = header.masks[index - 1]
+        if mask != "none" or band in S2_BANDS:
+            masks.setdefault(_mask_note(header, index, band), []).append(band)
+        readers.append(BandSource(path, index, band, mode, header.nodata[index - 1], mask, band in S2_BANDS,
+                                  converted.conversion, header.transform if mode == "resample" else None))  # fmt: skip
+    applied["units"] = {note: bands for note, bands in units.items()}
+    applied["resampling"] = modes
+    applied["invalid_pixels"] = masks
+    applied["input_units"] = dict(engine.input_units)
+    ignored = tuple(scene.ignored) + tuple(p for p in scene.files if headers[p] not in used)
+    if ignored:
+        applied["ignored_files"] = [str(p) for p in ignored]
+    try:
+        multipart = geometry.crosses_antimeridian(reference.transform, reference.crs, reference.width, reference.height)
+    except geometry.FootprintError as exc:
+        raise SceneError(f"{reference.path}: {exc}") from None
+    if multipart:
+        applied["footprint"] = "crosses the antimeridian or holds a pole: geometries are MultiPolygons cut at ±180°"
+    result = Scene(
         path=scene.path, name=scene.name, crs=reference.crs, transform=reference.transform, width=reference.width,
-        height=reference.height, date=when, sources=tuple(readers),
+        height=reference.height, date=day, sources=tuple(readers),
         fill_values=np.asarray(engine.band_means, dtype=np.float32), chip_size=engine.chip_size,
-        patch_size=engine.patch_size, s2_offset=options.s2_offset, applied=applied,
+        patch_size=engine.patch_size, applied=applied, multipart=multipart, ignored=ignored,
     )  # fmt: skip
+    gsd = gsd_warning(result, reference)
+    result.warnings = tuple(w for w in (gsd, *warnings) if w)
+    return result
+
+
+def ground_pixel_edges(header: Header) -> tuple[float, float]:
+    """The two edges of a pixel at the grid's centre on the ground, in metres (geodesic)."""
+    col, row = header.width / 2, header.height / 2
+    lons, lats = geometry.lonlat(header.transform, header.crs, [col, col + 1, col], [row, row, row + 1])
+    _, _, across = _GEOD.inv(lons[0], lats[0], lons[1], lats[1])
+    _, _, down = _GEOD.inv(lons[0], lats[0], lons[2], lats[2])
+    return float(across), float(down)
+
+
+def ground_pixel_size(header: Header) -> float:
+    """A grid's pixel size on the ground in metres (the geometric mean of a pixel's two edges at the
+    grid's centre), so that degrees and metres compare."""
+    across, down = ground_pixel_edges(header)
+    return float(np.sqrt(across * down))
+
+
+def reference_grid(used: list[Header], wanted: tuple[str, ...], sources: dict) -> tuple[Header, dict]:
+    """The grid a scene is read on, by a rule that does not look at file or folder names: the file
+    with the finest ground pixels among those holding Sentinel-2 bands (the optical bands carry the
+    detail; SAR and DEM are resampled onto them), else among all the scene's files; files within 1 %
+    of the finest count as equal and the one holding the earliest engine band (spec order) wins."""
+    try:
+        sizes = {id(h): ground_pixel_size(h) for h in used}
+    except geometry.FootprintError as exc:
+        raise SceneError(f"{used[0].path}: {exc}") from None
+    optical = [h for h in used if any(sources[b][0] == h.path for b in wanted if b in S2_BANDS)]
+    candidates = optical or used
+    finest = min(sizes[id(h)] for h in candidates)
+    reference = next(h for h in candidates if sizes[id(h)] <= finest * SAME_SIZE)  # `used` is in engine band order
+    rule = "finest file holding Sentinel-2 bands" if optical else "finest file"
+    return reference, {"file": reference.path.name, "pixel_size_m": round(sizes[id(reference)], 3), "rule": rule,
+                       "crs": reference.crs.to_string()}  # fmt: skip
+
+
+def scene_date(scene: SceneFiles, used: list[Header], override: Date | None) -> tuple[Date, dict, str | None]:
+    """The scene's sensing date, the note recorded for it, and a warning (see :mod:`clay.runtime.dates`).
+
+    Where the files disagree, the date of the file holding the earliest engine band wins (spec order:
+    Sentinel-2, then Sentinel-1, then the DEM), from the most trusted source any file has; the
+    others' dates are recorded."""
+    dated: list[tuple[Header, DatedFile]] = []
+    for header in used:
+        try:
+            found = file_date(header.path, header.tags)
+        except ValueError as exc:
+            raise SceneError(f"{header.path}: {exc}; pass --date YYYY-MM-DD") from None
+        if found:
+            dated.append((header, found))
+    by_file = {h.path.name: f"{d.date} ({d.source})" for h, d in dated}
+    if override is not None:
+        return override, {"value": str(override), "source": "--date", "files": by_file}, None
+    trusted = [(h, d) for h, d in dated if d.trusted]
+    if not (trusted or dated):
+        raise SceneError(f"{scene.path}: no acquisition date (no acquisition tag, product name or TIFF DateTime); "
+                         "pass --date YYYY-MM-DD")  # fmt: skip
+    header, chosen = (trusted or dated)[0]
+    note = {"value": str(chosen.date), "source": f"{chosen.source} of {header.path.name}"}
+    if len({d.date for _, d in dated}) > 1:
+        note["files"] = by_file
+    warning = None
+    if not chosen.trusted:
+        warning = (f"{header.path}: date {chosen.date} from the TIFF DateTime tag, which is often the processing "
+                   "time; pass --date YYYY-MM-DD if the scene was sensed on another day")  # fmt: skip
+    return chosen.date, note, warning
+
+
+def _mode(header: Header, index: int, reference: Header) -> str:
+    same = (header.crs, header.transform, header.width, header.height) == (
+        reference.crs, reference.transform, reference.width, reference.height)  # fmt: skip
+    if same:
+        return "direct"
+    if header.masks[index - 1] != "mask" and _resamples_by_window(header, reference):
+        return "resample"
+    return "warp"
+
+
+def _mask_note(header: Header, index: int, band: str) -> str:
+    kind = header.masks[index - 1]
+    if kind == "mask":
+        return "GDAL mask band (per-band, per-dataset or alpha)"
+    if kind == "nodata":
+        return f"nodata value {header.nodata[index - 1]:g}" + ("; 0 (L2A NO_DATA)" if band in S2_BANDS else "")
+    return "0 (L2A NO_DATA)"
 
 
 def _resamples_by_window(header: Header, reference: Header) -> bool:
     """Whether a file can be read onto the reference grid by a resampled window instead of a warp."""
     src, ref = header.transform, reference.transform
     north_up = src.b == src.d == ref.b == ref.d == 0 and src.a > 0 > src.e and ref.a > 0 > ref.e
-    if header.crs != reference.crs or not north_up or header.nodata is not None:
+    if header.crs != reference.crs or not north_up:
         return False
     tolerance = 1e-6 * abs(src.a)
     left, top = ref.c, ref.f
@@ -175,14 +307,19 @@ def _resamples_by_window(header: Header, reference: Header) -> bool:
             and src.f + tolerance >= top and bottom >= src_bottom - tolerance)  # fmt: skip
 
 
+def _corner_bounds(header: Header) -> tuple[float, float, float, float]:
+    """The bounding box of a grid's four corners in its CRS (any affine geotransform)."""
+    xs, ys = header.transform @ (np.array([0, header.width, header.width, 0]), np.array([0, 0, header.height, header.height]))
+    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+
+
 def _check_overlap(reference: Header, headers: list[Header]) -> None:
-    ref = box(*rasterio.transform.array_bounds(reference.height, reference.width, reference.transform))
+    ref = box(*_corner_bounds(reference))
     for header in headers:
         if header is reference:
             continue
         try:
-            bounds = transform_bounds(header.crs, reference.crs,
-                                      *rasterio.transform.array_bounds(header.height, header.width, header.transform))  # fmt: skip
+            bounds = transform_bounds(header.crs, reference.crs, *_corner_bounds(header))
         except Exception:  # noqa: BLE001 - PROJ errors have many types
             raise SceneError(f"{header.path} and {reference.path}: CRS {header.crs} cannot be matched to {reference.crs}") from None
         overlap = ref.intersection(box(bounds[2], bounds[3], bounds[0], bounds[1]) if bounds[0] > bounds[2] else box(*bounds))
@@ -190,47 +327,14 @@ def _check_overlap(reference: Header, headers: list[Header]) -> None:
             raise SceneError(f"{header.path} and {reference.path} do not overlap")
 
 
-def _sar_is_db(header: Header, index: int, band: str, sar_units: str) -> bool:
-    """Whether a SAR band holds dB: from ``sar_units``, else the band's unit metadata, else refuse a
-    band that is mostly negative (linear power is never negative)."""
-    unit = header.units[index - 1].strip().lower()
-    if sar_units == "db":
-        return True
-    if sar_units == "auto" and unit in ("db", "decibel", "decibels"):
-        return True
-    if sar_units == "auto" and unit in ("linear", "power", "1"):
-        return False
-    try:
-        with rasterio.open(header.path) as src:
-            sample = np.concatenate([src.read(index, window=w, out_dtype="float32").ravel() for w in _sample_windows(src)])
-    except RasterioError as exc:
-        raise SceneError(f"{header.path}: SAR band {band} could not be read to check its units ({first_line(exc)})") from None
-    sample = sample[np.isfinite(sample)]
-    if sample.size and (sample < 0).mean() > 0.5:
-        raise SceneError(
-            f"{header.path}: SAR band {band} is mostly negative, so it is in dB, not linear power; "
-            "pass --sar-units db (RunOptions(sar_units='db') in Python)"
-        )
-    return False
-
-
-def _sample_windows(src, size: int = 128) -> list[Window]:
-    """Five small windows (centre and quadrant centres): a sample of a band without decoding all of
-    it (a decimated read of a file without overviews decodes every block)."""
-    h, w = min(size, src.height), min(size, src.width)
-    spots = [(0.5, 0.5), (0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75)]
-    return [Window(int(fx * (src.width - w)), int(fy * (src.height - h)), w, h) for fy, fx in spots]
-
-
-def gsd_warning(scene: Scene) -> str | None:
-    """A warning when pixels are far from Clay v0's 10 m, or the CRS is geographic."""
-    size = abs(scene.transform.a)
+def gsd_warning(scene: Scene, reference: Header) -> str | None:
+    """A warning when the scene's ground pixels are far from Clay v0's 10 m, or not square on the
+    ground (a geographic CRS away from the equator)."""
+    across, down = ground_pixel_edges(reference)
+    size = f"{across:.1f} × {down:.1f} m" if abs(across - down) > 0.05 * max(across, down) else f"{across:.1f} m"
     if scene.crs.is_geographic:
-        _, lat = geometry.chip_centre(scene.transform, scene.crs, Chip(0, 0, 1, 1), 0)
-        metres = size * 111_320 * math.cos(math.radians(lat))
-        return (f"{scene.path}: geographic CRS {scene.crs.to_string()}: pixels are about {metres:.1f} m here; "
+        return (f"{scene.path}: geographic CRS {scene.crs.to_string()}: pixels are about {size} on the ground here; "
                 "Clay v0 was trained on 10 m UTM chips")  # fmt: skip
-    metres = size * (scene.crs.linear_units_factor[1] if scene.crs.linear_units_factor else 1.0)
-    if not 8.0 <= metres <= 12.5:
-        return f"{scene.path}: {metres:g} m pixels; Clay v0 was trained on 10 m chips"
+    if not GSD_RANGE_M[0] <= np.sqrt(across * down) <= GSD_RANGE_M[1]:
+        return f"{scene.path}: pixels are about {size} on the ground; Clay v0 was trained on 10 m chips"
     return None

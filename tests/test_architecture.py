@@ -223,6 +223,6 @@ def test_api_options_reach_what_the_cli_does(engine_dir, tmp_path):
 
         table = embedder.embed_scene(scene, RunOptions(date=date(2021, 5, 1), s2_offset=1000))
         assert table["date"][0].as_py() == date(2021, 5, 1)
-        assert b'"s2_offset_removed": 1000' in table.schema.metadata[b"clay:preprocessing"]
+        assert "--s2-offset 1000: DN - 1000" in table.schema.metadata[b"clay:preprocessing"].decode()
     with pytest.raises(ValueError, match="sar_units must be one of"):
         RunOptions(sar_units="decibel")

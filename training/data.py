@@ -33,7 +33,8 @@ from clay.runtime.bands import (
     complete_groups,
     parse_groups,
 )
-from clay.runtime.files import SceneError, SceneFiles, band_sources, date_tag, parse_date, read_header
+from clay.runtime.dates import file_date
+from clay.runtime.files import SceneError, SceneFiles, band_sources, read_header
 from rasterio.errors import RasterioError
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
@@ -61,16 +62,16 @@ class ChipFile:
         return self.height < chip_size or self.width < chip_size
 
 
-def read_date_tag(tags: dict[str, str], path: Path) -> tuple[int, int, int]:
-    """Acquisition date from the ``date`` tag (the release's chips) or TIFF ``DateTime``."""
-    text = date_tag(tags)
-    if not text:
-        raise ChipError(f"{path}: no acquisition date (no 'date' tag and no TIFF DateTime)")
+def read_date_tag(tags: dict[str, dict[str, str]], path: Path) -> tuple[int, int, int]:
+    """Acquisition date by the runtime's rules (:func:`clay.runtime.dates.file_date`): acquisition
+    tags (the release's ``date``), a product name, the TIFF ``DateTime`` last."""
     try:
-        day = parse_date(text)
-    except ValueError:
-        raise ChipError(f"{path}: date tag {text!r} is not YYYY-MM-DD") from None
-    return day.year, day.month, day.day
+        dated = file_date(path, tags)
+    except ValueError as exc:
+        raise ChipError(f"{path}: {exc}") from None
+    if dated is None:
+        raise ChipError(f"{path}: no acquisition date (no date tag, product name or TIFF DateTime)")
+    return dated.date.year, dated.date.month, dated.date.day
 
 
 def inspect_chip(

@@ -1,0 +1,242 @@
+"""Each band brought to the units Clay v0's weights expect, per scene, from that scene's own metadata.
+
+The engine's input units (:data:`clay.runtime.bands.INPUT_UNITS`, recorded in every artifact):
+Sentinel-2 L2A surface reflectance × 10 000 without the +1000 offset of processing baseline 04.00+
+("harmonised"), Sentinel-1 backscatter as linear power, elevation in metres. What a file holds is
+read from, in this order: the run's explicit options (``--s2-offset``, ``--sar-units``: overrides),
+GDAL's per-band scale and offset, the product's own offset metadata, band units, and, where nothing
+is declared, the values themselves (a sample that leaves nodata and masked pixels out) — or the
+scene is refused in one line that says what was expected.
+
+A conversion is linear on the stored value, then for dB a power of ten:
+``clay = raw · gain + bias`` (``10^(clay / 10)`` when ``from_db``). :func:`band_conversion` returns it
+with a note of what was done and why, which goes into the output's ``clay:preprocessing``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date as Date
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from .bands import S2_BANDS, SAR_BANDS
+from .files import Header, SceneError, first_line
+
+#: Sentinel-2 L2A digital numbers are reflectance × this (the product's QUANTIFICATION_VALUE).
+S2_QUANTIFICATION = 10_000.0
+#: The offset processing baseline 04.00+ adds to L2A DNs (BOA_ADD_OFFSET = −1000), from 2022-01-25.
+S2_BOA_OFFSET = 1000.0
+S2_OFFSET_FROM = Date(2022, 1, 25)
+#: Tags that say an archive already removed the offset from the values (Earth Search's property, and
+#: the same as a plain tag), whatever scale and offset it still declares.
+S2_HARMONISED_TAGS = ("earthsearch:boa_offset_applied", "BOA_OFFSET_APPLIED", "boa_offset_applied")
+#: A float S2 band whose sampled values stay below this holds reflectance (0–1), not DNs.
+REFLECTANCE_CEILING = 2.0
+#: Band units that declare reflectance (0–1) or dB, and the factor of each length unit to metres.
+REFLECTANCE_UNITS = ("reflectance", "surface reflectance", "sr", "bottom of atmosphere reflectance")
+DB_UNITS = ("db", "decibel", "decibels")
+LINEAR_UNITS = ("linear", "power", "linear power", "intensity", "1", "amplitude^2")
+METRES = {"": 1.0, "m": 1.0, "metre": 1.0, "metres": 1.0, "meter": 1.0, "meters": 1.0, "km": 1000.0,
+          "dm": 0.1, "cm": 0.01, "mm": 0.001, "ft": 0.3048, "foot": 0.3048, "feet": 0.3048,
+          "us-ft": 1200 / 3937, "us survey foot": 1200 / 3937}  # fmt: skip
+#: The processing baseline in a Sentinel-2 product name (``S2B_MSIL2A_20220301T033539_N0400_R061_…``).
+PRODUCT_BASELINE = re.compile(r"S2[A-D]_MSIL2A_\d{8}T\d{6}_N(\d{4})_")
+#: Valid samples needed to judge a band's units from its values.
+MIN_SAMPLES = 256
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """How a band's stored values become Clay units: ``raw · gain + bias``, then dB → linear power."""
+
+    gain: float = 1.0
+    bias: float = 0.0
+    from_db: bool = False
+
+    @property
+    def identity(self) -> bool:
+        return self.gain == 1.0 and self.bias == 0.0 and not self.from_db
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A band's conversion, the note recorded in the output metadata, and a warning for the user."""
+
+    conversion: Conversion
+    note: str
+    warning: str | None = None
+
+
+def band_conversion(header: Header, index: int, band: str, sar_units: str, s2_offset: float | None,
+                    day: Date | None) -> Converted:  # fmt: skip
+    """How to bring band ``index`` (1-based) of ``header`` to Clay units (see the module docstring).
+
+    ``sar_units``: ``auto``, ``db`` or ``linear`` (the run's option); ``s2_offset``: the run's
+    ``--s2-offset`` (``None``: from each scene's metadata); ``day``: the scene's date, to warn about an
+    S2 scene from the offset era that declares nothing. Raises :class:`SceneError` for a band whose
+    units cannot be told or are not what Clay expects."""
+    if band in S2_BANDS:
+        return _s2(header, index, band, s2_offset, day)
+    if band in SAR_BANDS:
+        return _sar(header, index, band, sar_units)
+    return _dem(header, index, band)
+
+
+def _declared(header: Header, index: int) -> tuple[float, float]:
+    return float(header.scales[index - 1]), float(header.offsets[index - 1])
+
+
+def _tag(header: Header, index: int, *keys: str) -> str | None:
+    band_tags = header.band_tags[index - 1] if header.band_tags else {}
+    for key in keys:
+        for tags in (band_tags, header.tags.get("", {})):
+            if key in tags:
+                return tags[key]
+    return None
+
+
+def _s2(header: Header, index: int, band: str, s2_offset: float | None, day: Date | None) -> Converted:
+    scale, offset = _declared(header, index)
+    if s2_offset is not None:
+        note = f"--s2-offset {s2_offset:g}: DN - {s2_offset:g}" if s2_offset else "--s2-offset 0: DNs taken as harmonised"
+        if scale != 1.0:
+            return Converted(Conversion(scale * S2_QUANTIFICATION, -s2_offset), f"GDAL scale {scale:g}; {note}")
+        return Converted(Conversion(1.0, -s2_offset), note)
+    harmonised = _tag(header, index, *S2_HARMONISED_TAGS)
+    if harmonised is not None and harmonised.strip().lower() in ("true", "1", "yes"):
+        return Converted(Conversion(scale * S2_QUANTIFICATION if scale != 1.0 else 1.0, 0.0),
+                         "offset already removed (boa_offset_applied tag); declared offset not applied again")  # fmt: skip
+    if scale != 1.0 or offset != 0.0:
+        gain, bias = scale * S2_QUANTIFICATION, offset * S2_QUANTIFICATION
+        if scale == 1.0:  # an offset on DNs: BOA_ADD_OFFSET-style
+            gain, bias = 1.0, offset
+        return Converted(Conversion(gain, bias), f"GDAL scale {scale:g} offset {offset:g}: DN * {gain:g} {bias:+g}")
+    boa = _tag(header, index, f"BOA_ADD_OFFSET_{band}", f"BOA_ADD_OFFSET_B{band[1:].lstrip('0')}", "BOA_ADD_OFFSET")
+    if boa is not None:
+        try:
+            value = float(boa)
+        except ValueError:
+            raise SceneError(f"{header.path}: {band}: BOA_ADD_OFFSET {boa!r} is not a number") from None
+        return Converted(Conversion(1.0, value), f"BOA_ADD_OFFSET {value:g}: DN {value:+g}")
+    baseline = _baseline(header)
+    if baseline is not None:
+        value = -S2_BOA_OFFSET if baseline >= 4.0 else 0.0
+        return Converted(Conversion(1.0, value), f"processing baseline {baseline:05.2f}: DN {value:+g}")
+    if np.dtype(header.dtypes[index - 1]).kind == "f":
+        ceiling = _ceiling(header, index, band)
+        unit = header.units[index - 1].strip().lower()
+        if ceiling is not None and ceiling < REFLECTANCE_CEILING:
+            if unit in REFLECTANCE_UNITS:
+                return Converted(Conversion(S2_QUANTIFICATION, 0.0), f"unit {unit!r}: reflectance * {S2_QUANTIFICATION:g}")
+            raise SceneError(
+                f"{header.path}: {band} holds values up to {ceiling:.3g}: reflectance, not the L2A digital numbers "
+                f"(reflectance × {S2_QUANTIFICATION:g}) Clay v0 expects; set the band's unit to 'reflectance' "
+                f"(gdal_edit.py -units reflectance) or multiply it by {S2_QUANTIFICATION:g}"
+            )
+    warning = None
+    if day is not None and day >= S2_OFFSET_FROM:
+        warning = (f"{header.path}: {band}: sensed {day}, when L2A products carry a +1000 offset (baseline 04.00+), "
+                   "but no scale/offset, BOA_ADD_OFFSET or baseline is declared: DNs taken as harmonised; pass "
+                   "--s2-offset 1000 if they carry it")  # fmt: skip
+    return Converted(Conversion(), "no offset declared: DNs taken as harmonised", warning)
+
+
+def _baseline(header: Header) -> float | None:
+    """The S2 processing baseline from a tag, else a product name (``_N0400_``); ``N9999``
+    (reprocessed, unknown) gives ``None``."""
+    text = _tag(header, 1, "PROCESSING_BASELINE", "s2:processing_baseline")
+    if text is None:
+        match = PRODUCT_BASELINE.search(str(header.path))
+        text = f"{match.group(1)[:2]}.{match.group(1)[2:]}" if match else None
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return None if value is None or value >= 99 else value
+
+
+def _sar(header: Header, index: int, band: str, sar_units: str) -> Converted:
+    scale, offset = _declared(header, index)
+    linear = Conversion(scale, offset)
+    declared = "" if (scale, offset) == (1.0, 0.0) else f"GDAL scale {scale:g} offset {offset:g}; "
+    if sar_units == "db":
+        return Converted(Conversion(scale, offset, True), f"{declared}--sar-units db: dB to linear power")
+    unit = header.units[index - 1].strip().lower()
+    if sar_units == "auto" and unit in DB_UNITS:
+        return Converted(Conversion(scale, offset, True), f"{declared}unit {unit!r}: dB to linear power")
+    if sar_units == "auto" and unit in LINEAR_UNITS:
+        return Converted(linear, f"{declared}unit {unit!r}: linear power")
+    sample = valid_sample(header, index, band) * scale + offset
+    if sar_units == "linear" and sample.size < MIN_SAMPLES:  # told so, and nothing says otherwise
+        return Converted(linear, f"{declared}--sar-units linear")
+    if sample.size < MIN_SAMPLES:
+        raise SceneError(
+            f"{header.path}: SAR band {band}: cannot tell dB from linear power ({sample.size} valid values in the "
+            "sample, no unit metadata); pass --sar-units db or linear (RunOptions(sar_units=...) in Python)"
+        )
+    if (sample < 0).mean() > 0.5:
+        raise SceneError(
+            f"{header.path}: SAR band {band} is mostly negative, so it is in dB, not linear power; "
+            "pass --sar-units db (RunOptions(sar_units='db') in Python)"
+        )
+    if sar_units == "linear":
+        return Converted(linear, f"{declared}--sar-units linear")
+    return Converted(linear, f"{declared}no unit declared; values non-negative: linear power")
+
+
+def _dem(header: Header, index: int, band: str) -> Converted:
+    scale, offset = _declared(header, index)
+    unit = header.units[index - 1].strip().lower()
+    if unit not in METRES:
+        raise SceneError(f"{header.path}: {band} unit {unit!r} is not a length unit this runtime converts to metres "
+                         f"({', '.join(u for u in METRES if u)})")  # fmt: skip
+    factor = METRES[unit]
+    notes = [f"GDAL scale {scale:g} offset {offset:g}"] if (scale, offset) != (1.0, 0.0) else []
+    if factor != 1.0:
+        notes.append(f"unit {unit!r}: * {factor:g} to metres")
+    return Converted(Conversion(scale * factor, offset * factor), "; ".join(notes) or "metres")
+
+
+def _ceiling(header: Header, index: int, band: str) -> float | None:
+    sample = valid_sample(header, index, band)
+    return float(np.percentile(sample, 99)) if sample.size >= MIN_SAMPLES else None
+
+
+def sample_windows(width: int, height: int, grid: int, size: int) -> list[Window]:
+    """A ``grid`` × ``grid`` spread of ``size``-pixel windows over a raster (centres at the cells'
+    centres): a sample of a band without decoding all of it."""
+    w, h = min(size, width), min(size, height)
+    spots = [(k + 0.5) / grid for k in range(grid)]
+    return [Window(int(fx * width - w / 2) if width > w else 0, int(fy * height - h / 2) if height > h else 0, w, h)
+            for fy in spots for fx in spots]  # fmt: skip
+
+
+def valid_sample(header: Header, index: int, band: str) -> np.ndarray:
+    """Stored values of a band (float64, before scale/offset) at a spread of small windows, without
+    nodata, NaN and masked pixels: 3 × 3 windows of 64², then 8 × 8 of 32² when too few are valid
+    (a tile that is mostly nodata). Read errors are a :class:`SceneError` naming the band."""
+    try:
+        with rasterio.open(header.path) as src:
+            values = np.empty(0)
+            for grid, size in ((3, 64), (8, 32)):
+                parts = []
+                for window in sample_windows(src.width, src.height, grid, size):
+                    data = src.read(index, window=window).astype(np.float64)
+                    valid = np.isfinite(data)
+                    if header.masks[index - 1] == "mask":
+                        valid &= src.read_masks(index, window=window) > 0
+                    nodata = header.nodata[index - 1]
+                    if nodata is not None and not np.isnan(nodata):
+                        valid &= data != nodata
+                    parts.append(data[valid])
+                values = np.concatenate(parts)
+                if values.size >= MIN_SAMPLES:
+                    break
+            return values
+    except RasterioError as exc:
+        raise SceneError(f"{header.path}: band {band} could not be read to check its units ({first_line(exc)})") from None
