@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import rasterio
-from rasterio.enums import MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 
@@ -145,13 +145,14 @@ class Header:
     names: tuple[str | None, ...]  # canonical band name per band (None: not a Clay band)
     dtypes: tuple[str, ...]
     nodata: tuple[float | None, ...]
-    masks: tuple[str, ...]  # "none", "nodata" (the nodata value marks it) or "mask" (a mask band or alpha)
+    masks: tuple[str, ...]  # see mask_kind: "none", "nodata", "mask" or "alpha"
     scales: tuple[float, ...]
     offsets: tuple[float, ...]
     units: tuple[str, ...]
     tags: dict[str, dict[str, str]] = field(default_factory=dict)  # metadata domain ("" default) → tags
     band_tags: tuple[dict[str, str], ...] = ()
     overviews: bool = False
+    alpha: int | None = None  # 1-based index of the file's alpha band, if it has one
 
     def tag(self, key: str, domain: str = "") -> str | None:
         return self.tags.get(domain, {}).get(key)
@@ -161,13 +162,15 @@ class Header:
 TAG_DOMAINS = ("", "IMAGERY")
 
 
-def mask_kind(flags) -> str:
+def mask_kind(flags, alpha: int | None = None) -> str:
     """GDAL's mask flags of a band (rasterio ``mask_flag_enums``) as how its invalid pixels are found:
-    ``none`` (all valid), ``nodata`` (equal to the nodata value) or ``mask`` (a per-band or
-    per-dataset mask band, or an alpha band: read with ``read_masks``)."""
+    ``none`` (all valid), ``nodata`` (equal to the nodata value), ``mask`` (a per-band or per-dataset
+    mask band, or an alpha band GDAL applies: read with ``read_masks``) or ``alpha``: the file has an
+    alpha band that GDAL does not apply as a mask (it does so only for grey + alpha and RGBA files),
+    read here as one (0: invalid)."""
     flags = set(flags)
     if flags == {MaskFlags.all_valid}:
-        return "none"
+        return "alpha" if alpha else "none"
     if flags == {MaskFlags.nodata}:
         return "nodata"
     return "mask"
@@ -201,15 +204,17 @@ def read_header(path: Path | GdalPath) -> Header:
             problem = georeferencing_problem(src)
             if problem:
                 raise SceneError(f"{path}: {problem}")
-            names = tuple(canonical_band_name(d) if d else None for d in src.descriptions)
+            alpha = next((i for i, c in enumerate(src.colorinterp, start=1) if c == ColorInterp.alpha), None)
+            names = tuple(canonical_band_name(d) if d and i != alpha else None
+                          for i, d in enumerate(src.descriptions, start=1))  # fmt: skip
             if src.count == 1 and names[0] is None:
                 names = (canonical_band_name(path.stem),)  # per-band products name the band in the file name
             return Header(
                 path, src.crs, src.transform, src.width, src.height, src.count, names, tuple(src.dtypes),
-                tuple(src.nodatavals), tuple(mask_kind(f) for f in src.mask_flag_enums), tuple(src.scales),
+                tuple(src.nodatavals), tuple(mask_kind(f, alpha) for f in src.mask_flag_enums), tuple(src.scales),
                 tuple(src.offsets), tuple(u or "" for u in src.units),
                 {domain: src.tags(ns=domain) if domain else src.tags() for domain in TAG_DOMAINS},
-                tuple(src.tags(i) for i in range(1, src.count + 1)), bool(src.overviews(1)),
+                tuple(src.tags(i) for i in range(1, src.count + 1)), bool(src.overviews(1)), alpha,
             )  # fmt: skip
     except RasterioError as exc:
         raise SceneError(f"{path}: not a readable GeoTIFF ({first_line(exc)})") from None
@@ -250,9 +255,10 @@ def discover_scenes(paths, manifests: bool = True) -> list[SceneFiles]:
 
     A multi-band GeoTIFF is a scene. Single-band files named as bands (``B02.tif``, ``B2.tif``,
     ``VV.tif``), given together on the command line or found under one folder (sub-folders
-    included, e.g. an S2 and an S1 product side by side), form one scene; the other GeoTIFFs beside
-    them (``visual.tif``, ``SCL.tif``, ``B01.tif``, ``AOT.tif``…) are not Clay bands and are listed in
-    the scene's ``ignored``. A folder without such files gives one scene per multi-band file. A GDAL
+    included, e.g. an S2 and an S1 product side by side), form one scene with the multi-band files
+    beside them whose band descriptions name Clay bands (an S2 stack and a ``DEM.tif``); the other
+    GeoTIFFs (``visual.tif``, ``SCL.tif``, ``B01.tif``, ``AOT.tif``…) are not Clay bands and are listed
+    in the scene's ``ignored``. A folder without per-band files gives one scene per multi-band file. A GDAL
     URI (``/vsis3/...``, ``s3://...``, ``https://...``) is a file. A ``.txt`` file is a manifest:
     each of its lines is discovered on its own, so one line is one scene (a file, or a folder of
     per-band files); lines are not manifests themselves.
@@ -269,7 +275,8 @@ def discover_scenes(paths, manifests: bool = True) -> list[SceneFiles]:
                 raise SceneError(f"{path}: no GeoTIFF files in this folder")
             per_band = [p for p in found if _is_band_file(p)]
             if per_band:
-                scenes.append(SceneFiles(path, tuple(per_band), tuple(p for p in found if p not in per_band)))
+                members = [p for p in found if p in per_band or (_band_count(p) > 1 and _names_clay_bands(p))]
+                scenes.append(SceneFiles(path, tuple(members), tuple(p for p in found if p not in members)))
                 continue
             multi_band = [SceneFiles(p, (p,)) for p in found if _band_count(p) > 1]
             if not multi_band:
@@ -290,6 +297,14 @@ def _band_count(path: Path | GdalPath) -> int:
             return src.count
     except RasterioError:
         return 0
+
+
+def _names_clay_bands(path: Path | GdalPath) -> bool:
+    try:
+        with rasterio.open(path) as src:
+            return any(canonical_band_name(d) for d in src.descriptions if d)
+    except RasterioError:
+        return False
 
 
 def _is_band_file(path: Path | GdalPath) -> bool:

@@ -77,9 +77,11 @@ def outline(window: Window, spacing: float) -> tuple[np.ndarray, np.ndarray]:
         inner = start + spacing * np.arange(1, int(np.ceil((stop - start) / spacing)))
         return np.concatenate([[start], inner])
 
-    top, right = along(c0, c1), along(r0, r1)
-    cols = np.concatenate([top, np.full(len(right), c1), c1 - (top - c0), np.full(len(right), c0), [c0]])
-    rows = np.concatenate([np.full(len(top), r0), right, np.full(len(top), r1), r1 - (right - r0), [r0]])
+    top, right = along(c0, c1), along(r0, r1)  # each edge from its start, its end left to the next edge
+    bottom = np.concatenate([[c1], top[:0:-1]])  # back through the same columns
+    left = np.concatenate([[r1], right[:0:-1]])
+    cols = np.concatenate([top, np.full(len(right), c1), bottom, np.full(len(left), c0), [c0]])
+    rows = np.concatenate([np.full(len(top), r0), right, np.full(len(bottom), r1), left, [r0]])
     return cols, rows
 
 

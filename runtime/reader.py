@@ -128,6 +128,12 @@ def _read_group(scene: Scene, group: ReadGroup, chip: Chip) -> tuple[np.ndarray,
         if unmasked.any():
             mask = np.zeros(values.shape, bool) if mask is None else mask
             mask[masked] |= unmasked
+    alpha = [k for k, p in enumerate(group.positions) if scene.sources[p].mask == "alpha"]
+    if alpha:
+        transparent = handle.read(scene.sources[group.positions[alpha[0]]].alpha, window=window) == 0
+        if transparent.any():
+            mask = np.zeros(values.shape, bool) if mask is None else mask
+            mask[alpha] |= transparent
     return values, mask
 
 
@@ -181,14 +187,18 @@ def band_reader(scene: Scene, group: ReadGroup, warp: bool):
     if handles is None:
         handles = _local.handles = OrderedDict()
     src_nodata = _warp_source_nodata(scene, group) if warp else None
-    key = (str(group.path), (scene.crs.to_wkt(), scene.transform, scene.width, scene.height, src_nodata) if warp else None)
+    src_alpha = next((scene.sources[p].alpha for p in group.positions if scene.sources[p].mask == "alpha"), None)
+    key = (str(group.path),
+           (scene.crs.to_wkt(), scene.transform, scene.width, scene.height, src_nodata, src_alpha) if warp else None)  # fmt: skip
     if key in handles:
         handles.move_to_end(key)
         return handles[key][-1]
     dataset = rasterio.open(group.path)
     if warp:
+        extra = {"src_alpha": src_alpha} if src_alpha else {}
         vrt = WarpedVRT(dataset, crs=scene.crs, transform=scene.transform, width=scene.width, height=scene.height,
-                        resampling=Resampling.bilinear, src_nodata=src_nodata, nodata=np.nan, dtype="float32")  # fmt: skip
+                        resampling=Resampling.bilinear, src_nodata=src_nodata, nodata=np.nan, dtype="float32",
+                        **extra)  # fmt: skip
         handles[key] = (dataset, vrt)
     else:
         handles[key] = (dataset,)

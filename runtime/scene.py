@@ -58,9 +58,10 @@ class BandSource:
     band: str
     mode: str  # "direct" (on the scene grid), "resample" (coarser grid, resampled window) or "warp"
     nodata: float | None
-    mask: str  # "none", "nodata" or "mask" (see clay.runtime.files.mask_kind)
+    mask: str  # "none", "nodata", "mask" or "alpha" (see clay.runtime.files.mask_kind)
     s2: bool  # Sentinel-2 L2A: a stored 0 is nodata (its NO_DATA value) whatever the file declares
     conversion: Conversion = Conversion()
+    alpha: int | None = None  # the file's alpha band (mask "alpha")
     # "resample": the file's grid differs from the scene's only by pixel size and origin (same CRS,
     # north-up, covering the scene): a bilinear resampled windowed read gives the WarpedVRT's values
     # (identical on the demo scene's 20 m bands) at a seventh of the cost.
@@ -183,7 +184,8 @@ def _open(scene: SceneFiles, engine: EngineMetadata, options: RunOptions) -> Sce
         if mask != "none" or band in S2_BANDS:
             masks.setdefault(_mask_note(header, index, band), []).append(band)
         readers.append(BandSource(path, index, band, mode, header.nodata[index - 1], mask, band in S2_BANDS,
-                                  converted.conversion, header.transform if mode == "resample" else None))  # fmt: skip
+                                  converted.conversion, header.alpha,
+                                  header.transform if mode == "resample" else None))  # fmt: skip
     applied["units"] = {note: bands for note, bands in units.items()}
     applied["resampling"] = modes
     applied["invalid_pixels"] = masks
@@ -279,7 +281,7 @@ def _mode(header: Header, index: int, reference: Header) -> str:
         reference.crs, reference.transform, reference.width, reference.height)  # fmt: skip
     if same:
         return "direct"
-    if header.masks[index - 1] != "mask" and _resamples_by_window(header, reference):
+    if header.masks[index - 1] not in ("mask", "alpha") and _resamples_by_window(header, reference):
         return "resample"
     return "warp"
 
@@ -288,6 +290,8 @@ def _mask_note(header: Header, index: int, band: str) -> str:
     kind = header.masks[index - 1]
     if kind == "mask":
         return "GDAL mask band (per-band, per-dataset or alpha)"
+    if kind == "alpha":
+        return f"alpha band {header.alpha} of {header.path.name}"
     if kind == "nodata":
         return f"nodata value {header.nodata[index - 1]:g}" + ("; 0 (L2A NO_DATA)" if band in S2_BANDS else "")
     return "0 (L2A NO_DATA)"

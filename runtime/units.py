@@ -32,9 +32,10 @@ S2_QUANTIFICATION = 10_000.0
 #: The offset processing baseline 04.00+ adds to L2A DNs (BOA_ADD_OFFSET = −1000), from 2022-01-25.
 S2_BOA_OFFSET = 1000.0
 S2_OFFSET_FROM = Date(2022, 1, 25)
-#: Tags that say an archive already removed the offset from the values (Earth Search's property, and
-#: the same as a plain tag), whatever scale and offset it still declares.
-S2_HARMONISED_TAGS = ("earthsearch:boa_offset_applied", "BOA_OFFSET_APPLIED", "boa_offset_applied")
+#: File tags that say an archive already removed the offset from the values, whatever scale and
+#: offset it still declares: the file-level form of Earth Search's ``earthsearch:boa_offset_applied``
+#: (GDAL reads ``:`` in a metadata key as a separator, so a file cannot carry that name as it is).
+S2_HARMONISED_TAGS = ("BOA_OFFSET_APPLIED", "boa_offset_applied")
 #: A float S2 band whose sampled values stay below this holds reflectance (0–1), not DNs.
 REFLECTANCE_CEILING = 2.0
 #: Band units that declare reflectance (0–1) or dB, and the factor of each length unit to metres.
