@@ -52,6 +52,10 @@ def lonlat(transform: Affine, crs: CRS, cols, rows) -> tuple[np.ndarray, np.ndar
     lons, lats = np.asarray(lons, np.float64), np.asarray(lats, np.float64)
     if not (np.isfinite(lons).all() and np.isfinite(lats).all()):
         raise FootprintError(f"pixels of this grid fall outside the area {crs.to_string()} is defined for")
+    # A geographic grid past ±180° (lon 180.05) is given back as it is: wrap it like PROJ's output.
+    outside = (lons < -180.0) | (lons > 180.0)
+    if outside.any():
+        lons = np.where(outside, (lons + 180.0) % 360.0 - 180.0, lons)
     return lons, lats
 
 

@@ -22,6 +22,7 @@ from rasterio.windows import Window
 from .files import SceneError, first_line
 from .grid import Chip
 from .scene import ReadGroup, Scene
+from .units import check_values
 
 #: GDAL's block cache: each block is read once per chip, so the default (5 % of RAM) is pure
 #: overhead here; bounding it kept a 10980² scene at 0.5 GB of RSS instead of 1.8 GB.
@@ -45,8 +46,10 @@ def read_chip(scene: Scene, chip: Chip, out: np.ndarray | None = None) -> tuple[
     Invalid is decided on the stored values, per band: the file's nodata value, NaN, a GDAL mask band
     or alpha (``read_masks``), a stored 0 in a Sentinel-2 band (L2A NO_DATA), and whatever a warp
     could not fill. Then each band's conversion (:class:`clay.runtime.units.Conversion`: scale,
-    offset, S2 offset, dB → linear) brings it to Clay units, before the fill. Read errors are a
-    :class:`SceneError` naming the file, the window and GDAL's reason.
+    offset, S2 offset, dB → linear) brings it to Clay units, and units nothing declared are checked
+    on the valid values (:func:`clay.runtime.units.check_values`), before the fill. Read errors and
+    values in the wrong units are a :class:`SceneError` naming the file (read errors: the window and
+    GDAL's reason too).
     """
     size = scene.chip_size
     if out is None:
@@ -66,6 +69,9 @@ def read_chip(scene: Scene, chip: Chip, out: np.ndarray | None = None) -> tuple[
             invalid[positions] = mask
         data[positions] = values
     _convert(scene, data)
+    for k, source in enumerate(scene.sources):
+        if source.check:  # units nothing declared: confirmed on the values (one pass, no extra read)
+            check_values(source.path, source.band, source.check, data[k], None if invalid is None else ~invalid[k])
     fraction = 0.0
     if invalid is not None:
         fraction = float(invalid.any(axis=0).mean())

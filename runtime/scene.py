@@ -62,6 +62,7 @@ class BandSource:
     s2: bool  # Sentinel-2 L2A: a stored 0 is nodata (its NO_DATA value) whatever the file declares
     conversion: Conversion = Conversion()
     alpha: int | None = None  # the file's alpha band (mask "alpha")
+    check: str | None = None  # what clay.runtime.units.check_values confirms on every chip
     # "resample": the file's grid differs from the scene's only by pixel size and origin (same CRS,
     # north-up, covering the scene): a bilinear resampled windowed read gives the WarpedVRT's values
     # (identical on the demo scene's 20 m bands) at a seventh of the cost.
@@ -184,7 +185,7 @@ def _open(scene: SceneFiles, engine: EngineMetadata, options: RunOptions) -> Sce
         if mask != "none" or band in S2_BANDS:
             masks.setdefault(_mask_note(header, index, band), []).append(band)
         readers.append(BandSource(path, index, band, mode, header.nodata[index - 1], mask, band in S2_BANDS,
-                                  converted.conversion, header.alpha,
+                                  converted.conversion, header.alpha, converted.check,
                                   header.transform if mode == "resample" else None))  # fmt: skip
     applied["units"] = {note: bands for note, bands in units.items()}
     applied["resampling"] = modes

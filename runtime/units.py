@@ -4,9 +4,11 @@ The engine's input units (:data:`clay.runtime.bands.INPUT_UNITS`, recorded in ev
 Sentinel-2 L2A surface reflectance × 10 000 without the +1000 offset of processing baseline 04.00+
 ("harmonised"), Sentinel-1 backscatter as linear power, elevation in metres. What a file holds is
 read from, in this order: the run's explicit options (``--s2-offset``, ``--sar-units``: overrides),
-GDAL's per-band scale and offset, the product's own offset metadata, band units, and, where nothing
-is declared, the values themselves (a sample that leaves nodata and masked pixels out) — or the
-scene is refused in one line that says what was expected.
+GDAL's per-band scale and offset, the product's own offset metadata, band units. Where nothing is
+declared, the values themselves are checked as each chip is read (:func:`check_values`, on pixels
+the reader decodes anyway, nodata and masked pixels left out): a "linear" SAR band that is mostly
+negative is in dB, a float Sentinel-2 band below 2 holds reflectance, not DNs; the scene is then
+refused in one line that says what was expected. Opening a scene therefore reads no pixel.
 
 A conversion is linear on the stored value, then for dB a power of ten:
 ``clay = raw · gain + bias`` (``10^(clay / 10)`` when ``from_db``). :func:`band_conversion` returns it
@@ -20,12 +22,9 @@ from dataclasses import dataclass
 from datetime import date as Date
 
 import numpy as np
-import rasterio
-from rasterio.errors import RasterioError
-from rasterio.windows import Window
 
 from .bands import S2_BANDS, SAR_BANDS
-from .files import Header, SceneError, first_line
+from .files import Header, SceneError
 
 #: Sentinel-2 L2A digital numbers are reflectance × this (the product's QUANTIFICATION_VALUE).
 S2_QUANTIFICATION = 10_000.0
@@ -36,7 +35,7 @@ S2_OFFSET_FROM = Date(2022, 1, 25)
 #: offset it still declares: the file-level form of Earth Search's ``earthsearch:boa_offset_applied``
 #: (GDAL reads ``:`` in a metadata key as a separator, so a file cannot carry that name as it is).
 S2_HARMONISED_TAGS = ("BOA_OFFSET_APPLIED", "boa_offset_applied")
-#: A float S2 band whose sampled values stay below this holds reflectance (0–1), not DNs.
+#: A float S2 band whose values (99 % of a chip's) stay below this holds reflectance (0–1), not DNs.
 REFLECTANCE_CEILING = 2.0
 #: Band units that declare reflectance (0–1) or dB, and the factor of each length unit to metres.
 REFLECTANCE_UNITS = ("reflectance", "surface reflectance", "sr", "bottom of atmosphere reflectance")
@@ -47,8 +46,6 @@ METRES = {"": 1.0, "m": 1.0, "metre": 1.0, "metres": 1.0, "meter": 1.0, "meters"
           "us-ft": 1200 / 3937, "us survey foot": 1200 / 3937}  # fmt: skip
 #: The processing baseline in a Sentinel-2 product name (``S2B_MSIL2A_20220301T033539_N0400_R061_…``).
 PRODUCT_BASELINE = re.compile(r"S2[A-D]_MSIL2A_\d{8}T\d{6}_N(\d{4})_")
-#: Valid samples needed to judge a band's units from its values.
-MIN_SAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -66,11 +63,14 @@ class Conversion:
 
 @dataclass(frozen=True)
 class Converted:
-    """A band's conversion, the note recorded in the output metadata, and a warning for the user."""
+    """A band's conversion, the note recorded in the output metadata, a warning for the user, and
+    what :func:`check_values` must confirm on its values (``"linear"``: SAR taken as linear power;
+    ``"dn"``: a float S2 band taken as DNs)."""
 
     conversion: Conversion
     note: str
     warning: str | None = None
+    check: str | None = None
 
 
 def band_conversion(header: Header, index: int, band: str, sar_units: str, s2_offset: float | None,
@@ -128,23 +128,16 @@ def _s2(header: Header, index: int, band: str, s2_offset: float | None, day: Dat
     if baseline is not None:
         value = -S2_BOA_OFFSET if baseline >= 4.0 else 0.0
         return Converted(Conversion(1.0, value), f"processing baseline {baseline:05.2f}: DN {value:+g}")
-    if np.dtype(header.dtypes[index - 1]).kind == "f":
-        ceiling = _ceiling(header, index, band)
-        unit = header.units[index - 1].strip().lower()
-        if ceiling is not None and ceiling < REFLECTANCE_CEILING:
-            if unit in REFLECTANCE_UNITS:
-                return Converted(Conversion(S2_QUANTIFICATION, 0.0), f"unit {unit!r}: reflectance * {S2_QUANTIFICATION:g}")
-            raise SceneError(
-                f"{header.path}: {band} holds values up to {ceiling:.3g}: reflectance, not the L2A digital numbers "
-                f"(reflectance × {S2_QUANTIFICATION:g}) Clay v0 expects; set the band's unit to 'reflectance' "
-                f"(gdal_edit.py -units reflectance) or multiply it by {S2_QUANTIFICATION:g}"
-            )
+    unit = header.units[index - 1].strip().lower()
+    if unit in REFLECTANCE_UNITS:
+        return Converted(Conversion(S2_QUANTIFICATION, 0.0), f"unit {unit!r}: reflectance * {S2_QUANTIFICATION:g}")
+    check = "dn" if np.dtype(header.dtypes[index - 1]).kind == "f" else None
     warning = None
     if day is not None and day >= S2_OFFSET_FROM:
         warning = (f"{header.path}: {band}: sensed {day}, when L2A products carry a +1000 offset (baseline 04.00+), "
                    "but no scale/offset, BOA_ADD_OFFSET or baseline is declared: DNs taken as harmonised; pass "
                    "--s2-offset 1000 if they carry it")  # fmt: skip
-    return Converted(Conversion(), "no offset declared: DNs taken as harmonised", warning)
+    return Converted(Conversion(), "no offset declared: DNs taken as harmonised", warning, check)
 
 
 def _baseline(header: Header) -> float | None:
@@ -163,7 +156,6 @@ def _baseline(header: Header) -> float | None:
 
 def _sar(header: Header, index: int, band: str, sar_units: str) -> Converted:
     scale, offset = _declared(header, index)
-    linear = Conversion(scale, offset)
     declared = "" if (scale, offset) == (1.0, 0.0) else f"GDAL scale {scale:g} offset {offset:g}; "
     if sar_units == "db":
         return Converted(Conversion(scale, offset, True), f"{declared}--sar-units db: dB to linear power")
@@ -171,23 +163,9 @@ def _sar(header: Header, index: int, band: str, sar_units: str) -> Converted:
     if sar_units == "auto" and unit in DB_UNITS:
         return Converted(Conversion(scale, offset, True), f"{declared}unit {unit!r}: dB to linear power")
     if sar_units == "auto" and unit in LINEAR_UNITS:
-        return Converted(linear, f"{declared}unit {unit!r}: linear power")
-    sample = valid_sample(header, index, band) * scale + offset
-    if sar_units == "linear" and sample.size < MIN_SAMPLES:  # told so, and nothing says otherwise
-        return Converted(linear, f"{declared}--sar-units linear")
-    if sample.size < MIN_SAMPLES:
-        raise SceneError(
-            f"{header.path}: SAR band {band}: cannot tell dB from linear power ({sample.size} valid values in the "
-            "sample, no unit metadata); pass --sar-units db or linear (RunOptions(sar_units=...) in Python)"
-        )
-    if (sample < 0).mean() > 0.5:
-        raise SceneError(
-            f"{header.path}: SAR band {band} is mostly negative, so it is in dB, not linear power; "
-            "pass --sar-units db (RunOptions(sar_units='db') in Python)"
-        )
-    if sar_units == "linear":
-        return Converted(linear, f"{declared}--sar-units linear")
-    return Converted(linear, f"{declared}no unit declared; values non-negative: linear power")
+        return Converted(Conversion(scale, offset), f"{declared}unit {unit!r}: linear power")
+    why = "--sar-units linear" if sar_units == "linear" else "no unit declared: linear power, checked on every chip"
+    return Converted(Conversion(scale, offset), f"{declared}{why}", check="linear")
 
 
 def _dem(header: Header, index: int, band: str) -> Converted:
@@ -203,41 +181,22 @@ def _dem(header: Header, index: int, band: str) -> Converted:
     return Converted(Conversion(scale * factor, offset * factor), "; ".join(notes) or "metres")
 
 
-def _ceiling(header: Header, index: int, band: str) -> float | None:
-    sample = valid_sample(header, index, band)
-    return float(np.percentile(sample, 99)) if sample.size >= MIN_SAMPLES else None
-
-
-def sample_windows(width: int, height: int, grid: int, size: int) -> list[Window]:
-    """A ``grid`` × ``grid`` spread of ``size``-pixel windows over a raster (centres at the cells'
-    centres): a sample of a band without decoding all of it."""
-    w, h = min(size, width), min(size, height)
-    spots = [(k + 0.5) / grid for k in range(grid)]
-    return [Window(int(fx * width - w / 2) if width > w else 0, int(fy * height - h / 2) if height > h else 0, w, h)
-            for fy in spots for fx in spots]  # fmt: skip
-
-
-def valid_sample(header: Header, index: int, band: str) -> np.ndarray:
-    """Stored values of a band (float64, before scale/offset) at a spread of small windows, without
-    nodata, NaN and masked pixels: 3 × 3 windows of 64², then 8 × 8 of 32² when too few are valid
-    (a tile that is mostly nodata). Read errors are a :class:`SceneError` naming the band."""
-    try:
-        with rasterio.open(header.path) as src:
-            values = np.empty(0)
-            for grid, size in ((3, 64), (8, 32)):
-                parts = []
-                for window in sample_windows(src.width, src.height, grid, size):
-                    data = src.read(index, window=window).astype(np.float64)
-                    valid = np.isfinite(data)
-                    if header.masks[index - 1] == "mask":
-                        valid &= src.read_masks(index, window=window) > 0
-                    nodata = header.nodata[index - 1]
-                    if nodata is not None and not np.isnan(nodata):
-                        valid &= data != nodata
-                    parts.append(data[valid])
-                values = np.concatenate(parts)
-                if values.size >= MIN_SAMPLES:
-                    break
-            return values
-    except RasterioError as exc:
-        raise SceneError(f"{header.path}: band {band} could not be read to check its units ({first_line(exc)})") from None
+def check_values(path, band: str, check: str, values: np.ndarray, valid: np.ndarray | None) -> None:
+    """Confirm on a chip's stored values (``valid``: where they are not nodata; ``None``: all) what
+    :func:`band_conversion` assumed when nothing was declared, or raise :class:`SceneError`:
+    linear power is never negative (a mostly negative band is in dB), and Sentinel-2 DNs are not all
+    below 2 (such a band holds reflectance). Chips without a valid pixel say nothing."""
+    sample = values if valid is None else values[valid]
+    if sample.size == 0:
+        return
+    if check == "linear" and np.count_nonzero(sample < 0) > 0.5 * sample.size:
+        raise SceneError(
+            f"{path}: SAR band {band} is mostly negative, so it is in dB, not linear power; "
+            "pass --sar-units db (RunOptions(sar_units='db') in Python)"
+        )
+    if check == "dn" and np.count_nonzero(sample >= REFLECTANCE_CEILING) < 0.01 * sample.size:
+        raise SceneError(
+            f"{path}: {band} holds values below {REFLECTANCE_CEILING:g}: reflectance, not the L2A digital numbers "
+            f"(reflectance × {S2_QUANTIFICATION:g}) Clay v0 expects; set the band's unit to 'reflectance' "
+            f"(gdal_edit.py -units reflectance) or multiply it by {S2_QUANTIFICATION:g}"
+        )

@@ -44,11 +44,12 @@ def write_stack(
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
         with rasterio.open(path, "w", **profile) as dst:
+            if alpha is not None:  # before any pixel: GDAL writes it as the TIFF's ExtraSamples tag
+                dst.colorinterp = [rasterio.enums.ColorInterp.gray] * count + [rasterio.enums.ColorInterp.alpha]
             dst.write(cube.astype(dtype), indexes=list(range(1, count + 1)))
             if alpha is not None:
                 dst.write(np.where(alpha, np.iinfo(dtype).max if np.dtype(dtype).kind in "iu" else 1, 0).astype(dtype),
                           count + 1)  # fmt: skip
-                dst.colorinterp = [rasterio.enums.ColorInterp.gray] * count + [rasterio.enums.ColorInterp.alpha]
             for i, name in enumerate(bands, start=1):
                 if name:
                     dst.set_band_description(i, name)

@@ -302,14 +302,29 @@ def test_sar_in_db_with_nodata_zeros_is_detected_and_equals_linear_power(sar_dem
     assert as_db["nodata_fraction"].to_pylist() == pytest.approx([1 - 410 / 512] * 2)
 
 
-def test_a_sar_band_without_a_judgeable_value_is_one_line(sar_dem_engine, tmp_path):
-    cube = np.zeros((3, 512, 512), np.float32)
-    cube[2] = 100
-    write_stack(tmp_path / "empty.tif", cube, Affine(10, 0, 0, 0, -10, 0), "EPSG:32648", ["VH", "VV", "DEM"], nodata=0,
-                tags={"date": "2020-06-07"})  # fmt: skip
-    result = clay_run(tmp_path / "empty.tif", "--engine", sar_dem_engine, "--out", tmp_path / "out")
+def test_sar_units_are_judged_on_valid_values_only_and_opening_reads_no_pixel(sar_dem_engine, tmp_path, monkeypatch):
+    """The old unit check sampled each SAR band at opening (0.15 s a band a scene, before the first
+    chip), counting nodata zeros as linear values. Now opening reads no pixel, and every chip's
+    valid values are judged as they are read: a band with no valid value says nothing of its units
+    and its chips are nodata."""
+    import rasterio
+
+    transform = Affine(10, 0, 362600, 0, -10, 1987080)
+    cube = np.concatenate([np.zeros((2, 512, 512), np.float32), np.full((1, 512, 512), 100, np.float32)])
+    empty = write_stack(tmp_path / "empty.tif", cube, transform, "EPSG:32648", ["VH", "VV", "DEM"], nodata=0,
+                        tags={"date": "2020-06-07"})  # fmt: skip
+    from clay.runtime.engine import read_engine_metadata
+    from clay.runtime.scene import open_scene
+
+    reads = []
+    real_read = rasterio.io.DatasetReader.read
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", lambda self, *a, **k: reads.append(1) or real_read(self, *a, **k))
+    open_scene(empty, read_engine_metadata(sar_dem_engine))
+    assert reads == []
+    monkeypatch.undo()
+    result = clay_run(empty, "--engine", sar_dem_engine, "--out", tmp_path / "out")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "cannot tell dB from linear power (0 valid values" in result.stderr.strip().splitlines()[-1]
+    assert "every chip has more than 50% nodata" in result.stderr.strip().splitlines()[-1]
 
 
 def test_gdal_scale_and_offset_give_the_same_embeddings_as_plain_values_and_are_recorded(sar_dem_engine, tmp_path):

@@ -181,7 +181,6 @@ def test_api_embeds_arrays_and_refuses_wrong_shapes(engine):
         (lambda p: write_scene(p, 600, 600, band_count=12, band_descriptions=False), "12 bands without band descriptions"),
         (lambda p: write_scene(p, 600, 600, with_crs=False), "no CRS"),
         (lambda p: write_scene(p, 600, 600, with_date_tag=False), "no acquisition date"),
-        # (linear: a SAR band with no valid value cannot be judged, which is its own one-line refusal)
         (lambda p: write_scene(p, 600, 600, nodata_fraction=1.0), "every chip has more than 50% nodata"),
         (lambda p: p.write_bytes(b"II*\x00garbage"), "not a readable GeoTIFF"),
         (lambda p: _uint8_scene(p), "unsupported data type uint8"),
@@ -191,7 +190,7 @@ def test_api_embeds_arrays_and_refuses_wrong_shapes(engine):
 def test_bad_scenes_are_one_line_and_leave_no_file(engine, tmp_path, make, message):
     scene = tmp_path / "bad.tif"
     make(scene)
-    result = clay_run(scene, "--engine", engine, "--out", tmp_path / "out", "--sar-units", "linear")
+    result = clay_run(scene, "--engine", engine, "--out", tmp_path / "out")
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 or "bad.tif" in result.stderr.strip().splitlines()[-1]
