@@ -45,7 +45,7 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
               help=f"GPUs the plan is built for: {TARGET_HELP}. TensorRT-RTX has no 9.0 (H100/H200).")
 @click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_TIMING_CACHE,
               show_default=True, help="Persistent timing cache of standard TensorRT (read and updated; TensorRT-RTX has none).")
-@click.option("--no-check", is_flag=True, help="Skip the Polygraphy comparison against eager PyTorch fp32.")
+@click.option("--no-check", is_flag=True, help="Skip the comparison of every artifact against eager PyTorch fp32.")
 @click.option("--triton-repository", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Also write a Triton model repository here: clay_trt (a plan built by standard TensorRT) and clay_onnx "
                    "(the ONNX Runtime CUDA artifact, else the float32 graph), each with its config.pbtxt.")
