@@ -301,7 +301,7 @@ class TensorRTEngine(Engine):
             self._context.set_tensor_address(name, self._device[name])
 
     def describe(self) -> str:
-        return super().describe().replace("tensorrt (", f"tensorrt ({self.build.label}, ", 1)
+        return f"{super().describe()}, {self.build.label}"
 
     def _max_shapes(self) -> dict[str, tuple[int, ...]]:
         shapes = {**self.metadata.input_shapes, **self.metadata.output_shapes}
