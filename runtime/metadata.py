@@ -55,7 +55,7 @@ class EngineMetadata:
     exporter: str
     versions: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. TensorRT version and GPU of a plan
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. how a plan was built: tensorrt_plan.PlanBuild
 
     @property
     def has_patch_embeddings(self) -> bool:
