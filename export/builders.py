@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clay.runtime.bands import CHIP_SIZE, bands_of_groups
 from clay.runtime.formats import ArtifactFormat, format_named, plan_sidecar
 from clay.runtime.metadata import EngineMetadata
 
@@ -109,18 +108,20 @@ def build_cuda(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
 
 @builder("plan")
 def build_plan(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
+    from .tensorrt_build import PlanUnbuildable, choose_flavour
     from .tensorrt_build import build_plan as build_tensorrt_plan
-    from .tensorrt_build import gpu_name, tensorrt_unavailable_reason
 
-    reason = tensorrt_unavailable_reason()
-    if reason:
-        raise FormatUnavailable(reason)
+    try:
+        flavour = choose_flavour()
+    except PlanUnbuildable as reason:
+        raise FormatUnavailable(str(reason)) from None
     options = job.options
+    metadata = job.provenance(fmt)
     source = job.path(format_named("fp16"))  # built before the plan: table order
-    trt_version = build_tensorrt_plan(source, job.path(fmt), len(bands_of_groups(options.groups)), CHIP_SIZE,
-                                      options.batch, options.timing_cache, options.hardware_compat)  # fmt: skip
-    extra = {"tensorrt": trt_version, "gpu": gpu_name(), "batch_profile": str(options.batch),
-             "hardware_compat": options.hardware_compat or "none"}  # fmt: skip
+    build = build_tensorrt_plan(source, job.path(fmt), metadata, flavour, options.compute_capability, options.batch,
+                                options.timing_cache)  # fmt: skip
+    job.log(f"{fmt.file_name}: {build.label}, compute capabilities {', '.join(build.compute_capabilities)}, "
+            f"{job.path(fmt).stat().st_size / 1e6:.1f} MB")  # fmt: skip
     sidecar = plan_sidecar(job.path(fmt))
-    sidecar.write_text(json.dumps(replace(job.provenance(fmt), extra=extra).to_dict(), indent=2))
+    sidecar.write_text(json.dumps(replace(metadata, extra={"tensorrt": build.to_dict()}).to_dict(), indent=2))
     return [job.path(fmt), sidecar]

@@ -12,7 +12,7 @@ from clay.runtime.formats import FORMATS
 from clay.training.model import SIZES
 
 from .artifacts import ExportError, ExportOptions, export_artifacts
-from .tensorrt_build import BatchProfile
+from .tensorrt_build import TARGET_HELP, BatchProfile, parse_targets
 
 
 def _written_by(flag: str) -> str:
@@ -41,15 +41,15 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
 @click.option("--int8-cpu", is_flag=True, help="Also write " + _written_by("--int8-cpu") + ".")
 @click.option("--patch-embeddings", is_flag=True, help="Add the patch_embeddings [B, G, 16, 16, dim] output.")
 @click.option("--batch", default="1:8:32", show_default=True, help="TensorRT optimisation profile MIN:OPT:MAX.")
-@click.option("--hardware-compat", type=click.Choice(["ampere+"]), default=None,
-              help="Build a plan that runs on every Ampere-or-newer GPU (e.g. built on an H100, run on an A10G).")
+@click.option("--compute-capability", default="ampere+", show_default=True,
+              help=f"GPUs the plan is built for: {TARGET_HELP}. TensorRT-RTX has no 9.0 (H100/H200).")
 @click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_TIMING_CACHE,
-              show_default=True, help="Persistent TensorRT timing cache (read and updated).")
-@click.option("--no-check", is_flag=True, help="Skip the Polygraphy comparison against eager PyTorch fp32.")
+              show_default=True, help="Persistent timing cache of standard TensorRT (read and updated; TensorRT-RTX has none).")
+@click.option("--no-check", is_flag=True, help="Skip the comparison of every artifact against eager PyTorch fp32.")
 @click.option("--triton-repository", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Also write a Triton model repository here: clay_trt (the plan, where built) and clay_onnx "
+              help="Also write a Triton model repository here: clay_trt (a plan built by standard TensorRT) and clay_onnx "
                    "(the ONNX Runtime CUDA artifact, else the float32 graph), each with its config.pbtxt.")
-def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, patch_embeddings, batch, hardware_compat,
+def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, patch_embeddings, batch, compute_capability,
          timing_cache, no_check, triton_repository) -> None:  # fmt: skip
     """Export the Clay encoder with its normalisation folded in: raw pixels, lon/lat and date in.
 
@@ -63,7 +63,7 @@ def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, patch_em
             out=out, checkpoint=checkpoint, size=size, random_weights=random_weights,
             groups=parse_groups(groups) if groups else (),
             fp16=fp16, int8_cpu=int8_cpu, patch_embeddings=patch_embeddings, batch=BatchProfile.parse(batch),
-            hardware_compat=hardware_compat, timing_cache=timing_cache, check=not no_check,
+            compute_capability=parse_targets(compute_capability), timing_cache=timing_cache, check=not no_check,
             triton_repository=triton_repository,
         )  # fmt: skip
         if timing_cache is not None:

@@ -1,23 +1,28 @@
 """A Triton Inference Server model repository for the artifacts an export built.
 
-``clay_trt/1/model.plan`` (``platform: "tensorrt_plan"``) where a plan was built, and
+``clay_trt/1/model.plan`` (``platform: "tensorrt_plan"``) where standard TensorRT built the plan, and
 ``clay_onnx/1/model.onnx`` (``platform: "onnxruntime_onnx"``: the ONNX Runtime CUDA artifact where
 it was built, else the portable float32 graph), each with a ``config.pbtxt``: the inputs and
 outputs of the exported graph without the batch dimension, ``max_batch_size`` from the export's
 batch profile, dynamic batching at its preferred size, one instance on the GPU, and the engine's
 own metadata as parameters. Triton serves the Open Inference Protocol, so a client written for
 ``clay-serve`` calls these models unchanged (only the model name differs).
+
+A TensorRT-RTX plan gets no ``clay_trt``: Triton's TensorRT backend links standard TensorRT, which
+cannot deserialise it (a ``tensorrt_plan`` must come from the TensorRT of the Triton release).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from clay.runtime.engine import read_engine_metadata
 from clay.runtime.formats import format_named
 from clay.runtime.metadata import EngineMetadata
+from clay.runtime.tensorrt_plan import STANDARD, PlanBuild
 
 from .tensorrt_build import BatchProfile
 
@@ -43,12 +48,19 @@ def config_text(name: str, platform: str, metadata: EngineMetadata, batch: Batch
     return "\n".join(lines) + "\n"
 
 
-def write_repository(artifacts: Path, repository: Path, batch: BatchProfile) -> list[Path]:
-    """Copy the built artifacts into ``repository`` as Triton models; returns the models' folders."""
+def write_repository(artifacts: Path, repository: Path, batch: BatchProfile,
+                     note: Callable[[str], None] = lambda _: None) -> list[Path]:  # fmt: skip
+    """Copy the built artifacts into ``repository`` as Triton models; returns the models' folders.
+    ``note`` receives one line for a plan left out (built by TensorRT-RTX)."""
     models = []
     plan = artifacts / format_named("plan").file_name
     if plan.is_file():
-        models.append(("clay_trt", "tensorrt_plan", plan, "model.plan"))
+        build = PlanBuild.of(read_engine_metadata(plan))
+        if build.flavour == STANDARD:
+            models.append(("clay_trt", "tensorrt_plan", plan, "model.plan"))
+        else:
+            note(f"Triton repository: no clay_trt: {plan.name} was built by {build.label}, which Triton's TensorRT "
+                 "backend (standard TensorRT) cannot load; clay_onnx serves the ONNX Runtime artifact")  # fmt: skip
     onnx = next(artifacts / f.file_name for f in (format_named("cuda"), format_named("fp32")) if (artifacts / f.file_name).is_file())
     models.append(("clay_onnx", "onnxruntime_onnx", onnx, "model.onnx"))
     written = []

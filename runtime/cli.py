@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from .api import ClayEmbedder
 from .console import require_extra
 from .dates import parse_date
-from .engine import BACKENDS, EngineError
+from .engine import BACKENDS, EngineError, EngineUnavailable
 from .files import SceneError, SceneFiles, discover_scenes, first_line
 from .formats import describe_formats
 from .grid import EDGE_MODES
@@ -206,6 +206,9 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
             run_with_ray(engine_path, backend, threads, scene_files, targets, options, failures, preview)
         else:
             run_here(engine_path, backend, threads, scene_files, targets, options, failures, preview)
+    except EngineUnavailable as exc:  # the engine cannot run on this machine: exit 2, as for a missing extra
+        click.echo(f"clay-run: {exc}", err=True)
+        sys.exit(2)
     except (SceneError, EngineError, OutputError, RayJobError, ValueError) as exc:
         sys.exit(f"clay-run: {exc}")
     except KeyboardInterrupt:
@@ -232,6 +235,8 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
              options: RunOptions, failures: list, preview: Path | None) -> None:  # fmt: skip
     """The single-machine run: one engine, reader threads, the pipeline (which opens the scenes)."""
     with ClayEmbedder(engine_path, backend, threads, options) as embedder:
+        if embedder.engine.fallback:
+            click.echo(f"clay-run: {embedder.engine.fallback}", err=True)
         click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}", err=True)
         jobs = plan_jobs(scene_files, targets, options)
         start = time.perf_counter()

@@ -16,8 +16,21 @@ from pathlib import Path
 import numpy as np
 
 from .files import first_line
-from .formats import RUNTIME_BACKENDS, format_of_file, pick_artifact, plan_sidecar
+from .formats import RUNTIME_BACKENDS, format_of_file, pick_artifact, plan_runtime_cache, plan_sidecar
 from .metadata import EngineMetadata, MetadataError
+from .tensorrt_plan import (
+    FLAVOURS,
+    RTX,
+    TENSORRT_EXTRA,
+    PlanBuild,
+    RuntimeCacheFile,
+    capturing_logger,
+    flavour_installed,
+    import_cudart,
+    import_flavour,
+    plan_unusable_reason,
+    probe_gpu,
+)
 from .timing import NullClock, StageClock
 
 NULL_CLOCK = NullClock()
@@ -27,6 +40,11 @@ BACKENDS = ("auto", *RUNTIME_BACKENDS)
 
 class EngineError(RuntimeError):
     """An engine file that cannot be used; the message names the file and the reason."""
+
+
+class EngineUnavailable(EngineError):
+    """An engine that cannot run on this machine (a backend, driver or GPU missing, or a plan built
+    for other GPUs or another TensorRT version): one line saying why; ``clay-run`` exits with 2."""
 
 
 @dataclass
@@ -55,6 +73,8 @@ class Engine(ABC):
     metadata: EngineMetadata
     preferred_batch: int
     path: Path
+    #: Why :func:`open_engine` passed over a faster artifact of the folder (a plan that cannot run here).
+    fallback: str | None = None
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -233,23 +253,37 @@ class _DeviceSlots:
 
 
 class TensorRTEngine(Engine):
-    """A serialized TensorRT plan (+ its ``.json`` metadata sidecar), TensorRT 10/11 API.
+    """A serialized TensorRT plan (+ its ``.json`` metadata sidecar), opened with the flavour that
+    built it (TensorRT-RTX, or standard TensorRT 10/11: the same runtime API).
 
     Device buffers for the profile's largest batch and page-locked host buffers are allocated once;
-    every call copies in, runs and copies out asynchronously on one CUDA stream.
+    every call copies in, runs and copies out asynchronously on one CUDA stream. A TensorRT-RTX
+    plan's runtime cache (kernels specialised for this GPU at first run) is read from
+    ``runtime_cache`` and written back on :meth:`close`. Call :func:`open_engine`, which first checks
+    that the plan can run here (:func:`~clay.runtime.tensorrt_plan.plan_unusable_reason`).
     """
 
-    def __init__(self, path: Path, metadata: EngineMetadata) -> None:
+    def __init__(self, path: Path, metadata: EngineMetadata, runtime_cache: Path | None = None) -> None:
         super().__init__()
-        import tensorrt as trt
-
-        self._cudart = _import_cudart()
-        self.backend, self.path, self.metadata = "tensorrt", path, metadata
-        logger = trt.Logger(trt.Logger.WARNING)
-        self._engine = trt.Runtime(logger).deserialize_cuda_engine(path.read_bytes())
+        build = PlanBuild.of(metadata)
+        try:
+            trt, self._cudart = import_flavour(build.flavour), import_cudart()
+        except ImportError as exc:
+            raise EngineUnavailable(f"{path}: {exc} ({FLAVOURS[build.flavour].install})") from None
+        self.backend, self.path, self.metadata, self.build = "tensorrt", path, metadata, build
+        self._logger = capturing_logger(trt)
+        self._runtime = trt.Runtime(self._logger)  # kept: the engine is used while its runtime lives
+        self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self._engine is None:
-            raise EngineError(f"{path}: TensorRT cannot deserialize it (built by another TensorRT version or GPU?)")
-        self._context = self._engine.create_execution_context()
+            raise EngineUnavailable(f"{path}: {build.label} cannot deserialize it ({self._logger.first_error()})")
+        self.runtime_cache = None
+        if build.flavour == RTX:
+            self.runtime_cache = RuntimeCacheFile(self._engine, runtime_cache or plan_runtime_cache(path))
+            self._context = self._engine.create_execution_context(self.runtime_cache.config)
+        else:
+            self._context = self._engine.create_execution_context()
+        if self._context is None:
+            raise EngineUnavailable(f"{path}: {build.label} cannot create an execution context ({self._logger.first_error()})")
         self._stream = _cuda_check(self._cudart.cudaStreamCreate())
         _, opt, max_shape = self._engine.get_tensor_profile_shape("pixels", 0)
         self.preferred_batch, self._max_batch = int(opt[0]), int(max_shape[0])
@@ -265,6 +299,9 @@ class TensorRTEngine(Engine):
                 (np.ctypeslib.ctypes.c_float * (nbytes // 4)).from_address(pointer)
             )
             self._context.set_tensor_address(name, self._device[name])
+
+    def describe(self) -> str:
+        return f"{super().describe()}, {self.build.label}"
 
     def _max_shapes(self) -> dict[str, tuple[int, ...]]:
         shapes = {**self.metadata.input_shapes, **self.metadata.output_shapes}
@@ -282,7 +319,7 @@ class TensorRTEngine(Engine):
             _cuda_check(cudart.cudaMemcpyAsync(self._device[name], host.ctypes.data, array.nbytes,
                                                kind.cudaMemcpyHostToDevice, self._stream))  # fmt: skip
         if not self._context.execute_async_v3(int(self._stream)):
-            raise EngineError("TensorRT execution failed")
+            raise EngineError(f"TensorRT execution failed ({self._logger.first_error()})")
         results = {}
         for name in self._outputs:
             shape = tuple(self._context.get_tensor_shape(name))
@@ -294,6 +331,8 @@ class TensorRTEngine(Engine):
         return {name: array.copy() for name, array in results.items()}
 
     def _release(self) -> None:
+        if self.runtime_cache is not None:
+            self.runtime_cache.save()
         for pointer in self._device.values():
             self._cudart.cudaFree(pointer)
         for array in self._host.values():
@@ -312,7 +351,9 @@ def read_engine_metadata(path: Path) -> EngineMetadata:
             sidecar = plan_sidecar(path)
             if not sidecar.is_file():
                 raise EngineError(f"{path}: no metadata sidecar {sidecar.name} next to the plan")
-            return EngineMetadata.from_dict(json.loads(sidecar.read_text()))
+            metadata = EngineMetadata.from_dict(json.loads(sidecar.read_text()))
+            PlanBuild.of(metadata)  # which TensorRT built it: needed to open it
+            return metadata
         return EngineMetadata.from_props(_onnx_metadata_props(path))
     except (MetadataError, json.JSONDecodeError) as exc:
         raise EngineError(f"{path}: {exc}") from None
@@ -332,15 +373,10 @@ def _onnx_metadata_props(path: Path) -> dict[str, str]:
 
 
 def available_backends() -> list[str]:
-    """Backends usable on this machine, fastest first."""
+    """Backends usable on this machine, fastest first (``tensorrt``: a TensorRT flavour and a CUDA GPU)."""
     found = []
-    try:
-        import tensorrt  # noqa: F401
-
-        _import_cudart()
+    if any(flavour_installed(name) for name in FLAVOURS) and not isinstance(probe_gpu(), str):
         found.append("tensorrt")
-    except ImportError:
-        pass
     try:
         import onnxruntime as ort
 
@@ -353,57 +389,74 @@ def available_backends() -> list[str]:
     return found
 
 
-def open_engine(path: str | Path, backend: str = "auto", threads: int | None = None) -> Engine:
+def open_engine(path: str | Path, backend: str = "auto", threads: int | None = None,
+                runtime_cache: str | Path | None = None) -> Engine:  # fmt: skip
     """Load an engine: a file, or an export folder (the artifact the backend should run, by the
-    format table). ``auto`` takes the fastest backend present that the artifact is made for."""
+    format table). ``auto`` takes the fastest backend present that the artifact is made for; from a
+    folder, it passes over a plan that cannot run here and says why in the engine's ``fallback``.
+    ``runtime_cache``: the file a TensorRT-RTX plan keeps its runtime cache in (default: beside it).
+
+    Raises :class:`EngineUnavailable` (one line) when the engine cannot run on this machine, and
+    :class:`EngineError` when the file itself is unusable.
+    """
     path = Path(path)
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     present = available_backends()
+    fallback = None
     if path.is_dir():
-        path = _artifact_in_folder(path, backend, present)
+        path, fallback = _artifact_in_folder(path, backend, present)
     metadata = read_engine_metadata(path)
     fmt = format_of_file(path, metadata.precision)
     made_for = fmt.runs_on if fmt and fmt.runs_on else ("tensorrt",) if path.suffix == ".plan" else ("onnx-cuda", "onnx-cpu")
+    if made_for == ("tensorrt",) and backend in ("auto", "tensorrt"):
+        reason = plan_unusable_reason(path, metadata)
+        if reason:
+            raise EngineUnavailable(f"{path}: cannot run here: {reason}")
+        return TensorRTEngine(path, metadata, Path(runtime_cache) if runtime_cache else None)
     if backend == "auto":
         usable = [b for b in RUNTIME_BACKENDS if b in made_for and b in present]
         if not usable:
-            raise EngineError(f"{path}: runs on {' or '.join(made_for)}, and {_missing_reason(made_for[0])}")
+            raise EngineUnavailable(f"{path}: runs on {' or '.join(made_for)}, and {_missing_reason(made_for[0])}")
         backend = usable[0]
     elif backend not in made_for:
         raise EngineError(f"{path}: {'a' if fmt is None else f'the {fmt.name}'} artifact runs on "
                           f"{' or '.join(made_for)}, not --backend {backend}")  # fmt: skip
     elif backend not in present:
-        raise EngineError(f"--backend {backend}: {_missing_reason(backend)}")
-    if backend == "tensorrt":
-        return TensorRTEngine(path, metadata)
-    return OnnxEngine(path, metadata, cuda=backend == "onnx-cuda", threads=threads)
+        raise EngineUnavailable(f"--backend {backend}: {_missing_reason(backend)}")
+    engine = OnnxEngine(path, metadata, cuda=backend == "onnx-cuda", threads=threads)
+    engine.fallback = fallback
+    return engine
 
 
-def _artifact_in_folder(folder: Path, backend: str, present: list[str]) -> Path:
-    """What an export folder offers the requested backend, or the fastest backend present."""
-    for candidate in [backend] if backend != "auto" else present:
+def _artifact_in_folder(folder: Path, backend: str, present: list[str]) -> tuple[Path, str | None]:
+    """What an export folder offers the requested backend, or (``auto``) the fastest backend
+    present; a plan that cannot run here is passed over, and the second value says why."""
+    passed_over = None
+    for candidate in [backend] if backend != "auto" else RUNTIME_BACKENDS:
         artifact = pick_artifact(folder, candidate)
-        if artifact is not None:
-            return artifact
+        if artifact is None:
+            continue
+        if backend == "auto" and candidate == "tensorrt":
+            reason = plan_unusable_reason(artifact, read_engine_metadata(artifact))
+            if reason:
+                passed_over = f"{artifact.name} not used: {reason}"
+                continue
+        elif backend == "auto" and candidate not in present:
+            continue
+        return artifact, passed_over and f"{passed_over}; falling back to {artifact.name} on ONNX Runtime"
     wanted = backend if backend != "auto" else " or ".join(present)
+    if passed_over:
+        raise EngineUnavailable(f"{folder}: {passed_over}, and no artifact for {wanted} is in this folder")
     raise EngineError(f"{folder}: no artifact for {wanted} in this folder (see clay-export --help)")
 
 
 def _missing_reason(backend: str) -> str:
     return {
-        "tensorrt": "TensorRT (and cuda-python) are not installed here",
+        "tensorrt": f"neither TensorRT-RTX nor TensorRT with a CUDA GPU is available here ({TENSORRT_EXTRA})",
         "onnx-cuda": "onnxruntime-gpu with a CUDA GPU is not available here",
         "onnx-cpu": "onnxruntime is not installed",
     }[backend]
-
-
-def _import_cudart():
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        from cuda import cudart
-    return cudart
 
 
 def _cuda_check(result):

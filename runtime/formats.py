@@ -50,7 +50,8 @@ FORMATS: tuple[ArtifactFormat, ...] = (
                    "float16 with ONNX Runtime's fused attention, SkipLayerNorm and GELU kernels, for ONNX Runtime "
                    "on CUDA GPUs"),
     ArtifactFormat("plan", "clay.plan", "fp16", ("tensorrt",), "--fp16", 0.999,
-                   "FP16 TensorRT engine built from the fp16 graph, where TensorRT and a GPU exist"),
+                   "FP16 TensorRT engine built from the fp16 graph: by TensorRT-RTX on any machine (for Ampere-and-later "
+                   "GPUs), or by standard TensorRT on a GPU"),
 )  # fmt: skip
 
 
@@ -92,6 +93,12 @@ def pick_artifact(folder: Path, backend: str) -> Path | None:
 def plan_sidecar(plan: Path) -> Path:
     """A TensorRT plan carries its Clay metadata in ``<plan>.json`` beside it (a plan has no metadata field)."""
     return plan.with_name(plan.name + ".json")
+
+
+def plan_runtime_cache(plan: Path) -> Path:
+    """Where a TensorRT-RTX plan's runtime cache (the kernels specialised for the GPU at first run)
+    is kept unless the caller names another file: ``<plan>.runtime-cache`` beside it."""
+    return plan.with_name(plan.name + ".runtime-cache")
 
 
 def describe_formats() -> str:

@@ -60,7 +60,7 @@ class EngineMetadata:
     # were exported for the same units.
     input_units: dict[str, str] = field(default_factory=lambda: dict(INPUT_UNITS))
     format_version: int = FORMAT_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. TensorRT version and GPU of a plan
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. how a plan was built: tensorrt_plan.PlanBuild
 
     @property
     def has_patch_embeddings(self) -> bool:

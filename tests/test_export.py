@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 from clay.export import check  # noqa: E402
 from clay.export.artifacts import ExportError, ExportOptions, export_artifacts  # noqa: E402
 from clay.export.onnx_export import graph_op_types, read_metadata  # noqa: E402
-from clay.export.tensorrt_build import BatchProfile, tensorrt_unavailable_reason  # noqa: E402
+from clay.export.tensorrt_build import BatchProfile  # noqa: E402
 from clay.runtime.bands import GROUP_NAMES, bands_of_groups  # noqa: E402
 from clay.training.model import ClayMAE, normalise  # noqa: E402
 from clay.training.synthetic import make_chips  # noqa: E402
@@ -202,23 +202,3 @@ def test_unfitting_checkpoint_and_unwritable_dir_are_one_line(tmp_path, checkpoi
     result = clay_export("--checkpoint", str(checkpoint), "--out", str(blocker / "sub"))
     assert result.returncode != 0 and "cannot write there" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_cli_without_tensorrt_keeps_onnx_and_prints_the_plan_command(tmp_path, checkpoint):
-    if tensorrt_unavailable_reason() is None:
-        pytest.skip("TensorRT and a GPU are present: the plan is built instead (see test_tensorrt_plan)")
-    result = clay_export("--checkpoint", str(checkpoint), "--out", str(tmp_path), "--fp16", "--no-check")
-    assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clay.cuda.onnx", "clay.fp16.onnx", "clay.onnx"]
-    assert "no clay.plan:" in result.stderr and "clay-export --fp16" in result.stderr
-
-
-def test_tensorrt_plan_is_built_and_checked(tmp_path, checkpoint):
-    reason = tensorrt_unavailable_reason()
-    if reason:
-        pytest.skip(f"{reason}: TensorRT plans can only be built and checked on a GPU machine with TensorRT")
-    options = ExportOptions(out=tmp_path, checkpoint=checkpoint, groups=GROUP_NAMES, fp16=True,
-                            batch=BatchProfile(1, 2, 4), timing_cache=tmp_path / "cache")  # fmt: skip
-    report = export_artifacts(options, log=lambda _: None)
-    assert (tmp_path / "clay.plan").exists() and (tmp_path / "clay.plan.json").exists()
-    assert all(s.passed for s in report.scores if s.artifact == "clay.plan")
