@@ -118,9 +118,10 @@ class ClayEmbedder:
         yield from run_scenes(self.engine, jobs, options, self.readers, progress, self.clock, on_open)
 
     def embed_scene_to(self, scene: str | Path | SceneFiles, output: str | Path, options: RunOptions | None = None) -> SceneResult:
-        """Embed a GeoTIFF scene into a GeoParquet file (and its patch file), published atomically."""
+        """Embed a GeoTIFF scene into a GeoParquet file (and its patch file and patch raster when
+        ``options`` ask for them: ``<stem>.patches.parquet``, ``<stem>.patches.tif``), published atomically."""
         options = options or self.options
-        paths = ScenePaths.for_chip_file(Path(output), options.patch_embeddings)
+        paths = ScenePaths.for_chip_file(Path(output), options.patch_embeddings, options.patch_raster)
         (result,) = self.embed_scenes([(self.open_scene(scene, options), paths)], options)
         if result.error:  # with keep_going, a failed scene is a result; a single scene raises
             raise SceneError(result.error)

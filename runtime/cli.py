@@ -21,7 +21,7 @@ from .files import SceneError, SceneFiles, discover_scenes, first_line
 from .formats import describe_formats
 from .grid import EDGE_MODES
 from .metadata import EngineMetadata
-from .options import SAR_UNITS, RunOptions, cpu_count
+from .options import RASTER_DTYPES, SAR_UNITS, RunOptions, cpu_count
 from .output import OutputError, ScenePaths
 from .pipeline import SceneJob, SceneResult
 from .ray_job import RayJobError, RunCounts, ray_cluster, run_on_ray
@@ -148,6 +148,13 @@ class RayProgress:
 @click.option("--date", "date_text", default=None, help="Acquisition date YYYY-MM-DD (overrides the file's tags).")
 @click.option("--patch-embeddings", is_flag=True,
               help="Also write <scene>.patches.parquet: one row per 32-px patch (engine exported with them).")
+@click.option("--patch-raster", is_flag=True,
+              help="Also write <scene>.patches.tif: the patch embeddings as a Cloud-Optimized GeoTIFF, one pixel per "
+                   "32-px cell of the scene's grid, one band per dimension (engine exported with --patch-embeddings).")
+@click.option("--raster-dtype", type=click.Choice(RASTER_DTYPES), default="float32", show_default=True,
+              help="Type of --patch-raster's cells: float32 (as computed, nodata NaN) or int8 (per-band scale and "
+                   "offset that GDAL, rasterio and rioxarray apply; -128 is nodata). float16 is refused: GDAL 3.10 has "
+                   "no Float16 type.")
 @click.option("--sar-units", type=click.Choice(SAR_UNITS), default="auto", show_default=True,
               help="Units of VH/VV. Clay v0 expects linear power; dB is converted (10^(dB/10)) while reading. "
                    "auto: the band's unit metadata, else refuse a mostly negative (dB) band.")
@@ -156,7 +163,7 @@ class RayProgress:
                    "Default: per scene, from its metadata (GDAL scale/offset, BOA_ADD_OFFSET, processing baseline "
                    "04.00+ → 1000), to the engine's harmonised DNs (no +1000 offset); nothing declared: none removed.")
 @click.option("--resume", is_flag=True, help="Skip scenes whose outputs are complete (their chip file, and patch file "
-                                            "when asked for, published); clear what a killed run left.")
+                                            "and patch raster when asked for, published); clear what a killed run left.")
 @click.option("--keep-going", is_flag=True, help="When a scene fails, finish the others and list the failures at the end "
                                                 "(the exit code is still 1).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -166,7 +173,8 @@ class RayProgress:
                    "per CPU), the same files. Connects to RAY_ADDRESS when set, else starts a local Ray. Implies "
                    "--keep-going; --readers does not apply. Needs the ray extra.")
 def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, edge, max_nodata, date_text,
-         patch_embeddings, sar_units, s2_offset, resume, keep_going, threads, use_ray) -> None:  # fmt: skip
+         patch_embeddings, patch_raster, raster_dtype, sar_units, s2_offset, resume, keep_going, threads,
+         use_ray) -> None:  # fmt: skip
     """Embed GeoTIFF SCENES with a Clay engine into GeoParquet.
 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
@@ -189,13 +197,16 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
         if scenes or engine_path:
             sys.exit("clay-run: --demo runs the bundled scene and engine; give no SCENE and no --engine")
         folder = out or Path(f"clay-demo-{datetime.now():%Y%m%d-%H%M%S}")
-        scenes, engine_path, patch_embeddings = (DEMO_SCENE,), DEMO_ENGINE, True
+        scenes, engine_path, patch_embeddings, patch_raster = (DEMO_SCENE,), DEMO_ENGINE, True, True
         out, preview = folder / "demo.parquet", folder / "demo-preview.png"
     elif not scenes or engine_path is None:
         sys.exit("clay-run: give SCENE... and --engine PATH (or --demo); see clay-run --help")
-    options = RunOptions(batch_size=batch_size, edge=edge, max_nodata=max_nodata, patch_embeddings=patch_embeddings,
-                         date=date, sar_units=sar_units, s2_offset=s2_offset, readers=readers,
-                         keep_going=keep_going or use_ray, resume=resume)  # fmt: skip
+    try:
+        options = RunOptions(batch_size=batch_size, edge=edge, max_nodata=max_nodata, patch_embeddings=patch_embeddings,
+                             patch_raster=patch_raster, raster_dtype=raster_dtype, date=date, sar_units=sar_units,
+                             s2_offset=s2_offset, readers=readers, keep_going=keep_going or use_ray, resume=resume)  # fmt: skip
+    except ValueError as exc:
+        sys.exit(f"clay-run: {exc}")
     failures: list[tuple[str, str]] = []
     try:
         scene_files = discover_scenes(scenes)
@@ -225,7 +236,8 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
         sys.exit(1)
     if demo:
         click.echo(f"clay-run: demo outputs in {out.parent}/: demo.parquet (one row per chip), "
-                   f"demo.patches.parquet (one row per 32 px patch), demo-preview.png", err=True)  # fmt: skip
+                   f"demo.patches.parquet (one row per 32 px patch), demo.patches.tif (the patches as a "
+                   f"Cloud-Optimized GeoTIFF, one band per dimension), demo-preview.png", err=True)  # fmt: skip
         click.echo(f"clay-run: {DEMO_STORY}", err=True)
     elif preview is not None:
         click.echo(f"clay-run: preview written to {preview}", err=True)
@@ -288,7 +300,7 @@ def plan_jobs(scene_files: list[SceneFiles], targets: list[Path], options: RunOp
         ensure_writable(folder)
     jobs = []
     for files, target in zip(scene_files, targets):
-        paths = ScenePaths.for_chip_file(target, options.patch_embeddings)
+        paths = ScenePaths.for_chip_file(target, options.patch_embeddings, options.patch_raster)
         if options.resume and paths.complete():
             click.echo(f"clay-run: {files.name}: {target} is complete, skipped (--resume)", err=True)
             continue

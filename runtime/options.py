@@ -9,6 +9,13 @@ from datetime import date as Date
 from .grid import EDGE_MODES
 
 SAR_UNITS = ("auto", "db", "linear")
+RASTER_DTYPES = ("float32", "float16", "int8")  # clay.runtime.patch_raster says how each is stored
+#: float16 is named (the issue and users ask for it) and refused, in one line that says why.
+FLOAT16_REFUSED = (
+    "--raster-dtype float16 is not offered: the GDAL the pinned rasterio bundles (3.10) has no Float16 type "
+    "(GDAL 3.11 adds one) and its half-float writer took minutes for one 768-band raster; use float32, or int8 "
+    "(quantised per band, cosine >= 0.99)"
+)
 
 
 def cpu_count() -> int:
@@ -25,13 +32,17 @@ class RunOptions:
     ``s2_offset``, when set, is subtracted from every scene's S2 DNs instead of the offset each
     scene's metadata declares (``None``: per scene, see :mod:`clay.runtime.units`). ``readers`` is the
     number of chip-reader threads (default: one per core). ``keep_going`` finishes the other scenes
-    when one fails; ``resume`` skips scenes whose outputs are complete.
+    when one fails; ``resume`` skips scenes whose outputs are complete. ``patch_raster`` also writes
+    each scene's patch vectors as a Cloud-Optimized GeoTIFF of ``raster_dtype``
+    (:mod:`clay.runtime.patch_raster`).
     """
 
     batch_size: int | None = None
     edge: str = "shift"
     max_nodata: float = 0.5
     patch_embeddings: bool = False
+    patch_raster: bool = False
+    raster_dtype: str = "float32"
     date: Date | None = None
     sar_units: str = "auto"
     s2_offset: float | None = None
@@ -42,6 +53,10 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.edge not in EDGE_MODES:
             raise ValueError(f"edge must be one of {', '.join(EDGE_MODES)}, not {self.edge!r}")
+        if self.raster_dtype not in RASTER_DTYPES:
+            raise ValueError(f"raster_dtype must be one of {', '.join(RASTER_DTYPES)}, not {self.raster_dtype!r}")
+        if self.raster_dtype == "float16":
+            raise ValueError(FLOAT16_REFUSED)
         if self.sar_units not in SAR_UNITS:
             raise ValueError(f"sar_units must be one of {', '.join(SAR_UNITS)}, not {self.sar_units!r}")
         if not 0 <= self.max_nodata <= 1:
@@ -50,6 +65,16 @@ class RunOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, not {value}")
+
+    @property
+    def needs_patches(self) -> bool:
+        """Whether the engine must give patch embeddings (a patch file or a patch raster is asked for)."""
+        return self.patch_embeddings or self.patch_raster
+
+    def patch_outputs(self) -> str:
+        """The flags that ask for patch embeddings, for messages."""
+        return " and ".join(f for f, on in (("--patch-embeddings", self.patch_embeddings),
+                                             ("--patch-raster", self.patch_raster)) if on)  # fmt: skip
 
     @property
     def reader_count(self) -> int:

@@ -7,15 +7,17 @@ GeoParquet metadata, whose row-group statistics let readers skip what a query do
 
 What a finished file guarantees: it was written under ``<name>.partial``, flushed and fsync'ed,
 renamed, and its directory fsync'ed, so a file under its final name is complete and survives a
-power loss. A scene's patch file is published before its chip file, and the chip file is the
-scene's done-marker: a scene counts as done only when its chip file exists (and its patch file,
-when patches were asked for); if publishing the chip file fails, the patch file is withdrawn.
+power loss. A scene's patch raster (:mod:`clay.runtime.patch_raster`) and patch file are published
+before its chip file, and the chip file is the scene's done-marker: a scene counts as done only
+when its chip file exists (and its patch file and raster, when asked for); if publishing a later
+file fails, the ones published before it are withdrawn.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import date as Date
 from pathlib import Path
@@ -25,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
+from .files import first_line
 from .geometry import bounding_boxes
 from .metadata import EngineMetadata
 
@@ -122,6 +125,11 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name + PARTIAL_SUFFIX)
 
 
+def staging_path(path: Path) -> Path:
+    """The folder a file built from intermediate files (the patch raster) is staged in while its scene runs."""
+    return path.with_name(path.name + ".staging" + PARTIAL_SUFFIX)
+
+
 class AtomicParquetWriter:
     """Streams rows into ``<path>.partial`` in row groups of :data:`ROW_GROUP_ROWS`, and publishes
     it durably under ``path`` on :meth:`commit` (see the module docstring). Write errors (disk full,
@@ -134,7 +142,7 @@ class AtomicParquetWriter:
         self.rows = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = self._pending_bytes = 0
-        with _naming(self.partial):
+        with naming(self.partial):
             self._writer = pq.ParquetWriter(self.partial, schema, compression="zstd")
 
     def write(self, columns: dict[str, object]) -> None:
@@ -150,18 +158,18 @@ class AtomicParquetWriter:
 
     def _flush(self) -> None:
         if self._pending:
-            with _naming(self.partial):
+            with naming(self.partial):
                 self._writer.write_table(pa.concat_tables(self._pending), row_group_size=ROW_GROUP_ROWS)
             self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def commit(self) -> Path:
         """Flush, fsync, rename, fsync the directory: the file under ``path`` is complete and durable."""
         self._flush()
-        with _naming(self.partial):
+        with naming(self.partial):
             self._writer.close()
-            _fsync(self.partial)
+            fsync(self.partial)
             os.replace(self.partial, self.path)
-            _fsync(self.path.parent)
+            fsync(self.path.parent)
         return self.path
 
     def abort(self) -> None:
@@ -177,19 +185,22 @@ class AtomicParquetWriter:
 @dataclass(frozen=True)
 class ScenePaths:
     """The files one scene is written to: its chip file (the done-marker) and, when asked for, its
-    patch file."""
+    patch file and patch raster."""
 
     chips: Path
     patches: Path | None = None
+    raster: Path | None = None
 
     @classmethod
-    def for_chip_file(cls, chips: Path, patch_embeddings: bool) -> ScenePaths:
+    def for_chip_file(cls, chips: Path, patch_embeddings: bool, patch_raster: bool = False) -> ScenePaths:
         stem = chips.name.removesuffix(".parquet")
-        return cls(chips, chips.with_name(f"{stem}.patches.parquet") if patch_embeddings else None)
+        return cls(chips, chips.with_name(f"{stem}.patches.parquet") if patch_embeddings else None,
+                   chips.with_name(f"{stem}.patches.tif") if patch_raster else None)  # fmt: skip
 
     @property
     def files(self) -> tuple[Path, ...]:
-        return (self.chips,) if self.patches is None else (self.patches, self.chips)
+        """In the order they are published: the chip file, the done-marker, last."""
+        return tuple(path for path in (self.raster, self.patches, self.chips) if path is not None)
 
     def complete(self) -> bool:
         """Whether a run already finished this scene: every file it would write is published."""
@@ -199,55 +210,70 @@ class ScenePaths:
         """Remove what a killed run left under ``.partial`` names."""
         for path in self.files:
             partial_path(path).unlink(missing_ok=True)
+        if self.raster is not None:
+            shutil.rmtree(staging_path(self.raster), ignore_errors=True)
 
 
 class SceneOutput:
-    """A scene's writers: the patch file is published first and the chip file last, and a failure
-    of either leaves no file of the scene under a final name."""
+    """A scene's writers: the patch raster and patch file are published first and the chip file
+    last, and a failure of any leaves no file of the scene under a final name. ``raster`` is the
+    scene's :class:`clay.runtime.patch_raster.PatchRasterWriter` when ``paths.raster`` is set."""
 
-    def __init__(self, paths: ScenePaths, dim: int, extra_metadata: dict[str, str], multipart: bool = False) -> None:
+    def __init__(self, paths: ScenePaths, dim: int, extra_metadata: dict[str, str], multipart: bool = False,
+                 raster=None) -> None:  # fmt: skip
         self.paths = paths
-        self.chips = AtomicParquetWriter(paths.chips, chip_schema(dim, extra_metadata, multipart))
+        self.raster = raster
+        self.chips = self.patches = None
         try:
-            self.patches = (AtomicParquetWriter(paths.patches, patch_schema(dim, extra_metadata, multipart))
-                            if paths.patches else None)  # fmt: skip
+            self.chips = AtomicParquetWriter(paths.chips, chip_schema(dim, extra_metadata, multipart))
+            if paths.patches:
+                self.patches = AtomicParquetWriter(paths.patches, patch_schema(dim, extra_metadata, multipart))
         except BaseException:
-            self.chips.abort()
+            self.abort()
             raise
 
+    @property
+    def needs_patch_means(self) -> bool:
+        """Whether rows need the chips' patch vectors (a patch file or a patch raster)."""
+        return self.patches is not None or self.raster is not None
+
     def commit(self) -> None:
-        if self.patches is not None:
-            self.patches.commit()
+        published: list[Path] = []
         try:
-            self.chips.commit()
+            for writer in (self.raster, self.patches, self.chips):
+                if writer is not None:
+                    published.append(writer.commit())
         except BaseException:
-            if self.paths.patches is not None:
-                self.paths.patches.unlink(missing_ok=True)
-                _fsync(self.paths.patches.parent)
+            for path in published:
+                path.unlink(missing_ok=True)
+            if published:
+                fsync(published[0].parent)
             raise
 
     def abort(self) -> None:
-        self.chips.abort()
-        if self.patches is not None:
-            self.patches.abort()
+        for writer in (self.chips, self.patches, self.raster):
+            if writer is not None:
+                writer.abort()
 
 
-class _naming:
-    """Turns an OSError into an OutputError that names the file and the reason."""
+class naming:
+    """Turns an error while writing ``path`` (``kinds``: OSError unless told) into an OutputError
+    that names the file and the reason."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, kinds: tuple[type[BaseException], ...] = (OSError,)) -> None:
+        self.path, self.kinds = path, kinds
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind, exc, tb) -> bool:
-        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
-            raise OutputError(f"{self.path}: cannot write ({exc.strerror or exc})") from None
+        if isinstance(exc, self.kinds) and not isinstance(exc, OutputError):
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+            raise OutputError(f"{self.path}: cannot write ({reason})") from None
         return False
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
     """fsync a file, or a directory (its entries: a rename is durable only once its directory is)."""
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -33,6 +33,7 @@ from .grid import Chip, patch_cells
 from .metadata import EngineMetadata
 from .options import RunOptions
 from .output import OutputError, SceneOutput, ScenePaths, file_metadata, row_columns, warm_up
+from .patch_raster import PatchRasterWriter
 from .reader import gdal_env, read_chip
 from .scene import Scene, open_scene
 from .timing import StageClock
@@ -117,6 +118,10 @@ class SceneResult:
         return self.paths.patches if self.paths else None
 
     @property
+    def raster(self) -> Path | None:
+        return self.paths.raster if self.paths else None
+
+    @property
     def chips_per_second(self) -> float:
         return self.chips_done / self.seconds if self.seconds else 0.0
 
@@ -165,8 +170,8 @@ def run_scenes(
     on, otherwise the :class:`SceneError` is raised.
     """
     meta = engine.metadata
-    if options.patch_embeddings and not meta.has_patch_embeddings:
-        raise SceneError("--patch-embeddings needs an engine exported with --patch-embeddings")
+    if options.needs_patches and not meta.has_patch_embeddings:
+        raise SceneError(f"{options.patch_outputs()} needs an engine exported with --patch-embeddings")
     clock = clock or StageClock()
     batch = options.batch_size or engine.preferred_batch
     # Chip n of the stream is read into ring[n % len(ring)]; a batch is a contiguous slice of it.
@@ -201,9 +206,10 @@ def run_scenes(
             finished += 1
 
     # The engine's thread runs batches; the writer's thread writes rows and publishes scenes (an
-    # fsync per file) in submission order, so neither holds up the assembly of the next batch.
+    # fsync per file) in submission order, so neither holds up the assembly of the next batch. It
+    # writes the patch rasters with GDAL, configured as in the readers.
     engine_thread = ThreadPoolExecutor(1, thread_name_prefix="clay-engine")
-    writer_thread = ThreadPoolExecutor(1, thread_name_prefix="clay-writer")
+    writer_thread = ThreadPoolExecutor(1, thread_name_prefix="clay-writer", initializer=_enter_gdal_env)
     writes: deque[Future] = deque()
     results: deque[Future] = deque()
     warm_up()
@@ -340,7 +346,8 @@ def _write(kept: list, outputs: dict[str, np.ndarray], options: RunOptions, cloc
                 continue
             rows = [k for k, (_, slot, _, _) in enumerate(kept) if slot.state is state]
             try:
-                _write_rows(state, [kept[k] for k in rows], {name: value[rows] for name, value in outputs.items()}, options)
+                _write_rows(state, [kept[k] for k in rows], {name: value[rows] for name, value in outputs.items()}, options,
+                            clock)  # fmt: skip
             except OutputError as exc:
                 _drop_output(state)
                 _fail(state, str(exc), options)
@@ -377,11 +384,13 @@ def _drop_output(state: _SceneState) -> None:
         state.output = None
 
 
-def _write_rows(state: _SceneState, kept: list, outputs: dict[str, np.ndarray], options: RunOptions) -> None:
+def _write_rows(state: _SceneState, kept: list, outputs: dict[str, np.ndarray], options: RunOptions,
+                clock: StageClock) -> None:  # fmt: skip
     if state.output is None:
-        state.output = SceneOutput(state.job.paths, outputs["embedding"].shape[1], state.extra, state.scene.multipart)
+        state.output = open_output(state.job.paths, state.scene, state.source, state.extra,
+                                   outputs["embedding"].shape[1], options, clock)  # fmt: skip
     chips = [slot.chip for _, slot, _, _ in kept]
-    patches = group_means(outputs["patch_embeddings"]) if state.output.patches is not None else None
+    patches = group_means(outputs["patch_embeddings"]) if state.output.needs_patch_means else None
     write_chip_rows(state.output, state.scene, state.source, chips, [fraction for _, _, fraction, _ in kept],
                     outputs["embedding"], patches)  # fmt: skip
     state.done += len(chips)
@@ -391,6 +400,23 @@ def scene_identity(scene: Scene, metadata: EngineMetadata) -> tuple[str, dict[st
     """What every file of a scene carries, whichever way it was run: its ``source_url`` and the
     key-value metadata (engine, scene CRS, preprocessing)."""
     return str(scene.path.resolve()), file_metadata(metadata, scene.crs.to_string(), scene.applied)
+
+
+def open_output(paths: ScenePaths, scene: Scene, source: str, extra: dict[str, str], dim: int, options: RunOptions,
+                clock: StageClock | None = None) -> SceneOutput:  # fmt: skip
+    """A scene's writers (its GeoParquet files and, when ``paths.raster`` is set, its patch raster
+    of ``options.raster_dtype``), for the local pipeline and the Ray job alike. The raster's tags
+    carry the GeoParquet files' key-value metadata, the source and the date."""
+    raster = None
+    if paths.raster is not None:
+        tags = {**extra, "clay:source_url": source, "clay:date": scene.date.isoformat()}
+        raster = PatchRasterWriter(paths.raster, scene, dim, options.raster_dtype, tags, clock)
+    try:
+        return SceneOutput(paths, dim, extra, scene.multipart, raster)
+    except BaseException:
+        if raster is not None:
+            raster.abort()
+        raise
 
 
 def group_means(patch_embeddings: np.ndarray) -> np.ndarray:
@@ -403,8 +429,9 @@ def group_means(patch_embeddings: np.ndarray) -> np.ndarray:
 def write_chip_rows(output: SceneOutput, scene: Scene, source: str, chips: list[Chip], fractions: list[float],
                     embeddings: np.ndarray, patch_means: np.ndarray | None = None) -> None:  # fmt: skip
     """Chips of one scene, in the order given, as rows of its chip file, and their patches as rows
-    of its patch file when it has one (``patch_means`` from :func:`group_means`). The one place rows
-    are made, for the local pipeline and the Ray job alike, so both write the same files."""
+    of its patch file and cells of its patch raster when it has them (``patch_means`` from
+    :func:`group_means`). The one place rows are made, for the local pipeline and the Ray job alike,
+    so both write the same files."""
     output.chips.write(row_columns(
         source, scene.date, embeddings, [scene.chip_polygon(c) for c in chips], scene.multipart,
         row=[c.row for c in chips], col=[c.col for c in chips], nodata_fraction=fractions,
@@ -418,6 +445,8 @@ def write_chip_rows(output: SceneOutput, scene: Scene, source: str, chips: list[
                 scene.multipart, row=[c.row for c in cells], col=[c.col for c in cells], chip_row=[chip.row] * len(cells),
                 chip_col=[chip.col] * len(cells),
             ))  # fmt: skip
+    if output.raster is not None:
+        output.raster.write(chips, patch_means)
 
 
 def _finish(state: _SceneState, engine: Engine, options: RunOptions) -> SceneResult:

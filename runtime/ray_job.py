@@ -42,8 +42,8 @@ from .files import SceneError, first_line
 from .grid import Chip
 from .metadata import EngineMetadata
 from .options import RunOptions, cpu_count
-from .output import OutputError, SceneOutput, ScenePaths
-from .pipeline import SceneResult, group_means, nothing_to_embed, scene_identity, write_chip_rows
+from .output import OutputError, ScenePaths
+from .pipeline import SceneResult, group_means, nothing_to_embed, open_output, scene_identity, write_chip_rows
 from .reader import gdal_env, read_chip
 from .scene import Scene
 
@@ -359,7 +359,7 @@ def build_dataset(items: list[dict], scenes: list[Scene], engine: EngineInfo, la
     die_after = os.environ.get(DIE_AFTER_ENV)
     constructor = {"artifact": engine.artifact, "backend": engine.backend,
                    "threads": threads or (None if layout.gpus_per_actor else int(layout.cpus_per_actor)),
-                   "max_nodata": options.max_nodata, "patches": options.patch_embeddings,
+                   "max_nodata": options.max_nodata, "patches": options.needs_patches,
                    "die_after": int(die_after) if die_after else None, "die_marker": os.environ.get(DIE_MARKER_ENV)}  # fmt: skip
     return (
         ray.data.from_arrow(chip_blocks(items, chips_per_block(len(items), batch, layout.actors)))
@@ -381,8 +381,8 @@ def run_on_ray(
     cannot run at all raises :class:`RayJobError`. ``stats`` (for benchmarks) receives Ray Data's
     execution statistics under ``"dataset"`` once the job is done.
     """
-    if options.patch_embeddings and not engine.metadata.has_patch_embeddings:
-        raise SceneError("--patch-embeddings needs an engine exported with --patch-embeddings")
+    if options.needs_patches and not engine.metadata.has_patch_embeddings:
+        raise SceneError(f"{options.patch_outputs()} needs an engine exported with --patch-embeddings")
     if not jobs:
         return
     batch = options.batch_size or engine.preferred_batch
@@ -445,7 +445,7 @@ def _publish(state: _Gathered, engine: EngineInfo, options: RunOptions, start: f
         try:
             write_scene(state.scene, state.paths, engine.metadata, [state.chips[k] for k in kept],
                         [ordered[k][2] for k in kept], np.stack([ordered[k][0] for k in kept]),
-                        np.stack([ordered[k][1] for k in kept]) if options.patch_embeddings else None)  # fmt: skip
+                        np.stack([ordered[k][1] for k in kept]) if options.needs_patches else None, options)  # fmt: skip
         except OutputError as exc:
             error = str(exc)
         except Exception as exc:  # noqa: BLE001 - a footprint or row that cannot be made fails this scene only
@@ -454,10 +454,10 @@ def _publish(state: _Gathered, engine: EngineInfo, options: RunOptions, start: f
 
 
 def write_scene(scene: Scene, paths: ScenePaths, metadata: EngineMetadata, chips: list[Chip], fractions: list[float],
-                embeddings: np.ndarray, patch_means: np.ndarray | None) -> None:  # fmt: skip
-    """A whole scene's rows through the local pipeline's writer, published all or nothing."""
+                embeddings: np.ndarray, patch_means: np.ndarray | None, options: RunOptions) -> None:  # fmt: skip
+    """A whole scene's rows through the local pipeline's writers, published all or nothing."""
     source, extra = scene_identity(scene, metadata)
-    output = SceneOutput(paths, embeddings.shape[1], extra, scene.multipart)
+    output = open_output(paths, scene, source, extra, embeddings.shape[1], options)
     try:
         write_chip_rows(output, scene, source, chips, fractions, embeddings, patch_means)
         output.commit()

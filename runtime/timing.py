@@ -9,11 +9,14 @@ from contextlib import contextmanager
 
 class StageClock:
     """Seconds spent per stage. Stages run in several threads at once (chip reads in parallel, the
-    engine beside the writer), so the stages can add up to more than the wall time."""
+    engine beside the writer), so the stages can add up to more than the wall time. A stage timed
+    inside another on the same thread (the patch raster inside the writes) counts once: as itself,
+    and not in the stage around it."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._open = threading.local()  # per thread: [seconds of inner stages] of each timed stage open
 
     def add(self, stage: str, seconds: float) -> None:
         with self._lock:
@@ -21,11 +24,17 @@ class StageClock:
 
     @contextmanager
     def timed(self, stage: str):
+        stack = self._open.__dict__.setdefault("stack", [])
+        stack.append(0.0)
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.add(stage, time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            inner = stack.pop()
+            if stack:
+                stack[-1] += elapsed
+            self.add(stage, elapsed - inner)
 
     def summary(self) -> str:
         with self._lock:
