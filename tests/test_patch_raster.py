@@ -10,9 +10,9 @@ cell and patch), not by the runtime's claim code. Runs on the plain runtime: the
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from rasterio.transform import Affine
 from .inputs import write_stack
 
 CELL = 32
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def rotated_scene(path: Path) -> Path:
@@ -282,47 +283,39 @@ def test_clay_run_writes_the_raster_without_the_patch_file_and_times_it(tmp_path
     assert "float16" in refused.stderr and "GDAL" in refused.stderr and "Traceback" not in refused.stderr
 
 
-RSS = textwrap.dedent("""
-    import json, sys
-    from datetime import date
-    from pathlib import Path
-    import numpy as np
-    from rasterio.crs import CRS
-    from rasterio.transform import Affine
-    from clay.runtime.grid import chip_grid
-    from clay.runtime.patch_raster import PatchRasterWriter
-    from clay.runtime.reader import gdal_env
-    from clay.runtime.scene import Scene
-
-    def rss(field):
-        return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) // 1024
-
-    folder, height, width, dim = Path(sys.argv[1]), int(sys.argv[2]), 10980, 768
-    scene = Scene(folder / "s.tif", "s", CRS.from_epsg(32648), Affine(10, 0, 300000, 0, -10, 2000000), width, height,
-                  date(2020, 1, 1), (), np.zeros(0, np.float32), 512, 32)
-    vectors = np.random.default_rng(0).normal(size=(2, 16, 16, dim)).astype(np.float32)
-    with gdal_env():  # the writer thread's GDAL configuration in clay-run
-        base = rss("VmRSS")
-        writer = PatchRasterWriter(folder / "s.patches.tif", scene, dim, "float32", {})
-        chips = chip_grid(height, width, 512)
-        for k in range(0, len(chips), 2):
-            writer.write(chips[k : k + 2], vectors[: len(chips[k : k + 2])])
-        written = rss("VmHWM") - base
-        writer.commit()
-    print(json.dumps({"written": written, "published": rss("VmHWM") - base}))
-""")
+def readme_block(marker: str) -> str:
+    """The first Python block after ``marker`` in the README."""
+    text = README.read_text()
+    start = text.index("```python\n", text.index(marker)) + len("```python\n")
+    return text[start : text.index("```", start)]
 
 
-def test_memory_stays_bounded_for_a_five_times_longer_scene(tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_the_readmes_similarity_map_writes_one_band_on_the_rasters_grid(runs, tmp_path, monkeypatch, dtype):
+    from clay.benchmarks.patch_raster import QUERY_CELL  # the cell the picture in docs/ shows
+
+    result, reference = runs("demo", dtype), read_cells(runs("demo").raster)[0]
+    (tmp_path / "clay-demo").mkdir()
+    shutil.copy(result.raster, tmp_path / "clay-demo" / "demo.patches.tif")
+    monkeypatch.chdir(tmp_path)
+    code = readme_block("<!-- similarity-map")
+    assert f"row, col = {QUERY_CELL[0]}, {QUERY_CELL[1]}" in code
+    exec(compile(code, "README.md", "exec"), {})
+    with rasterio.open(tmp_path / "similarity.tif") as out, rasterio.open(result.raster) as src:
+        assert (out.count, out.dtypes[0], out.crs, out.transform) == (1, "float32", src.crs, src.transform)
+        similarity = out.read(1)
+    unit = reference / np.linalg.norm(reference, axis=-1, keepdims=True)
+    expected = unit @ unit[QUERY_CELL]
+    assert abs(similarity[QUERY_CELL] - 1) < 1e-5
+    assert np.abs(similarity - expected).max() < (1e-5 if dtype == "float32" else 5e-3)  # int8: measured 1.1e-3
+
+
+def test_memory_stays_bounded_for_a_five_times_longer_scene():
     """A 10980-px-wide scene at 768 dimensions, 2 048 px and 10 240 px long (65 MB and 322 MB of
     float32 cells): growth while rows stream in stays a few MB, and publishing (GDAL's COG copy, its
     swath and compression buffers) grows by far less than the extra 257 MB of cells."""
-    growth = {}
-    for height in (2048, 5 * 2048):
-        run = subprocess.run([sys.executable, "-c", RSS, str(tmp_path), str(height)], capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-2000:]
-        growth[height] = json.loads(run.stdout)
-        (tmp_path / "s.patches.tif").unlink()
-    one, five = growth[2048], growth[5 * 2048]
-    assert one["written"] < 32 and five["written"] < 32, growth  # MB: no array of the scene while streaming
-    assert five["published"] - one["published"] < 64, growth  # measured: +24 MB (176 → 200 MB)
+    from clay.benchmarks.patch_raster import memory_growth
+
+    one, five = memory_growth(2048), memory_growth(5 * 2048)
+    assert one["written_mb"] < 32 and five["written_mb"] < 32, (one, five)  # no array of the scene while streaming
+    assert five["published_mb"] - one["published_mb"] < 64, (one, five)  # measured: +14 MB (175 → 189 MB)
