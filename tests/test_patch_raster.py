@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,16 +99,17 @@ def runs(embedder, tmp_path_factory):
 
     def run(scene: str, dtype: str = "float32"):
         if (scene, dtype) not in done:
-            path = DEMO_SCENE if scene == "demo" else rotated_scene(folder / "rotated.tif")
+            path = DEMO_SCENE if scene == "demo" else rotated_scene(folder / f"{scene}.tif")
+            edge = "pad" if scene == "rotated-padded" else "shift"  # padded edge chips: patches clipped at the edge
             options = RunOptions(readers=2, patch_embeddings=True, patch_raster=True, raster_dtype=dtype,
-                                 max_nodata=0.9)  # fmt: skip
+                                 max_nodata=0.9, edge=edge)  # fmt: skip
             done[scene, dtype] = embedder.embed_scene_to(path, folder / f"{scene}-{dtype}.parquet", options)
         return done[scene, dtype]
 
     return run
 
 
-@pytest.mark.parametrize("scene", ["demo", "rotated"])
+@pytest.mark.parametrize("scene", ["demo", "rotated", "rotated-padded"])
 def test_each_cell_holds_exactly_the_vector_of_the_patch_the_rule_picks(runs, scene):
     result = runs(scene)
     patches = table_arrays(result.patches)
@@ -119,6 +121,8 @@ def test_each_cell_holds_exactly_the_vector_of_the_patch_the_rule_picks(runs, sc
     assert np.array_equal(values[owner >= 0], patches["embeddings"][owner[owner >= 0]])  # float32: equal
     if scene == "demo":
         assert not nodata.any()  # every chip kept: every cell has a value, remainders included
+    elif scene == "rotated-padded":  # no shifted chip overlaps the skipped one: its cells, and only they
+        assert nodata.sum() == 16 * 16 and nodata[:16, 16:32].all() and result.chips_skipped == 1
     else:
         # chip (0, 512) was skipped: the cells whose centre only it holds are nodata, the shifted chips
         # fill the rest of it, and every patch of an aligned chip is its own cell
@@ -281,6 +285,17 @@ def test_clay_run_writes_the_raster_without_the_patch_file_and_times_it(tmp_path
                               "--patch-raster", "--raster-dtype", "float16"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
     assert "float16" in refused.stderr and "GDAL" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_stage_timed_inside_another_counts_once():
+    from clay.runtime.timing import StageClock
+
+    clock = StageClock()
+    with clock.timed("write"):
+        time.sleep(0.05)
+        with clock.timed("patch raster"):
+            time.sleep(0.1)
+    assert 0.1 <= clock.seconds["patch raster"] < 0.14 and 0.05 <= clock.seconds["write"] < 0.09, clock.seconds
 
 
 def readme_block(marker: str) -> str:
