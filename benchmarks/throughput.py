@@ -78,6 +78,17 @@ def engine_rate(engine: Engine, batch: int, chips: int) -> float:
     return chips / (time.perf_counter() - start)
 
 
+def timed_pipeline(engine: Engine, jobs: list[SceneJob], options: RunOptions, clock: StageClock) -> tuple[int, float]:
+    """clay-run's pipeline on ``jobs`` with its own reader threads: chips embedded and wall seconds."""
+    pool = ChipReaders(options.reader_count)
+    try:
+        start = time.perf_counter()
+        done = sum(r.chips_done for r in run_scenes(engine, jobs, options, pool, clock=clock))
+        return done, time.perf_counter() - start
+    finally:
+        pool.close()
+
+
 def end_to_end(engine: Engine, scenes: list[Path], batch: int, readers: int | None = None, label: str = "") -> dict:
     """clay-run's pipeline on ``scenes`` (all in one run) vs the engine alone on as many chips in
     the same batches; the stage seconds say where the pipeline's time went."""
@@ -88,13 +99,7 @@ def end_to_end(engine: Engine, scenes: list[Path], batch: int, readers: int | No
                 for k, p in enumerate(scenes)]  # fmt: skip
         chips = sum(len(job.scene.chips()) for job in jobs)
         alone = engine_rate(engine, batch, chips)
-        pool = ChipReaders(options.reader_count)
-        try:
-            start = time.perf_counter()
-            done = sum(r.chips_done for r in run_scenes(engine, jobs, options, pool, clock=clock))
-            seconds = time.perf_counter() - start
-        finally:
-            pool.close()
+        done, seconds = timed_pipeline(engine, jobs, options, clock)
     rate = done / seconds
     return {"scene": label or ", ".join(p.name for p in scenes), "scenes": len(scenes), "chips": done,
             "backend": f"{engine.backend} ({engine.path.name}, {engine.metadata.model_size})", "batch": batch, "readers": options.reader_count,
