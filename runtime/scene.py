@@ -109,11 +109,10 @@ class Scene:
         groups: dict[tuple[Path, str], list[int]] = {}
         for position, source in enumerate(self.sources):
             groups.setdefault((source.path, source.mode), []).append(position)
-        return tuple(
-            ReadGroup(path, tuple(positions), tuple(self.sources[p].index for p in positions), mode,
-                      self.sources[positions[0]].source_transform)  # fmt: skip
-            for (path, mode), positions in groups.items()
-        )
+        made = [ReadGroup(path, tuple(positions), tuple(self.sources[p].index for p in positions), mode,
+                          self.sources[positions[0]].source_transform)
+                for (path, mode), positions in groups.items()]  # fmt: skip
+        return tuple(sorted(made, key=lambda g: g.mode == "resample"))  # the reader needs on-grid groups first
 
     def chips(self, edge: str = "shift") -> list[Chip]:
         """The chip grid, row-major (see :func:`clay.runtime.grid.chip_grid`)."""
