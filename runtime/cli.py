@@ -257,6 +257,8 @@ def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_fil
     with ray_cluster() as cluster:
         engine = cluster.engine(engine_path, backend, threads)
         startup = time.perf_counter() - started
+        if engine.fallback:
+            click.echo(f"clay-run: {engine.fallback}", err=True)
         click.echo(f"clay-run: ray: {cluster.describe()}; engine {engine.name} on {engine.description}", err=True)
         jobs = open_jobs(engine.metadata, plan_jobs(scene_files, targets, options), options, failures)
         chips = sum(len(scene.chips(options.edge)) for scene, _ in jobs)

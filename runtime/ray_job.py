@@ -74,6 +74,7 @@ class EngineInfo:
     metadata: EngineMetadata
     preferred_batch: int
     description: str
+    fallback: str | None = None  # why an export folder's plan was passed over (see open_engine)
 
     @property
     def name(self) -> str:
@@ -210,7 +211,8 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
 
 def _describe_engine(path: str, backend: str, threads: int | None) -> EngineInfo:
     with open_engine(path, backend, threads) as engine:
-        return EngineInfo(str(engine.path), engine.backend, engine.metadata, engine.preferred_batch, engine.describe())
+        return EngineInfo(str(engine.path), engine.backend, engine.metadata, engine.preferred_batch, engine.describe(),
+                          engine.fallback)  # fmt: skip
 
 
 def _quiet_ray_data() -> None:
