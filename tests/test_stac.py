@@ -454,3 +454,16 @@ def test_items_on_ray_give_the_files_of_the_single_process_run(cluster, tmp_path
     assert run(folder / "search.json", "--engine", DEMO_ENGINE, "--out", tmp_path / "ray", "--ray") == 0, capfd.readouterr().err
     assert_same_files(tmp_path / "ray", tmp_path / "here", [item.id for item in items])
     assert pq.read_table(tmp_path / "ray" / f"{items[1].id}.parquet")["item_id"].to_pylist() == [items[1].id]
+
+
+def test_items_are_lines_of_a_manifest_and_a_broken_feature_is_a_scene_of_its_own(tmp_path):
+    folder = tmp_path / "es"
+    items = [earth_search_item(folder, name, {b: f"{b}.tif" for b in S2_BANDS}, harmonised=True) for name in ("a", "b")]
+    (tmp_path / "items.txt").write_text("# two Items\nes/a.json\n\nes/b.json\n")
+    assert [s.name for s in discover_scenes([tmp_path / "items.txt"])] == ["a", "b"]
+    features = [item.to_dict() for item in items]
+    del features[0]["properties"]["datetime"]  # neither datetime nor start/end: not a valid Item
+    (folder / "mixed.json").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    broken, good = discover_scenes([folder / "mixed.json"])
+    assert broken.name == "a" and broken.problem.startswith(f"{folder / 'mixed.json'}: a: not a STAC Item (")
+    assert good.name == "b" and good.problem is None and len(good.assets) == len(S2_BANDS)
