@@ -12,7 +12,6 @@ that do not exist. The demo engine (S2, int8, torch-free) except where SAR and a
 from __future__ import annotations
 
 import json
-import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pystac
 import pytest
 from clay.runtime import ClayEmbedder, RunOptions
 from clay.runtime.bands import S2_BANDS
-from clay.runtime.cli import DEMO_ENGINE, main
+from clay.runtime.cli import DEMO_ENGINE
 from clay.runtime.files import GdalPath, SceneError, discover_scenes, is_item_path
 from clay.runtime.stac import scene_from_items
 from clay.training.synthetic import make_scene_array
@@ -34,6 +33,8 @@ from rasterio.warp import transform_bounds
 
 from .inputs import write_stack
 from .test_ray import assert_same_files, cluster  # noqa: F401 - the module's local Ray, for the --ray test
+from .test_ray import clay_run as run  # clay-run in this process: its exit code
+from .test_real_inputs import cosines, embeddings, preprocessing, s2_embedder  # noqa: F401 - a fixture
 
 CRS = "EPSG:32648"
 TEN_M = Affine(10, 0, 362600, 0, -10, 1987080)
@@ -155,35 +156,6 @@ def s2_item_folder(tmp_path: Path, name: str, seed: int = 0, *, harmonised: bool
     return folder / f"{name}.json", item
 
 
-def run(*args) -> int:
-    """``clay-run ARGS`` in this process; its exit code (its stderr is the test's to read)."""
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
-
-
-def embeddings(table) -> np.ndarray:
-    return np.stack(table["embeddings"].to_numpy(zero_copy_only=False))
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
-def preprocessing(table) -> dict:
-    return json.loads(table.schema.metadata[b"clay:preprocessing"])
-
-
-@pytest.fixture(scope="module")
-def s2_embedder():
-    with ClayEmbedder(DEMO_ENGINE) as embedder:
-        yield embedder
-
-
 # --- an Item is its files, declared ------------------------------------------------------------------------
 
 
@@ -218,7 +190,7 @@ def test_an_earth_search_item_gives_what_its_files_give_as_a_folder(tmp_path, ca
     assert sorted(applied["ignored_files"]) == sorted(f"{item.id}:{key}" for key in others)
 
 
-def test_the_offset_conventions_of_both_catalogues_give_the_same_embeddings(s2_embedder, tmp_path, capfd):
+def test_the_offset_conventions_of_both_catalogues_give_the_same_embeddings(s2_embedder, tmp_path):  # noqa: F811
     """The same harmonised DNs, stored as each catalogue stores them: Earth Search with the offset removed
     (its flag), Earth Search raw (+1000, flag false, baseline 05.09), Planetary Computer raw (+1000, keys
     B02…, only s2:processing_baseline), and an old-baseline Earth Search item that still declares −0.1."""
@@ -420,7 +392,7 @@ def test_band_assets_follow_the_documented_order(tmp_path):
                                                     "common_name 'green' → B03, name 'B02' → B02)")  # fmt: skip
 
 
-def test_hrefs_become_local_or_gdal_paths_and_json_never_reaches_gdal(s2_embedder, tmp_path):
+def test_hrefs_become_local_or_gdal_paths_and_json_never_reaches_gdal(s2_embedder, tmp_path):  # noqa: F811
     item = new_item("S2B_48QUE_20230501_0_L2A", SENSED, {"platform": "sentinel-2b"}, "sentinel-2-l2a", None)
     hrefs = {"blue": "s3://sentinel-cogs/48/Q/UE/B02.tif", "green": "gs://bucket/B03.tif",
              "red": "https://sentinel-cogs.s3.us-west-2.amazonaws.com/48/Q/UE/B04.tif", "nir": "sub/B08.tif",
