@@ -8,7 +8,10 @@ GDAL's per-band scale and offset, the product's own offset metadata, band units.
 declarations (``raster:bands``, ``earthsearch:boa_offset_applied``, ``s2:processing_baseline``) reach
 here in the file's header (:func:`clay.runtime.stac.asset_header`), which names their source for the
 notes. A declared +1000 offset (−0.1) on a product whose processing baseline predates it (below
-04.00) contradicts that baseline and is not applied, with a warning. Where nothing is
+04.00) contradicts that baseline and is not applied, with a warning; where a declared offset is
+removed, B02 is checked on every chip (:func:`check_values`): DNs that carry the offset are not
+mostly below it (blue reflectance is not negative), so a band that is has none, whatever its
+metadata says (an archive that removed it without saying so). Where nothing is
 declared, the values themselves are checked as each chip is read (:func:`check_values`, on pixels
 the reader decodes anyway, nodata and masked pixels left out): a "linear" SAR band that is mostly
 negative is in dB, a float Sentinel-2 band below 2 holds reflectance, not DNs; the scene is then
@@ -70,7 +73,7 @@ class Conversion:
 class Converted:
     """A band's conversion, the note recorded in the output metadata, a warning for the user, and
     what :func:`check_values` must confirm on its values (``"linear"``: SAR taken as linear power;
-    ``"dn"``: a float S2 band taken as DNs)."""
+    ``"dn"``: a float S2 band taken as DNs; ``"offset"``: B02 taken as carrying the +1000 offset)."""
 
     conversion: Conversion
     note: str
@@ -144,19 +147,21 @@ def _s2(header: Header, index: int, band: str, s2_offset: float | None, day: Dat
                 f"the processing baseline is {baseline:05.2f} ({source}), whose DNs carry none: not applied; pass "
                 "--s2-offset 1000 if they do",
             )  # fmt: skip
-        return Converted(Conversion(gain, bias), f"{by} scale {scale:g} offset {offset:g}: DN * {gain:g} {bias:+g}")
+        return Converted(Conversion(gain, bias), f"{by} scale {scale:g} offset {offset:g}: DN * {gain:g} {bias:+g}",
+                         check=_offset_check(band, bias))  # fmt: skip
     boa = _tag(header, index, f"BOA_ADD_OFFSET_{band}", f"BOA_ADD_OFFSET_B{band[1:].lstrip('0')}", "BOA_ADD_OFFSET")
     if boa is not None:
         try:
             value = float(boa)
         except ValueError:
             raise SceneError(f"{header.path}: {band}: BOA_ADD_OFFSET {boa!r} is not a number") from None
-        return Converted(Conversion(1.0, value), f"BOA_ADD_OFFSET {value:g}: DN {value:+g}")
+        return Converted(Conversion(1.0, value), f"BOA_ADD_OFFSET {value:g}: DN {value:+g}", check=_offset_check(band, value))
     baseline = _baseline(header)
     if baseline is not None:
         value = -S2_BOA_OFFSET if baseline >= 4.0 else 0.0
         source = f" ({header.declared['baseline']})" if "baseline" in header.declared else ""
-        return Converted(Conversion(1.0, value), f"processing baseline {baseline:05.2f}{source}: DN {value:+g}")
+        return Converted(Conversion(1.0, value), f"processing baseline {baseline:05.2f}{source}: DN {value:+g}",
+                         check=_offset_check(band, value))  # fmt: skip
     unit = header.units[index - 1].strip().lower()
     if unit in REFLECTANCE_UNITS:
         return Converted(Conversion(S2_QUANTIFICATION, 0.0),
@@ -168,6 +173,13 @@ def _s2(header: Header, index: int, band: str, s2_offset: float | None, day: Dat
                    "but no scale/offset, BOA_ADD_OFFSET or baseline is declared: DNs taken as harmonised; pass "
                    "--s2-offset 1000 if they carry it")  # fmt: skip
     return Converted(Conversion(), "no offset declared: DNs taken as harmonised", warning, check)
+
+
+def _offset_check(band: str, bias: float) -> str | None:
+    """``"offset"`` for B02 when the +1000 offset its metadata declares is removed: confirmed on every
+    chip (blue reflectance is not negative over any natural surface, so the darkest DNs that carry the
+    offset are not mostly below it; over dark water the NIR and SWIR bands can be, so only B02)."""
+    return "offset" if band == "B02" and math.isclose(bias, -S2_BOA_OFFSET) else None
 
 
 def _baseline(header: Header) -> float | None:
@@ -215,8 +227,10 @@ def _dem(header: Header, index: int, band: str) -> Converted:
 def check_values(path, band: str, check: str, values: np.ndarray, valid: np.ndarray | None) -> None:
     """Confirm on a chip's stored values (``valid``: where they are not nodata; ``None``: all) what
     :func:`band_conversion` assumed when nothing was declared, or raise :class:`SceneError`:
-    linear power is never negative (a mostly negative band is in dB), and Sentinel-2 DNs are not all
-    below 2 (such a band holds reflectance). Chips without a valid pixel say nothing."""
+    linear power is never negative (a mostly negative band is in dB), Sentinel-2 DNs are not all
+    below 2 (such a band holds reflectance), and B02 with its declared +1000 offset removed is not
+    mostly negative (its DNs never carried it). ``values`` are converted (the offset removed).
+    Chips without a valid pixel say nothing."""
     sample = values if valid is None else values[valid]
     if sample.size == 0:
         return
@@ -224,6 +238,12 @@ def check_values(path, band: str, check: str, values: np.ndarray, valid: np.ndar
         raise SceneError(
             f"{path}: SAR band {band} is mostly negative, so it is in dB, not linear power; "
             "pass --sar-units db (RunOptions(sar_units='db') in Python)"
+        )
+    if check == "offset" and np.count_nonzero(sample < 0) > 0.5 * sample.size:
+        raise SceneError(
+            f"{path}: {band} is mostly below the +1000 offset its metadata declares (processing baseline 04.00+), "
+            "i.e. negative reflectance once it is removed: its DNs do not carry the offset (an archive that removed "
+            "it without saying so); pass --s2-offset 0 (RunOptions(s2_offset=0) in Python)"
         )
     if check == "dn" and np.count_nonzero(sample >= REFLECTANCE_CEILING) < 0.01 * sample.size:
         raise SceneError(

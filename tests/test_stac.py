@@ -223,6 +223,20 @@ def test_the_offset_conventions_of_both_catalogues_give_the_same_embeddings(s2_e
     assert cosines(embeddings(forced), reference).min() < 0.999
 
 
+def test_an_item_that_says_the_offset_is_in_dns_that_lack_it_is_refused(s2_embedder, tmp_path):  # noqa: F811
+    """Earth Search items with boa_offset_applied false whose COGs were harmonised all the same
+    (Element84/earth-search#66, #71): B02 of a dark vegetated scene, offset removed, is mostly
+    negative reflectance. With the flag right the same DNs embed."""
+    dark = {band: plane // 6 for band, plane in harmonised_bands().items()}  # blue ~200 DN: forest, water
+    files = write_s2_files(tmp_path / "wrong", dark)
+    wrong = earth_search_item(tmp_path / "wrong", "wrong", files, harmonised=False, baseline="04.00")
+    with pytest.raises(SceneError, match=r"B02.tif: B02 is mostly below the \+1000 offset its metadata declares .*"
+                                         r"pass --s2-offset 0"):  # fmt: skip
+        s2_embedder.embed_scene(tmp_path / "wrong" / "wrong.json")
+    right = earth_search_item(tmp_path / "wrong", "right", files, harmonised=True, baseline="04.00")
+    assert s2_embedder.embed_scene(tmp_path / "wrong" / f"{right.id}.json").num_rows == 1
+
+
 def test_an_item_collection_is_one_file_per_item_and_a_broken_item_fails_alone(tmp_path, capfd):
     folder = tmp_path / "items"
     files = write_s2_files(folder, harmonised_bands())
