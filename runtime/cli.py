@@ -336,11 +336,16 @@ def ignored_files(results: list[SceneResult]) -> None:
     were not bands of the engine."""
     entries = [p for r in results if r.opened is not None for p in r.opened.ignored]
     if entries:
-        ignored = [str(p) for p in entries]
         assets = sum(isinstance(p, str) for p in entries)
         kind = "file(s)" if not assets else "STAC asset(s)" if assets == len(entries) else "file(s) and STAC asset(s)"
-        shown = ", ".join(ignored[:12]) + (f" and {len(ignored) - 12} more" if len(ignored) > 12 else "")
-        click.echo(f"clay-run: ignored {len(ignored)} {kind} that are not bands of the engine: {shown}", err=True)
+        files = [str(p) for p in entries[:12] if not isinstance(p, str)]
+        by_item: dict[str, list[str]] = {}
+        for entry in (p for p in entries[:12] if isinstance(p, str)):
+            item, _, key = entry.rpartition(":")
+            by_item.setdefault(item, []).append(key)
+        shown = "; ".join(([", ".join(files)] if files else []) + [f"{i}: {', '.join(k)}" for i, k in by_item.items()])
+        more = f" and {len(entries) - 12} more" if len(entries) > 12 else ""
+        click.echo(f"clay-run: ignored {len(entries)} {kind} that are not bands of the engine: {shown}{more}", err=True)
 
 
 def run_jobs(embedder: ClayEmbedder, jobs: list[SceneJob], options: RunOptions, failures: list) -> list:
