@@ -4,6 +4,7 @@
     with ClayEmbedder("engine/") as embedder:                 # an export folder or one artifact
         vectors = embedder.embed(pixels, lonlat, dates)       # [B, dim] float32
         table = embedder.embed_scene("scene.tif")             # pyarrow Table, one row per chip
+        table = embedder.embed_scene(item)                    # a STAC Item: pystac.Item, or its .json
         for result in embedder.embed_scenes(paths, "out/", RunOptions(keep_going=True)):
             ...
 
@@ -93,7 +94,10 @@ class ClayEmbedder:
         return outputs["embedding"]
 
     def open_scene(self, scene: str | Path | SceneFiles, options: RunOptions | None = None) -> Scene:
-        """Validate a scene against the engine (bands, grid, units, date) without reading a chip."""
+        """Validate a scene against the engine (bands, grid, units, date) without reading a chip. A
+        scene is a path or URI as ``clay-run`` takes it (a GeoTIFF, a folder, a STAC Item's .json),
+        :class:`SceneFiles`, or a ``pystac.Item`` (several Items as one scene:
+        :func:`clay.runtime.stac.scene_from_items`)."""
         return open_scene(scene, self.metadata, options or self.options)
 
     def embed_scenes(

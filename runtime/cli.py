@@ -161,19 +161,25 @@ class RayProgress:
                                                 "(the exit code is still 1).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for ONNX Runtime (with --ray: per engine actor, and the CPUs each reserves).")
+@click.option("--combine", is_flag=True,
+              help="Embed every STAC Item given (arguments, ItemCollections, manifest lines) as one scene: an S2 item, "
+                   "an S1 item and a DEM item of one place, each band from exactly one of them, on the finest S2 grid "
+                   "with the S2 date. Without it each Item is a scene of its own.")
 @click.option("--ray", "use_ray", is_flag=True,
               help="Run on Ray Data: chip reads in CPU tasks, the engine in a pool of actors (one per GPU, else one "
                    "per CPU), the same files. Connects to RAY_ADDRESS when set, else starts a local Ray. Implies "
                    "--keep-going; --readers does not apply. Needs the ray extra.")
 def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, edge, max_nodata, date_text,
-         patch_embeddings, sar_units, s2_offset, resume, keep_going, threads, use_ray) -> None:  # fmt: skip
+         patch_embeddings, sar_units, s2_offset, resume, keep_going, threads, combine, use_ray) -> None:  # fmt: skip
     """Embed GeoTIFF SCENES with a Clay engine into GeoParquet.
 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
     given together or found in one folder (sub-folders too: an S2 and an S1 product side by side);
     they are resampled bilinearly onto the grid of the finest file while reading. A folder of
     multi-band files gives one scene per file. A SCENE may also be a GDAL-readable URI (/vsis3/...,
-    s3://..., https://...) or a .txt manifest listing one scene a line.
+    s3://..., https://...), a STAC Item (.json file or URL; its band assets, dates, scale/offset
+    and S2 offset convention as the Item declares them), an ItemCollection (one scene per Item,
+    named after its id), or a .txt manifest listing one scene a line.
 
     Each scene needs a CRS, the engine's bands (13 in Clay order, or named by band description or
     file name: B02…B12, VH, VV, DEM; extra bands are ignored) and an acquisition date (a 'date'
@@ -198,7 +204,7 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
                          keep_going=keep_going or use_ray, resume=resume)  # fmt: skip
     failures: list[tuple[str, str]] = []
     try:
-        scene_files = discover_scenes(scenes)
+        scene_files = discover_scenes(scenes, combine=combine)
         targets = output_paths(scene_files, out)
         if preview is not None and len(scene_files) != 1:
             raise SceneError(f"--preview {preview}: draws one scene, {len(scene_files)} to embed")
@@ -328,11 +334,20 @@ def print_warnings(scene: Scene) -> None:
 
 
 def ignored_files(results: list[SceneResult]) -> None:
-    """Once per run: the files beside the scenes' bands that were not bands of the engine."""
-    ignored = [str(p) for r in results if r.opened is not None for p in r.opened.ignored]
-    if ignored:
-        shown = ", ".join(ignored[:12]) + (f" and {len(ignored) - 12} more" if len(ignored) > 12 else "")
-        click.echo(f"clay-run: ignored {len(ignored)} file(s) that are not bands of the engine: {shown}", err=True)
+    """Once per run: the files (STAC assets, as ``<item id>:<asset key>``) beside the scenes' bands that
+    were not bands of the engine."""
+    entries = [p for r in results if r.opened is not None for p in r.opened.ignored]
+    if entries:
+        assets = sum(isinstance(p, str) for p in entries)
+        kind = "file(s)" if not assets else "STAC asset(s)" if assets == len(entries) else "file(s) and STAC asset(s)"
+        files = [str(p) for p in entries[:12] if not isinstance(p, str)]
+        by_item: dict[str, list[str]] = {}
+        for entry in (p for p in entries[:12] if isinstance(p, str)):
+            item, _, key = entry.rpartition(":")
+            by_item.setdefault(item, []).append(key)
+        shown = "; ".join(([", ".join(files)] if files else []) + [f"{i}: {', '.join(k)}" for i, k in by_item.items()])
+        more = f" and {len(entries) - 12} more" if len(entries) > 12 else ""
+        click.echo(f"clay-run: ignored {len(entries)} {kind} that are not bands of the engine: {shown}{more}", err=True)
 
 
 def run_jobs(embedder: ClayEmbedder, jobs: list[SceneJob], options: RunOptions, failures: list) -> list:

@@ -390,7 +390,8 @@ def _write_rows(state: _SceneState, kept: list, outputs: dict[str, np.ndarray], 
 def scene_identity(scene: Scene, metadata: EngineMetadata) -> tuple[str, dict[str, str]]:
     """What every file of a scene carries, whichever way it was run: its ``source_url`` and the
     key-value metadata (engine, scene CRS, preprocessing)."""
-    return str(scene.path.resolve()), file_metadata(metadata, scene.crs.to_string(), scene.applied)
+    source = scene.source_url or str(scene.path.resolve())  # a STAC Item's self link, else the file or folder
+    return source, file_metadata(metadata, scene.crs.to_string(), scene.applied)
 
 
 def group_means(patch_embeddings: np.ndarray) -> np.ndarray:
@@ -406,7 +407,7 @@ def write_chip_rows(output: SceneOutput, scene: Scene, source: str, chips: list[
     of its patch file when it has one (``patch_means`` from :func:`group_means`). The one place rows
     are made, for the local pipeline and the Ray job alike, so both write the same files."""
     output.chips.write(row_columns(
-        source, scene.date, embeddings, [scene.chip_polygon(c) for c in chips], scene.multipart,
+        source, scene.date, embeddings, [scene.chip_polygon(c) for c in chips], scene.multipart, scene.item_id,
         row=[c.row for c in chips], col=[c.col for c in chips], nodata_fraction=fractions,
     ))  # fmt: skip
     if output.patches is not None:
@@ -415,8 +416,8 @@ def write_chip_rows(output: SceneOutput, scene: Scene, source: str, chips: list[
             vectors = grid[[c.i for c in cells], [c.j for c in cells]]
             output.patches.write(row_columns(
                 source, scene.date, vectors, patch_polygons(scene.transform, scene.crs, chip, cells, scene.patch_size),
-                scene.multipart, row=[c.row for c in cells], col=[c.col for c in cells], chip_row=[chip.row] * len(cells),
-                chip_col=[chip.col] * len(cells),
+                scene.multipart, scene.item_id, row=[c.row for c in cells], col=[c.col for c in cells],
+                chip_row=[chip.row] * len(cells), chip_col=[chip.col] * len(cells),
             ))  # fmt: skip
 
 

@@ -70,7 +70,7 @@ def read_chip(scene: Scene, chip: Chip, out: np.ndarray | None = None) -> tuple[
         data[positions] = values
     _convert(scene, data)
     for k, source in enumerate(scene.sources):
-        if source.check:  # units nothing declared: confirmed on the values (one pass, no extra read)
+        if source.check:  # undeclared units, a removed offset: confirmed on the values (one pass, no extra read)
             check_values(source.path, source.band, source.check, data[k], None if invalid is None else ~invalid[k])
     fraction = 0.0
     if invalid is not None:
