@@ -46,6 +46,7 @@ class ExportOptions:
     groups: tuple[str, ...] = ()
     fp16: bool = False
     int8_cpu: bool = False
+    bf16_cpu: bool = False
     patch_embeddings: bool = False
     batch: BatchProfile = field(default_factory=lambda: BatchProfile(1, 8, 32))
     hardware_compat: str | None = None
@@ -56,7 +57,8 @@ class ExportOptions:
     @property
     def formats(self) -> tuple[ArtifactFormat, ...]:
         """The rows of the format table these options ask for."""
-        return formats_for_flags({flag for flag, wanted in (("--fp16", self.fp16), ("--int8-cpu", self.int8_cpu)) if wanted})
+        wanted = (("--fp16", self.fp16), ("--int8-cpu", self.int8_cpu), ("--bf16-cpu", self.bf16_cpu))
+        return formats_for_flags({flag for flag, on in wanted if on})
 
 
 @dataclass
@@ -159,7 +161,7 @@ def _build(job: BuildJob, formats: tuple[ArtifactFormat, ...], report: ExportRep
             written = BUILDERS[fmt.name](job, fmt)
         except FormatUnavailable as reason:
             report.notes.append(f"no {fmt.file_name}: {reason}; the other artifacts are kept. Where it can be built, "
-                                f"run: {rerun_command(job.options)}")  # fmt: skip
+                                f"run: {rerun_command(job.options, fmt)}")  # fmt: skip
             continue
         built.append((written[0], fmt))
         report.artifacts += written
@@ -185,8 +187,9 @@ def _check(job: BuildJob, built: list[tuple[Path, ArtifactFormat]], report: Expo
         )
 
 
-def rerun_command(options: ExportOptions) -> str:
-    parts = ["clay-export", "--fp16", "--out", str(options.out), "--batch", str(options.batch)]
+def rerun_command(options: ExportOptions, fmt: ArtifactFormat) -> str:
+    """The ``clay-export`` command that builds ``fmt`` (and the formats it is built from) elsewhere."""
+    parts = ["clay-export", fmt.flag or "", "--out", str(options.out), "--batch", str(options.batch)]
     if options.checkpoint:
         parts += ["--checkpoint", str(options.checkpoint)]
     elif options.random_weights:
@@ -197,4 +200,4 @@ def rerun_command(options: ExportOptions) -> str:
         parts.append("--patch-embeddings")
     if options.hardware_compat:
         parts += ["--hardware-compat", options.hardware_compat]
-    return " ".join(parts)
+    return " ".join(p for p in parts if p)

@@ -1,4 +1,5 @@
-"""Inference backends behind one small interface: TensorRT plans and ONNX Runtime (CUDA or CPU).
+"""Inference backends behind one small interface: TensorRT plans, ONNX Runtime (CUDA or CPU) and
+OpenVINO on the CPU (``openvino_engine.py``).
 
 Every backend takes the exported graph's inputs as numpy arrays and returns numpy outputs, so the
 scene pipeline and services embedding us never see which one runs. Torch-free on purpose.
@@ -6,6 +7,7 @@ scene pipeline and services embedding us never see which one runs. Torch-free on
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import threading
@@ -15,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .cpu import CpuInfo, cpu_info
 from .files import first_line
-from .formats import RUNTIME_BACKENDS, format_of_file, pick_artifact, plan_sidecar
+from .formats import RUNTIME_BACKENDS, format_named, format_of_file, pick_artifact, plan_sidecar
 from .metadata import EngineMetadata, MetadataError
 from .timing import NullClock, StageClock
 
@@ -55,6 +58,7 @@ class Engine(ABC):
     metadata: EngineMetadata
     preferred_batch: int
     path: Path
+    choice: str = ""  # why ``auto`` chose this backend and artifact, where the CPU decided it
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -110,8 +114,15 @@ class Engine(ABC):
         return np.empty(shape, np.float32)
 
     def describe(self) -> str:
+        """The engine line's ``<describe()>``: backend, model, precision, bands, weights, and why
+        ``auto`` chose it (``clay-run: engine <file> on onnx-cpu (small, int8, ...); auto: ...``)."""
         m = self.metadata
-        return f"{self.backend} ({m.model_size}, {m.precision}, {len(m.bands)} bands, {m.weights})"
+        text = f"{self.backend} ({m.model_size}, {self.runs_in()}, {len(m.bands)} bands, {m.weights})"
+        return f"{text}; {self.choice}" if self.choice else text
+
+    def runs_in(self) -> str:
+        """The precision the engine computes in: the artifact's, unless its backend says otherwise."""
+        return self.metadata.precision
 
 
 class OnnxEngine(Engine):
@@ -304,7 +315,8 @@ class TensorRTEngine(Engine):
 
 
 def read_engine_metadata(path: Path) -> EngineMetadata:
-    """The Clay metadata of an ``.onnx`` file (``metadata_props``) or a ``.plan`` (its JSON sidecar)."""
+    """The Clay metadata of an ``.onnx`` file (``metadata_props``), a ``.plan`` (its JSON sidecar) or
+    an OpenVINO IR ``.xml`` (its runtime info)."""
     if not path.is_file():
         raise EngineError(f"{path}: no such engine file")
     try:
@@ -313,6 +325,10 @@ def read_engine_metadata(path: Path) -> EngineMetadata:
             if not sidecar.is_file():
                 raise EngineError(f"{path}: no metadata sidecar {sidecar.name} next to the plan")
             return EngineMetadata.from_dict(json.loads(sidecar.read_text()))
+        if path.suffix == ".xml":
+            from .openvino_engine import read_ir
+
+            return EngineMetadata.from_props(read_ir(path)[0])
         return EngineMetadata.from_props(_onnx_metadata_props(path))
     except (MetadataError, json.JSONDecodeError) as exc:
         raise EngineError(f"{path}: {exc}") from None
@@ -350,43 +366,87 @@ def available_backends() -> list[str]:
         found.append("onnx-cpu")
     except ImportError:
         pass
+    if importlib.util.find_spec("openvino") is not None:  # imported only when an engine is opened
+        found.insert(found.index("onnx-cpu") if "onnx-cpu" in found else len(found), "openvino-cpu")
     return found
 
 
-def open_engine(path: str | Path, backend: str = "auto", threads: int | None = None) -> Engine:
+def auto_order(present: list[str], cpu: CpuInfo) -> list[str]:
+    """The backends ``auto`` tries, in order: GPUs first; on the CPU, OpenVINO's bf16 artifact before
+    ONNX Runtime's int8 one only where the CPU has AMX (issue 27: on a 2-core AMX Xeon, bf16 matmuls
+    ran ~1.5x the int8 path; on the AVX-512 BF16 EPYC without AMX that this project measures on, the
+    two are close, see the README's benchmarks), else after it."""
+    order = [b for b in RUNTIME_BACKENDS if b in present]
+    if not cpu.amx_bf16 and "openvino-cpu" in order and "onnx-cpu" in order:
+        order.remove("openvino-cpu")
+        order.insert(order.index("onnx-cpu") + 1, "openvino-cpu")
+    return order
+
+
+def open_engine(path: str | Path, backend: str = "auto", threads: int | None = None, cpu: CpuInfo | None = None) -> Engine:
     """Load an engine: a file, or an export folder (the artifact the backend should run, by the
-    format table). ``auto`` takes the fastest backend present that the artifact is made for."""
+    format table). ``auto`` takes the fastest backend present that the artifact is made for, and on
+    the CPU decides by ``cpu`` (default: this machine's, from ``/proc/cpuinfo``) between OpenVINO's
+    bf16 and ONNX Runtime's int8 artifacts (:func:`auto_order`); the engine's ``choice`` says why."""
     path = Path(path)
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     present = available_backends()
-    if path.is_dir():
-        path = _artifact_in_folder(path, backend, present)
+    cpu = cpu or cpu_info()
+    order = auto_order(present, cpu)
+    folder = path if path.is_dir() else None
+    if folder is not None:
+        path = _artifact_in_folder(folder, backend, order)
     metadata = read_engine_metadata(path)
     fmt = format_of_file(path, metadata.precision)
     made_for = fmt.runs_on if fmt and fmt.runs_on else ("tensorrt",) if path.suffix == ".plan" else ("onnx-cuda", "onnx-cpu")
+    choice = ""
     if backend == "auto":
-        usable = [b for b in RUNTIME_BACKENDS if b in made_for and b in present]
+        usable = [b for b in order if b in made_for]
         if not usable:
             raise EngineError(f"{path}: runs on {' or '.join(made_for)}, and {_missing_reason(made_for[0])}")
         backend = usable[0]
+        if folder is not None:
+            choice = cpu_choice(backend, metadata.precision, cpu, present, folder)
     elif backend not in made_for:
         raise EngineError(f"{path}: {'a' if fmt is None else f'the {fmt.name}'} artifact runs on "
                           f"{' or '.join(made_for)}, not --backend {backend}")  # fmt: skip
     elif backend not in present:
         raise EngineError(f"--backend {backend}: {_missing_reason(backend)}")
     if backend == "tensorrt":
-        return TensorRTEngine(path, metadata)
-    return OnnxEngine(path, metadata, cuda=backend == "onnx-cuda", threads=threads)
+        engine: Engine = TensorRTEngine(path, metadata)
+    elif backend == "openvino-cpu":
+        from .openvino_engine import OpenVinoEngine
+
+        engine = OpenVinoEngine(path, metadata, threads)
+    else:
+        engine = OnnxEngine(path, metadata, cuda=backend == "onnx-cuda", threads=threads)
+    engine.choice = choice
+    return engine
 
 
-def _artifact_in_folder(folder: Path, backend: str, present: list[str]) -> Path:
-    """What an export folder offers the requested backend, or the fastest backend present."""
-    for candidate in [backend] if backend != "auto" else present:
+def cpu_choice(backend: str, precision: str, cpu: CpuInfo, present: list[str], folder: Path) -> str:
+    """Why ``auto`` took a CPU backend for an export folder, for the engine line (empty for GPUs)."""
+    if backend == "openvino-cpu":
+        return f"auto: {cpu.model} has AMX (amx_bf16), so {precision} on OpenVINO"
+    if backend != "onnx-cpu":
+        return ""
+    if not cpu.amx_bf16:
+        return f"auto: {cpu.model} has no AMX (amx_bf16), so {precision} on ONNX Runtime"
+    if "openvino-cpu" not in present:
+        why = 'OpenVINO is not installed (pip install "clay-runtime[openvino]")'
+    else:
+        why = f"the folder has no {format_named('bf16').file_name} (clay-export --bf16-cpu)"
+    return f"auto: {cpu.model} has AMX (amx_bf16) but {why}, so {precision} on ONNX Runtime"
+
+
+def _artifact_in_folder(folder: Path, backend: str, order: list[str]) -> Path:
+    """What an export folder offers the requested backend, or the first backend of ``auto``'s order."""
+    for candidate in [backend] if backend != "auto" else order:
         artifact = pick_artifact(folder, candidate)
         if artifact is not None:
             return artifact
-    wanted = backend if backend != "auto" else " or ".join(present)
+    wanted = backend if backend != "auto" else " or ".join(order)
     raise EngineError(f"{folder}: no artifact for {wanted} in this folder (see clay-export --help)")
 
 
@@ -395,6 +455,7 @@ def _missing_reason(backend: str) -> str:
         "tensorrt": "TensorRT (and cuda-python) are not installed here",
         "onnx-cuda": "onnxruntime-gpu with a CUDA GPU is not available here",
         "onnx-cpu": "onnxruntime is not installed",
+        "openvino-cpu": 'OpenVINO is not installed (pip install "clay-runtime[openvino]")',
     }[backend]
 
 
