@@ -9,15 +9,19 @@ what comes before the first block: raw S2 DNs up to 10⁴ into the normalisation
 patch embedding (a difference of large numbers), the year (2020 rounds to 2016 or 2024), lon/lat.
 So, like the CUDA artifact (``cuda.py``, whose :func:`~.cuda.transformer_ends` finds the same two
 ends), every node the first block's input depends on and everything from the final LayerNorm on
-is pinned to float32; the blocks' matmuls, attention, GELU and pre-norms run in bf16 (OpenVINO
-computes LayerNorm and softmax statistics in float32 inside its kernels, and keeps the residual
-stream, which reaches the output without a matmul, in float32 by the tail rule above).
+is pinned to float32. The blocks' matmuls, attention and GELU run in bf16; their LayerNorms keep
+sums, means and variances in float32 (OpenVINO's MVN kernel takes ``float*`` statistics,
+``jit_mvn_call_args``); the residual stream reaches the output without a matmul, so the tail rule
+above keeps it in float32 too. OpenVINO re-creates a few pinned nodes when it compiles (the
+metadata tokens' two small matmuls become FullyConnected nodes, atan2's division is rewritten);
+those lose the pin and run bf16 on sines and angles within ±π, which bf16 holds to 2⁻⁸.
 
-The pin is the IR's ``precise`` runtime attribute (``ov::DisableFP16Compression``, which IR readers
-since 2022.1 read; 2026 turns it into ``DisablePrecisionConversion``, which the CPU plugin honours
-for bf16 too). OpenVINO's Python API cannot set C++ runtime attributes, so it is written into the
-saved IR's XML; the runtime (``clay.runtime.engine.OpenVinoEngine``) checks on every load that the
-compiled model runs the pinned layers in float32.
+The pin is the IR's ``precise`` runtime attribute: the legacy ``ov::DisableFP16Compression``, which
+OpenVINO 2026's IR reader turns into ``DisablePrecisionConversion`` (``ConvertLegacyPrecisionAttribute``)
+and its CPU plugin honours for bf16 as well (measured: the patch embeddings run f32, blocks bf16).
+OpenVINO's Python API cannot set C++ runtime attributes, so the pin is written into the saved IR's
+XML; the runtime (``clay.runtime.openvino_engine``) checks on every load that the compiled model
+runs the pinned patch-embedding convolutions in float32, and compiles in float32 where it does not.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ from pathlib import Path
 #: ``openvino-cpu`` only where the CPU has AMX: ``clay.runtime.engine.auto_order``).
 RUNTIME_BACKENDS = ("tensorrt", "onnx-cuda", "openvino-cpu", "onnx-cpu")
 
+#: The backends that compute on the CPU (the others on a GPU).
+CPU_BACKENDS = ("openvino-cpu", "onnx-cpu")
+
 #: Faster precisions first: an export folder offers a backend its lowest-precision artifact.
 PRECISION_ORDER = ("int8", "bf16", "fp16", "fp32")
 
