@@ -373,9 +373,9 @@ def available_backends() -> list[str]:
 
 def auto_order(present: list[str], cpu: CpuInfo) -> list[str]:
     """The backends ``auto`` tries, in order: GPUs first; on the CPU, OpenVINO's bf16 artifact before
-    ONNX Runtime's int8 one only where the CPU has AMX (issue 27: on a 2-core AMX Xeon, bf16 matmuls
-    ran ~1.5x the int8 path; on the AVX-512 BF16 EPYC without AMX that this project measures on, the
-    two are close, see the README's benchmarks), else after it."""
+    ONNX Runtime's int8 one only where the CPU has AMX (issue 27: on a 2-core AMX Xeon, bf16 on
+    OpenVINO ran ~1.5x the int8 artifact; on this project's AVX-512 BF16 EPYC without AMX, 1.10x,
+    0.91-1.22x over rounds: README, "bf16 on OpenVINO"), else after it."""
     order = [b for b in RUNTIME_BACKENDS if b in present]
     if not cpu.amx_bf16 and "openvino-cpu" in order and "onnx-cpu" in order:
         order.remove("openvino-cpu")
