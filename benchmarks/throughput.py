@@ -31,6 +31,7 @@ from pathlib import Path
 import click
 import numpy as np
 from clay.runtime.bands import BAND_NAMES
+from clay.runtime.cpu import cpu_info
 from clay.runtime.engine import Engine, open_engine
 from clay.runtime.metadata import package_versions
 from clay.runtime.options import RunOptions, cpu_count
@@ -143,10 +144,8 @@ def markdown(report: dict) -> str:
 
 
 def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    """The CPU's model name and the flags that pick its inference path."""
+    return cpu_info().describe()
 
 
 @click.command()

@@ -46,6 +46,7 @@ class ExportOptions:
     groups: tuple[str, ...] = ()
     fp16: bool = False
     int8_cpu: bool = False
+    bf16_cpu: bool = False
     patch_embeddings: bool = False
     batch: BatchProfile = field(default_factory=lambda: BatchProfile(1, 8, 32))
     compute_capability: str = "ampere+"  # the plan's targets: tensorrt_build.parse_targets
@@ -56,7 +57,8 @@ class ExportOptions:
     @property
     def formats(self) -> tuple[ArtifactFormat, ...]:
         """The rows of the format table these options ask for."""
-        return formats_for_flags({flag for flag, wanted in (("--fp16", self.fp16), ("--int8-cpu", self.int8_cpu)) if wanted})
+        wanted = (("--fp16", self.fp16), ("--int8-cpu", self.int8_cpu), ("--bf16-cpu", self.bf16_cpu))
+        return formats_for_flags({flag for flag, on in wanted if on})
 
 
 @dataclass

@@ -135,7 +135,8 @@ class RayProgress:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output directory (default ./clay-embeddings), or a .parquet file for one scene.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="auto: the fastest backend present that the artifact is made for (tensorrt, onnx-cuda, onnx-cpu).")
+              help="auto: the fastest backend present that the artifact is made for (tensorrt, onnx-cuda, then on "
+                   "the CPU openvino-cpu's bf16 where the CPU has AMX, else onnx-cpu's int8); the engine line says why.")
 @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=None,
               help="Chips per engine call (default: the engine's preferred batch).")
 @click.option("--readers", type=click.IntRange(min=1), default=None,
@@ -160,7 +161,7 @@ class RayProgress:
 @click.option("--keep-going", is_flag=True, help="When a scene fails, finish the others and list the failures at the end "
                                                 "(the exit code is still 1).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for ONNX Runtime (with --ray: per engine actor, and the CPUs each reserves).")
+              help="CPU threads for ONNX Runtime or OpenVINO (with --ray: per engine actor, and the CPUs each reserves).")
 @click.option("--combine", is_flag=True,
               help="Embed every STAC Item given (arguments, ItemCollections, manifest lines) as one scene: an S2 item, "
                    "an S1 item and a DEM item of one place, each band from exactly one of them, on the finest S2 grid "

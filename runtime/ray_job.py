@@ -39,6 +39,7 @@ import numpy as np
 
 from .engine import EngineError, open_engine
 from .files import SceneError, first_line
+from .formats import CPU_BACKENDS
 from .grid import Chip
 from .metadata import EngineMetadata
 from .options import RunOptions, cpu_count
@@ -170,7 +171,7 @@ class RayCluster:
         engine's threads); never more actors than batches (each would load the engine for nothing)."""
         totals, node_cpus = self.resources()
         gpus = int(totals.get("GPU", 0))
-        if gpus and engine.backend != "onnx-cpu":
+        if gpus and engine.backend not in CPU_BACKENDS:
             return Layout(max(1, min(gpus, batches)), 1.0, 1, fused=False)
         per = float(max(1, min(threads or 1, int(node_cpus) or 1)))
         return Layout(max(1, min(int(totals.get("CPU", 1) // per), batches)), per, 0, fused=True)

@@ -39,6 +39,11 @@ def test_bench_writes_json_markdown_and_png(report):
     assert data["machine"]["cpu"]["fp32_gflops"] > 0
     names = {b["name"] for b in data["backends"]}
     assert {"eager-fp32-clay", "onnx-cpu-fp32", "onnx-cpu-int8", "tensorrt-fp16", "onnx-cuda-fp16"} <= names
+    assert {"openvino-cpu-bf16", "openvino-onnx-bf16", "openvino-onnx-fp32"} <= names  # issue 27's rows
+    assert data["machine"]["cpu"]["features"].startswith("AMX-BF16 ")  # the flags that pick the CPU path
+    first_line, text = (out / "bench-tiny.md").read_text().split("\n", 1)
+    assert f"{data['machine']['cpu']['model']} ({data['machine']['cpu']['features']})" in first_line
+    assert "Best eager: the fastest strong PyTorch variant of each batch among those with min cosine ≥ 0.99" in text
     absent = {b["name"]: b["absent"] for b in data["backends"]}
     measured = {r["backend"] for r in data["results"]}
     assert all((absent[n] is None) == (n in measured) for n in names)  # absent ones are listed, not dropped
@@ -63,6 +68,34 @@ def test_every_ratio_is_computed_from_timings_of_the_same_rounds(report):
         assert baseline["ratio_vs_baseline"] == [1.0] * data["repeats"]
         strong = [rows[n] for n in BEST_EAGER if n in rows]  # best eager = the fastest strong PyTorch here
         assert rows[baseline["best_eager"]] == min(strong, key=lambda r: np.median(r["seconds"]))
+
+
+def test_best_eager_counts_only_variants_that_meet_the_int8_bound():
+    """A fast PyTorch variant that breaks the model (issue 27: bf16 autocast at cosine 0.85 on an AMX
+    Xeon) is reported but is not the competitor the artifacts are compared with."""
+    import time
+
+    from clay.benchmarks.backends import Backend
+    from clay.benchmarks.bench import measure
+
+    reference = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+
+    def runner(seconds: float, output: np.ndarray):
+        def run(pixels, lonlat, date):
+            time.sleep(seconds)
+            return output
+
+        return run
+
+    broken = reference[::-1].copy()  # fast, but each chip gets the other's embedding
+    backends = [Backend(BASELINE, "", "fp32", runner(0.02, reference)),
+                Backend("eager-fp32-sdpa", "", "fp32", runner(0.01, reference)),
+                Backend("eager-bf16-sdpa", "", "bf16", runner(0.001, broken))]  # fmt: skip
+    chips = (np.zeros((2, 1, 1, 1), np.float32), np.zeros((2, 2), np.float32), np.zeros((2, 3), np.float32))
+    results = {r.backend: r for r in measure(backends, chips, 2, 2, 1, {})}
+    assert results["eager-bf16-sdpa"].cosine_min < 0.99
+    assert {r.best_eager for r in results.values()} == {"eager-fp32-sdpa"}
+    assert results[BASELINE].best_eager_excluded == [f"eager-bf16-sdpa (min cosine {results['eager-bf16-sdpa'].cosine_min:.4f})"]
 
 
 def test_a_gpu_report_names_the_card_and_its_measured_peaks_and_keeps_the_cpu_files(report, tmp_path):
