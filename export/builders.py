@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clay.runtime.bands import CHIP_SIZE, bands_of_groups
 from clay.runtime.formats import ArtifactFormat, format_named, ir_weights, plan_sidecar
 from clay.runtime.metadata import EngineMetadata
 

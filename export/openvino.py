@@ -45,7 +45,7 @@ def openvino_unavailable_reason() -> str | None:
     try:
         import openvino  # noqa: F401
     except ImportError:
-        return 'OpenVINO is not installed (pip install "clay-runtime[openvino]")'
+        return 'OpenVINO is not installed: pip install "clay-runtime[openvino]", then run this command again'
     return None
 
 

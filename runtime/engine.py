@@ -19,7 +19,14 @@ import numpy as np
 
 from .cpu import CpuInfo, cpu_info
 from .files import first_line
-from .formats import RUNTIME_BACKENDS, format_named, format_of_file, pick_artifact, plan_runtime_cache, plan_sidecar
+from .formats import (
+    RUNTIME_BACKENDS,
+    format_named,
+    format_of_file,
+    pick_artifact,
+    plan_runtime_cache,
+    plan_sidecar,
+)
 from .metadata import EngineMetadata, MetadataError
 from .tensorrt_plan import (
     FLAVOURS,

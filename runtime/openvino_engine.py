@@ -61,10 +61,10 @@ class OpenVinoEngine(Engine):
         threads = threads or len(os.sched_getaffinity(0))
         compiled = self._compile(core, "bf16", threads)
         self.inference_precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        self.fallback = ""
+        self.precision_fallback = ""
         unpinned = bf16_pinned_layers(compiled, pinned)
         if unpinned:
-            self.fallback = (f"OpenVINO {ov.get_version().split('-')[0]} ran float32-pinned layers in bf16 "
+            self.precision_fallback = (f"OpenVINO {ov.get_version().split('-')[0]} ran float32-pinned layers in bf16 "
                              f"({unpinned[0]}…): compiled in f32")  # fmt: skip
             compiled = self._compile(core, "f32", threads)
             self.inference_precision = "f32"
@@ -84,8 +84,8 @@ class OpenVinoEngine(Engine):
         return {name: np.array(results[k], copy=True) for k, name in enumerate(self._outputs)}
 
     def runs_in(self) -> str:
-        if self.fallback:
-            return f"{self.metadata.precision} artifact run in f32: {self.fallback}"
+        if self.precision_fallback:
+            return f"{self.metadata.precision} artifact run in f32: {self.precision_fallback}"
         if self.inference_precision != "bf16":
             return f"{self.metadata.precision} artifact run in {self.inference_precision}: this CPU has no bf16 dot products"
         return self.metadata.precision
