@@ -15,7 +15,7 @@ from clay.benchmarks.flops import encoder_flops  # noqa: E402
 from clay.training.model import get_size  # noqa: E402
 from clay.training.precision import cpu_has_bf16  # noqa: E402
 
-from .conftest import SHARED_DATA, run_module  # noqa: E402
+from .conftest import REAL_DATA, run_module  # noqa: E402
 
 
 def test_small_encoder_flops_match_the_published_shape():
@@ -89,9 +89,8 @@ def test_commit_is_marked_when_the_measured_tree_differs_from_it():
     assert short_commit("0123456789abcdef") == "0123456789"
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real samples not found under {SHARED_DATA}")
 def test_real_scene_fidelity_covers_every_sample_chip_and_patch(tmp_path):
-    result = run_module("clay.benchmarks.real_scenes", "--size", "tiny", "--data", SHARED_DATA, "--batch", "2", "--out", tmp_path)
+    result = run_module("clay.benchmarks.real_scenes", "--size", "tiny", "--data", REAL_DATA, "--batch", "2", "--out", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads((tmp_path / "real-scenes-tiny.json").read_text())
     rows = {r["scene"]: r for r in data["fidelity"]}

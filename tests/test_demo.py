@@ -14,7 +14,7 @@ from clay.runtime.cli import DEMO_DIR, DEMO_ENGINE, DEMO_SCENE
 from PIL import Image
 from shapely import from_wkb
 
-from .conftest import SHARED_DATA
+from .conftest import SSL4EO
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,15 +115,14 @@ def test_water_probe_reads_a_target_the_three_components_carry_and_not_one_they_
     assert explained_by_three_components(vectors, vectors[:, 40]) < 0.05
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "ssl4eo-s12-0000200").is_dir(), reason=f"real samples not found under {SHARED_DATA}")
 def test_the_s2_s1_pair_trains_as_one_padded_chip_with_linear_sar(tmp_path):
     from clay.runtime.bands import GROUP_NAMES
     from clay.training.data import inspect_chip
-    from clay.training.demo import PAIR, prepare
+    from clay.training.demo import prepare
 
-    train, _ = prepare(tmp_path, DEMO_SCENE, PAIR)
+    train, _ = prepare(tmp_path, DEMO_SCENE, SSL4EO)  # the shipped crop of the pair (128² px of S2)
     chip = inspect_chip(train / "ssl4eo-s2-s1.tif", GROUP_NAMES, partial_groups=True, pad_small=True)
-    assert chip.groups == ("rgb", "rededge", "nir", "swir", "sar") and (chip.height, chip.width) == (262, 262)  # S1 cover
+    assert chip.groups == ("rgb", "rededge", "nir", "swir", "sar") and (chip.height, chip.width) == (128, 128)  # S1 covers the crop
     with rasterio.open(chip.path) as src:
         sar = src.read([src.descriptions.index(b) + 1 for b in ("VH", "VV")])
         assert src.tags()["date"] == "2020-06-04" and src.crs.to_epsg() == 4326
