@@ -17,11 +17,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+from clay.runtime.cli import DEMO_SCENE
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from shapely import from_wkb
-
-from clay.runtime.cli import DEMO_SCENE
 
 from .conftest import SSL4EO, trained_like_tiny
 

@@ -51,10 +51,10 @@ def crop_ssl4eo(shared: Path) -> None:
     s2, s1 = "s2l2a-20200604", "s1grd-20200607"
     with rasterio.open(source / s2 / "B2.tif") as ref:
         bounds = rasterio.windows.bounds(Window(0, 0, CROP, CROP), ref.transform)
-    for band in S2_10M + S2_20M + S2_60M:
-        copy_window(source / s2 / f"{band}.tif", out / s2 / f"{band}.tif", covering(source / s2 / f"{band}.tif", bounds))
-    for band in ("VH", "VV"):
-        copy_window(source / s1 / f"{band}.tif", out / s1 / f"{band}.tif", covering(source / s1 / f"{band}.tif", bounds))
+    for product, bands in ((s2, S2_10M + S2_20M + S2_60M), (s1, ("VH", "VV"))):
+        for band in bands:
+            path = source / product / f"{band}.tif"
+            copy_window(path, out / product / path.name, covering(path, bounds))
 
 
 def covering(path: Path, bounds: tuple[float, float, float, float]) -> Window:
