@@ -127,8 +127,8 @@ def load(http: str, chips: tuple[np.ndarray, np.ndarray, np.ndarray], clients: i
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start
-    return {"clients": clients, "seconds": wall, "requests": len(latencies), "errors": len(errors), "wrong": len(wrong),
-            "error_examples": errors[:3], "chips_per_s": len(latencies) / wall,
+    return {"clients": clients, "seconds": wall, "requests": len(latencies), "errors": len(errors),
+            "wrong": len(wrong), "error_examples": errors[:3], "chips_per_s": len(latencies) / wall,
             "p50_ms": 1000 * float(np.percentile(latencies, 50)) if latencies else None,
             "p99_ms": 1000 * float(np.percentile(latencies, 99)) if latencies else None}  # fmt: skip
 

@@ -207,7 +207,8 @@ def test_load_of_16_clients_is_batched_without_errors_and_each_gets_its_own_row(
     with running_server(demo_fp32, "--max-batch", "8", "--max-delay-ms", "20") as running:
         result = load(running["http"], (pixels, lonlat, date), clients=16, seconds=6, expected=expected)
         batches = batch_histogram(running["http"])
-    print(f"served {result['chips_per_s']:.1f} chips/s, {result['requests']} requests, mean batch {batches['mean_rows']:.1f}")
+    print(f"served {result['chips_per_s']:.1f} chips/s, {result['requests']} requests, "
+          f"mean batch {batches['mean_rows']:.1f}")
     assert result["errors"] == 0, result["error_examples"]
     assert result["requests"] >= 16 and result["wrong"] == 0
     assert batches["mean_rows"] >= 2 and batches["cumulative"]["1.0"] < batches["batches"]  # batching at work
