@@ -11,8 +11,9 @@ from pathlib import Path
 import click
 import pyarrow.parquet as pq
 
-from .api import ClayEmbedder
+from .api import ClayEmbedder, check_patch_embeddings, prepare_output_folder, remove_if_empty
 from .console import require_extra
+from .demo import DEMO_ENGINE, DEMO_SCENE
 from .engine import BACKENDS, EngineError
 from .files import SceneError, SceneFiles, discover_scenes, parse_date
 from .formats import describe_formats
@@ -24,9 +25,6 @@ from .pipeline import SceneResult
 from .ray_job import RayJobError, RunCounts, ray_cluster, run_on_ray
 from .scene import Scene, gsd_warning, open_scene
 
-DEMO_DIR = Path(__file__).parent / "demo"
-DEMO_ENGINE = DEMO_DIR / "clay-demo-tiny-s2.int8.onnx"
-DEMO_SCENE = DEMO_DIR / "T48QUE-20200223"
 DEMO_STORY = (
     "The picture shows the Sentinel-2 scene (left) beside the embeddings as colour: the first three "
     "principal components of the per-patch embeddings, standardised within each chip (middle, one "
@@ -50,16 +48,6 @@ def output_paths(scenes: list[SceneFiles], out: Path | None) -> list[Path]:
     if len(set(targets)) != len(targets):
         raise SceneError("two scenes have the same file name; run them into different --out directories")
     return targets
-
-
-def ensure_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".clay-write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise SceneError(f"{folder}: output directory is not writable ({exc.strerror or exc})") from None
 
 
 class Progress:
@@ -177,17 +165,20 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
                          date=date, sar_units=sar_units, s2_offset=s2_offset, readers=readers,
                          keep_going=keep_going or use_ray, resume=resume)  # fmt: skip
     failures: list[tuple[str, str]] = []
+    created: list[Path] = []  # output folders this run made: removed again if it writes nothing there
     try:
         scene_files = discover_scenes(scenes)
         targets = output_paths(scene_files, out)
         if use_ray:
-            run_with_ray(engine_path, backend, threads, scene_files, targets, options, failures, preview)
+            run_with_ray(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
         else:
-            run_here(engine_path, backend, threads, scene_files, targets, options, failures, preview)
+            run_here(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
     except (SceneError, EngineError, OutputError, RayJobError, ValueError) as exc:
         sys.exit(f"clay-run: {exc}")
     except KeyboardInterrupt:
         sys.exit("clay-run: interrupted; finished scenes are kept, rerun with --resume to continue")
+    finally:
+        remove_if_empty(created)
     if failures:
         click.echo(f"clay-run: {len(failures)} scene(s) failed:", err=True)
         for name, reason in failures:
@@ -202,11 +193,12 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
 
 
 def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles], targets: list[Path],
-             options: RunOptions, failures: list, preview: Path | None) -> None:  # fmt: skip
+             options: RunOptions, failures: list, preview: Path | None, created: list[Path]) -> None:  # fmt: skip
     """The single-machine run: one engine, reader threads, the pipeline."""
     with ClayEmbedder(engine_path, backend, threads, options) as embedder:
         click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}", err=True)
-        jobs = plan_jobs(embedder.open_scene, scene_files, targets, options, failures)
+        check_patch_embeddings(embedder.metadata, options.patch_embeddings, "--patch-embeddings")
+        jobs = plan_jobs(embedder.open_scene, scene_files, targets, options, failures, created)
         check_preview(preview, jobs)
         start = time.perf_counter()
         results = run_jobs(embedder, jobs, options, failures)
@@ -217,8 +209,8 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
                 f"time in: {stages} ({embedder.options.reader_count} reader threads)")  # fmt: skip
 
 
-def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles],
-                 targets: list[Path], options: RunOptions, failures: list, preview: Path | None) -> None:  # fmt: skip
+def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles], targets: list[Path],
+                 options: RunOptions, failures: list, preview: Path | None, created: list[Path]) -> None:  # fmt: skip
     """``--ray``: the same validation on this machine (the driver), then the job on Ray Data
     (:mod:`clay.runtime.ray_job`); Ray's start-up is reported apart from the run's speed."""
     started = time.perf_counter()
@@ -226,8 +218,9 @@ def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_fil
         engine = cluster.engine(engine_path, backend, threads)
         startup = time.perf_counter() - started
         click.echo(f"clay-run: ray: {cluster.describe()}; engine {engine.name} on {engine.description}", err=True)
+        check_patch_embeddings(engine.metadata, options.patch_embeddings, "--patch-embeddings")
         jobs = plan_jobs(lambda files, opts: open_scene(files, engine.metadata, opts), scene_files, targets, options,
-                         failures)  # fmt: skip
+                         failures, created)  # fmt: skip
         check_preview(preview, jobs)
         chips = sum(len(scene.chips(options.edge)) for scene, _ in jobs)
         layout = cluster.layout(engine, threads, -(-chips // (options.batch_size or engine.preferred_batch)))
@@ -256,12 +249,13 @@ def draw_preview(preview: Path | None, jobs: list, results: list[SceneResult], m
 
 
 def plan_jobs(open_one: Callable[[SceneFiles, RunOptions], Scene], scene_files: list[SceneFiles], targets: list[Path],
-              options: RunOptions, failures: list) -> list:  # fmt: skip
+              options: RunOptions, failures: list, created: list[Path]) -> list:  # fmt: skip
     """Validate every scene before any work starts (``open_one``: open a scene against the engine);
     skip complete ones with --resume. A scene that fails validation stops the run, or with
-    --keep-going is listed as failed."""
+    --keep-going is listed as failed. The output folders are made (and checked writable) first;
+    the ones made here are added to ``created``."""
     for folder in dict.fromkeys(target.parent for target in targets):
-        ensure_writable(folder)
+        created += prepare_output_folder(folder)
     jobs = []
     for files, target in zip(scene_files, targets):
         paths = ScenePaths.for_chip_file(target, options.patch_embeddings)

@@ -226,3 +226,28 @@ def test_api_options_reach_what_the_cli_does(engine_dir, tmp_path):
         assert b'"s2_offset_removed": 1000' in table.schema.metadata[b"clay:preprocessing"]
     with pytest.raises(ValueError, match="sar_units must be one of"):
         RunOptions(sar_units="decibel")
+
+
+def test_a_missing_patch_output_is_named_in_the_callers_terms(engine_dir, tmp_path):
+    """The Python API names the RunOptions field (or embed's argument), clay-run its flag; both say
+    how to get such an engine; the CLI says it before any output folder is made."""
+    import subprocess
+    import sys
+
+    from clay.runtime import ClayEmbedder, RunOptions, SceneError
+    from clay.runtime.bands import S2_BANDS
+    from clay.training.synthetic import make_chips, write_scene
+
+    scene = write_scene(tmp_path / "s.tif", 512, 512, dtype="uint16", bands=S2_BANDS)
+    with ClayEmbedder(engine_dir) as embedder:
+        with pytest.raises(SceneError, match=r"^patch_embeddings=True needs .*clay-export --patch-embeddings"):  # fmt: skip
+            embedder.embed_scene(scene, RunOptions(patch_embeddings=True))
+        pixels, lonlat, date = make_chips(1, seed=3)
+        with pytest.raises(SceneError, match=r"^patch_embeddings=True needs"):
+            embedder.embed(pixels[:, : len(S2_BANDS)], lonlat, date, patch_embeddings=True)  # S2: the first 10
+    out = tmp_path / "new"
+    result = subprocess.run([sys.executable, "-m", "clay.runtime.cli", str(scene), "--engine", str(engine_dir),
+                             "--patch-embeddings", "--out", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and last_line.startswith("clay-run: --patch-embeddings needs")
+    assert "Traceback" not in result.stderr and not out.exists()

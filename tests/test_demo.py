@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
-from clay.runtime.cli import DEMO_DIR, DEMO_ENGINE, DEMO_SCENE
+from clay.runtime.demo import DEMO_DIR, DEMO_ENGINE, DEMO_SCENE
 from PIL import Image
 from shapely import from_wkb
 
@@ -130,8 +130,8 @@ def test_the_s2_s1_pair_trains_as_one_padded_chip_with_linear_sar(tmp_path):
 
 
 def test_demo_folder_holds_only_what_the_demo_needs():
-    names = sorted(p.name for p in DEMO_DIR.iterdir())
-    assert names == sorted([DEMO_ENGINE.name, DEMO_SCENE.name])
+    names = sorted(p.name for p in DEMO_DIR.iterdir() if p.name != "__pycache__")
+    assert names == sorted([DEMO_ENGINE.name, DEMO_SCENE.name, "__init__.py"])
 
 
 def test_coarser_bands_read_by_resampled_window_equal_the_warp():

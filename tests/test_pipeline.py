@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 from clay.runtime.bands import S2_BANDS
-from clay.runtime.cli import DEMO_ENGINE
+from clay.runtime.demo import DEMO_ENGINE
 from clay.runtime.engine import NULL_CLOCK, Engine, read_engine_metadata
 from clay.runtime.options import RunOptions
 from clay.runtime.output import ScenePaths

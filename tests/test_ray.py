@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 from clay.runtime.bands import S2_BANDS
-from clay.runtime.cli import DEMO_ENGINE, main
+from clay.runtime.cli import main
+from clay.runtime.demo import DEMO_ENGINE
 from clay.runtime.ray_job import DIE_AFTER_ENV, DIE_MARKER_ENV, MAX_BLOCKS, chips_per_block
 from clay.training.synthetic import write_scene
 

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
-from clay.runtime.cli import DEMO_SCENE
+from clay.runtime.demo import DEMO_SCENE
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from shapely import from_wkb
