@@ -69,6 +69,23 @@ def test_demo_preview_is_a_real_picture(demo_run):
     assert np.abs(left.mean(axis=(0, 1)) - right.mean(axis=(0, 1))).max() > 5 or np.abs(left - right).mean() > 20
 
 
+def test_the_preview_title_wraps_at_words_and_keeps_the_whole_demo_description(demo_run):
+    from clay.runtime.engine import read_engine_metadata
+    from clay.runtime.preview import title_lines
+    from PIL import ImageDraw
+
+    out, _ = demo_run
+    with Image.open(out / "demo-preview.png") as picture:
+        width = picture.width - 16  # the title's room: the canvas less its two margins
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    weights = read_engine_metadata(DEMO_ENGINE).weights
+    title = f"T48QUE-20200223  |  2020-02-23  |  engine {DEMO_ENGINE.name} (int8)  |  model: tiny, {weights}"
+    assert " ".join(title_lines(title, width, measure)) == title  # the demo's canvas holds all of it
+    short = title_lines(title, 400, measure)
+    assert len(short) == 2 and short[-1].endswith(" ...") and all(measure(line) <= 400 for line in short)
+    assert set(" ".join(short).removesuffix(" ...").split(" ")) <= set(title.split(" "))  # no word cut
+
+
 torch = pytest.importorskip("torch", reason="re-exporting and scoring the demo weights needs the [export] extra")
 
 
