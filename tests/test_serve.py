@@ -122,6 +122,8 @@ def test_bad_requests_are_4xx_with_one_line_and_the_server_keeps_serving(server,
         # a batch above --max-batch is also a body above the server's limit: refused before it is read
         assert caught.value.status() == ("413" if case.startswith("batch above") else "400"), case
         assert "\n" not in caught.value.message() and len(caught.value.message()) < 300, case
+        if case.startswith("batch above"):  # says which limit, in the terms the server was started with
+            assert "at most 2 chips of 10 bands per request: --max-batch 2" in caught.value.message()
         good = client.infer("clay", http_inputs(pixels[:1], lonlat[:1], date[:1])).as_numpy("embedding")
         assert cosine(good, expected[:1]).min() >= 0.99999, f"after {case}"
     with pytest.raises(th.InferenceServerException) as caught:
@@ -143,6 +145,20 @@ def test_bad_requests_are_4xx_with_one_line_and_the_server_keeps_serving(server,
         grpc.infer("clay", [tensor])
     assert "INVALID_ARGUMENT" in str(caught.value.status())
     assert client.infer("clay", http_inputs(pixels[:1], lonlat[:1], date[:1])).as_numpy("embedding").shape == (1, 256)
+    refusals = [line for line in logged(server, "refused a request: request body of") if "--max-batch 2" in line]
+    assert refusals, "".join(server["log"][-10:])  # an oversize body is logged in one line like the 400s
+
+
+def logged(server: dict, text: str, seconds: float = 10) -> list[str]:
+    """The server's log lines holding ``text`` (read by a thread: waits up to ``seconds`` for one)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        found = [line for line in list(server["log"]) if text in line]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def broken_engine(path: Path) -> Path:
