@@ -71,8 +71,8 @@ def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, patch_em
         report = export_artifacts(options, log=lambda line: click.echo(line, err=True))
     except (ExportError, ValueError) as exc:
         sys.exit(f"clay-export: {exc}")
-    for note in report.notes:
-        click.echo(f"clay-export: {note}", err=True)
+    for line in report.summary + report.notes:
+        click.echo(f"clay-export: {line}", err=True)
     for path in report.artifacts:
         click.echo(str(path))
 
