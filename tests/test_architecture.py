@@ -87,7 +87,10 @@ def test_a_console_script_without_its_extra_says_which_to_install(entry, command
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert lines[0].startswith(f'{command} needs the {extra} extra: pip install "clay-runtime[{extra}]"'), lines[0]
+    # the folder this environment was installed from (the checkout), torch first where it is missing
+    torch_first = "pip install torch && " if "torch" in blocked else ""
+    assert lines[0].startswith(f'{command} needs the {extra} extra: {torch_first}pip install "{ROOT}[{extra}]" ('), lines[0]
+    assert ("torch first: the CPU or CUDA build you want" in lines[0]) == ("torch" in blocked)
 
 
 def test_console_scripts_point_at_the_guarded_entry_points():
