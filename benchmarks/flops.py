@@ -63,7 +63,7 @@ def measured_clock_mhz() -> float | None:
     return clock if clock < MAX_PLAUSIBLE_MHZ else None  # a core that beats the chain: trust nothing
 
 from clay.runtime.bands import BAND_GROUPS, GRID_SIZE, PATCH_SIZE
-from clay.training.model import ModelSize
+from clay.training.sizes import ModelSize
 
 
 def encoder_flops(size: ModelSize, groups=tuple(BAND_GROUPS)) -> int:

@@ -25,7 +25,8 @@ from clay.training.checkpoint import (
     load_clay_mae,
     read_checkpoint_file,
 )
-from clay.training.model import ClayMAE, get_size, random_clay_mae
+from clay.training.model import ClayMAE, random_clay_mae
+from clay.training.sizes import get_size
 
 from . import check
 from .builders import BUILDERS, BuildJob, FormatUnavailable

@@ -9,9 +9,8 @@ import click
 from clay.runtime.bands import GROUP_NAMES, parse_groups
 from clay.runtime.console import setup_logging
 from clay.runtime.formats import FORMATS
-from clay.training.model import SIZES
+from clay.training.sizes import SIZES
 
-from .artifacts import ExportError, ExportOptions, export_artifacts
 from .tensorrt_build import BatchProfile
 
 
@@ -58,6 +57,8 @@ def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, patch_em
     is below its format's bound (listed at the end of --help).
     """
     setup_logging("clay-export")
+    from .artifacts import ExportError, ExportOptions, export_artifacts  # torch: after --help and bad flags
+
     try:
         options = ExportOptions(
             out=out, checkpoint=checkpoint, size=size, random_weights=random_weights,

@@ -254,3 +254,37 @@ def test_a_missing_patch_output_is_named_in_the_callers_terms(engine_dir, tmp_pa
     last_line = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 1 and last_line.startswith("clay-run: --patch-embeddings needs")
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+@pytest.mark.parametrize(("entry", "command"), [("clay.training", "clay-train"), ("clay.export", "clay-export")])
+def test_help_answers_without_loading_torch_or_lightning(entry, command):
+    """--help is read before anything heavy is imported (it took seconds when it was not)."""
+    code = (f"import sys\nsys.argv = [{command!r}, '--help']\nfrom {entry} import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'onnx', 'polygraphy'})\n"
+            "print('loaded:', heavy)\n")  # fmt: skip
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"usage: {command}") or result.stdout.startswith("Usage: clay-export"), result.stdout[:200]
+    assert "loaded: []" in result.stdout
+
+
+def test_clay_train_help_offers_what_lightnings_own_top_level_help_offers():
+    """clay-train --help is ours (no Lightning import); the same subcommands and options as LightningCLI's."""
+    pytest.importorskip("lightning", reason="the training extra")
+    import os
+    import subprocess
+    import sys
+
+    from clay.training import top_level_help
+
+    theirs = subprocess.run([sys.executable, "-m", "clay.training.cli", "--help"], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "COLUMNS": "200"}).stdout  # fmt: skip
+    ours = top_level_help()
+
+    def offered(text: str) -> tuple[set[str], set[str]]:
+        subcommands = set(re.search(r"\{([a-z,]+)\}", text).group(1).split(","))
+        return subcommands, set(re.findall(r"(?<![\w-])--?[a-z][a-z_]*", text.split("subcommands:")[0]))
+
+    assert offered(ours)[0] == offered(theirs)[0] == {"fit", "validate", "test", "predict"}
+    assert offered(theirs)[1] <= offered(ours)[1], (offered(theirs)[1], offered(ours)[1])

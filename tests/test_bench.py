@@ -12,8 +12,8 @@ pytest.importorskip("matplotlib", reason="the benchmark needs the [bench] extra"
 
 from clay.benchmarks.bench import BASELINE, BEST_EAGER  # noqa: E402
 from clay.benchmarks.flops import encoder_flops  # noqa: E402
-from clay.training.model import get_size  # noqa: E402
 from clay.training.precision import cpu_has_bf16  # noqa: E402
+from clay.training.sizes import get_size  # noqa: E402
 
 from .conftest import REAL_DATA, run_module  # noqa: E402
 
