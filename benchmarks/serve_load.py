@@ -38,10 +38,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(engine: Path, *args: str, timeout: float = 90) -> Iterator[dict]:
-    """``clay-serve`` in a subprocess on free loopback ports, ready when yielded, stopped after
-    (SIGTERM, then SIGKILL after 20 s)."""
-    http, grpc = free_port(), free_port()
+def running_server(engine: Path, *args: str, timeout: float = 90, ports: tuple[int, int] | None = None) -> Iterator[dict]:
+    """``clay-serve`` in a subprocess on loopback (``ports``: HTTP and gRPC, default two free ones),
+    ready when yielded, stopped after (SIGTERM, then SIGKILL after 20 s)."""
+    http, grpc = ports or (free_port(), free_port())
     command = [sys.executable, "-m", "clay.runtime.serve", "--engine", str(engine), "--http-port", str(http),
                "--grpc-port", str(grpc), *args]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
