@@ -21,6 +21,7 @@ the section, so that an edit to the README that breaks an example says where.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -116,16 +117,23 @@ class ReadmeSession:
         self.folder.mkdir()
         self.scripts.mkdir()
         self.failed: dict[int, str] = {}
+        self.skipped: dict[int, str] = {}
         self.done: set[int] = set()
 
     def run_through(self, block: Block) -> str | None:
-        """Run every block up to ``block``; its failure message, or ``None``."""
+        """Run every block up to ``block``; its failure message, or ``None`` (a block that cannot
+        run on this machine skips its own test, not the tests of the blocks after it)."""
         for earlier in RUNNABLE[: RUNNABLE.index(block) + 1]:
             if earlier.line not in self.done:
                 self.done.add(earlier.line)
-                error = self.run(earlier)
+                try:
+                    error = self.run(earlier)
+                except pytest.skip.Exception as reason:
+                    self.skipped[earlier.line], error = str(reason), None
                 if error:
                     self.failed[earlier.line] = error
+        if block.line in self.skipped:
+            pytest.skip(self.skipped[block.line])
         error = self.failed.get(block.line)
         before = [line for line in self.failed if line < block.line]
         if error and before:
@@ -146,11 +154,18 @@ class ReadmeSession:
         from clay.benchmarks.serve_load import running_server
         from clay.runtime.demo import DEMO_ENGINE
 
+        taken = f"port 8080 or 8081 is taken on this machine; {block.where()} calls clay-serve there"
         for port in SERVE_PORTS:
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    pytest.skip(f"port {port} is taken on this machine; {block.where()} calls clay-serve there")
-        with running_server(DEMO_ENGINE, ports=SERVE_PORTS):
+                    pytest.skip(taken)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(running_server(DEMO_ENGINE, ports=SERVE_PORTS))
+            except RuntimeError as exc:  # taken since the probe (another run of this test, say)
+                if "cannot listen on" in str(exc):
+                    pytest.skip(taken)
+                raise
             return self.run(Block(block.line, block.lang, block.code, None, block.section))
 
     def script(self, block: Block, text: str, suffix: str) -> Path:
