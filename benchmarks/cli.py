@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 from clay.runtime.bands import GROUP_NAMES
+from clay.runtime.console import setup_logging
 from clay.runtime.engine import available_backends, open_engine
 from clay.runtime.metadata import package_versions
 from clay.training.synthetic import make_chips, write_scene
@@ -42,6 +43,9 @@ ALL_BACKENDS = ("eager-fp32-clay", "eager-fp32-sdpa", "eager-bf16-sdpa", "compil
 def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out) -> None:
     """Measure eager PyTorch (the baseline), best eager, ONNX Runtime and TensorRT on the same chips.
 
+    A quick look (about half a minute on 2 cores): clay-bench --size tiny --batch 1 --repeats 1
+    --backends onnx-cpu-int8
+
     Writes bench-SIZE.json (everything, with hardware, versions and commit), bench-SIZE.md and
     bench-SIZE.png into --out (bench-SIZE-gpu.* where PyTorch sees a CUDA GPU: the PyTorch rows then
     run on it, in fp16 and bf16 too, against the card's measured matmul rates). Ratios come from
@@ -52,6 +56,7 @@ def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out
     from clay.training.checkpoint import load_clay_mae
     from clay.training.model import random_clay_mae
 
+    setup_logging("clay-bench")  # warnings as one line each; advice that does not apply (quantiser) dropped
     batches = tuple(sorted(set(batches))) or (1, 2)
     threads = threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)

@@ -64,7 +64,7 @@ def measured_clock_mhz() -> float | None:
 
 from clay.runtime.bands import BAND_GROUPS, GRID_SIZE, PATCH_SIZE
 from clay.runtime.cpu import cpu_info
-from clay.training.model import ModelSize
+from clay.training.sizes import ModelSize
 
 
 def encoder_flops(size: ModelSize, groups=tuple(BAND_GROUPS)) -> int:

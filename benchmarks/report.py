@@ -6,7 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
-DEFAULT_OUT = Path(__file__).parent / "results"
+#: Where results go unless told: a folder in the current directory (never inside the installed
+#: package). The repository's committed results are refreshed with ``--out benchmarks/results``.
+DEFAULT_OUT = Path("bench-results")
 
 
 def git_commit() -> str:

@@ -9,7 +9,7 @@ import click
 from clay.runtime.bands import GROUP_NAMES, parse_groups
 from clay.runtime.console import setup_logging
 from clay.runtime.formats import FORMATS
-from clay.training.model import SIZES
+from clay.training.sizes import SIZES
 
 from .artifacts import ExportError, ExportOptions, export_artifacts
 from .tensorrt_build import TARGET_HELP, BatchProfile, parse_targets
@@ -59,6 +59,7 @@ def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, bf16_cpu
     is below its format's bound (listed at the end of --help).
     """
     setup_logging("clay-export")
+
     try:
         options = ExportOptions(
             out=out, checkpoint=checkpoint, size=size, random_weights=random_weights,
@@ -73,8 +74,8 @@ def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, bf16_cpu
         report = export_artifacts(options, log=lambda line: click.echo(line, err=True))
     except (ExportError, ValueError) as exc:
         sys.exit(f"clay-export: {exc}")
-    for note in report.notes:
-        click.echo(f"clay-export: {note}", err=True)
+    for line in report.summary + report.notes:
+        click.echo(f"clay-export: {line}", err=True)
     for path in report.artifacts:
         click.echo(str(path))
 

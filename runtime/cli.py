@@ -13,9 +13,10 @@ from pathlib import Path
 import click
 import pyarrow.parquet as pq
 
-from .api import ClayEmbedder
+from .api import ClayEmbedder, check_patch_embeddings, prepare_output_folder, remove_if_empty
 from .console import require_extra
 from .dates import parse_date
+from .demo import DEMO_ENGINE, DEMO_SCENE
 from .engine import BACKENDS, EngineError, EngineUnavailable
 from .files import SceneError, SceneFiles, discover_scenes, first_line
 from .formats import describe_formats
@@ -27,9 +28,6 @@ from .pipeline import SceneJob, SceneResult
 from .ray_job import RayJobError, RunCounts, ray_cluster, run_on_ray
 from .scene import Scene, open_scene
 
-DEMO_DIR = Path(__file__).parent / "demo"
-DEMO_ENGINE = DEMO_DIR / "clay-demo-tiny-s2.int8.onnx"
-DEMO_SCENE = DEMO_DIR / "T48QUE-20200223"
 DEMO_STORY = (
     "The picture shows the Sentinel-2 scene (left) beside the embeddings as colour: the first three "
     "principal components of the per-patch embeddings, standardised within each chip (middle, one "
@@ -57,16 +55,6 @@ def output_paths(scenes: list[SceneFiles], out: Path | None) -> list[Path]:
                              "run them into different --out directories")  # fmt: skip
         seen[target] = scene
     return targets
-
-
-def ensure_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".clay-write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise SceneError(f"{folder}: output directory is not writable ({exc.strerror or exc})") from None
 
 
 class Progress:
@@ -204,15 +192,16 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
                          date=date, sar_units=sar_units, s2_offset=s2_offset, readers=readers,
                          keep_going=keep_going or use_ray, resume=resume)  # fmt: skip
     failures: list[tuple[str, str]] = []
+    created: list[Path] = []  # output folders this run made: removed again if it writes nothing there
     try:
         scene_files = discover_scenes(scenes, combine=combine)
         targets = output_paths(scene_files, out)
         if preview is not None and len(scene_files) != 1:
             raise SceneError(f"--preview {preview}: draws one scene, {len(scene_files)} to embed")
         if use_ray:
-            run_with_ray(engine_path, backend, threads, scene_files, targets, options, failures, preview)
+            run_with_ray(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
         else:
-            run_here(engine_path, backend, threads, scene_files, targets, options, failures, preview)
+            run_here(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
     except EngineUnavailable as exc:  # the engine cannot run on this machine: exit 2, as for a missing extra
         click.echo(f"clay-run: {exc}", err=True)
         sys.exit(2)
@@ -225,6 +214,8 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
             raise
         sys.exit(f"clay-run: internal error ({type(exc).__name__}: {first_line(exc)}); rerun with CLAY_DEBUG=1 "
                  "for the traceback and report it")  # fmt: skip
+    finally:
+        remove_if_empty(created)
     if failures:
         click.echo(f"clay-run: {len(failures)} scene(s) failed:", err=True)
         for name, reason in failures:
@@ -239,13 +230,14 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
 
 
 def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles], targets: list[Path],
-             options: RunOptions, failures: list, preview: Path | None) -> None:  # fmt: skip
+             options: RunOptions, failures: list, preview: Path | None, created: list[Path]) -> None:  # fmt: skip
     """The single-machine run: one engine, reader threads, the pipeline (which opens the scenes)."""
     with ClayEmbedder(engine_path, backend, threads, options) as embedder:
         if embedder.engine.fallback:
             click.echo(f"clay-run: {embedder.engine.fallback}", err=True)
         click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}", err=True)
-        jobs = plan_jobs(scene_files, targets, options)
+        check_patch_embeddings(embedder.metadata, options.patch_embeddings, "--patch-embeddings")
+        jobs = plan_jobs(scene_files, targets, options, created)
         start = time.perf_counter()
         results = run_jobs(embedder, jobs, options, failures)
         wall = time.perf_counter() - start
@@ -256,8 +248,8 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
                 f"time in: {stages} ({embedder.options.reader_count} reader threads)")  # fmt: skip
 
 
-def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles],
-                 targets: list[Path], options: RunOptions, failures: list, preview: Path | None) -> None:  # fmt: skip
+def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles], targets: list[Path],
+                 options: RunOptions, failures: list, preview: Path | None, created: list[Path]) -> None:  # fmt: skip
     """``--ray``: the scenes opened on this machine (the driver), then the job on Ray Data
     (:mod:`clay.runtime.ray_job`); Ray's start-up is reported apart from the run's speed."""
     started = time.perf_counter()
@@ -267,7 +259,8 @@ def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_fil
         if engine.fallback:
             click.echo(f"clay-run: {engine.fallback}", err=True)
         click.echo(f"clay-run: ray: {cluster.describe()}; engine {engine.name} on {engine.description}", err=True)
-        jobs = open_jobs(engine.metadata, plan_jobs(scene_files, targets, options), options, failures)
+        check_patch_embeddings(engine.metadata, options.patch_embeddings, "--patch-embeddings")
+        jobs = open_jobs(engine.metadata, plan_jobs(scene_files, targets, options, created), options, failures)
         chips = sum(len(scene.chips(options.edge)) for scene, _ in jobs)
         layout = cluster.layout(engine, threads, -(-chips // (options.batch_size or engine.preferred_batch)))
         click.echo(f"clay-run: ray: {chips} chips in {len(jobs)} scene(s) on {layout.describe()}", err=True)
@@ -289,12 +282,13 @@ def draw_preview(preview: Path | None, results: list[SceneResult], metadata: Eng
         render_preview(result.opened, pq.read_table(result.output), patches, metadata, engine_name, preview)
 
 
-def plan_jobs(scene_files: list[SceneFiles], targets: list[Path], options: RunOptions) -> list[SceneJob]:
-    """The scenes to embed and their files, before any is opened: output folders checked writable,
-    complete scenes skipped with --resume. The pipeline opens (validates) each scene ahead of its
-    chips; a scene that fails then stops the run, or with --keep-going is listed as failed."""
+def plan_jobs(scene_files: list[SceneFiles], targets: list[Path], options: RunOptions, created: list[Path]) -> list[SceneJob]:
+    """The scenes to embed and their files, before any is opened: output folders made (the ones made
+    here added to ``created``) and checked writable, complete scenes skipped with --resume. The
+    pipeline opens (validates) each scene ahead of its chips; a scene that fails then stops the run,
+    or with --keep-going is listed as failed."""
     for folder in dict.fromkeys(target.parent for target in targets):
-        ensure_writable(folder)
+        created += prepare_output_folder(folder)
     jobs = []
     for files, target in zip(scene_files, targets):
         paths = ScenePaths.for_chip_file(target, options.patch_embeddings)

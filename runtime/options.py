@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass
 from datetime import date as Date
 
+from .files import SceneError
 from .grid import EDGE_MODES
+from .metadata import EngineMetadata
 
 SAR_UNITS = ("auto", "db", "linear")
 
@@ -54,3 +56,12 @@ class RunOptions:
     @property
     def reader_count(self) -> int:
         return self.readers or cpu_count()
+
+
+def check_patch_embeddings(metadata: EngineMetadata, wanted: bool,
+                           asked_by: str = "patch_embeddings=True") -> None:
+    """Patch embeddings need an engine with the ``patch_embeddings`` output; the error names what
+    asked for them in the caller's terms (``RunOptions``' field, or ``clay-run``'s flag)."""
+    if wanted and not metadata.has_patch_embeddings:
+        raise SceneError(f"{asked_by} needs an engine with patch embeddings (exported with clay-export "
+                         "--patch-embeddings); this one has only the chip embedding")  # fmt: skip

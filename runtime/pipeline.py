@@ -31,7 +31,7 @@ from .files import SceneError, SceneFiles, first_line
 from .geometry import patch_polygons
 from .grid import Chip, patch_cells
 from .metadata import EngineMetadata
-from .options import RunOptions
+from .options import RunOptions, check_patch_embeddings
 from .output import OutputError, SceneOutput, ScenePaths, file_metadata, row_columns, warm_up
 from .reader import gdal_env, read_chip
 from .scene import Scene, open_scene
@@ -165,8 +165,7 @@ def run_scenes(
     on, otherwise the :class:`SceneError` is raised.
     """
     meta = engine.metadata
-    if options.patch_embeddings and not meta.has_patch_embeddings:
-        raise SceneError("--patch-embeddings needs an engine exported with --patch-embeddings")
+    check_patch_embeddings(meta, options.patch_embeddings)
     clock = clock or StageClock()
     batch = options.batch_size or engine.preferred_batch
     # Chip n of the stream is read into ring[n % len(ring)]; a batch is a contiguous slice of it.

@@ -42,7 +42,7 @@ from .files import SceneError, first_line
 from .formats import CPU_BACKENDS
 from .grid import Chip
 from .metadata import EngineMetadata
-from .options import RunOptions, cpu_count
+from .options import RunOptions, check_patch_embeddings, cpu_count
 from .output import OutputError, SceneOutput, ScenePaths
 from .pipeline import SceneResult, group_means, nothing_to_embed, scene_identity, write_chip_rows
 from .reader import gdal_env, read_chip
@@ -384,8 +384,7 @@ def run_on_ray(
     cannot run at all raises :class:`RayJobError`. ``stats`` (for benchmarks) receives Ray Data's
     execution statistics under ``"dataset"`` once the job is done.
     """
-    if options.patch_embeddings and not engine.metadata.has_patch_embeddings:
-        raise SceneError("--patch-embeddings needs an engine exported with --patch-embeddings")
+    check_patch_embeddings(engine.metadata, options.patch_embeddings)
     if not jobs:
         return
     batch = options.batch_size or engine.preferred_batch

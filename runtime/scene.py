@@ -306,7 +306,7 @@ def scene_date(scene: SceneFiles, used: list[Header], override: Date | None) -> 
         try:
             found = file_date(header.path, header.tags, header.date)
         except ValueError as exc:
-            raise SceneError(f"{header.path}: {exc}; pass --date YYYY-MM-DD") from None
+            raise SceneError(f"{header.path}: {exc}; pass --date YYYY-MM-DD (RunOptions(date=...) in Python)") from None
         if found:
             dated.append((header, found))
     by_file = {h.path.name: f"{d.date} ({d.source})" for h, d in dated}
@@ -315,7 +315,7 @@ def scene_date(scene: SceneFiles, used: list[Header], override: Date | None) -> 
     trusted = [(h, d) for h, d in dated if d.trusted]
     if not (trusted or dated):
         raise SceneError(f"{scene.path}: no acquisition date (no acquisition tag, product name or TIFF DateTime); "
-                         "pass --date YYYY-MM-DD")  # fmt: skip
+                         "pass --date YYYY-MM-DD (RunOptions(date=...) in Python)")  # fmt: skip
     header, chosen = (trusted or dated)[0]
     of_file = "" if chosen is header.date else f" of {header.path.name}"  # a catalogue's date names its Item
     note = {"value": str(chosen.date), "source": f"{chosen.source}{of_file}"}
