@@ -11,7 +11,6 @@ from clay.runtime.console import setup_logging
 from clay.runtime.formats import FORMATS
 from clay.training.sizes import SIZES
 
-from .artifacts import ExportError, ExportOptions, export_artifacts
 from .tensorrt_build import TARGET_HELP, BatchProfile, parse_targets
 
 
@@ -59,6 +58,7 @@ def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, bf16_cpu
     is below its format's bound (listed at the end of --help).
     """
     setup_logging("clay-export")
+    from .artifacts import ExportError, ExportOptions, export_artifacts  # torch: after --help and bad flags
 
     try:
         options = ExportOptions(

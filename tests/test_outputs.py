@@ -242,10 +242,11 @@ def test_a_run_that_fails_before_writing_leaves_no_output_folder(tmp_path):
     scene = tmp_path / "scene.tif"
     profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 1, "dtype": "uint8", "crs": "EPSG:32648",
                "transform": rasterio.transform.from_origin(0, 0, 10, 10)}  # fmt: skip
-    with rasterio.open(scene, "w", **profile) as dst:  # a data type the runtime refuses
+    with rasterio.open(scene, "w", **profile) as dst:  # one band of the engine's ten: refused at opening
         dst.write(np.ones((1, 64, 64), np.uint8))
+        dst.set_band_description(1, "B02")
     result = clay_run(scene, "--engine", DEMO_ENGINE, "--out", tmp_path / "new" / "out")
-    assert result.returncode == 1 and "unsupported data type" in result.stderr
+    assert result.returncode == 1 and "lacks band(s) B03" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "new").exists()
     (tmp_path / "kept").mkdir()  # a folder that was there before the run is left alone
