@@ -163,16 +163,19 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
     """Embed GeoTIFF SCENES with a Clay engine into GeoParquet.
 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
-    given together or found in one folder (sub-folders too: an S2 and an S1 product side by side);
-    they are resampled bilinearly onto the grid of the finest file while reading. A folder of
-    multi-band files gives one scene per file. A SCENE may also be a GDAL-readable URI (/vsis3/...,
+    given together or found in one folder (sub-folders too: an S2 and an S1 product side by side;
+    other files there, such as visual.tif or SCL.tif, are ignored and listed); they are resampled
+    bilinearly onto the grid of the finest file holding S2 bands (ground distance) while reading. A
+    folder of multi-band files gives one scene per file. A SCENE may also be a GDAL-readable URI (/vsis3/...,
     s3://..., https://...), a STAC Item (.json file or URL; its band assets, dates, scale/offset
     and S2 offset convention as the Item declares them), an ItemCollection (one scene per Item,
     named after its id), or a .txt manifest listing one scene a line.
 
-    Each scene needs a CRS, the engine's bands (13 in Clay order, or named by band description or
-    file name: B02…B12, VH, VV, DEM; extra bands are ignored) and an acquisition date (a 'date'
-    tag, the TIFF DateTime tag, or --date). The summary line says where the time went.
+    Each scene needs a CRS and a geotransform, the engine's bands (13 in Clay order, or named by band
+    description or file name: B02…B12, VH, VV, DEM; extra bands are ignored) and a sensing date
+    (acquisition tags, a product name, the TIFF DateTime last, or --date). Masks, nodata, GDAL
+    scale/offset, units and each scene's S2 offset convention are applied per scene and recorded
+    in the outputs' metadata. The summary line says where the time went.
     """
     if use_ray:
         require_extra("clay-run --ray", "ray")
