@@ -3,7 +3,9 @@
 Eager PyTorch as Clay users run it today (explicit softmax attention, fp32) is the baseline; the
 best PyTorch a user could write is the project's SDPA encoder under bf16 autocast (fp16 and bf16 on a GPU),
 eager and through ``torch.compile`` with Inductor's weight freezing (its documented setting for
-inference; +10 % on the reference CPU); then every exported artifact on ONNX Runtime and TensorRT.
+inference; +10 % on the reference CPU); then every exported artifact on ONNX Runtime, TensorRT and
+OpenVINO, and the float32 graph as OpenVINO runs it without the bf16 artifact's float32 pins (the
+naive bf16 path issue 27 measured, and float32), so the pins' effect is measured, not assumed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from clay.runtime.bands import bands_of_groups
 from clay.runtime.engine import EngineError, available_backends, open_engine
-from clay.runtime.formats import FORMATS, ArtifactFormat
+from clay.runtime.formats import FORMATS, ArtifactFormat, format_named
 from clay.training.model import ClayMAE, normalise
 from clay.training.precision import cpu_has_bf16
 
@@ -117,3 +119,26 @@ def artifact_backends(folder: Path, threads: int, wanted: set[str] | None = None
     """Every format of the table on every backend it is made for (only the ``wanted`` contenders are loaded)."""
     return [engine_backend(contender_name(f, b), f"{b}: {f.file_name}, {f.summary}", f.precision, folder / f.file_name, b, threads)
             for f in FORMATS for b in f.runs_on if wanted is None or contender_name(f, b) in wanted]  # fmt: skip
+
+
+#: The float32 graph on OpenVINO with a precision hint and no pins: what the bf16 artifact improves on.
+OPENVINO_GRAPH_CONTENDERS = {"openvino-onnx-bf16": "bf16", "openvino-onnx-fp32": "f32"}
+
+
+def openvino_graph_backend(name: str, folder: Path, threads: int) -> Backend:
+    """The float32 graph compiled by OpenVINO with ``INFERENCE_PRECISION_HINT`` bf16 (every node bf16 but
+    OpenVINO's own float32 tail) or f32: benchmark rows only, no runtime path runs them."""
+    hint = OPENVINO_GRAPH_CONTENDERS[name]
+    graph = folder / format_named("fp32").file_name
+    description = f"OpenVINO: {graph.name} with INFERENCE_PRECISION_HINT {hint}, no float32 pins"
+    precision = "bf16" if hint == "bf16" else "fp32"
+    if "openvino-cpu" not in available_backends():
+        return Backend(name, description, precision, absent="OpenVINO is not installed")
+    if not graph.exists():
+        return Backend(name, description, precision, absent=f"{graph.name} was not built here")
+    import openvino as ov
+
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    request = core.compile_model(core.read_model(str(graph)), "CPU", config).create_infer_request()
+    return Backend(name, description, precision, lambda p, ll, d: np.array(request.infer([p, ll, d])[0], copy=True))

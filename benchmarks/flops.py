@@ -63,7 +63,8 @@ def measured_clock_mhz() -> float | None:
     return clock if clock < MAX_PLAUSIBLE_MHZ else None  # a core that beats the chain: trust nothing
 
 from clay.runtime.bands import BAND_GROUPS, GRID_SIZE, PATCH_SIZE
-from clay.training.model import ModelSize
+from clay.runtime.cpu import cpu_info
+from clay.training.sizes import ModelSize
 
 
 def encoder_flops(size: ModelSize, groups=tuple(BAND_GROUPS)) -> int:
@@ -92,43 +93,31 @@ class CpuPeak:
     bf16_gflops: float | None
     int8_gops: float | None
     assumption: str
+    features: str = ""  # the flags that pick the CPU path: "AMX-BF16 no, AVX512-BF16 yes, VNNI yes"
 
 
 def cpu_peak() -> CpuPeak:
     """Peak fp32 / bf16 / int8 rates of the CPUs this process may use."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = set()
-    mhz, model, vendor = 0.0, "", ""
-    for line in info.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "flags" and not flags:
-            flags = set(value.split())
-        elif key == "cpu MHz" and not mhz:
-            mhz = float(value)
-        elif key == "model name" and not model:
-            model = value.strip()
-        elif key == "vendor_id" and not vendor:
-            vendor = value.strip()
-    model = model or platform.processor() or "unknown"
+    cpu = cpu_info()
     cores = len(os.sched_getaffinity(0))
     measured = measured_clock_mhz()
     clock_source = "measured (dependent-add loop)" if measured else "reported by /proc/cpuinfo (nominal)"
-    mhz = measured or mhz
-    if "avx512f" in flags:
-        lanes = 8 if vendor == "AuthenticAMD" else 16  # 32-bit lanes per FMA pipe
-    elif "avx2" in flags:
+    mhz = measured or cpu.mhz
+    if "avx512f" in cpu.flags:
+        lanes = 8 if cpu.vendor == "AuthenticAMD" else 16  # 32-bit lanes per FMA pipe
+    elif "avx2" in cpu.flags:
         lanes = 8
     else:
         lanes = 4
     fp32_per_cycle = 2 * 2 * lanes  # 2 pipes × FMA (2 FLOPs) × lanes
     ghz = mhz / 1000
     fp32 = cores * ghz * fp32_per_cycle
-    bf16 = fp32 * 2 if "avx512_bf16" in flags or "amx_bf16" in flags else None
-    int8 = fp32 * 4 if "avx512_vnni" in flags or "avx_vnni" in flags else None
+    bf16 = fp32 * 2 if cpu.native_bf16 else None
+    int8 = fp32 * 4 if cpu.vnni else None
     assumption = (f"{cores} cores × {ghz:.2f} GHz ({clock_source}) × {fp32_per_cycle} fp32 FLOP/cycle "
-                  f"(2 FMA pipes × {lanes} lanes); bf16 ×2 with avx512_bf16, int8 ×4 with VNNI")  # fmt: skip
-    return CpuPeak(model, cores, mhz, clock_source, fp32, bf16, int8, assumption)
+                  f"(2 FMA pipes × {lanes} lanes); bf16 ×2 with avx512_bf16, int8 ×4 with VNNI; AMX tiles not modelled")  # fmt: skip
+    features = cpu.describe().removeprefix(cpu.model).strip(" ()")
+    return CpuPeak(cpu.model, cores, mhz, clock_source, fp32, bf16, int8, assumption, features)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import click
 from clay.runtime.bands import S2_BANDS
-from clay.runtime.cli import DEMO_ENGINE
+from clay.runtime.demo import DEMO_ENGINE
 from clay.runtime.options import RunOptions, cpu_count
 from clay.runtime.output import ScenePaths
 from clay.runtime.ray_job import Layout, RayCluster, run_on_ray

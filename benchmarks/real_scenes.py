@@ -21,8 +21,8 @@ import click
 import numpy as np
 from clay.export.artifacts import ExportOptions, export_artifacts
 from clay.runtime.bands import BAND_NAMES, bands_of_groups, complete_groups
-from clay.runtime.cli import DEMO_SCENE
 from clay.runtime.console import setup_logging
+from clay.runtime.demo import DEMO_SCENE
 from clay.runtime.engine import open_engine
 from clay.runtime.files import SceneFiles, discover_scenes, read_header
 from clay.runtime.formats import format_named

@@ -6,7 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
-DEFAULT_OUT = Path(__file__).parent / "results"
+#: Where results go unless told: a folder in the current directory (never inside the installed
+#: package). The repository's committed results are refreshed with ``--out benchmarks/results``.
+DEFAULT_OUT = Path("bench-results")
 
 
 def git_commit() -> str:
@@ -39,8 +41,8 @@ def markdown(report: dict) -> str:
     where = (
         f"{gpu['name']} (PyTorch on CUDA; chips copied in and embeddings copied out inside every timed call)"
         if gpu
-        else f"{machine['cpu']['model']} at {machine['cpu']['mhz'] / 1000:.2f} GHz ({machine['cpu']['clock_source']}), "
-        f"{machine['cpu']['cores']} threads"
+        else f"{machine['cpu']['model']} ({machine['cpu'].get('features') or 'flags not recorded'}) at "
+        f"{machine['cpu']['mhz'] / 1000:.2f} GHz ({machine['cpu']['clock_source']}), {machine['cpu']['cores']} threads"
     )
     lines = [
         f"Clay `{report['size']}` encoder ({report['flops_per_chip'] / 1e9:.1f} GFLOP per chip), {where}, "
@@ -65,6 +67,7 @@ def markdown(report: dict) -> str:
                  f"({machine['cpu']['assumption']}). Memory")  # fmt: skip
     lines += ["", peaks + ": the rise in process RSS during the backend's warm-up call / the process RSS at "
               "that peak. Weights: " + report["weights"] + "."]
+    lines += ["", best_eager_line(report["results"])]
     absent = [b for b in report["backends"] if b["absent"]]
     if absent:
         lines += ["", "Absent here: " + "; ".join(f"{b['name']} ({b['absent']})" for b in absent) + "."]
@@ -77,6 +80,16 @@ def markdown(report: dict) -> str:
             + (f"; time in: {stage_line(row)} ({row['readers']} readers)." if row.get("stages") else ".")
         )
     return "\n".join(lines) + "\n"
+
+
+def best_eager_line(results: list[dict]) -> str:
+    """Which PyTorch variants could be "best eager": only those meeting the int8 artifact's cosine bound."""
+    from .bench import BEST_EAGER_BOUND
+
+    excluded = sorted({name for r in results for name in r.get("best_eager_excluded", [])})
+    return (f"Best eager: the fastest strong PyTorch variant of each batch among those with min cosine ≥ "
+            f"{BEST_EAGER_BOUND} against eager fp32 (the int8 artifact's bound); "
+            + (f"not counted here: {'; '.join(excluded)}." if excluded else "every strong variant met it here."))  # fmt: skip
 
 
 def bar_chart(report: dict, png: Path) -> None:

@@ -27,13 +27,13 @@ from clay.runtime.bands import SAR_BANDS
 from clay.runtime.engine import Engine, open_engine
 from clay.runtime.options import RunOptions, cpu_count
 from clay.runtime.output import ScenePaths
-from clay.runtime.pipeline import ChipReaders, SceneJob, run_scenes
+from clay.runtime.pipeline import SceneJob
 from clay.runtime.scene import as_scene_files, open_scene
 from clay.runtime.timing import StageClock
 from clay.training.synthetic import write_scene
 
 from .report import DEFAULT_OUT, git_commit
-from .throughput import cpu_model
+from .throughput import cpu_model, timed_pipeline
 
 SIDE = 1024  # a small scene: 2 × 2 chips
 
@@ -51,13 +51,7 @@ def run(engine: Engine, scenes: list[Path], out: Path, readers: int | None) -> t
     options = RunOptions(readers=readers)
     clock = StageClock()
     jobs = [SceneJob(as_scene_files(p), ScenePaths(out / f"{p.stem}-{time.monotonic_ns()}.parquet")) for p in scenes]
-    pool = ChipReaders(options.reader_count)
-    try:
-        start = time.perf_counter()
-        done = sum(r.chips_done for r in run_scenes(engine, jobs, options, pool, clock=clock))
-        seconds = time.perf_counter() - start
-    finally:
-        pool.close()
+    done, seconds = timed_pipeline(engine, jobs, options, clock)
     for job in jobs:
         job.paths.chips.unlink(missing_ok=True)
     return done / seconds, done, dict(clock.seconds)
@@ -73,7 +67,7 @@ def markdown(report: dict) -> str:
         f"| {r['scenes']} scenes of 4 chips, end to end | {r['many_chips_per_s']:.2f} chips/s |",
         f"| 1 scene of the same {r['chips']} chips, end to end | {r['one_chips_per_s']:.2f} chips/s |",
         f"| many / one | {r['ratio']:.3f} |", "",
-        f"Where the small scenes' time went (last round, seconds summed over threads): "
+        "Where the small scenes' time went (last round, seconds summed over threads): "
         + ", ".join(f"{k} {v:.2f}" for k, v in r["stages_many"].items()) + ".", "",
     ])  # fmt: skip
 

@@ -38,10 +38,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(engine: Path, *args: str, timeout: float = 90) -> Iterator[dict]:
-    """``clay-serve`` in a subprocess on free loopback ports, ready when yielded, stopped after
-    (SIGTERM, then SIGKILL after 20 s)."""
-    http, grpc = free_port(), free_port()
+def running_server(engine: Path, *args: str, timeout: float = 90, ports: tuple[int, int] | None = None) -> Iterator[dict]:
+    """``clay-serve`` in a subprocess on loopback (``ports``: HTTP and gRPC, default two free ones),
+    ready when yielded, stopped after (SIGTERM, then SIGKILL after 20 s)."""
+    http, grpc = ports or (free_port(), free_port())
     command = [sys.executable, "-m", "clay.runtime.serve", "--engine", str(engine), "--http-port", str(http),
                "--grpc-port", str(grpc), *args]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -87,12 +87,17 @@ def in_process_rate(embedder: ClayEmbedder, batch: int, seconds: float = 4.0) ->
     return calls * batch / (time.perf_counter() - start)
 
 
-def load(http: str, chips: tuple[np.ndarray, np.ndarray, np.ndarray], clients: int, seconds: float) -> dict:
-    """``clients`` threads each sending one-chip requests back to back for ``seconds``."""
+def load(http: str, chips: tuple[np.ndarray, np.ndarray, np.ndarray], clients: int, seconds: float,
+         expected: np.ndarray | None = None) -> dict:  # fmt: skip
+    """``clients`` threads each sending one-chip requests back to back for ``seconds`` (client ``i``
+    sends chip ``i % len(chips)``). With ``expected`` (``[len(chips), dim]``, the engine's own
+    embeddings), an answer whose cosine to its chip's row is below 0.9999 counts as ``wrong``: a
+    batched server must give each request its own row."""
     import tritonclient.http as triton
 
     latencies: list[float] = []
     errors: list[str] = []
+    wrong: list[int] = []
     stop = time.perf_counter() + seconds
 
     def client(index: int) -> None:
@@ -107,8 +112,10 @@ def load(http: str, chips: tuple[np.ndarray, np.ndarray, np.ndarray], clients: i
         while time.perf_counter() < stop:
             start = time.perf_counter()
             try:
-                connection.infer("clay", inputs, outputs=wanted).as_numpy("embedding")
+                answer = connection.infer("clay", inputs, outputs=wanted).as_numpy("embedding")
                 latencies.append(time.perf_counter() - start)
+                if expected is not None and cosine(answer[0], expected[k]) < 0.9999:
+                    wrong.append(k)
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 errors.append(str(exc)[:200])
         connection.close()
@@ -121,9 +128,13 @@ def load(http: str, chips: tuple[np.ndarray, np.ndarray, np.ndarray], clients: i
         thread.join()
     wall = time.perf_counter() - start
     return {"clients": clients, "seconds": wall, "requests": len(latencies), "errors": len(errors),
-            "error_examples": errors[:3], "chips_per_s": len(latencies) / wall,
+            "wrong": len(wrong), "error_examples": errors[:3], "chips_per_s": len(latencies) / wall,
             "p50_ms": 1000 * float(np.percentile(latencies, 50)) if latencies else None,
             "p99_ms": 1000 * float(np.percentile(latencies, 99)) if latencies else None}  # fmt: skip
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def batch_histogram(http: str) -> dict[str, float]:
@@ -140,9 +151,10 @@ def run(engine: Path, clients: int, seconds: float, max_batch: int, max_delay_ms
     with ClayEmbedder(engine) as embedder:
         baseline = in_process_rate(embedder, max_batch)
         chips = chips_for(embedder, 4)
+        expected = embedder.embed(*chips)
         engine_name = embedder.engine.describe()
     with running_server(engine, "--max-batch", str(max_batch), "--max-delay-ms", str(max_delay_ms)) as server:
-        measured = load(server["http"], chips, clients, seconds)
+        measured = load(server["http"], chips, clients, seconds, expected)
         histogram = batch_histogram(server["http"])
     return {"engine": engine_name, "max_batch": max_batch, "max_delay_ms": max_delay_ms, "in_process_chips_per_s": baseline,
             "percent_of_in_process": 100 * measured["chips_per_s"] / baseline, **measured, "batch_rows": histogram}  # fmt: skip

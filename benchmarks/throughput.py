@@ -31,6 +31,7 @@ from pathlib import Path
 import click
 import numpy as np
 from clay.runtime.bands import BAND_NAMES
+from clay.runtime.cpu import cpu_info
 from clay.runtime.engine import Engine, open_engine
 from clay.runtime.metadata import package_versions
 from clay.runtime.options import RunOptions, cpu_count
@@ -78,6 +79,17 @@ def engine_rate(engine: Engine, batch: int, chips: int) -> float:
     return chips / (time.perf_counter() - start)
 
 
+def timed_pipeline(engine: Engine, jobs: list[SceneJob], options: RunOptions, clock: StageClock) -> tuple[int, float]:
+    """clay-run's pipeline on ``jobs`` with its own reader threads: chips embedded and wall seconds."""
+    pool = ChipReaders(options.reader_count)
+    try:
+        start = time.perf_counter()
+        done = sum(r.chips_done for r in run_scenes(engine, jobs, options, pool, clock=clock))
+        return done, time.perf_counter() - start
+    finally:
+        pool.close()
+
+
 def end_to_end(engine: Engine, scenes: list[Path], batch: int, readers: int | None = None, label: str = "") -> dict:
     """clay-run's pipeline on ``scenes`` (all in one run) vs the engine alone on as many chips in
     the same batches; the stage seconds say where the pipeline's time went."""
@@ -88,13 +100,7 @@ def end_to_end(engine: Engine, scenes: list[Path], batch: int, readers: int | No
                 for k, p in enumerate(scenes)]  # fmt: skip
         chips = sum(len(job.scene.chips()) for job in jobs)
         alone = engine_rate(engine, batch, chips)
-        pool = ChipReaders(options.reader_count)
-        try:
-            start = time.perf_counter()
-            done = sum(r.chips_done for r in run_scenes(engine, jobs, options, pool, clock=clock))
-            seconds = time.perf_counter() - start
-        finally:
-            pool.close()
+        done, seconds = timed_pipeline(engine, jobs, options, clock)
     rate = done / seconds
     return {"scene": label or ", ".join(p.name for p in scenes), "scenes": len(scenes), "chips": done,
             "backend": f"{engine.backend} ({engine.path.name}, {engine.metadata.model_size})", "batch": batch, "readers": options.reader_count,
@@ -138,10 +144,8 @@ def markdown(report: dict) -> str:
 
 
 def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    """The CPU's model name and the flags that pick its inference path."""
+    return cpu_info().describe()
 
 
 @click.command()

@@ -25,7 +25,8 @@ from clay.training.checkpoint import (
     load_clay_mae,
     read_checkpoint_file,
 )
-from clay.training.model import ClayMAE, get_size, random_clay_mae
+from clay.training.model import ClayMAE, random_clay_mae
+from clay.training.sizes import get_size
 
 from . import check
 from .builders import BUILDERS, BuildJob, FormatUnavailable
@@ -46,6 +47,7 @@ class ExportOptions:
     groups: tuple[str, ...] = ()
     fp16: bool = False
     int8_cpu: bool = False
+    bf16_cpu: bool = False
     patch_embeddings: bool = False
     batch: BatchProfile = field(default_factory=lambda: BatchProfile(1, 8, 32))
     compute_capability: str = "ampere+"  # the plan's targets: tensorrt_build.parse_targets
@@ -56,7 +58,8 @@ class ExportOptions:
     @property
     def formats(self) -> tuple[ArtifactFormat, ...]:
         """The rows of the format table these options ask for."""
-        return formats_for_flags({flag for flag, wanted in (("--fp16", self.fp16), ("--int8-cpu", self.int8_cpu)) if wanted})
+        wanted = (("--fp16", self.fp16), ("--int8-cpu", self.int8_cpu), ("--bf16-cpu", self.bf16_cpu))
+        return formats_for_flags({flag for flag, on in wanted if on})
 
 
 @dataclass
@@ -65,6 +68,7 @@ class ExportReport:
     scores: list[check.OutputScore] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    summary: list[str] = field(default_factory=list)  # what was exported: weights, bands, groups, outputs
 
 
 def resolve_weights(options: ExportOptions) -> ExportOptions:
@@ -77,8 +81,9 @@ def resolve_weights(options: ExportOptions) -> ExportOptions:
     return replace(options, checkpoint=DEMO_WEIGHTS, groups=options.groups or DEMO_GROUPS)
 
 
-def load_model(options: ExportOptions) -> tuple[ClayMAE, str, str, str]:
-    """The model to export and its provenance: (model, checkpoint label, sha256, weights description)."""
+def load_model(options: ExportOptions) -> tuple[ClayMAE, str, str, str, tuple[str, ...] | None]:
+    """The model to export and its provenance: (model, checkpoint label, sha256, weights description,
+    the band groups the weights were trained on, or ``None`` where the checkpoint does not say)."""
     if options.checkpoint is not None:
         try:
             model = load_clay_mae(options.checkpoint, options.size)
@@ -87,9 +92,40 @@ def load_model(options: ExportOptions) -> tuple[ClayMAE, str, str, str]:
             raise ExportError(str(exc)) from None
         description = stored.get("description") if isinstance(stored.get("description"), str) else None
         return (model, options.checkpoint.name, file_sha256(options.checkpoint),
-                description or f"checkpoint {options.checkpoint.name}")  # fmt: skip
+                description or f"checkpoint {options.checkpoint.name}", trained_groups(stored))  # fmt: skip
     size = get_size(options.size or "tiny").name
-    return random_clay_mae(size, seed=0), "", "", f"random initialisation (seed 0) of '{size}': for speed tests only, not a trained model"
+    return (random_clay_mae(size, seed=0), "", "",
+            f"random initialisation (seed 0) of '{size}': for speed tests only, not a trained model", None)  # fmt: skip
+
+
+def trained_groups(stored: object) -> tuple[str, ...] | None:
+    """The band groups a checkpoint's weights were trained on, where it records them: the
+    ``groups`` hyper-parameter of clay-train's checkpoints (``None`` there: all six) and of the demo
+    weights. ``None`` when it is not recorded (the published Clay v0 file, bare state dicts)."""
+    hyper = stored.get("hyper_parameters") if isinstance(stored, dict) else None
+    if not isinstance(hyper, dict) or "groups" not in hyper:
+        return None
+    return tuple(hyper["groups"] or GROUP_NAMES)
+
+
+def export_summary(model: ClayMAE, options: ExportOptions, weights: str, sha: str,
+                   trained: tuple[str, ...] | None) -> tuple[list[str], list[str]]:  # fmt: skip
+    """What an export holds, in lines for the user (weights, bands, groups, outputs), and warnings:
+    band groups the weights were never trained on embed through untrained (initial) weights."""
+    bands = check.band_names(options.groups)
+    outputs = f"embedding [B, {model.size.dim}]"
+    if options.patch_embeddings:
+        outputs += f" and patch_embeddings [B, {len(options.groups)}, 16, 16, {model.size.dim}]"
+    lines = [
+        f"weights: {weights} (Clay '{model.size.name}'" + (f", sha256 {sha[:12]}…)" if sha else ")"),
+        f"input: {len(bands)} bands ({' '.join(bands)}) in groups {', '.join(options.groups)}; output: {outputs}",
+        "trained on groups: " + (", ".join(trained) if trained is not None else "not recorded in the checkpoint"),
+    ]
+    never = [g for g in options.groups if trained is not None and g not in trained]
+    warnings = [f"warning: the weights were never trained on {', '.join(never)} (only on {', '.join(trained)}): "
+                "their patch embeddings are still the random initialisation, so what the engine makes of those "
+                "bands means little; leave them out with --groups"] if never else []  # fmt: skip
+    return lines, warnings
 
 
 def make_metadata(model: ClayMAE, options: ExportOptions, precision: str, checkpoint: str, sha: str, weights: str) -> EngineMetadata:
@@ -127,7 +163,8 @@ def export_artifacts(options: ExportOptions, log: Callable[[str], None] = print)
     """Build, check and publish every requested format; raises :class:`ExportError`."""
     report = ExportReport()
     options = resolve_weights(options)
-    model, checkpoint, sha, weights = load_model(options)
+    model, checkpoint, sha, weights, trained = load_model(options)
+    report.summary, report.notes = export_summary(model, options, weights, sha, trained)
     stage = staging_dir(options.out)
     try:
         job = BuildJob(model.encoder, options, stage, lambda fmt: make_metadata(model, options, fmt.precision, checkpoint, sha, weights),

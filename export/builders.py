@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clay.runtime.formats import ArtifactFormat, format_named, plan_sidecar
+from clay.runtime.formats import ArtifactFormat, format_named, ir_weights, plan_sidecar
 from clay.runtime.metadata import EngineMetadata
 
 from .graph import InferenceEncoder
@@ -125,3 +125,16 @@ def build_plan(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
     sidecar = plan_sidecar(job.path(fmt))
     sidecar.write_text(json.dumps(replace(metadata, extra={"tensorrt": build.to_dict()}).to_dict(), indent=2))
     return [job.path(fmt), sidecar]
+
+
+@builder("bf16")
+def build_bf16(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
+    from .openvino import build_bf16_ir, openvino_unavailable_reason
+
+    reason = openvino_unavailable_reason()
+    if reason:
+        raise FormatUnavailable(reason)
+    source = job.path(format_named("fp32"))  # built first (table order): the explicit-attention graph
+    pinned = build_bf16_ir(source, job.path(fmt), job.provenance(fmt))
+    job.log(f"{fmt.file_name}: {pinned} layers pinned to float32 (patch embedding, encodings, final norm)")
+    return [job.path(fmt), ir_weights(job.path(fmt))]

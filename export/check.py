@@ -1,6 +1,7 @@
 """Artifact checks against eager PyTorch fp32: each artifact runs on the same chips (ONNX files on
-Polygraphy's ONNX Runtime runner, a TensorRT plan on the runtime's own TensorRT backend, what
-``clay-run`` runs), and every output is scored by cosine similarity and max abs error against the
+Polygraphy's ONNX Runtime runner; a TensorRT plan and the OpenVINO IR on the runtime's own backends,
+what ``clay-run`` runs: Polygraphy reaches TensorRT-RTX only through a process-wide switch and has no
+OpenVINO runner), and every output is scored by cosine similarity and max abs error against the
 eager encoder.
 
 A check is data (each format's cosine bound, in the format table) plus a report; the command fails
@@ -39,7 +40,7 @@ class OutputScore:
         verdict = "ok" if self.passed else "FAIL"
         finite = "" if self.finite else ", NON-FINITE values"
         return (
-            f"{self.artifact:<18} {self.output:<17} min cosine {self.min_cosine:.7f} (bound {self.bound})"
+            f"{self.artifact:<20} {self.output:<17} min cosine {self.min_cosine:.7f} (bound {self.bound})"
             f"  max abs {self.max_abs_error:.3g}{finite}  {verdict}"
         )
 
@@ -133,7 +134,21 @@ def score(artifact: str, bound: float, actual: list[dict], expected: list[dict])
     return scores
 
 
+def run_with_runtime(artifact: Path, backend: str, feeds) -> tuple[list[dict[str, np.ndarray]], str]:
+    """Run an artifact that Polygraphy has no runner for (OpenVINO) through the runtime's own engine,
+    as ``clay-run`` would; returns the outputs and the precision the engine computed in."""
+    from clay.runtime.engine import open_engine
+
+    with open_engine(artifact, backend) as engine:
+        return [engine.infer(*feed.values()) for feed in feeds], engine.runs_in()
+
+
 def check_artifact(artifact: Path, fmt: ArtifactFormat, feeds, expected) -> list[OutputScore]:
+    """Every output of ``artifact`` scored against ``expected``. An OpenVINO artifact is labelled with
+    the precision it ran in here (a CPU without bf16 dot products runs it in float32)."""
+    if "openvino-cpu" in fmt.runs_on:
+        outputs, runs_in = run_with_runtime(artifact, "openvino-cpu", feeds)
+        return score(f"{artifact.name} ({runs_in.split(':')[0]})", fmt.cosine_bound, outputs, expected)
     run = run_plan if "tensorrt" in fmt.runs_on else run_with_polygraphy
     return score(artifact.name, fmt.cosine_bound, run(artifact, feeds), expected)
 

@@ -1,4 +1,4 @@
-"""``clay-export``: the Clay encoder as ONNX (fp32, fp16, int8) and FP16 TensorRT, checked."""
+"""``clay-export``: the Clay encoder as ONNX (fp32, fp16, int8), FP16 TensorRT and bf16 OpenVINO IR, checked."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import click
 from clay.runtime.bands import GROUP_NAMES, parse_groups
 from clay.runtime.console import setup_logging
 from clay.runtime.formats import FORMATS
-from clay.training.model import SIZES
+from clay.training.sizes import SIZES
 
-from .artifacts import ExportError, ExportOptions, export_artifacts
 from .tensorrt_build import TARGET_HELP, BatchProfile, parse_targets
 
 
@@ -39,6 +38,7 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
                    "bands, in spec order. Default: all six, or the demo weights' S2 groups when they are used.")
 @click.option("--fp16", is_flag=True, help="Also write " + _written_by("--fp16") + ".")
 @click.option("--int8-cpu", is_flag=True, help="Also write " + _written_by("--int8-cpu") + ".")
+@click.option("--bf16-cpu", is_flag=True, help="Also write " + _written_by("--bf16-cpu") + " (needs the openvino extra).")
 @click.option("--patch-embeddings", is_flag=True, help="Add the patch_embeddings [B, G, 16, 16, dim] output.")
 @click.option("--batch", default="1:8:32", show_default=True, help="TensorRT optimisation profile MIN:OPT:MAX.")
 @click.option("--compute-capability", default="ampere+", show_default=True,
@@ -49,8 +49,8 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
 @click.option("--triton-repository", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Also write a Triton model repository here: clay_trt (a plan built by standard TensorRT) and clay_onnx "
                    "(the ONNX Runtime CUDA artifact, else the float32 graph), each with its config.pbtxt.")
-def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, patch_embeddings, batch, compute_capability,
-         timing_cache, no_check, triton_repository) -> None:  # fmt: skip
+def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, bf16_cpu, patch_embeddings, batch,
+         compute_capability, timing_cache, no_check, triton_repository) -> None:  # fmt: skip
     """Export the Clay encoder with its normalisation folded in: raw pixels, lon/lat and date in.
 
     Unless --no-check, every artifact is compared with eager PyTorch fp32 on generated chips and on a
@@ -58,12 +58,15 @@ def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, patch_em
     is below its format's bound (listed at the end of --help).
     """
     setup_logging("clay-export")
+    from .artifacts import ExportError, ExportOptions, export_artifacts  # torch: after --help and bad flags
+
     try:
         options = ExportOptions(
             out=out, checkpoint=checkpoint, size=size, random_weights=random_weights,
             groups=parse_groups(groups) if groups else (),
-            fp16=fp16, int8_cpu=int8_cpu, patch_embeddings=patch_embeddings, batch=BatchProfile.parse(batch),
-            compute_capability=parse_targets(compute_capability), timing_cache=timing_cache, check=not no_check,
+            fp16=fp16, int8_cpu=int8_cpu, bf16_cpu=bf16_cpu, patch_embeddings=patch_embeddings,
+            batch=BatchProfile.parse(batch), compute_capability=parse_targets(compute_capability),
+            timing_cache=timing_cache, check=not no_check,
             triton_repository=triton_repository,
         )  # fmt: skip
         if timing_cache is not None:
@@ -71,8 +74,8 @@ def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, patch_em
         report = export_artifacts(options, log=lambda line: click.echo(line, err=True))
     except (ExportError, ValueError) as exc:
         sys.exit(f"clay-export: {exc}")
-    for note in report.notes:
-        click.echo(f"clay-export: {note}", err=True)
+    for line in report.summary + report.notes:
+        click.echo(f"clay-export: {line}", err=True)
     for path in report.artifacts:
         click.echo(str(path))
 

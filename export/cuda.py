@@ -39,39 +39,52 @@ def optimise_for_cuda(fused_fp32: Path, out: Path, heads: int, dim: int, metadat
     return fused
 
 
+def transformer_ends(model: onnx.ModelProto) -> tuple[onnx.NodeProto, onnx.NodeProto]:
+    """The first transformer block's first LayerNorm and the final LayerNorm of an exported encoder:
+    what lies before the first (patch embedding on raw values, encodings, metadata tokens) and from
+    the last on (final norm and means) is what a reduced-precision artifact keeps in float32.
+
+    The first block is found through its attention (ONNX Runtime's ``MultiHeadAttention``, or the
+    explicit graph's first ``Softmax``): the last LayerNorm it depends on is the block's own.
+    Raises ``ValueError`` for a graph with no attention.
+    """
+    nodes = list(model.graph.node)
+    attention = next((n for n in nodes if n.op_type in ("MultiHeadAttention", "Softmax")), None)
+    if attention is None:
+        raise ValueError("no attention node (MultiHeadAttention or Softmax): not a Clay encoder graph")
+    feeding = _upstream(model, attention.input)
+    first_norm = [n for n in nodes if n.name in feeding and n.op_type == "LayerNormalization"][-1]
+    last_norm = [n for n in nodes if n.op_type in ("SkipLayerNormalization", "LayerNormalization")][-1]
+    return first_norm, last_norm
+
+
 def float32_ends(model: onnx.ModelProto) -> set[str]:
     """Names of the nodes that stay float32: every node the first block's input depends on (patch
     embedding, encodings, metadata tokens), and the last normalisation with everything after it."""
-    nodes = list(model.graph.node)
-    producers = {output: node for node in nodes for output in node.output}
+    first_norm, last_norm = transformer_ends(model)
     consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in nodes:
+    for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-
-    def upstream(names) -> set[str]:
-        seen, stack = set(), list(names)
-        while stack:
-            node = producers.get(stack.pop())
-            if node is not None and node.name not in seen:
-                seen.add(node.name)
-                stack.extend(node.input)
-        return seen
-
-    attention = [n for n in nodes if n.op_type == "MultiHeadAttention"]
-    if not attention:
-        raise ValueError("no MultiHeadAttention node: export the source graph with attention='onnxruntime'")
-    feeding = upstream(attention[0].input)
-    first_norm = [n for n in nodes if n.name in feeding and n.op_type == "LayerNormalization"][-1]
-    stem = upstream([first_norm.input[0]])
-    last_norm = [n for n in nodes if n.op_type in ("SkipLayerNormalization", "LayerNormalization")][-1]
     tail, stack = set(), [last_norm]
     while stack:
         node = stack.pop()
         if node.name not in tail:
             tail.add(node.name)
             stack.extend(c for output in node.output for c in consumers.get(output, []))
-    return stem | tail
+    return _upstream(model, [first_norm.input[0]]) | tail
+
+
+def _upstream(model: onnx.ModelProto, names) -> set[str]:
+    """Names of the nodes the tensors ``names`` depend on."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    seen, stack = set(), list(names)
+    while stack:
+        node = producers.get(stack.pop())
+        if node is not None and node.name not in seen:
+            seen.add(node.name)
+            stack.extend(node.input)
+    return seen
 
 
 def fold_cast_round_trips(model: onnx.ModelProto) -> None:

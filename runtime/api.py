@@ -4,6 +4,7 @@
     with ClayEmbedder("engine/") as embedder:                 # an export folder or one artifact
         vectors = embedder.embed(pixels, lonlat, dates)       # [B, dim] float32
         table = embedder.embed_scene("scene.tif")             # pyarrow Table, one row per chip
+        table = embedder.embed_scene(item)                    # a STAC Item: pystac.Item, or its .json
         for result in embedder.embed_scenes(paths, "out/", RunOptions(keep_going=True)):
             ...
 
@@ -26,11 +27,37 @@ import pyarrow.parquet as pq
 from .engine import Engine, all_finite, open_engine
 from .files import SceneError, SceneFiles
 from .metadata import EngineMetadata
-from .options import RunOptions
-from .output import ScenePaths
+from .options import RunOptions, check_patch_embeddings
+from .output import OutputError, ScenePaths
 from .pipeline import ChipReaders, Progress, SceneJob, SceneResult, run_scenes
 from .scene import Scene, as_scene_files, open_scene
 from .timing import StageClock
+
+
+def prepare_output_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` (and its missing parents) and check that files can be written in it, before
+    any pixel is read. Returns the folders this call created, outermost first, so that a run that
+    then fails before writing anything can remove them (:func:`remove_if_empty`). Raises
+    :class:`OutputError` naming the folder."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".clay-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        remove_if_empty(missing)
+        raise OutputError(f"{folder}: output directory is not writable ({exc.strerror or exc})") from None
+    return missing
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders given (outermost first) that hold nothing, innermost first."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty (or already gone): kept
 
 
 class ClayEmbedder:
@@ -85,15 +112,17 @@ class ClayEmbedder:
             raise ValueError(f"pixels must be [B, {', '.join(map(str, expected))}] ({', '.join(meta.bands)}), got {list(pixels.shape)}")
         if not all_finite(pixels):
             raise ValueError("pixels hold NaN or infinite values; fill nodata before embedding")
-        if patch_embeddings and not meta.has_patch_embeddings:
-            raise ValueError("this engine was exported without --patch-embeddings")
+        check_patch_embeddings(meta, patch_embeddings)
         outputs = self.engine.infer(pixels, np.asarray(lonlat), np.asarray(dates))
         if patch_embeddings:
             return outputs["embedding"], outputs["patch_embeddings"]
         return outputs["embedding"]
 
     def open_scene(self, scene: str | Path | SceneFiles, options: RunOptions | None = None) -> Scene:
-        """Validate a scene against the engine (bands, grid, units, date) without reading a chip."""
+        """Validate a scene against the engine (bands, grid, units, date) without reading a chip. A
+        scene is a path or URI as ``clay-run`` takes it (a GeoTIFF, a folder, a STAC Item's .json),
+        :class:`SceneFiles`, or a ``pystac.Item`` (several Items as one scene:
+        :func:`clay.runtime.stac.scene_from_items`)."""
         return open_scene(scene, self.metadata, options or self.options)
 
     def embed_scenes(
@@ -107,6 +136,7 @@ class ClayEmbedder:
         :class:`SceneError`. With ``resume``, scenes whose files are complete are left out, and what
         a killed run left under ``.partial`` names is removed."""
         options = options or self.options
+        check_patch_embeddings(self.metadata, options.needs_patches, options.patch_request())
         jobs = []
         for item in scenes:
             job = item if isinstance(item, SceneJob) else SceneJob(
@@ -119,12 +149,24 @@ class ClayEmbedder:
 
     def embed_scene_to(self, scene: str | Path | SceneFiles, output: str | Path, options: RunOptions | None = None) -> SceneResult:
         """Embed a GeoTIFF scene into a GeoParquet file (and its patch file and patch raster when
-        ``options`` ask for them: ``<stem>.patches.parquet``, ``<stem>.patches.tif``), published atomically."""
+        ``options`` ask for them: ``<stem>.patches.parquet``, ``<stem>.patches.tif``), published atomically.
+
+        The output's folder is created (and checked writable) before the scene is opened; if the
+        scene then fails, the folders this call created are removed again when empty. Raises
+        :class:`SceneError` (the scene, or options the engine cannot serve) or :class:`OutputError`.
+        """
         options = options or self.options
-        paths = ScenePaths.for_chip_file(Path(output), options.patch_embeddings, options.patch_raster)
-        (result,) = self.embed_scenes([(self.open_scene(scene, options), paths)], options)
-        if result.error:  # with keep_going, a failed scene is a result; a single scene raises
-            raise SceneError(result.error)
+        output = Path(output)
+        check_patch_embeddings(self.metadata, options.needs_patches, options.patch_request())
+        created = prepare_output_folder(output.parent)
+        try:
+            paths = ScenePaths.for_chip_file(output, options.patch_embeddings, options.patch_raster)
+            (result,) = self.embed_scenes([(self.open_scene(scene, options), paths)], options)
+            if result.error:  # with keep_going, a failed scene is a result; a single scene raises
+                raise SceneError(result.error)
+        except BaseException:
+            remove_if_empty(created)
+            raise
         return result
 
     def embed_scene(self, scene: str | Path | SceneFiles, options: RunOptions | None = None) -> pa.Table:

@@ -13,9 +13,10 @@ from pathlib import Path
 import click
 import pyarrow.parquet as pq
 
-from .api import ClayEmbedder
+from .api import ClayEmbedder, check_patch_embeddings, prepare_output_folder, remove_if_empty
 from .console import require_extra
 from .dates import parse_date
+from .demo import DEMO_ENGINE, DEMO_SCENE
 from .engine import BACKENDS, EngineError, EngineUnavailable
 from .files import SceneError, SceneFiles, discover_scenes, first_line
 from .formats import describe_formats
@@ -27,9 +28,6 @@ from .pipeline import SceneJob, SceneResult
 from .ray_job import RayJobError, RunCounts, ray_cluster, run_on_ray
 from .scene import Scene, open_scene
 
-DEMO_DIR = Path(__file__).parent / "demo"
-DEMO_ENGINE = DEMO_DIR / "clay-demo-tiny-s2.int8.onnx"
-DEMO_SCENE = DEMO_DIR / "T48QUE-20200223"
 DEMO_STORY = (
     "The picture shows the Sentinel-2 scene (left) beside the embeddings as colour: the first three "
     "principal components of the per-patch embeddings, standardised within each chip (middle, one "
@@ -57,16 +55,6 @@ def output_paths(scenes: list[SceneFiles], out: Path | None) -> list[Path]:
                              "run them into different --out directories")  # fmt: skip
         seen[target] = scene
     return targets
-
-
-def ensure_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".clay-write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise SceneError(f"{folder}: output directory is not writable ({exc.strerror or exc})") from None
 
 
 class Progress:
@@ -135,7 +123,8 @@ class RayProgress:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output directory (default ./clay-embeddings), or a .parquet file for one scene.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="auto: the fastest backend present that the artifact is made for (tensorrt, onnx-cuda, onnx-cpu).")
+              help="auto: the fastest backend present that the artifact is made for (tensorrt, onnx-cuda, then on "
+                   "the CPU openvino-cpu's bf16 where the CPU has AMX, else onnx-cpu's int8); the engine line says why.")
 @click.option("--batch", "batch_size", type=click.IntRange(min=1), default=None,
               help="Chips per engine call (default: the engine's preferred batch).")
 @click.option("--readers", type=click.IntRange(min=1), default=None,
@@ -167,25 +156,34 @@ class RayProgress:
 @click.option("--keep-going", is_flag=True, help="When a scene fails, finish the others and list the failures at the end "
                                                 "(the exit code is still 1).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for ONNX Runtime (with --ray: per engine actor, and the CPUs each reserves).")
+              help="CPU threads for ONNX Runtime or OpenVINO (with --ray: per engine actor, and the CPUs each reserves).")
+@click.option("--combine", is_flag=True,
+              help="Embed every STAC Item given (arguments, ItemCollections, manifest lines) as one scene: an S2 item, "
+                   "an S1 item and a DEM item of one place, each band from exactly one of them, on the finest S2 grid "
+                   "with the S2 date. Without it each Item is a scene of its own.")
 @click.option("--ray", "use_ray", is_flag=True,
               help="Run on Ray Data: chip reads in CPU tasks, the engine in a pool of actors (one per GPU, else one "
                    "per CPU), the same files. Connects to RAY_ADDRESS when set, else starts a local Ray. Implies "
                    "--keep-going; --readers does not apply. Needs the ray extra.")
 def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, edge, max_nodata, date_text,
-         patch_embeddings, patch_raster, raster_dtype, sar_units, s2_offset, resume, keep_going, threads,
+         patch_embeddings, patch_raster, raster_dtype, sar_units, s2_offset, resume, keep_going, threads, combine,
          use_ray) -> None:  # fmt: skip
     """Embed GeoTIFF SCENES with a Clay engine into GeoParquet.
 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
-    given together or found in one folder (sub-folders too: an S2 and an S1 product side by side);
-    they are resampled bilinearly onto the grid of the finest file while reading. A folder of
-    multi-band files gives one scene per file. A SCENE may also be a GDAL-readable URI (/vsis3/...,
-    s3://..., https://...) or a .txt manifest listing one scene a line.
+    given together or found in one folder (sub-folders too: an S2 and an S1 product side by side;
+    other files there, such as visual.tif or SCL.tif, are ignored and listed); they are resampled
+    bilinearly onto the grid of the finest file holding S2 bands (ground distance) while reading. A
+    folder of multi-band files gives one scene per file. A SCENE may also be a GDAL-readable URI (/vsis3/...,
+    s3://..., https://...), a STAC Item (.json file or URL; its band assets, dates, scale/offset
+    and S2 offset convention as the Item declares them), an ItemCollection (one scene per Item,
+    named after its id), or a .txt manifest listing one scene a line.
 
-    Each scene needs a CRS, the engine's bands (13 in Clay order, or named by band description or
-    file name: B02…B12, VH, VV, DEM; extra bands are ignored) and an acquisition date (a 'date'
-    tag, the TIFF DateTime tag, or --date). The summary line says where the time went.
+    Each scene needs a CRS and a geotransform, the engine's bands (13 in Clay order, or named by band
+    description or file name: B02…B12, VH, VV, DEM; extra bands are ignored) and a sensing date
+    (acquisition tags, a product name, the TIFF DateTime last, or --date). Masks, nodata, GDAL
+    scale/offset, units and each scene's S2 offset convention are applied per scene and recorded
+    in the outputs' metadata. The summary line says where the time went.
     """
     if use_ray:
         require_extra("clay-run --ray", "ray")
@@ -208,15 +206,16 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
     except ValueError as exc:
         sys.exit(f"clay-run: {exc}")
     failures: list[tuple[str, str]] = []
+    created: list[Path] = []  # output folders this run made: removed again if it writes nothing there
     try:
-        scene_files = discover_scenes(scenes)
+        scene_files = discover_scenes(scenes, combine=combine)
         targets = output_paths(scene_files, out)
         if preview is not None and len(scene_files) != 1:
             raise SceneError(f"--preview {preview}: draws one scene, {len(scene_files)} to embed")
         if use_ray:
-            run_with_ray(engine_path, backend, threads, scene_files, targets, options, failures, preview)
+            run_with_ray(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
         else:
-            run_here(engine_path, backend, threads, scene_files, targets, options, failures, preview)
+            run_here(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
     except EngineUnavailable as exc:  # the engine cannot run on this machine: exit 2, as for a missing extra
         click.echo(f"clay-run: {exc}", err=True)
         sys.exit(2)
@@ -229,6 +228,8 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
             raise
         sys.exit(f"clay-run: internal error ({type(exc).__name__}: {first_line(exc)}); rerun with CLAY_DEBUG=1 "
                  "for the traceback and report it")  # fmt: skip
+    finally:
+        remove_if_empty(created)
     if failures:
         click.echo(f"clay-run: {len(failures)} scene(s) failed:", err=True)
         for name, reason in failures:
@@ -244,13 +245,14 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
 
 
 def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles], targets: list[Path],
-             options: RunOptions, failures: list, preview: Path | None) -> None:  # fmt: skip
+             options: RunOptions, failures: list, preview: Path | None, created: list[Path]) -> None:  # fmt: skip
     """The single-machine run: one engine, reader threads, the pipeline (which opens the scenes)."""
     with ClayEmbedder(engine_path, backend, threads, options) as embedder:
         if embedder.engine.fallback:
             click.echo(f"clay-run: {embedder.engine.fallback}", err=True)
         click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}", err=True)
-        jobs = plan_jobs(scene_files, targets, options)
+        check_patch_embeddings(embedder.metadata, options.needs_patches, options.patch_request(cli=True))
+        jobs = plan_jobs(scene_files, targets, options, created)
         start = time.perf_counter()
         results = run_jobs(embedder, jobs, options, failures)
         wall = time.perf_counter() - start
@@ -261,16 +263,19 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
                 f"time in: {stages} ({embedder.options.reader_count} reader threads)")  # fmt: skip
 
 
-def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles],
-                 targets: list[Path], options: RunOptions, failures: list, preview: Path | None) -> None:  # fmt: skip
+def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles], targets: list[Path],
+                 options: RunOptions, failures: list, preview: Path | None, created: list[Path]) -> None:  # fmt: skip
     """``--ray``: the scenes opened on this machine (the driver), then the job on Ray Data
     (:mod:`clay.runtime.ray_job`); Ray's start-up is reported apart from the run's speed."""
     started = time.perf_counter()
     with ray_cluster() as cluster:
         engine = cluster.engine(engine_path, backend, threads)
         startup = time.perf_counter() - started
+        if engine.fallback:
+            click.echo(f"clay-run: {engine.fallback}", err=True)
         click.echo(f"clay-run: ray: {cluster.describe()}; engine {engine.name} on {engine.description}", err=True)
-        jobs = open_jobs(engine.metadata, plan_jobs(scene_files, targets, options), options, failures)
+        check_patch_embeddings(engine.metadata, options.needs_patches, options.patch_request(cli=True))
+        jobs = open_jobs(engine.metadata, plan_jobs(scene_files, targets, options, created), options, failures)
         chips = sum(len(scene.chips(options.edge)) for scene, _ in jobs)
         layout = cluster.layout(engine, threads, -(-chips // (options.batch_size or engine.preferred_batch)))
         click.echo(f"clay-run: ray: {chips} chips in {len(jobs)} scene(s) on {layout.describe()}", err=True)
@@ -292,12 +297,13 @@ def draw_preview(preview: Path | None, results: list[SceneResult], metadata: Eng
         render_preview(result.opened, pq.read_table(result.output), patches, metadata, engine_name, preview)
 
 
-def plan_jobs(scene_files: list[SceneFiles], targets: list[Path], options: RunOptions) -> list[SceneJob]:
-    """The scenes to embed and their files, before any is opened: output folders checked writable,
-    complete scenes skipped with --resume. The pipeline opens (validates) each scene ahead of its
-    chips; a scene that fails then stops the run, or with --keep-going is listed as failed."""
+def plan_jobs(scene_files: list[SceneFiles], targets: list[Path], options: RunOptions, created: list[Path]) -> list[SceneJob]:
+    """The scenes to embed and their files, before any is opened: output folders made (the ones made
+    here added to ``created``) and checked writable, complete scenes skipped with --resume. The
+    pipeline opens (validates) each scene ahead of its chips; a scene that fails then stops the run,
+    or with --keep-going is listed as failed."""
     for folder in dict.fromkeys(target.parent for target in targets):
-        ensure_writable(folder)
+        created += prepare_output_folder(folder)
     jobs = []
     for files, target in zip(scene_files, targets):
         paths = ScenePaths.for_chip_file(target, options.patch_embeddings, options.patch_raster)
@@ -338,11 +344,20 @@ def print_warnings(scene: Scene) -> None:
 
 
 def ignored_files(results: list[SceneResult]) -> None:
-    """Once per run: the files beside the scenes' bands that were not bands of the engine."""
-    ignored = [str(p) for r in results if r.opened is not None for p in r.opened.ignored]
-    if ignored:
-        shown = ", ".join(ignored[:12]) + (f" and {len(ignored) - 12} more" if len(ignored) > 12 else "")
-        click.echo(f"clay-run: ignored {len(ignored)} file(s) that are not bands of the engine: {shown}", err=True)
+    """Once per run: the files (STAC assets, as ``<item id>:<asset key>``) beside the scenes' bands that
+    were not bands of the engine."""
+    entries = [p for r in results if r.opened is not None for p in r.opened.ignored]
+    if entries:
+        assets = sum(isinstance(p, str) for p in entries)
+        kind = "file(s)" if not assets else "STAC asset(s)" if assets == len(entries) else "file(s) and STAC asset(s)"
+        files = [str(p) for p in entries[:12] if not isinstance(p, str)]
+        by_item: dict[str, list[str]] = {}
+        for entry in (p for p in entries[:12] if isinstance(p, str)):
+            item, _, key = entry.rpartition(":")
+            by_item.setdefault(item, []).append(key)
+        shown = "; ".join(([", ".join(files)] if files else []) + [f"{i}: {', '.join(k)}" for i, k in by_item.items()])
+        more = f" and {len(entries) - 12} more" if len(entries) > 12 else ""
+        click.echo(f"clay-run: ignored {len(entries)} {kind} that are not bands of the engine: {shown}{more}", err=True)
 
 
 def run_jobs(embedder: ClayEmbedder, jobs: list[SceneJob], options: RunOptions, failures: list) -> list:

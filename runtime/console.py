@@ -8,10 +8,15 @@ of dying with an ImportError traceback. Application-level only: library code nev
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
+import json
 import logging
 import sys
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
 #: What each extra brings, as import names (``pyproject.toml``'s optional dependencies).
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
@@ -22,6 +27,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "ray": ("ray", "pandas", "fsspec"),  # ray[data]: Ray Data needs pandas and fsspec beside ray
 }
 MISSING_EXTRA_EXIT = 2
+DISTRIBUTION = "clay-runtime"
 
 # Advice that third-party libraries log and that does not apply to how we call them: ONNX Runtime's
 # quantiser recommends pre-processing before *static* quantisation; its transformer optimizer
@@ -42,13 +48,36 @@ def missing_modules(extra: str, modules: Sequence[str] | None = None) -> list[st
     return missing
 
 
+def installed_from() -> str:
+    """What ``pip install`` should name to add an extra to this install: the folder it was installed
+    from (``pip install .`` or ``-e .`` of a checkout, as pip records it in ``direct_url.json``) while
+    that folder exists, else the distribution's name."""
+    # every copy of the metadata on the path: a checkout's build leaves a clay_runtime.egg-info
+    # without the record beside the sources, which sys.path may list before site-packages
+    texts = [d.read_text("direct_url.json") for d in importlib.metadata.distributions(name=DISTRIBUTION)]
+    try:
+        record = json.loads(next((t for t in texts if t), "{}"))
+    except ValueError:
+        record = {}
+    url = urllib.parse.urlparse(record.get("url", "") if isinstance(record, dict) else "")
+    folder = Path(urllib.request.url2pathname(url.path)) if url.scheme == "file" else None
+    return str(folder) if folder is not None and (folder / "pyproject.toml").is_file() else DISTRIBUTION
+
+
+def install_command(extra: str, missing: Sequence[str]) -> str:
+    """The command that installs ``extra`` here; torch first where it is missing, as the README
+    says (pip would otherwise pick a build: the CPU or the CUDA one is the user's choice)."""
+    torch_first = "pip install torch && " if "torch" in missing else ""
+    return f'{torch_first}pip install "{installed_from()}[{extra}]"'
+
+
 def require_extra(command: str, extra: str) -> None:
     """Exit with one line and code 2 when the extra ``command`` needs is not installed."""
     missing = missing_modules(extra)
     if missing:
-        sys.stderr.write(
-            f'{command} needs the {extra} extra: pip install "clay-runtime[{extra}]" (missing: {", ".join(missing)})\n'
-        )
+        torch_note = "torch first: the CPU or CUDA build you want; " if "torch" in missing else ""
+        sys.stderr.write(f"{command} needs the {extra} extra: {install_command(extra, missing)} "
+                         f"({torch_note}missing: {', '.join(missing)})\n")  # fmt: skip
         sys.exit(MISSING_EXTRA_EXIT)
 
 

@@ -1,7 +1,8 @@
 """Acquisition dates: when a scene was sensed, from what its files say, best source first.
 
 A scene's date feeds the model (Clay v0's time encoding) and the ``date`` column, so it must be the
-sensing time, not when a file was processed or copied. Sources, most trusted first:
+sensing time, not when a file was processed or copied. A date a catalogue declares for the file
+(a STAC Item's ``datetime``) comes first; then, from the file itself, most trusted first:
 
 1. acquisition tags: GDAL's IMAGERY metadata domain (``ACQUISITIONDATETIME``, the standard home of
    the sensing time), then default-domain tags that readers and writers of satellite products use
@@ -105,6 +106,7 @@ def date_from_tiff_datetime(domains: dict[str, dict[str, str]]) -> DatedFile | N
         return None
 
 
-def file_date(path, domains: dict[str, dict[str, str]]) -> DatedFile | None:
-    """One file's sensing date by the order in the module docstring, or ``None``."""
-    return date_from_tags(domains) or date_from_name(path) or date_from_tiff_datetime(domains)
+def file_date(path, domains: dict[str, dict[str, str]], declared: DatedFile | None = None) -> DatedFile | None:
+    """One file's sensing date: what a catalogue declares for it (``declared``: a STAC Item's
+    ``datetime``, see :mod:`clay.runtime.stac`), else by the order in the module docstring, or ``None``."""
+    return declared or date_from_tags(domains) or date_from_name(path) or date_from_tiff_datetime(domains)

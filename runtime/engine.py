@@ -1,4 +1,5 @@
-"""Inference backends behind one small interface: TensorRT plans and ONNX Runtime (CUDA or CPU).
+"""Inference backends behind one small interface: TensorRT plans, ONNX Runtime (CUDA or CPU) and
+OpenVINO on the CPU (``openvino_engine.py``).
 
 Every backend takes the exported graph's inputs as numpy arrays and returns numpy outputs, so the
 scene pipeline and services embedding us never see which one runs. Torch-free on purpose.
@@ -6,6 +7,7 @@ scene pipeline and services embedding us never see which one runs. Torch-free on
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import threading
@@ -15,8 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .cpu import CpuInfo, cpu_info
 from .files import first_line
-from .formats import RUNTIME_BACKENDS, format_of_file, pick_artifact, plan_runtime_cache, plan_sidecar
+from .formats import (
+    RUNTIME_BACKENDS,
+    format_named,
+    format_of_file,
+    pick_artifact,
+    plan_runtime_cache,
+    plan_sidecar,
+)
 from .metadata import EngineMetadata, MetadataError
 from .tensorrt_plan import (
     FLAVOURS,
@@ -75,6 +85,7 @@ class Engine(ABC):
     path: Path
     #: Why :func:`open_engine` passed over a faster artifact of the folder (a plan that cannot run here).
     fallback: str | None = None
+    choice: str = ""  # why ``auto`` chose this backend and artifact, where the CPU decided it
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -130,8 +141,15 @@ class Engine(ABC):
         return np.empty(shape, np.float32)
 
     def describe(self) -> str:
+        """The engine line's ``<describe()>``: backend, model, precision, bands, weights, and why
+        ``auto`` chose it (``clay-run: engine <file> on onnx-cpu (small, int8, ...); auto: ...``)."""
         m = self.metadata
-        return f"{self.backend} ({m.model_size}, {m.precision}, {len(m.bands)} bands, {m.weights})"
+        text = f"{self.backend} ({m.model_size}, {self.runs_in()}, {len(m.bands)} bands, {m.weights})"
+        return f"{text}; {self.choice}" if self.choice else text
+
+    def runs_in(self) -> str:
+        """The precision the engine computes in: the artifact's, unless its backend says otherwise."""
+        return self.metadata.precision
 
 
 class OnnxEngine(Engine):
@@ -343,7 +361,8 @@ class TensorRTEngine(Engine):
 
 
 def read_engine_metadata(path: Path) -> EngineMetadata:
-    """The Clay metadata of an ``.onnx`` file (``metadata_props``) or a ``.plan`` (its JSON sidecar)."""
+    """The Clay metadata of an ``.onnx`` file (``metadata_props``), a ``.plan`` (its JSON sidecar) or
+    an OpenVINO IR ``.xml`` (its runtime info)."""
     if not path.is_file():
         raise EngineError(f"{path}: no such engine file")
     try:
@@ -354,6 +373,10 @@ def read_engine_metadata(path: Path) -> EngineMetadata:
             metadata = EngineMetadata.from_dict(json.loads(sidecar.read_text()))
             PlanBuild.of(metadata)  # which TensorRT built it: needed to open it
             return metadata
+        if path.suffix == ".xml":
+            from .openvino_engine import read_ir
+
+            return EngineMetadata.from_props(read_ir(path)[0])
         return EngineMetadata.from_props(_onnx_metadata_props(path))
     except (MetadataError, json.JSONDecodeError) as exc:
         raise EngineError(f"{path}: {exc}") from None
@@ -386,14 +409,30 @@ def available_backends() -> list[str]:
         found.append("onnx-cpu")
     except ImportError:
         pass
+    if importlib.util.find_spec("openvino") is not None:  # imported only when an engine is opened
+        found.insert(found.index("onnx-cpu") if "onnx-cpu" in found else len(found), "openvino-cpu")
     return found
 
 
+def auto_order(present: list[str], cpu: CpuInfo) -> list[str]:
+    """The backends ``auto`` tries, in order: GPUs first; on the CPU, OpenVINO's bf16 artifact before
+    ONNX Runtime's int8 one only where the CPU has AMX (issue 27: on a 2-core AMX Xeon, bf16 on
+    OpenVINO ran ~1.5x the int8 artifact; on this project's AVX-512 BF16 EPYC without AMX, 1.10x,
+    0.91-1.22x over rounds: README, "bf16 on OpenVINO"), else after it."""
+    order = [b for b in RUNTIME_BACKENDS if b in present]
+    if not cpu.amx_bf16 and "openvino-cpu" in order and "onnx-cpu" in order:
+        order.remove("openvino-cpu")
+        order.insert(order.index("onnx-cpu") + 1, "openvino-cpu")
+    return order
+
+
 def open_engine(path: str | Path, backend: str = "auto", threads: int | None = None,
-                runtime_cache: str | Path | None = None) -> Engine:  # fmt: skip
+                runtime_cache: str | Path | None = None, cpu: CpuInfo | None = None) -> Engine:  # fmt: skip
     """Load an engine: a file, or an export folder (the artifact the backend should run, by the
     format table). ``auto`` takes the fastest backend present that the artifact is made for; from a
-    folder, it passes over a plan that cannot run here and says why in the engine's ``fallback``.
+    folder, it passes over a plan that cannot run here and says why in the engine's ``fallback``, and
+    on the CPU decides by ``cpu`` (default: this machine's, from ``/proc/cpuinfo``) between OpenVINO's
+    bf16 and ONNX Runtime's int8 artifacts (:func:`auto_order`); the engine's ``choice`` says why.
     ``runtime_cache``: the file a TensorRT-RTX plan keeps its runtime cache in (default: beside it).
 
     Raises :class:`EngineUnavailable` (one line) when the engine cannot run on this machine, and
@@ -403,9 +442,12 @@ def open_engine(path: str | Path, backend: str = "auto", threads: int | None = N
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     present = available_backends()
+    cpu = cpu or cpu_info()
+    order = auto_order(present, cpu)
     fallback = None
-    if path.is_dir():
-        path, fallback = _artifact_in_folder(path, backend, present)
+    folder = path if path.is_dir() else None
+    if folder is not None:
+        path, fallback = _artifact_in_folder(folder, backend, present, cpu)
     metadata = read_engine_metadata(path)
     fmt = format_of_file(path, metadata.precision)
     made_for = fmt.runs_on if fmt and fmt.runs_on else ("tensorrt",) if path.suffix == ".plan" else ("onnx-cuda", "onnx-cpu")
@@ -414,26 +456,51 @@ def open_engine(path: str | Path, backend: str = "auto", threads: int | None = N
         if reason:
             raise EngineUnavailable(f"{path}: cannot run here: {reason}")
         return TensorRTEngine(path, metadata, Path(runtime_cache) if runtime_cache else None)
+    choice = ""
     if backend == "auto":
-        usable = [b for b in RUNTIME_BACKENDS if b in made_for and b in present]
+        usable = [b for b in order if b in made_for]
         if not usable:
             raise EngineUnavailable(f"{path}: runs on {' or '.join(made_for)}, and {_missing_reason(made_for[0])}")
         backend = usable[0]
+        if folder is not None:
+            choice = cpu_choice(backend, metadata.precision, cpu, present, folder)
     elif backend not in made_for:
         raise EngineError(f"{path}: {'a' if fmt is None else f'the {fmt.name}'} artifact runs on "
                           f"{' or '.join(made_for)}, not --backend {backend}")  # fmt: skip
     elif backend not in present:
         raise EngineUnavailable(f"--backend {backend}: {_missing_reason(backend)}")
-    engine = OnnxEngine(path, metadata, cuda=backend == "onnx-cuda", threads=threads)
+    if backend == "openvino-cpu":
+        from .openvino_engine import OpenVinoEngine
+
+        engine: Engine = OpenVinoEngine(path, metadata, threads)
+    else:
+        engine = OnnxEngine(path, metadata, cuda=backend == "onnx-cuda", threads=threads)
     engine.fallback = fallback
+    engine.choice = choice
     return engine
 
 
-def _artifact_in_folder(folder: Path, backend: str, present: list[str]) -> tuple[Path, str | None]:
-    """What an export folder offers the requested backend, or (``auto``) the fastest backend
-    present; a plan that cannot run here is passed over, and the second value says why."""
+def cpu_choice(backend: str, precision: str, cpu: CpuInfo, present: list[str], folder: Path) -> str:
+    """Why ``auto`` took a CPU backend for an export folder, for the engine line (empty for GPUs)."""
+    if backend == "openvino-cpu":
+        return f"auto: {cpu.model} has AMX (amx_bf16), so {precision} on OpenVINO"
+    if backend != "onnx-cpu":
+        return ""
+    if not cpu.amx_bf16:
+        return f"auto: {cpu.model} has no AMX (amx_bf16), so {precision} on ONNX Runtime"
+    if "openvino-cpu" not in present:
+        why = 'OpenVINO is not installed (pip install "clay-runtime[openvino]")'
+    else:
+        why = f"the folder has no {format_named('bf16').file_name} (clay-export --bf16-cpu)"
+    return f"auto: {cpu.model} has AMX (amx_bf16) but {why}, so {precision} on ONNX Runtime"
+
+
+def _artifact_in_folder(folder: Path, backend: str, present: list[str], cpu: CpuInfo) -> tuple[Path, str | None]:
+    """What an export folder offers the requested backend, or (``auto``) the first backend of
+    :func:`auto_order` present; a plan that cannot run here is passed over, and the second value
+    says why."""
     passed_over = None
-    for candidate in [backend] if backend != "auto" else RUNTIME_BACKENDS:
+    for candidate in [backend] if backend != "auto" else auto_order(list(RUNTIME_BACKENDS), cpu):
         artifact = pick_artifact(folder, candidate)
         if artifact is None:
             continue
@@ -444,8 +511,9 @@ def _artifact_in_folder(folder: Path, backend: str, present: list[str]) -> tuple
                 continue
         elif backend == "auto" and candidate not in present:
             continue
-        return artifact, passed_over and f"{passed_over}; falling back to {artifact.name} on ONNX Runtime"
-    wanted = backend if backend != "auto" else " or ".join(present)
+        runtime = "OpenVINO" if candidate == "openvino-cpu" else "ONNX Runtime"
+        return artifact, passed_over and f"{passed_over}; falling back to {artifact.name} on {runtime}"
+    wanted = backend if backend != "auto" else " or ".join(auto_order(present, cpu))
     if passed_over:
         raise EngineUnavailable(f"{folder}: {passed_over}, and no artifact for {wanted} is in this folder")
     raise EngineError(f"{folder}: no artifact for {wanted} in this folder (see clay-export --help)")
@@ -456,6 +524,7 @@ def _missing_reason(backend: str) -> str:
         "tensorrt": f"neither TensorRT-RTX nor TensorRT with a CUDA GPU is available here ({TENSORRT_EXTRA})",
         "onnx-cuda": "onnxruntime-gpu with a CUDA GPU is not available here",
         "onnx-cpu": "onnxruntime is not installed",
+        "openvino-cpu": 'OpenVINO is not installed (pip install "clay-runtime[openvino]")',
     }[backend]
 
 

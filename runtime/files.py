@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags
@@ -17,12 +18,19 @@ from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 
 from .bands import BAND_GROUPS, BAND_NAMES, GROUP_NAMES, canonical_band_name
+from .dates import DatedFile
+
+if TYPE_CHECKING:
+    from .stac import AssetFacts
 
 #: Data types a Clay band may be stored in. uint8 is left out on purpose: Sentinel-2's uint8 files
 #: are the true-colour preview (TCI), not reflectances.
 SUPPORTED_DTYPES = ("uint16", "int16", "uint32", "int32", "float32", "float64")
 SCENE_SUFFIXES = (".tif", ".tiff")
 MANIFEST_SUFFIX = ".txt"
+#: STAC Items and ItemCollections (GeoJSON): read as such, never handed to GDAL, whose STAC drivers
+#: would open them as rasters without a CRS.
+ITEM_SUFFIXES = (".json", ".geojson")
 #: URI schemes GDAL reads through a virtual file system (``/vsicurl/`` keeps the whole URL).
 URI_SCHEMES = {"s3": "/vsis3/", "gs": "/vsigs/", "az": "/vsiaz/", "http": "/vsicurl/", "https": "/vsicurl/"}
 
@@ -121,15 +129,27 @@ def read_manifest(manifest: Path) -> list[Path | GdalPath]:
 @dataclass(frozen=True)
 class SceneFiles:
     """What the user pointed at as one scene: a multi-band file, or single-band files (per-band
-    products, possibly at several resolutions and from several products) that belong together."""
+    products, possibly at several resolutions and from several products) that belong together, or
+    the assets of one or more STAC Items (:mod:`clay.runtime.stac`), with what the Items declare
+    about each."""
 
     path: Path | GdalPath
     files: tuple[Path | GdalPath, ...]
-    ignored: tuple[Path | GdalPath, ...] = ()  # files beside them that are not Clay bands
+    # files beside them that are not Clay bands (a STAC Item's: "<item id>:<asset key>")
+    ignored: tuple[Path | GdalPath | str, ...] = ()
+    label: str | None = None  # the scene's name where it is not the path's (a STAC Item's id)
+    assets: tuple[AssetFacts, ...] = ()  # what STAC Items declare about the files, one per file
+    problem: str | None = None  # why the scene cannot be opened, found before it is (a bad STAC Item)
 
     @property
     def name(self) -> str:
+        if self.label is not None:
+            return self.label
         return self.path.stem if self.path.is_file() else self.path.name
+
+    def declared(self, path: Path | GdalPath) -> AssetFacts | None:
+        """What a STAC Item declares about one of the scene's files (``None``: a plain file)."""
+        return next((asset for asset in self.assets if asset.path == path), None)
 
 
 @dataclass(frozen=True, eq=False)  # a file's header is itself: identity, hashable
@@ -153,6 +173,11 @@ class Header:
     band_tags: tuple[dict[str, str], ...] = ()
     overviews: bool = False
     alpha: int | None = None  # 1-based index of the file's alpha band, if it has one
+    # Values a catalogue (a STAC Item) declared for the file and this header holds in place of the
+    # file's silence, by kind ("bands", "scale", "nodata", "unit", "harmonised", "baseline"): where
+    # each came from, for the notes recorded in the outputs (clay.runtime.stac.asset_header).
+    declared: dict[str, str] = field(default_factory=dict)
+    date: DatedFile | None = None  # the sensing date a catalogue declares for the file
 
     def tag(self, key: str, domain: str = "") -> str | None:
         return self.tags.get(domain, {}).get(key)
@@ -201,6 +226,9 @@ def read_header(path: Path | GdalPath) -> Header:
         raise SceneError(f"{path}: no such file")
     try:
         with rasterio.open(path) as src:
+            if src.driver.upper().startswith("STAC"):
+                raise SceneError(f"{path}: a STAC document, not a raster: give clay-run the Item's or ItemCollection's "
+                                 "own path or URL ending in .json")  # fmt: skip
             problem = georeferencing_problem(src)
             if problem:
                 raise SceneError(f"{path}: {problem}")
@@ -250,7 +278,16 @@ def band_sources(scene: SceneFiles, headers: list[Header], wanted: tuple[str, ..
     return {b: found[b] for b in wanted}
 
 
-def discover_scenes(paths, manifests: bool = True) -> list[SceneFiles]:
+def is_item_path(path: Path | GdalPath) -> bool:
+    """Whether a scene argument names a STAC Item or ItemCollection: a ``.json``/``.geojson`` file or
+    URL, or a STAC API item URL (``…/collections/<id>/items/<id>``, which has no suffix)."""
+    if path.suffix.lower() in ITEM_SUFFIXES:
+        return True
+    return isinstance(path, GdalPath) and path.uri.lower().startswith(("http://", "https://")) and (
+        "/collections/" in path.uri and "/items/" in path.uri)  # fmt: skip
+
+
+def discover_scenes(paths, manifests: bool = True, combine: bool = False) -> list[SceneFiles]:
     """Turn command-line paths into scenes.
 
     A multi-band GeoTIFF is a scene. Single-band files named as bands (``B02.tif``, ``B2.tif``,
@@ -261,7 +298,9 @@ def discover_scenes(paths, manifests: bool = True) -> list[SceneFiles]:
     in the scene's ``ignored``. A folder without per-band files gives one scene per multi-band file. A GDAL
     URI (``/vsis3/...``, ``s3://...``, ``https://...``) is a file. A ``.txt`` file is a manifest:
     each of its lines is discovered on its own, so one line is one scene (a file, or a folder of
-    per-band files); lines are not manifests themselves.
+    per-band files); lines are not manifests themselves. A ``.json`` file or URL is a STAC Item (one
+    scene) or ItemCollection (one scene per Item), see :mod:`clay.runtime.stac`; with ``combine``,
+    every Item found is one scene (an S2 item, an S1 item and a DEM item of one place).
     """
     scenes: list[SceneFiles] = []
     loose: list[Path | GdalPath] = []
@@ -269,6 +308,10 @@ def discover_scenes(paths, manifests: bool = True) -> list[SceneFiles]:
         if manifests and path.suffix.lower() == MANIFEST_SUFFIX and path.is_file() and not isinstance(path, GdalPath):
             for entry in read_manifest(path):
                 scenes.extend(discover_scenes([entry], manifests=False))
+        elif is_item_path(path):
+            from .stac import item_scenes  # the STAC module imports this one
+
+            scenes.extend(item_scenes(path))
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in SCENE_SUFFIXES)
             if not found:
@@ -288,6 +331,10 @@ def discover_scenes(paths, manifests: bool = True) -> list[SceneFiles]:
             scenes.append(SceneFiles(path, (path,)))
     if loose:
         scenes.append(SceneFiles(loose[0].parent, tuple(loose)))
+    if combine:
+        from .stac import combine_items
+
+        return [combine_items(scenes)]
     return scenes
 
 

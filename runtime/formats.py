@@ -12,11 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Runtime backends, fastest first: what ``--backend auto`` tries in this order.
-RUNTIME_BACKENDS = ("tensorrt", "onnx-cuda", "onnx-cpu")
+#: Runtime backends, fastest first: what ``--backend auto`` tries in this order (on the CPU,
+#: ``openvino-cpu`` only where the CPU has AMX: ``clay.runtime.engine.auto_order``).
+RUNTIME_BACKENDS = ("tensorrt", "onnx-cuda", "openvino-cpu", "onnx-cpu")
+
+#: The backends that compute on the CPU (the others on a GPU).
+CPU_BACKENDS = ("openvino-cpu", "onnx-cpu")
 
 #: Faster precisions first: an export folder offers a backend its lowest-precision artifact.
-PRECISION_ORDER = ("int8", "fp16", "fp32")
+PRECISION_ORDER = ("int8", "bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ FORMATS: tuple[ArtifactFormat, ...] = (
     ArtifactFormat("plan", "clay.plan", "fp16", ("tensorrt",), "--fp16", 0.999,
                    "FP16 TensorRT engine built from the fp16 graph: by TensorRT-RTX on any machine (for Ampere-and-later "
                    "GPUs), or by standard TensorRT on a GPU"),
+    ArtifactFormat("bf16", "clay.bf16.xml", "bf16", ("openvino-cpu",), "--bf16-cpu", 0.99,
+                   "OpenVINO IR (+ clay.bf16.bin) for CPUs with AMX: bf16 transformer blocks, the patch embedding, "
+                   "encodings and final norm pinned to float32"),
 )  # fmt: skip
 
 
@@ -88,6 +95,11 @@ def pick_artifact(folder: Path, backend: str) -> Path | None:
     present = [f for f in FORMATS if backend in f.runs_on and (folder / f.file_name).is_file()]
     present.sort(key=lambda f: PRECISION_ORDER.index(f.precision))
     return folder / present[0].file_name if present else None
+
+
+def ir_weights(xml: Path) -> Path:
+    """An OpenVINO IR keeps its weights in ``<name>.bin`` beside its ``<name>.xml``."""
+    return xml.with_suffix(".bin")
 
 
 def plan_sidecar(plan: Path) -> Path:

@@ -16,6 +16,7 @@ Everything here patches the ``kserve`` package for this process only, so it is a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent import futures
 
 import orjson
@@ -98,16 +99,22 @@ def decode_binary_requests() -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 with one line for a body larger than ``limit`` bytes, before reading it."""
+    """ASGI middleware: 413 with one line for a body larger than ``limit`` bytes, before reading it.
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+    ``meaning`` says what the limit stands for (e.g. "at most 8 chips of 13 bands per request:
+    --max-batch 8"); ``on_refusal`` is called with the message (the server logs and counts it like
+    any refused request)."""
+
+    def __init__(self, app, limit: int, meaning: str, on_refusal: Callable[[str], None]) -> None:
+        self.app, self.limit, self.meaning, self.on_refusal = app, limit, meaning, on_refusal
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
             length = dict(scope["headers"]).get(b"content-length")
             if length is not None and int(length) > self.limit:
-                message = f"request body of {int(length)} bytes is larger than this server's {self.limit}"
+                message = (f"request body of {int(length)} bytes is larger than this server's limit of "
+                           f"{self.limit} bytes ({self.meaning})")  # fmt: skip
+                self.on_refusal(message)
                 await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

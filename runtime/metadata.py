@@ -20,7 +20,7 @@ FORMAT_VERSION = 1
 def package_versions() -> dict[str, str]:
     """The versions that made an artifact or a measurement, for its provenance record."""
     versions = {}
-    for name in ("clay-runtime", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim", "polygraphy"):
+    for name in ("clay-runtime", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxsim", "polygraphy", "openvino"):
         try:
             versions[name] = version(name)
         except PackageNotFoundError:
@@ -50,7 +50,7 @@ class EngineMetadata:
     band_stds: tuple[float, ...]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    precision: str  # "fp32" | "fp16" | "int8"
+    precision: str  # "fp32" | "fp16" | "int8" | "bf16"
     checkpoint: str
     checkpoint_sha256: str
     weights: str  # human-readable provenance, e.g. "Clay v0 (published)" or "demo weights ..."

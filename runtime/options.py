@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass
 from datetime import date as Date
 
+from .files import SceneError
 from .grid import EDGE_MODES
+from .metadata import EngineMetadata
 
 SAR_UNITS = ("auto", "db", "linear")
 RASTER_DTYPES = ("float32", "float16", "int8")  # clay.runtime.patch_raster says how each is stored
@@ -71,11 +73,22 @@ class RunOptions:
         """Whether the engine must give patch embeddings (a patch file or a patch raster is asked for)."""
         return self.patch_embeddings or self.patch_raster
 
-    def patch_outputs(self) -> str:
-        """The flags that ask for patch embeddings, for messages."""
-        return " and ".join(f for f, on in (("--patch-embeddings", self.patch_embeddings),
-                                             ("--patch-raster", self.patch_raster)) if on)  # fmt: skip
+    def patch_request(self, cli: bool = False) -> str:
+        """What asks for patch embeddings, in the caller's terms (``clay-run``'s flags, or these
+        fields), for :func:`check_patch_embeddings`' message."""
+        asking = [(flag, f"{name}=True") for flag, name in (("--patch-embeddings", "patch_embeddings"),
+                                                            ("--patch-raster", "patch_raster")) if getattr(self, name)]  # fmt: skip
+        return " and ".join(flag if cli else field for flag, field in asking)
 
     @property
     def reader_count(self) -> int:
         return self.readers or cpu_count()
+
+
+def check_patch_embeddings(metadata: EngineMetadata, wanted: bool,
+                           asked_by: str = "patch_embeddings=True") -> None:
+    """Patch embeddings need an engine with the ``patch_embeddings`` output; the error names what
+    asked for them in the caller's terms (``RunOptions``' field, or ``clay-run``'s flag)."""
+    if wanted and not metadata.has_patch_embeddings:
+        raise SceneError(f"{asked_by} needs an engine with patch embeddings (exported with clay-export "
+                         "--patch-embeddings); this one has only the chip embedding")  # fmt: skip

@@ -1,7 +1,8 @@
 """GeoParquet output: conformant GeoParquet 1.1, streamed in bounded memory, published durably.
 
 Rows follow the published Clay embeddings schema (``source_url``, ``date``, ``embeddings``,
-``geometry`` in OGC:CRS84) plus ``row``, ``col`` and ``nodata_fraction`` (chips) or ``chip_row``,
+``geometry`` in OGC:CRS84) plus ``item_id`` (the STAC Item the scene came from; null for files),
+``row``, ``col`` and ``nodata_fraction`` (chips) or ``chip_row``,
 ``chip_col`` (patches), and a ``bbox`` covering column (xmin, ymin, xmax, ymax) declared in the
 GeoParquet metadata, whose row-group statistics let readers skip what a query does not touch.
 
@@ -62,6 +63,7 @@ def geo_metadata(multipart: bool = False) -> str:
 def chip_schema(dim: int, extra_metadata: dict[str, str], multipart: bool = False) -> pa.Schema:
     fields = [
         pa.field("source_url", pa.string()),
+        pa.field("item_id", pa.string()),
         pa.field("date", pa.date32()),
         pa.field("embeddings", pa.list_(pa.float32(), dim)),
         pa.field("geometry", pa.binary()),
@@ -76,7 +78,7 @@ def chip_schema(dim: int, extra_metadata: dict[str, str], multipart: bool = Fals
 def patch_schema(dim: int, extra_metadata: dict[str, str], multipart: bool = False) -> pa.Schema:
     """One row per 32 × 32 px patch: the patch tokens' mean over the engine's band groups."""
     base = chip_schema(dim, extra_metadata, multipart)
-    fields = [base.field(n) for n in ("source_url", "date", "embeddings", "geometry", "row", "col")]
+    fields = [base.field(n) for n in ("source_url", "item_id", "date", "embeddings", "geometry", "row", "col")]
     fields += [pa.field("chip_row", pa.int32()), pa.field("chip_col", pa.int32()), base.field("bbox")]
     return pa.schema(fields, metadata=base.metadata)
 
@@ -107,12 +109,14 @@ def geometry_columns(polygons, multipart: bool = False) -> dict[str, pa.Array]:
     return {"geometry": pa.array(shapely.to_wkb(polygons).tolist(), pa.binary()), "bbox": bbox}
 
 
-def row_columns(source: str, day: Date, embeddings: np.ndarray, polygons, multipart: bool = False, **columns) -> dict:
-    """The columns of a batch of rows (chips or patches): what every row shares, the embeddings, the
-    geometry with its bbox, and the file kind's own integer columns (``row``, ``col``...)."""
+def row_columns(source: str, day: Date, embeddings: np.ndarray, polygons, multipart: bool = False,
+                item_id: str | None = None, **columns) -> dict:  # fmt: skip
+    """The columns of a batch of rows (chips or patches): what every row shares (``item_id``: the
+    scene's STAC Item, ``None`` for files), the embeddings, the geometry with its bbox, and the file
+    kind's own integer columns (``row``, ``col``...)."""
     count = len(embeddings)
-    return {"source_url": [source] * count, "date": [day] * count, "embeddings": embeddings_column(embeddings),
-            **columns, **geometry_columns(polygons, multipart)}  # fmt: skip
+    return {"source_url": [source] * count, "item_id": [item_id] * count, "date": [day] * count,
+            "embeddings": embeddings_column(embeddings), **columns, **geometry_columns(polygons, multipart)}  # fmt: skip
 
 
 def warm_up() -> None:

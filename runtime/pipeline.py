@@ -31,7 +31,7 @@ from .files import SceneError, SceneFiles, first_line
 from .geometry import patch_polygons
 from .grid import Chip, patch_cells
 from .metadata import EngineMetadata
-from .options import RunOptions
+from .options import RunOptions, check_patch_embeddings
 from .output import OutputError, SceneOutput, ScenePaths, file_metadata, row_columns, warm_up
 from .patch_raster import PatchRasterWriter
 from .reader import gdal_env, read_chip
@@ -170,8 +170,7 @@ def run_scenes(
     on, otherwise the :class:`SceneError` is raised.
     """
     meta = engine.metadata
-    if options.needs_patches and not meta.has_patch_embeddings:
-        raise SceneError(f"{options.patch_outputs()} needs an engine exported with --patch-embeddings")
+    check_patch_embeddings(meta, options.needs_patches, options.patch_request())
     clock = clock or StageClock()
     batch = options.batch_size or engine.preferred_batch
     # Chip n of the stream is read into ring[n % len(ring)]; a batch is a contiguous slice of it.
@@ -399,7 +398,8 @@ def _write_rows(state: _SceneState, kept: list, outputs: dict[str, np.ndarray], 
 def scene_identity(scene: Scene, metadata: EngineMetadata) -> tuple[str, dict[str, str]]:
     """What every file of a scene carries, whichever way it was run: its ``source_url`` and the
     key-value metadata (engine, scene CRS, preprocessing)."""
-    return str(scene.path.resolve()), file_metadata(metadata, scene.crs.to_string(), scene.applied)
+    source = scene.source_url or str(scene.path.resolve())  # a STAC Item's self link, else the file or folder
+    return source, file_metadata(metadata, scene.crs.to_string(), scene.applied)
 
 
 def open_output(paths: ScenePaths, scene: Scene, source: str, extra: dict[str, str], dim: int, options: RunOptions,
@@ -433,7 +433,7 @@ def write_chip_rows(output: SceneOutput, scene: Scene, source: str, chips: list[
     :func:`group_means`). The one place rows are made, for the local pipeline and the Ray job alike,
     so both write the same files."""
     output.chips.write(row_columns(
-        source, scene.date, embeddings, [scene.chip_polygon(c) for c in chips], scene.multipart,
+        source, scene.date, embeddings, [scene.chip_polygon(c) for c in chips], scene.multipart, scene.item_id,
         row=[c.row for c in chips], col=[c.col for c in chips], nodata_fraction=fractions,
     ))  # fmt: skip
     if output.patches is not None:
@@ -442,8 +442,8 @@ def write_chip_rows(output: SceneOutput, scene: Scene, source: str, chips: list[
             vectors = grid[[c.i for c in cells], [c.j for c in cells]]
             output.patches.write(row_columns(
                 source, scene.date, vectors, patch_polygons(scene.transform, scene.crs, chip, cells, scene.patch_size),
-                scene.multipart, row=[c.row for c in cells], col=[c.col for c in cells], chip_row=[chip.row] * len(cells),
-                chip_col=[chip.col] * len(cells),
+                scene.multipart, scene.item_id, row=[c.row for c in cells], col=[c.col for c in cells],
+                chip_row=[chip.row] * len(cells), chip_col=[chip.col] * len(cells),
             ))  # fmt: skip
     if output.raster is not None:
         output.raster.write(chips, patch_means)

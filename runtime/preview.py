@@ -8,6 +8,7 @@ water and built-up land should separate without any labels. Torch-free (numpy + 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,11 @@ from .reader import band_reader
 from .scene import ReadGroup, Scene
 
 MAX_PANEL_SIDE = 720
-TITLE_HEIGHT = 44
+TITLE_HEIGHT = 44  # px above the panels: two title lines, then the panel labels
+TITLE_LINE = 12  # px per title line (Pillow's default font)
+TITLE_LINES = 2
+#: Characters Pillow's default font has no glyph for (drawn as boxes), and what to draw instead.
+GLYPHLESS = str.maketrans({"×": "x", "–": "-", "—": "-", "…": "..."})
 BACKGROUND = (24, 24, 24)
 
 
@@ -81,6 +86,24 @@ def paint_cells(height: int, width: int, scale: float, rows, cols, size: int, co
     return canvas
 
 
+def title_lines(text: str, width: float, measure: Callable[[str], float], count: int = TITLE_LINES) -> list[str]:
+    """``text`` wrapped at spaces into at most ``count`` lines of at most ``width`` (``measure``: a
+    line's drawn width in pixels). Words are never cut; what does not fit ends in "..." after a word."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and measure(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        elif len(lines) < count:
+            lines.append(word)
+        else:
+            last = lines[-1]
+            while last and measure(last + " ...") > width:
+                last = last.rsplit(" ", 1)[0] if " " in last else ""
+            lines[-1] = (last + " ...").strip()
+            break
+    return lines
+
+
 def render_preview(
     scene: Scene, chips: pa.Table, patches: pa.Table | None, engine: EngineMetadata, engine_name: str, png: Path
 ) -> Path:
@@ -110,8 +133,9 @@ def render_preview(
         canvas.paste(Image.fromarray((pixels * 255).astype(np.uint8)), (x, TITLE_HEIGHT + gap))
         draw.text((x, TITLE_HEIGHT - 14), label, fill=(220, 220, 220))
     title = (f"{scene.name}  |  {scene.date.isoformat()}  |  engine {engine_name} ({engine.precision})  |  "
-             f"model: {engine.model_size}, {engine.weights[:90]}")  # fmt: skip
-    draw.text((gap, 6), title, fill=(255, 255, 255))
+             f"model: {engine.model_size}, {engine.weights}").translate(GLYPHLESS)  # fmt: skip
+    for k, line in enumerate(title_lines(title, canvas.width - 2 * gap, draw.textlength)):
+        draw.text((gap, 4 + k * TITLE_LINE), line, fill=(255, 255, 255))
     png.parent.mkdir(parents=True, exist_ok=True)
     partial = png.with_name(png.name + ".partial.png")
     canvas.save(partial)

@@ -39,9 +39,10 @@ import numpy as np
 
 from .engine import EngineError, open_engine
 from .files import SceneError, first_line
+from .formats import CPU_BACKENDS
 from .grid import Chip
 from .metadata import EngineMetadata
-from .options import RunOptions, cpu_count
+from .options import RunOptions, check_patch_embeddings, cpu_count
 from .output import OutputError, ScenePaths
 from .pipeline import SceneResult, group_means, nothing_to_embed, open_output, scene_identity, write_chip_rows
 from .reader import gdal_env, read_chip
@@ -74,6 +75,7 @@ class EngineInfo:
     metadata: EngineMetadata
     preferred_batch: int
     description: str
+    fallback: str | None = None  # why an export folder's plan was passed over (see open_engine)
 
     @property
     def name(self) -> str:
@@ -169,7 +171,7 @@ class RayCluster:
         engine's threads); never more actors than batches (each would load the engine for nothing)."""
         totals, node_cpus = self.resources()
         gpus = int(totals.get("GPU", 0))
-        if gpus and engine.backend != "onnx-cpu":
+        if gpus and engine.backend not in CPU_BACKENDS:
             return Layout(max(1, min(gpus, batches)), 1.0, 1, fused=False)
         per = float(max(1, min(threads or 1, int(node_cpus) or 1)))
         return Layout(max(1, min(int(totals.get("CPU", 1) // per), batches)), per, 0, fused=True)
@@ -210,7 +212,8 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
 
 def _describe_engine(path: str, backend: str, threads: int | None) -> EngineInfo:
     with open_engine(path, backend, threads) as engine:
-        return EngineInfo(str(engine.path), engine.backend, engine.metadata, engine.preferred_batch, engine.describe())
+        return EngineInfo(str(engine.path), engine.backend, engine.metadata, engine.preferred_batch, engine.describe(),
+                          engine.fallback)  # fmt: skip
 
 
 def _quiet_ray_data() -> None:
@@ -381,8 +384,7 @@ def run_on_ray(
     cannot run at all raises :class:`RayJobError`. ``stats`` (for benchmarks) receives Ray Data's
     execution statistics under ``"dataset"`` once the job is done.
     """
-    if options.needs_patches and not engine.metadata.has_patch_embeddings:
-        raise SceneError(f"{options.patch_outputs()} needs an engine exported with --patch-embeddings")
+    check_patch_embeddings(engine.metadata, options.needs_patches, options.patch_request())
     if not jobs:
         return
     batch = options.batch_size or engine.preferred_batch

@@ -56,9 +56,9 @@ def read_chip(scene: Scene, chip: Chip, out: np.ndarray | None = None) -> tuple[
         out = np.empty((len(scene.sources), size, size), np.float32)
     data = out[:, : chip.height, : chip.width]
     invalid: np.ndarray | None = None
-    for group in scene.read_groups:
+    for group in scene.read_groups:  # on-grid groups first: their invalid pixels steer the resampled ones
         try:
-            values, mask = _read_group(scene, group, chip)
+            values, mask = _read_group(scene, group, chip, nodata_seen=invalid is not None)
         except RasterioError as exc:
             window = f"rows {chip.row}-{chip.row + chip.height}, cols {chip.col}-{chip.col + chip.width}"
             raise SceneError(f"{group.path}: read failed at {window} ({first_line(exc)})") from None
@@ -70,7 +70,7 @@ def read_chip(scene: Scene, chip: Chip, out: np.ndarray | None = None) -> tuple[
         data[positions] = values
     _convert(scene, data)
     for k, source in enumerate(scene.sources):
-        if source.check:  # units nothing declared: confirmed on the values (one pass, no extra read)
+        if source.check:  # undeclared units, a removed offset: confirmed on the values (one pass, no extra read)
             check_values(source.path, source.band, source.check, data[k], None if invalid is None else ~invalid[k])
     fraction = 0.0
     if invalid is not None:
@@ -108,20 +108,28 @@ def _positions(group: ReadGroup) -> slice | list[int]:
     return list(group.positions)
 
 
-def _read_group(scene: Scene, group: ReadGroup, chip: Chip) -> tuple[np.ndarray, np.ndarray | None]:
-    """A group's values on the chip's window and, where any is invalid, the invalid mask (else ``None``)."""
+def _read_group(scene: Scene, group: ReadGroup, chip: Chip, nodata_seen: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """A group's values on the chip's window and, where any is invalid, the invalid mask (else ``None``).
+
+    A resampled window read blends nodata into its neighbours, so it is kept only where the chip
+    shows no nodata: none in the on-grid bands read before it (``nodata_seen``; S2's 10 m and 20 m
+    bands share their nodata areas) and none in its own result (a nodata area two source pixels
+    wide leaves its value there). Otherwise the chip is read through the warper, which leaves
+    nodata out of the kernel."""
     indexes = list(group.indexes)
     window = chip.window
     if group.mode == "resample":  # a coarser file in the same CRS: GDAL resamples the window bilinearly
+        if nodata_seen:
+            return _read_warped(scene, group, chip)
         handle = band_reader(scene, group, warp=False)
         source = group.source_transform
         x, y = scene.transform @ (window.col_off, window.row_off)
         fractional = Window((x - source.c) / source.a, (y - source.f) / source.e,
                             window.width * scene.transform.a / source.a, window.height * scene.transform.e / source.e)  # fmt: skip
-        if not _source_window_valid(scene, group, handle, fractional):
-            return _read_warped(scene, group, chip)  # nodata near the chip: the warper leaves it out of the kernel
         values = handle.read(indexes, window=fractional, out_shape=(len(indexes), chip.height, chip.width),
                              resampling=Resampling.bilinear, out_dtype="float32")  # fmt: skip
+        if _invalid(scene, group, values) is not None:
+            return _read_warped(scene, group, chip)
         return values, None
     if group.mode == "warp":
         return _read_warped(scene, group, chip)
@@ -149,18 +157,6 @@ def _read_warped(scene: Scene, group: ReadGroup, chip: Chip) -> tuple[np.ndarray
     values = band_reader(scene, group, warp=True).read(list(group.indexes), window=chip.window)
     mask = np.isnan(values)
     return values, mask if mask.any() else None
-
-
-def _source_window_valid(scene: Scene, group: ReadGroup, handle, fractional: Window) -> bool:
-    """Whether the source pixels a resampled read draws on (one pixel of margin) hold no invalid
-    value: then the bilinear window read is exact; else the chip is read through the warper."""
-    if not any(scene.sources[p].s2 or scene.sources[p].mask != "none" for p in group.positions):
-        return True
-    col0, row0 = max(int(np.floor(fractional.col_off)) - 1, 0), max(int(np.floor(fractional.row_off)) - 1, 0)
-    col1 = min(int(np.ceil(fractional.col_off + fractional.width)) + 1, handle.width)
-    row1 = min(int(np.ceil(fractional.row_off + fractional.height)) + 1, handle.height)
-    native = handle.read(list(group.indexes), window=Window(col0, row0, col1 - col0, row1 - row0))
-    return _invalid(scene, group, native) is None
 
 
 def _invalid(scene: Scene, group: ReadGroup, raw: np.ndarray) -> np.ndarray | None:

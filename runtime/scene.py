@@ -27,18 +27,21 @@ from .bands import S2_BANDS
 from .dates import DatedFile, file_date
 from .files import (
     SUPPORTED_DTYPES,
+    GdalPath,
     Header,
     SceneError,
     SceneFiles,
     band_sources,
     discover_scenes,
     first_line,
+    is_item_path,
     read_header,
     scene_path,
 )
 from .grid import Chip, chip_grid
 from .metadata import EngineMetadata
 from .options import RunOptions
+from .stac import asset_header, is_pystac_item, scene_from_items, stac_record
 from .units import Conversion, band_conversion
 
 _GEOD = Geod(ellps="WGS84")
@@ -98,7 +101,9 @@ class Scene:
     applied: dict = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     multipart: bool = False  # the footprint crosses the antimeridian (or holds a pole)
-    ignored: tuple[Path, ...] = ()  # files beside the scene's bands that are not bands of the engine
+    ignored: tuple[Path | str, ...] = ()  # files (STAC assets) beside the scene's bands that are not bands of the engine
+    source_url: str | None = None  # what its rows' source_url says (a STAC Item's self link); None: the path
+    item_id: str | None = None  # the STAC Item its first band comes from (the item_id column)
 
     @cached_property
     def bands(self) -> tuple[str, ...]:
@@ -109,11 +114,10 @@ class Scene:
         groups: dict[tuple[Path, str], list[int]] = {}
         for position, source in enumerate(self.sources):
             groups.setdefault((source.path, source.mode), []).append(position)
-        return tuple(
-            ReadGroup(path, tuple(positions), tuple(self.sources[p].index for p in positions), mode,
-                      self.sources[positions[0]].source_transform)  # fmt: skip
-            for (path, mode), positions in groups.items()
-        )
+        made = [ReadGroup(path, tuple(positions), tuple(self.sources[p].index for p in positions), mode,
+                          self.sources[positions[0]].source_transform)
+                for (path, mode), positions in groups.items()]  # fmt: skip
+        return tuple(sorted(made, key=lambda g: g.mode == "resample"))  # the reader needs on-grid groups first
 
     def chips(self, edge: str = "shift") -> list[Chip]:
         """The chip grid, row-major (see :func:`clay.runtime.grid.chip_grid`)."""
@@ -126,10 +130,20 @@ class Scene:
         return geometry.chip_centre(self.transform, self.crs, chip, self.chip_size)
 
 
-def as_scene_files(scene: SceneFiles | str | Path) -> SceneFiles:
+def as_scene_files(scene) -> SceneFiles:
+    """A scene as given to the API: :class:`SceneFiles`, a path or URI (a GeoTIFF, a folder, a STAC
+    Item), or a ``pystac.Item``."""
     if isinstance(scene, SceneFiles):
         return scene
+    if is_pystac_item(scene):
+        return scene_from_items([scene])
     path = scene_path(scene)
+    if is_item_path(path):
+        scenes = discover_scenes([path])
+        if len(scenes) != 1:
+            raise SceneError(f"{path}: {len(scenes)} STAC Items, so {len(scenes)} scenes: embed them with embed_scenes, "
+                             "or as one scene with clay.runtime.stac.scene_from_items")  # fmt: skip
+        return scenes[0]
     if not path.exists():
         raise SceneError(f"{path}: no such file")
     return SceneFiles(path, (path,)) if path.is_file() else discover_scenes([path])[0]
@@ -153,8 +167,11 @@ def open_scene(scene: SceneFiles | str | Path, engine: EngineMetadata, options: 
 
 
 def _open(scene: SceneFiles, engine: EngineMetadata, options: RunOptions) -> Scene:
+    if scene.problem:
+        raise SceneError(scene.problem)
     wanted = tuple(engine.bands)
-    headers = {path: read_header(path) for path in scene.files}
+    files, unread = _files_to_read(scene, wanted)
+    headers = {path: scene_header(scene, path) for path in files}
     sources = band_sources(scene, list(headers.values()), wanted)
     used = list(dict.fromkeys(headers[sources[b][0]] for b in wanted))  # engine band order
     for band in wanted:
@@ -175,8 +192,8 @@ def _open(scene: SceneFiles, engine: EngineMetadata, options: RunOptions) -> Sce
         path, index = sources[band]
         header = headers[path]
         converted = band_conversion(header, index, band, options.sar_units, options.s2_offset, day)
-        if converted.warning:
-            warnings.append(converted.warning)
+        if converted.warning:  # named after the scene, so that per-band files say it once
+            warnings.append(converted.warning.replace(str(header.path), str(scene.path), 1))
         units.setdefault(converted.note, []).append(band)
         mode = _mode(header, index, reference)
         if mode != "direct":
@@ -191,7 +208,9 @@ def _open(scene: SceneFiles, engine: EngineMetadata, options: RunOptions) -> Sce
     applied["resampling"] = modes
     applied["invalid_pixels"] = masks
     applied["input_units"] = dict(engine.input_units)
-    ignored = tuple(scene.ignored) + tuple(p for p in scene.files if headers[p] not in used)
+    if scene.assets:
+        applied["stac"] = stac_record(scene, sources)
+    ignored = tuple(scene.ignored) + tuple(_label(scene, p) for p in unread + [p for p in files if headers[p] not in used])
     if ignored:
         applied["ignored_files"] = [str(p) for p in ignored]
     try:
@@ -206,9 +225,40 @@ def _open(scene: SceneFiles, engine: EngineMetadata, options: RunOptions) -> Sce
         fill_values=np.asarray(engine.band_means, dtype=np.float32), chip_size=engine.chip_size,
         patch_size=engine.patch_size, applied=applied, multipart=multipart, ignored=ignored,
     )  # fmt: skip
+    lead = scene.declared(sources[wanted[0]][0])
+    if lead is not None:
+        result.source_url, result.item_id = lead.item.source, lead.item.id
     gsd = gsd_warning(result, reference)
-    result.warnings = tuple(w for w in (gsd, *warnings) if w)
+    result.warnings = tuple(dict.fromkeys(w for w in (gsd, *warnings) if w))
     return result
+
+
+def _files_to_read(scene: SceneFiles, wanted: tuple[str, ...]) -> tuple[list, list]:
+    """The scene's files whose headers are read, and those left unread: a STAC Item's assets that hold
+    none of the engine's bands are never opened (on a remote archive, each is a request)."""
+    if not scene.assets:
+        return list(scene.files), []
+    needed = [p for p in scene.files if set(scene.declared(p).bands) & set(wanted)]
+    return needed, [p for p in scene.files if p not in needed]
+
+
+def _label(scene: SceneFiles, path: Path | GdalPath) -> Path | GdalPath | str:
+    asset = scene.declared(path)
+    return asset.label if asset is not None else path
+
+
+def scene_header(scene: SceneFiles, path: Path | GdalPath) -> Header:
+    """A file's header (:func:`~clay.runtime.files.read_header`) with what a STAC Item declares about
+    it (:func:`~clay.runtime.stac.asset_header`); errors name the Item and the asset."""
+    asset = scene.declared(path)
+    if asset is None:
+        return read_header(path)
+    try:
+        return asset_header(read_header(path), asset)
+    except SceneError as exc:
+        message = str(exc)
+        raise SceneError(message if message.startswith(f"{asset.item.id}: ") else
+                         f"{asset.item.id}: asset {asset.key}: {message}") from None  # fmt: skip
 
 
 def ground_pixel_edges(header: Header) -> tuple[float, float]:
@@ -254,9 +304,9 @@ def scene_date(scene: SceneFiles, used: list[Header], override: Date | None) -> 
     dated: list[tuple[Header, DatedFile]] = []
     for header in used:
         try:
-            found = file_date(header.path, header.tags)
+            found = file_date(header.path, header.tags, header.date)
         except ValueError as exc:
-            raise SceneError(f"{header.path}: {exc}; pass --date YYYY-MM-DD") from None
+            raise SceneError(f"{header.path}: {exc}; pass --date YYYY-MM-DD (RunOptions(date=...) in Python)") from None
         if found:
             dated.append((header, found))
     by_file = {h.path.name: f"{d.date} ({d.source})" for h, d in dated}
@@ -265,9 +315,10 @@ def scene_date(scene: SceneFiles, used: list[Header], override: Date | None) -> 
     trusted = [(h, d) for h, d in dated if d.trusted]
     if not (trusted or dated):
         raise SceneError(f"{scene.path}: no acquisition date (no acquisition tag, product name or TIFF DateTime); "
-                         "pass --date YYYY-MM-DD")  # fmt: skip
+                         "pass --date YYYY-MM-DD (RunOptions(date=...) in Python)")  # fmt: skip
     header, chosen = (trusted or dated)[0]
-    note = {"value": str(chosen.date), "source": f"{chosen.source} of {header.path.name}"}
+    of_file = "" if chosen is header.date else f" of {header.path.name}"  # a catalogue's date names its Item
+    note = {"value": str(chosen.date), "source": f"{chosen.source}{of_file}"}
     if len({d.date for _, d in dated}) > 1:
         note["files"] = by_file
     warning = None
@@ -294,7 +345,8 @@ def _mask_note(header: Header, index: int, band: str) -> str:
     if kind == "alpha":
         return f"alpha band {header.alpha} of {header.path.name}"
     if kind == "nodata":
-        return f"nodata value {header.nodata[index - 1]:g}" + ("; 0 (L2A NO_DATA)" if band in S2_BANDS else "")
+        by = f" ({header.declared['nodata']})" if "nodata" in header.declared else ""
+        return f"nodata value {header.nodata[index - 1]:g}{by}" + ("; 0 (L2A NO_DATA)" if band in S2_BANDS else "")
     return "0 (L2A NO_DATA)"
 
 

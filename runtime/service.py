@@ -185,6 +185,12 @@ class OneLineRequestErrors(logging.Filter):
         return True
 
 
+def refused(reason: str) -> None:
+    """A request refused before KServe saw it (a body over the limit): logged and counted like the others."""
+    REQUESTS.labels("invalid").inc()
+    log.error("refused a request: %s", reason)
+
+
 def serve(engine: Engine, options: ServeOptions) -> None:
     """Serve until SIGTERM or SIGINT (KServe's handlers stop both servers gracefully)."""
     logging.getLogger(kserve_logger.name).addFilter(OneLineRequestErrors())
@@ -193,7 +199,9 @@ def serve(engine: Engine, options: ServeOptions) -> None:
     kserve_fixes.bind_servers(options.host, limit)
     kserve_fixes.decode_binary_requests()
     app = model_server.app
-    app.add_middleware(kserve_fixes.BodyLimit, limit=limit)
+    bands = len(engine.metadata.bands)
+    app.add_middleware(kserve_fixes.BodyLimit, limit=limit, on_refusal=refused,
+                       meaning=f"at most {options.max_batch} chips of {bands} bands per request: --max-batch {options.max_batch}")  # fmt: skip
     app.add_exception_handler(kserve_fixes.EngineFailure, kserve_fixes.engine_failure_response)
     metadata = model_metadata(engine, options)
 

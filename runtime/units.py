@@ -4,7 +4,14 @@ The engine's input units (:data:`clay.runtime.bands.INPUT_UNITS`, recorded in ev
 Sentinel-2 L2A surface reflectance × 10 000 without the +1000 offset of processing baseline 04.00+
 ("harmonised"), Sentinel-1 backscatter as linear power, elevation in metres. What a file holds is
 read from, in this order: the run's explicit options (``--s2-offset``, ``--sar-units``: overrides),
-GDAL's per-band scale and offset, the product's own offset metadata, band units. Where nothing is
+GDAL's per-band scale and offset, the product's own offset metadata, band units. A STAC Item's
+declarations (``raster:bands``, ``earthsearch:boa_offset_applied``, ``s2:processing_baseline``) reach
+here in the file's header (:func:`clay.runtime.stac.asset_header`), which names their source for the
+notes. A declared +1000 offset (−0.1) on a product whose processing baseline predates it (below
+04.00) contradicts that baseline and is not applied, with a warning; where a declared offset is
+removed, B02 is checked on every chip (:func:`check_values`): DNs that carry the offset are not
+mostly below it (blue reflectance is not negative), so a band that is has none, whatever its
+metadata says (an archive that removed it without saying so). Where nothing is
 declared, the values themselves are checked as each chip is read (:func:`check_values`, on pixels
 the reader decodes anyway, nodata and masked pixels left out): a "linear" SAR band that is mostly
 negative is in dB, a float Sentinel-2 band below 2 holds reflectance, not DNs; the scene is then
@@ -17,6 +24,7 @@ with a note of what was done and why, which goes into the output's ``clay:prepro
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import date as Date
@@ -65,7 +73,7 @@ class Conversion:
 class Converted:
     """A band's conversion, the note recorded in the output metadata, a warning for the user, and
     what :func:`check_values` must confirm on its values (``"linear"``: SAR taken as linear power;
-    ``"dn"``: a float S2 band taken as DNs)."""
+    ``"dn"``: a float S2 band taken as DNs; ``"offset"``: B02 taken as carrying the +1000 offset)."""
 
     conversion: Conversion
     note: str
@@ -92,6 +100,15 @@ def _declared(header: Header, index: int) -> tuple[float, float]:
     return float(header.scales[index - 1]), float(header.offsets[index - 1])
 
 
+def _by(header: Header, kind: str, default: str) -> str:
+    """Who declared a header's value of this kind: a catalogue (a STAC Item), else ``default``."""
+    return header.declared.get(kind, default)
+
+
+def _unit_note(header: Header, unit: str) -> str:
+    return f"unit {unit!r}" + (f" ({header.declared['unit']})" if "unit" in header.declared else "")
+
+
 def _tag(header: Header, index: int, *keys: str) -> str | None:
     band_tags = header.band_tags[index - 1] if header.band_tags else {}
     for key in keys:
@@ -103,34 +120,52 @@ def _tag(header: Header, index: int, *keys: str) -> str | None:
 
 def _s2(header: Header, index: int, band: str, s2_offset: float | None, day: Date | None) -> Converted:
     scale, offset = _declared(header, index)
+    by = _by(header, "scale", "GDAL")
     if s2_offset is not None:
         note = f"--s2-offset {s2_offset:g}: DN - {s2_offset:g}" if s2_offset else "--s2-offset 0: DNs taken as harmonised"
         if scale != 1.0:
-            return Converted(Conversion(scale * S2_QUANTIFICATION, -s2_offset), f"GDAL scale {scale:g}; {note}")
+            return Converted(Conversion(scale * S2_QUANTIFICATION, -s2_offset), f"{by} scale {scale:g}; {note}")
         return Converted(Conversion(1.0, -s2_offset), note)
     harmonised = _tag(header, index, *S2_HARMONISED_TAGS)
     if harmonised is not None and harmonised.strip().lower() in ("true", "1", "yes"):
+        why = _by(header, "harmonised", "boa_offset_applied tag")
+        again = f"{by} offset {offset:g} not applied again" if offset else "declared offset not applied again"
         return Converted(Conversion(scale * S2_QUANTIFICATION if scale != 1.0 else 1.0, 0.0),
-                         "offset already removed (boa_offset_applied tag); declared offset not applied again")  # fmt: skip
+                         f"offset already removed ({why}); {again}")  # fmt: skip
     if scale != 1.0 or offset != 0.0:
         gain, bias = scale * S2_QUANTIFICATION, offset * S2_QUANTIFICATION
         if scale == 1.0:  # an offset on DNs: BOA_ADD_OFFSET-style
             gain, bias = 1.0, offset
-        return Converted(Conversion(gain, bias), f"GDAL scale {scale:g} offset {offset:g}: DN * {gain:g} {bias:+g}")
+        baseline = _baseline(header)
+        if baseline is not None and baseline < 4.0 and math.isclose(bias, -S2_BOA_OFFSET):
+            source = _by(header, "baseline", "tag or product name")
+            return Converted(
+                Conversion(gain, 0.0),
+                f"{by} scale {scale:g} offset {offset:g}; offset not applied: processing baseline {baseline:05.2f} "
+                f"({source}) predates it: DN * {gain:g}",
+                f"{header.path}: {by} declares the +1000 offset of processing baseline 04.00+ (offset {offset:g}), but "
+                f"the processing baseline is {baseline:05.2f} ({source}), whose DNs carry none: not applied; pass "
+                "--s2-offset 1000 if they do",
+            )  # fmt: skip
+        return Converted(Conversion(gain, bias), f"{by} scale {scale:g} offset {offset:g}: DN * {gain:g} {bias:+g}",
+                         check=_offset_check(band, bias))  # fmt: skip
     boa = _tag(header, index, f"BOA_ADD_OFFSET_{band}", f"BOA_ADD_OFFSET_B{band[1:].lstrip('0')}", "BOA_ADD_OFFSET")
     if boa is not None:
         try:
             value = float(boa)
         except ValueError:
             raise SceneError(f"{header.path}: {band}: BOA_ADD_OFFSET {boa!r} is not a number") from None
-        return Converted(Conversion(1.0, value), f"BOA_ADD_OFFSET {value:g}: DN {value:+g}")
+        return Converted(Conversion(1.0, value), f"BOA_ADD_OFFSET {value:g}: DN {value:+g}", check=_offset_check(band, value))
     baseline = _baseline(header)
     if baseline is not None:
         value = -S2_BOA_OFFSET if baseline >= 4.0 else 0.0
-        return Converted(Conversion(1.0, value), f"processing baseline {baseline:05.2f}: DN {value:+g}")
+        source = f" ({header.declared['baseline']})" if "baseline" in header.declared else ""
+        return Converted(Conversion(1.0, value), f"processing baseline {baseline:05.2f}{source}: DN {value:+g}",
+                         check=_offset_check(band, value))  # fmt: skip
     unit = header.units[index - 1].strip().lower()
     if unit in REFLECTANCE_UNITS:
-        return Converted(Conversion(S2_QUANTIFICATION, 0.0), f"unit {unit!r}: reflectance * {S2_QUANTIFICATION:g}")
+        return Converted(Conversion(S2_QUANTIFICATION, 0.0),
+                         f"{_unit_note(header, unit)}: reflectance * {S2_QUANTIFICATION:g}")  # fmt: skip
     check = "dn" if np.dtype(header.dtypes[index - 1]).kind == "f" else None
     warning = None
     if day is not None and day >= S2_OFFSET_FROM:
@@ -138,6 +173,13 @@ def _s2(header: Header, index: int, band: str, s2_offset: float | None, day: Dat
                    "but no scale/offset, BOA_ADD_OFFSET or baseline is declared: DNs taken as harmonised; pass "
                    "--s2-offset 1000 if they carry it")  # fmt: skip
     return Converted(Conversion(), "no offset declared: DNs taken as harmonised", warning, check)
+
+
+def _offset_check(band: str, bias: float) -> str | None:
+    """``"offset"`` for B02 when the +1000 offset its metadata declares is removed: confirmed on every
+    chip (blue reflectance is not negative over any natural surface, so the darkest DNs that carry the
+    offset are not mostly below it; over dark water the NIR and SWIR bands can be, so only B02)."""
+    return "offset" if band == "B02" and math.isclose(bias, -S2_BOA_OFFSET) else None
 
 
 def _baseline(header: Header) -> float | None:
@@ -156,14 +198,15 @@ def _baseline(header: Header) -> float | None:
 
 def _sar(header: Header, index: int, band: str, sar_units: str) -> Converted:
     scale, offset = _declared(header, index)
-    declared = "" if (scale, offset) == (1.0, 0.0) else f"GDAL scale {scale:g} offset {offset:g}; "
+    by = _by(header, "scale", "GDAL")
+    declared = "" if (scale, offset) == (1.0, 0.0) else f"{by} scale {scale:g} offset {offset:g}; "
     if sar_units == "db":
         return Converted(Conversion(scale, offset, True), f"{declared}--sar-units db: dB to linear power")
     unit = header.units[index - 1].strip().lower()
     if sar_units == "auto" and unit in DB_UNITS:
-        return Converted(Conversion(scale, offset, True), f"{declared}unit {unit!r}: dB to linear power")
+        return Converted(Conversion(scale, offset, True), f"{declared}{_unit_note(header, unit)}: dB to linear power")
     if sar_units == "auto" and unit in LINEAR_UNITS:
-        return Converted(Conversion(scale, offset), f"{declared}unit {unit!r}: linear power")
+        return Converted(Conversion(scale, offset), f"{declared}{_unit_note(header, unit)}: linear power")
     why = "--sar-units linear" if sar_units == "linear" else "no unit declared: linear power, checked on every chip"
     return Converted(Conversion(scale, offset), f"{declared}{why}", check="linear")
 
@@ -175,17 +218,19 @@ def _dem(header: Header, index: int, band: str) -> Converted:
         raise SceneError(f"{header.path}: {band} unit {unit!r} is not a length unit this runtime converts to metres "
                          f"({', '.join(u for u in METRES if u)})")  # fmt: skip
     factor = METRES[unit]
-    notes = [f"GDAL scale {scale:g} offset {offset:g}"] if (scale, offset) != (1.0, 0.0) else []
+    notes = [f"{_by(header, 'scale', 'GDAL')} scale {scale:g} offset {offset:g}"] if (scale, offset) != (1.0, 0.0) else []
     if factor != 1.0:
-        notes.append(f"unit {unit!r}: * {factor:g} to metres")
+        notes.append(f"{_unit_note(header, unit)}: * {factor:g} to metres")
     return Converted(Conversion(scale * factor, offset * factor), "; ".join(notes) or "metres")
 
 
 def check_values(path, band: str, check: str, values: np.ndarray, valid: np.ndarray | None) -> None:
     """Confirm on a chip's stored values (``valid``: where they are not nodata; ``None``: all) what
     :func:`band_conversion` assumed when nothing was declared, or raise :class:`SceneError`:
-    linear power is never negative (a mostly negative band is in dB), and Sentinel-2 DNs are not all
-    below 2 (such a band holds reflectance). Chips without a valid pixel say nothing."""
+    linear power is never negative (a mostly negative band is in dB), Sentinel-2 DNs are not all
+    below 2 (such a band holds reflectance), and B02 with its declared +1000 offset removed is not
+    mostly negative (its DNs never carried it). ``values`` are converted (the offset removed).
+    Chips without a valid pixel say nothing."""
     sample = values if valid is None else values[valid]
     if sample.size == 0:
         return
@@ -193,6 +238,12 @@ def check_values(path, band: str, check: str, values: np.ndarray, valid: np.ndar
         raise SceneError(
             f"{path}: SAR band {band} is mostly negative, so it is in dB, not linear power; "
             "pass --sar-units db (RunOptions(sar_units='db') in Python)"
+        )
+    if check == "offset" and np.count_nonzero(sample < 0) > 0.5 * sample.size:
+        raise SceneError(
+            f"{path}: {band} is mostly below the +1000 offset its metadata declares (processing baseline 04.00+), "
+            "i.e. negative reflectance once it is removed: its DNs do not carry the offset (an archive that removed "
+            "it without saying so); pass --s2-offset 0 (RunOptions(s2_offset=0) in Python)"
         )
     if check == "dn" and np.count_nonzero(sample >= REFLECTANCE_CEILING) < 0.01 * sample.size:
         raise SceneError(

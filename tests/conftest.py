@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: Small crops of the real samples, shipped with the tests (provenance and licences: its README and
+#: each folder's NOTICE.md). The real Sentinel-2 scene T48QUE is the bundled demo copy.
+REAL_DATA = Path(__file__).resolve().parent / "data" / "real"
+SSL4EO = REAL_DATA / "ssl4eo-s12-0000200"
 
 # Keep every test on the same thread count so timings and results do not depend on the machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")

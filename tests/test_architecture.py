@@ -87,7 +87,10 @@ def test_a_console_script_without_its_extra_says_which_to_install(entry, command
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert lines[0].startswith(f'{command} needs the {extra} extra: pip install "clay-runtime[{extra}]"'), lines[0]
+    # the folder this environment was installed from (the checkout), torch first where it is missing
+    torch_first = "pip install torch && " if "torch" in blocked else ""
+    assert lines[0].startswith(f'{command} needs the {extra} extra: {torch_first}pip install "{ROOT}[{extra}]" ('), lines[0]
+    assert ("torch first: the CPU or CUDA build you want" in lines[0]) == ("torch" in blocked)
 
 
 def test_console_scripts_point_at_the_guarded_entry_points():
@@ -226,3 +229,62 @@ def test_api_options_reach_what_the_cli_does(engine_dir, tmp_path):
         assert "--s2-offset 1000: DN - 1000" in table.schema.metadata[b"clay:preprocessing"].decode()
     with pytest.raises(ValueError, match="sar_units must be one of"):
         RunOptions(sar_units="decibel")
+
+
+def test_a_missing_patch_output_is_named_in_the_callers_terms(engine_dir, tmp_path):
+    """The Python API names the RunOptions field (or embed's argument), clay-run its flag; both say
+    how to get such an engine; the CLI says it before any output folder is made."""
+    import subprocess
+    import sys
+
+    from clay.runtime import ClayEmbedder, RunOptions, SceneError
+    from clay.runtime.bands import S2_BANDS
+    from clay.training.synthetic import make_chips, write_scene
+
+    scene = write_scene(tmp_path / "s.tif", 512, 512, dtype="uint16", bands=S2_BANDS)
+    with ClayEmbedder(engine_dir) as embedder:
+        with pytest.raises(SceneError, match=r"^patch_embeddings=True needs .*clay-export --patch-embeddings"):  # fmt: skip
+            embedder.embed_scene(scene, RunOptions(patch_embeddings=True))
+        pixels, lonlat, date = make_chips(1, seed=3)
+        with pytest.raises(SceneError, match=r"^patch_embeddings=True needs"):
+            embedder.embed(pixels[:, : len(S2_BANDS)], lonlat, date, patch_embeddings=True)  # S2: the first 10
+    out = tmp_path / "new"
+    result = subprocess.run([sys.executable, "-m", "clay.runtime.cli", str(scene), "--engine", str(engine_dir),
+                             "--patch-embeddings", "--out", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and last_line.startswith("clay-run: --patch-embeddings needs")
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+@pytest.mark.parametrize(("entry", "command"), [("clay.training", "clay-train"), ("clay.export", "clay-export")])
+def test_help_answers_without_loading_torch_or_lightning(entry, command):
+    """--help is read before anything heavy is imported (it took seconds when it was not)."""
+    code = (f"import sys\nsys.argv = [{command!r}, '--help']\nfrom {entry} import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'lightning', 'onnx', 'polygraphy'})\n"
+            "print('loaded:', heavy)\n")  # fmt: skip
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"usage: {command}") or result.stdout.startswith("Usage: clay-export"), result.stdout[:200]
+    assert "loaded: []" in result.stdout
+
+
+def test_clay_train_help_offers_what_lightnings_own_top_level_help_offers():
+    """clay-train --help is ours (no Lightning import); the same subcommands and options as LightningCLI's."""
+    pytest.importorskip("lightning", reason="the training extra")
+    import os
+    import subprocess
+    import sys
+
+    from clay.training import top_level_help
+
+    theirs = subprocess.run([sys.executable, "-m", "clay.training.cli", "--help"], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "COLUMNS": "200"}).stdout  # fmt: skip
+    ours = top_level_help()
+
+    def offered(text: str) -> tuple[set[str], set[str]]:
+        subcommands = set(re.search(r"\{([a-z,]+)\}", text).group(1).split(","))
+        return subcommands, set(re.findall(r"(?<![\w-])--?[a-z][a-z_]*", text.split("subcommands:")[0]))
+
+    assert offered(ours)[0] == offered(theirs)[0] == {"fit", "validate", "test", "predict"}
+    assert offered(theirs)[1] <= offered(ours)[1], (offered(theirs)[1], offered(ours)[1])

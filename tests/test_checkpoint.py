@@ -12,7 +12,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="checkpoint tests need the [training] extra")
 from clay.runtime.bands import BAND_GROUPS, BAND_MEANS, BAND_STDS  # noqa: E402
 from clay.training.checkpoint import CheckpointError, load_clay_mae  # noqa: E402
-from clay.training.model import SIZES, ClayMAE  # noqa: E402
+from clay.training.model import ClayMAE  # noqa: E402
+from clay.training.sizes import SIZES  # noqa: E402
 from clay.training.synthetic import make_chips  # noqa: E402
 from torch import nn  # noqa: E402
 

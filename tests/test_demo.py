@@ -10,11 +10,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
-from clay.runtime.cli import DEMO_DIR, DEMO_ENGINE, DEMO_SCENE
+from clay.runtime.demo import DEMO_DIR, DEMO_ENGINE, DEMO_SCENE
 from PIL import Image
 from shapely import from_wkb
 
-from .conftest import SHARED_DATA
+from .conftest import SSL4EO
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,6 +69,23 @@ def test_demo_preview_is_a_real_picture(demo_run):
     assert np.abs(left.mean(axis=(0, 1)) - right.mean(axis=(0, 1))).max() > 5 or np.abs(left - right).mean() > 20
 
 
+def test_the_preview_title_wraps_at_words_and_keeps_the_whole_demo_description(demo_run):
+    from clay.runtime.engine import read_engine_metadata
+    from clay.runtime.preview import title_lines
+    from PIL import ImageDraw
+
+    out, _ = demo_run
+    with Image.open(out / "demo-preview.png") as picture:
+        width = picture.width - 16  # the title's room: the canvas less its two margins
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    weights = read_engine_metadata(DEMO_ENGINE).weights
+    title = f"T48QUE-20200223  |  2020-02-23  |  engine {DEMO_ENGINE.name} (int8)  |  model: tiny, {weights}"
+    assert " ".join(title_lines(title, width, measure)) == title  # the demo's canvas holds all of it
+    short = title_lines(title, 400, measure)
+    assert len(short) == 2 and short[-1].endswith(" ...") and all(measure(line) <= 400 for line in short)
+    assert set(" ".join(short).removesuffix(" ...").split(" ")) <= set(title.split(" "))  # no word cut
+
+
 torch = pytest.importorskip("torch", reason="re-exporting and scoring the demo weights needs the [export] extra")
 
 
@@ -115,15 +132,14 @@ def test_water_probe_reads_a_target_the_three_components_carry_and_not_one_they_
     assert explained_by_three_components(vectors, vectors[:, 40]) < 0.05
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "ssl4eo-s12-0000200").is_dir(), reason=f"real samples not found under {SHARED_DATA}")
 def test_the_s2_s1_pair_trains_as_one_padded_chip_with_linear_sar(tmp_path):
     from clay.runtime.bands import GROUP_NAMES
     from clay.training.data import inspect_chip
-    from clay.training.demo import PAIR, prepare
+    from clay.training.demo import prepare
 
-    train, _ = prepare(tmp_path, DEMO_SCENE, PAIR)
+    train, _ = prepare(tmp_path, DEMO_SCENE, SSL4EO)  # the shipped crop of the pair (128² px of S2)
     chip = inspect_chip(train / "ssl4eo-s2-s1.tif", GROUP_NAMES, partial_groups=True, pad_small=True)
-    assert chip.groups == ("rgb", "rededge", "nir", "swir", "sar") and (chip.height, chip.width) == (262, 262)  # S1 cover
+    assert chip.groups == ("rgb", "rededge", "nir", "swir", "sar") and (chip.height, chip.width) == (128, 128)  # S1 covers the crop
     with rasterio.open(chip.path) as src:
         sar = src.read([src.descriptions.index(b) + 1 for b in ("VH", "VV")])
         assert src.tags()["date"] == "2020-06-04" and src.crs.to_epsg() == 4326
@@ -131,8 +147,8 @@ def test_the_s2_s1_pair_trains_as_one_padded_chip_with_linear_sar(tmp_path):
 
 
 def test_demo_folder_holds_only_what_the_demo_needs():
-    names = sorted(p.name for p in DEMO_DIR.iterdir())
-    assert names == sorted([DEMO_ENGINE.name, DEMO_SCENE.name])
+    names = sorted(p.name for p in DEMO_DIR.iterdir() if p.name != "__pycache__")
+    assert names == sorted([DEMO_ENGINE.name, DEMO_SCENE.name, "__init__.py"])
 
 
 def test_coarser_bands_read_by_resampled_window_equal_the_warp():

@@ -202,3 +202,20 @@ def test_unfitting_checkpoint_and_unwritable_dir_are_one_line(tmp_path, checkpoi
     result = clay_export("--checkpoint", str(checkpoint), "--out", str(blocker / "sub"))
     assert result.returncode != 0 and "cannot write there" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_export_says_what_it_exported_and_warns_of_groups_the_weights_never_trained(tmp_path, checkpoint):
+    """The demo weights were trained on the S2 groups and sar, never on dem: exporting dem warns; the
+    summary names the weights, the bands and the groups. A checkpoint that records nothing (the
+    published layout, here the test's tiny one without a groups hyper-parameter) gives no warning."""
+    result = clay_export("--out", str(tmp_path / "demo"), "--groups", "rgb,dem", "--no-check")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("clay-export: ")]
+    assert any(line.startswith("clay-export: weights: demo weights") and "Clay 'tiny'" in line for line in lines)
+    assert "clay-export: input: 4 bands (B02 B03 B04 DEM) in groups rgb, dem; output: embedding [B, 256]" in lines
+    assert "clay-export: trained on groups: rgb, rededge, nir, swir, sar" in lines
+    warnings = [line for line in lines if "warning: the weights were never trained on dem " in line]
+    assert len(warnings) == 1 and "--groups" in warnings[0]
+    result = clay_export("--checkpoint", str(checkpoint), "--out", str(tmp_path / "ckpt"), "--no-check")
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    assert "clay-export: trained on groups: not recorded in the checkpoint" in result.stderr

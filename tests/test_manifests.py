@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from clay.runtime.bands import S2_BANDS
-from clay.runtime.cli import DEMO_ENGINE
+from clay.runtime.demo import DEMO_ENGINE
 from clay.runtime.files import GdalPath, SceneError, discover_scenes, scene_path
 from clay.training.synthetic import write_scene
 

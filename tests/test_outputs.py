@@ -22,7 +22,7 @@ import shapely
 from clay.runtime import ClayEmbedder, RunOptions, SceneError
 from clay.runtime import output as output_module
 from clay.runtime.bands import S2_BANDS
-from clay.runtime.cli import DEMO_ENGINE, DEMO_SCENE
+from clay.runtime.demo import DEMO_ENGINE, DEMO_SCENE
 from clay.runtime.output import AtomicParquetWriter, OutputError, ScenePaths
 from clay.training.synthetic import write_scene
 
@@ -165,7 +165,7 @@ def test_disk_full_mid_scene_is_one_line_and_leaves_no_file(tmp_path):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr and "No space left on device" in lines[-1] and "s.parquet" in lines[-1]
-    assert not [p for p in out.iterdir() if not p.name.startswith(".")]  # no final file, no .partial
+    assert not out.exists()  # no final file, no .partial, and not the folder the failed run made
 
 
 def truncated(path: Path) -> Path:
@@ -220,3 +220,35 @@ def test_resume_skips_complete_scenes_and_clears_stale_partials(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["a.parquet", "a.patches.parquet", "b.parquet", "b.patches.parquet"]
     again = clay_run(*scenes, "--engine", DEMO_ENGINE, "--out", out, "--resume", "--patch-embeddings")
     assert again.returncode == 0 and again.stderr.count("skipped (--resume)") == 2
+
+
+def test_embed_scene_to_makes_its_folder_and_checks_it_before_the_scene_is_read(embedder, tmp_path):
+    """The Python API writes where it is told, as clay-run does: missing folders are made; an
+    unwritable place fails before the scene is opened (here a scene that does not exist: the output
+    is what the error is about); a scene that fails takes the folders it made with it."""
+    target = tmp_path / "out" / "deep" / "s.parquet"
+    result = embedder.embed_scene_to(s2_scene(tmp_path / "s.tif", 512), target)
+    assert result.output == target and pq.read_table(target).num_rows == 1
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match="not writable"):
+        embedder.embed_scene_to(tmp_path / "missing.tif", blocker / "out" / "s.parquet")
+    with pytest.raises(SceneError, match="no such file"):
+        embedder.embed_scene_to(tmp_path / "missing.tif", tmp_path / "new" / "deeper" / "s.parquet")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_run_that_fails_before_writing_leaves_no_output_folder(tmp_path):
+    scene = tmp_path / "scene.tif"
+    profile = {"driver": "GTiff", "width": 64, "height": 64, "count": 1, "dtype": "uint8", "crs": "EPSG:32648",
+               "transform": rasterio.transform.from_origin(0, 0, 10, 10)}  # fmt: skip
+    with rasterio.open(scene, "w", **profile) as dst:  # one band of the engine's ten: refused at opening
+        dst.write(np.ones((1, 64, 64), np.uint8))
+        dst.set_band_description(1, "B02")
+    result = clay_run(scene, "--engine", DEMO_ENGINE, "--out", tmp_path / "new" / "out")
+    assert result.returncode == 1 and "lacks band(s) B03" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there before the run is left alone
+    assert clay_run(scene, "--engine", DEMO_ENGINE, "--out", tmp_path / "kept").returncode == 1
+    assert (tmp_path / "kept").is_dir()

@@ -298,11 +298,11 @@ def test_a_stage_timed_inside_another_counts_once():
     assert 0.1 <= clock.seconds["patch raster"] < 0.14 and 0.05 <= clock.seconds["write"] < 0.09, clock.seconds
 
 
-def readme_block(marker: str) -> str:
-    """The first Python block after ``marker`` in the README."""
-    text = README.read_text()
-    start = text.index("```python\n", text.index(marker)) + len("```python\n")
-    return text[start : text.index("```", start)]
+def readme_block(holding: str) -> str:
+    """The README's Python block that holds ``holding``."""
+    blocks = README.read_text().split("```python\n")[1:]
+    (block,) = [b.split("```")[0] for b in blocks if holding in b.split("```")[0]]
+    return block
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
@@ -313,7 +313,7 @@ def test_the_readmes_similarity_map_writes_one_band_on_the_rasters_grid(runs, tm
     (tmp_path / "clay-demo").mkdir()
     shutil.copy(result.raster, tmp_path / "clay-demo" / "demo.patches.tif")
     monkeypatch.chdir(tmp_path)
-    code = readme_block("<!-- similarity-map")
+    code = readme_block('"similarity.tif"')
     assert f"row, col = {QUERY_CELL[0]}, {QUERY_CELL[1]}" in code
     exec(compile(code, "README.md", "exec"), {})
     with rasterio.open(tmp_path / "similarity.tif") as out, rasterio.open(result.raster) as src:

@@ -1,9 +1,9 @@
 """Real data as users have it: per-band files at 10/20/60 m, S1 in dB on another grid, band subsets.
 
-The samples are read in place from ``../shared/data`` (see its README for provenance and licences:
-the T48QUE scene is Major TOM Core-S2L2A, CC-BY-SA-4.0, "Contains modified Copernicus Sentinel data
-(2020), Major TOM Core-S2L2A, ESA Φ-lab"; SSL4EO-S12 is CC-BY-4.0, "SSL4EO-S12, contains modified
-Copernicus Sentinel data (2020)"). Copies made here live only in pytest's temporary folders.
+The T48QUE scene is the bundled demo copy (Major TOM Core-S2L2A, CC-BY-SA-4.0, "Contains modified
+Copernicus Sentinel data (2020), Major TOM Core-S2L2A, ESA Φ-lab"); the SSL4EO-S12 pair is a crop
+shipped under ``tests/data/real`` (CC-BY-4.0, "SSL4EO-S12, contains modified Copernicus Sentinel
+data (2020)"; see its NOTICE.md). Copies made here live only in pytest's temporary folders.
 """
 
 from __future__ import annotations
@@ -18,20 +18,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+from clay.runtime.demo import DEMO_SCENE
 from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from shapely import from_wkb
 
-from .conftest import SHARED_DATA, trained_like_tiny
+from .conftest import SSL4EO, trained_like_tiny
 
 torch = pytest.importorskip("torch", reason="engines are exported with the [export] extra")
 
-T48QUE = SHARED_DATA / "s2l2a-T48QUE-20200223"
-SSL4EO = SHARED_DATA / "ssl4eo-s12-0000200"
+T48QUE = DEMO_SCENE
 S2_GROUPS = ("rgb", "rededge", "nir", "swir")
 S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
-
-pytestmark = pytest.mark.skipif(not T48QUE.is_dir() or not SSL4EO.is_dir(), reason=f"real samples not found under {SHARED_DATA}")
 
 
 def export(checkpoint: Path, out: Path, groups, **flags) -> Path:
@@ -125,7 +123,7 @@ def test_ssl4eo_s2_and_s1_in_db_on_another_grid(s2_s1_engine, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "geographic CRS EPSG:4326" in result.stderr  # GSD warning
     table = pq.read_table(out)
-    assert table.num_rows == 1  # 264² px: smaller than a chip, padded
+    assert table.num_rows == 1  # 128² px: smaller than a chip, padded
     assert np.isfinite(np.array(table["embeddings"][0].as_py())).all()
     assert footprint_wgs84(SSL4EO / "s2l2a-20200604" / "B2.tif").contains(from_wkb(table["geometry"][0].as_py()))
     assert json.loads(table.schema.metadata[b"clay:preprocessing"])["units"]["--sar-units db: dB to linear power"] == ["VH", "VV"]

@@ -279,7 +279,7 @@ def test_coarser_bands_off_the_grid_by_a_fraction_of_a_pixel_read_as_the_warp_wo
     """20 m files whose origin is 7.5 m off the 10 m grid: the resampled window is fractional."""
     from dataclasses import replace
 
-    from clay.runtime.cli import DEMO_ENGINE
+    from clay.runtime.demo import DEMO_ENGINE
     from clay.runtime.engine import read_engine_metadata
     from clay.runtime.files import SceneFiles
     from clay.runtime.reader import read_chip

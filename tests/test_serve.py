@@ -23,9 +23,9 @@ if importlib.util.find_spec("kserve") is None:
 th = pytest.importorskip("tritonclient.http", reason="the client side needs tritonclient[http,grpc]")
 tg = pytest.importorskip("tritonclient.grpc", reason="the client side needs tritonclient[http,grpc]")
 
-from clay.benchmarks.serve_load import batch_histogram, chips_for, in_process_rate, load, running_server  # noqa: E402
+from clay.benchmarks.serve_load import batch_histogram, chips_for, load, running_server  # noqa: E402
 from clay.runtime import ClayEmbedder  # noqa: E402
-from clay.runtime.cli import DEMO_ENGINE  # noqa: E402
+from clay.runtime.demo import DEMO_ENGINE  # noqa: E402
 from clay.runtime.engine import read_engine_metadata  # noqa: E402
 
 GRPC_LIMITS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
@@ -122,6 +122,8 @@ def test_bad_requests_are_4xx_with_one_line_and_the_server_keeps_serving(server,
         # a batch above --max-batch is also a body above the server's limit: refused before it is read
         assert caught.value.status() == ("413" if case.startswith("batch above") else "400"), case
         assert "\n" not in caught.value.message() and len(caught.value.message()) < 300, case
+        if case.startswith("batch above"):  # says which limit, in the terms the server was started with
+            assert "at most 2 chips of 10 bands per request: --max-batch 2" in caught.value.message()
         good = client.infer("clay", http_inputs(pixels[:1], lonlat[:1], date[:1])).as_numpy("embedding")
         assert cosine(good, expected[:1]).min() >= 0.99999, f"after {case}"
     with pytest.raises(th.InferenceServerException) as caught:
@@ -143,6 +145,20 @@ def test_bad_requests_are_4xx_with_one_line_and_the_server_keeps_serving(server,
         grpc.infer("clay", [tensor])
     assert "INVALID_ARGUMENT" in str(caught.value.status())
     assert client.infer("clay", http_inputs(pixels[:1], lonlat[:1], date[:1])).as_numpy("embedding").shape == (1, 256)
+    refusals = [line for line in logged(server, "refused a request: request body of") if "--max-batch 2" in line]
+    assert refusals, "".join(server["log"][-10:])  # an oversize body is logged in one line like the 400s
+
+
+def logged(server: dict, text: str, seconds: float = 10) -> list[str]:
+    """The server's log lines holding ``text`` (read by a thread: waits up to ``seconds`` for one)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        found = [line for line in list(server["log"]) if text in line]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def broken_engine(path: Path) -> Path:
@@ -196,30 +212,22 @@ def demo_fp32(tmp_path_factory) -> Path:
     return out / "clay.onnx"
 
 
-def test_load_of_16_clients_is_batched_without_errors_near_the_in_process_rate(chips, demo_fp32):
-    """16 concurrent clients for ~10 s (loopback, stops by itself), twice; the server's rate against
-    the Python API's at the largest batch in this process, the better of a measurement before and
-    after (the machine is shared)."""
+def test_load_of_16_clients_is_batched_without_errors_and_each_gets_its_own_row(chips, demo_fp32):
+    """16 concurrent clients for ~6 s (loopback, stops by itself), counted, not timed: no error, every
+    answer is its own chip's embedding (cosine to the in-process result), and batches hold several
+    requests. How fast the server goes against the Python API is a benchmark
+    (``python -m clay.benchmarks.serve_load``), not a test: a loaded machine changes it."""
     pixels, lonlat, date, _ = chips
     with ClayEmbedder(demo_fp32) as embedder:
-        before = in_process_rate(embedder, 8, seconds=4)
+        expected = embedder.embed(pixels, lonlat, date)
     with running_server(demo_fp32, "--max-batch", "8", "--max-delay-ms", "20") as running:
-        # two rounds, the better one counts: a shared 2-core machine (client and server on it too)
-        # loses a round now and then to whatever else runs
-        rounds = [load(running["http"], (pixels, lonlat, date), clients=16, seconds=10) for _ in range(2)]
-        result = max(rounds, key=lambda r: r["chips_per_s"])
+        result = load(running["http"], (pixels, lonlat, date), clients=16, seconds=6, expected=expected)
         batches = batch_histogram(running["http"])
-    assert sum(r["errors"] for r in rounds) == 0, [r["error_examples"] for r in rounds]
-    with ClayEmbedder(demo_fp32) as embedder:
-        after = in_process_rate(embedder, 8, seconds=4)
-    baseline = max(before, after)
-    print(f"served {result['chips_per_s']:.1f} chips/s (in process {before:.1f} / {after:.1f}), p50 "
-          f"{result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, {result['requests']} requests, "
+    print(f"served {result['chips_per_s']:.1f} chips/s, {result['requests']} requests, "
           f"mean batch {batches['mean_rows']:.1f}")
     assert result["errors"] == 0, result["error_examples"]
-    assert result["requests"] > 0 and 5 < result["seconds"] < 60
+    assert result["requests"] >= 16 and result["wrong"] == 0
     assert batches["mean_rows"] >= 2 and batches["cumulative"]["1.0"] < batches["batches"]  # batching at work
-    assert result["chips_per_s"] >= 0.8 * baseline
 
 
 def test_export_writes_a_triton_repository_whose_configs_parse(tmp_path):

@@ -253,7 +253,7 @@ def test_without_any_tensorrt_the_export_says_what_to_install(tmp_path):
     result = run_python(code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clay.cuda.onnx", "clay.fp16.onnx", "clay.onnx"]
-    notes = [line for line in result.stderr.splitlines() if line.startswith("clay-export:")]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("clay-export: no ")]
     assert notes == [
         (
             "clay-export: no clay.plan: neither TensorRT-RTX nor TensorRT is installed; TensorRT-RTX builds the plan "

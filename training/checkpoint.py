@@ -19,7 +19,8 @@ import torch
 from clay.runtime.files import first_line
 from torch import Tensor
 
-from .model import SIZES, ClayMAE, ModelSize, get_size
+from .model import ClayMAE
+from .sizes import SIZES, ModelSize, get_size
 
 log = logging.getLogger(__name__)
 

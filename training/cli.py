@@ -8,7 +8,6 @@ the same command trains ``tiny`` on a laptop and ``small`` on a GPU cluster.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -17,8 +16,6 @@ from .checkpoint import CheckpointError
 from .data import ChipDataModule, ChipError
 from .module import ClayPretraining
 from .precision import default_precision
-
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 class ClayCLI(LightningCLI):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -25,43 +24,10 @@ from clay.runtime.bands import (
 from einops import rearrange
 from torch import Tensor, nn
 
+from .sizes import ModelSize, get_size
+
 AttentionKind = Literal["sdpa", "explicit", "onnxruntime"]
 ATTENTION_KINDS: tuple[str, ...] = ("sdpa", "explicit", "onnxruntime")
-
-
-@dataclass(frozen=True)
-class ModelSize:
-    """Hyper-parameters of one model size (spec table "Sizes")."""
-
-    name: str
-    dim: int
-    depth: int
-    heads: int
-    dim_head: int
-    mlp_ratio: int
-    decoder_dim: int
-    decoder_depth: int
-    decoder_heads: int
-    decoder_dim_head: int
-    decoder_mlp_ratio: int
-
-    def as_dict(self) -> dict[str, int | str]:
-        return asdict(self)
-
-
-SIZES: dict[str, ModelSize] = {
-    "tiny": ModelSize("tiny", 256, 4, 4, 64, 2, 128, 2, 2, 64, 2),
-    "small": ModelSize("small", 768, 12, 12, 64, 4, 512, 8, 8, 64, 4),
-    "medium": ModelSize("medium", 1024, 24, 16, 64, 4, 512, 8, 16, 64, 4),
-    "large": ModelSize("large", 1280, 32, 16, 64, 4, 512, 8, 16, 64, 4),
-}
-
-
-def get_size(name: str) -> ModelSize:
-    try:
-        return SIZES[name]
-    except KeyError:
-        raise ValueError(f"unknown model size {name!r}; known: {', '.join(SIZES)}") from None
 
 
 # --- fixed encodings ------------------------------------------------------------------------------

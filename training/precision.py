@@ -4,16 +4,12 @@ importing the other's stack."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from clay.runtime.cpu import cpu_info
 
 
 def cpu_has_bf16() -> bool:
     """AVX-512 BF16 or AMX: the CPU features that make bf16 autocast faster than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    return cpu_info().native_bf16
 
 
 def default_precision() -> str:
