@@ -211,7 +211,7 @@ class PatchRasterWriter:
             factors = [1] + [level.factor for level in self.levels]
             names = [self._convert(raw, mask, quant, f) for raw, mask, f in zip(self.raw, masks, factors)]
             source = self.staging / "raster.vrt"
-            source.write_text(self._vrt(names, quant))
+            source.write_text(self._vrt(names, quant), encoding="utf-8")
             compress, predictor, level = COMPRESSION[self.dtype]
             try:
                 gdal_copy(str(source), str(partial), driver="COG", BLOCKSIZE=self.block, COMPRESS=compress,
@@ -279,6 +279,6 @@ class PatchRasterWriter:
         metadata = "".join(f"<MDI key={quoteattr(k)}>{escape(v)}</MDI>" for k, v in self.tags.items())
         geotransform = ", ".join(repr(float(v)) for v in self.grid.transform.to_gdal())
         return (f'<VRTDataset rasterXSize="{self.grid.width}" rasterYSize="{self.grid.height}">'
-                f'<SRS dataAxisToSRSAxisMapping="1,2">{escape(self.crs.to_wkt())}</SRS><GeoTransform>{geotransform}'
+                f'<SRS>{escape(self.crs.to_wkt())}</SRS><GeoTransform>{geotransform}'
                 f'</GeoTransform><Metadata>{metadata}</Metadata><Metadata domain="IMAGE_STRUCTURE"><MDI key="INTERLEAVE">'
                 f'PIXEL</MDI></Metadata>{"".join(bands)}</VRTDataset>')  # fmt: skip

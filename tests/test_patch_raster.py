@@ -22,7 +22,7 @@ import pytest
 import rasterio
 import shapely
 from clay.runtime import ClayEmbedder, RunOptions, SceneError
-from clay.runtime.bands import BAND_NAMES
+from clay.runtime.bands import BAND_NAMES, S2_BANDS
 from clay.runtime.cli import DEMO_ENGINE, DEMO_SCENE
 from clay.runtime.output import AtomicParquetWriter, OutputError, ScenePaths, staging_path
 from clay.runtime.patch_grid import CellGrid, block_size
@@ -45,6 +45,13 @@ def rotated_scene(path: Path) -> Path:
     cube[: len(BAND_NAMES) - 3, :512, 512:1024] = 0  # the S2 bands; VH, VV and the DEM are not the engine's
     transform = Affine.translation(500_000, 7_000_000) @ Affine.rotation(25) @ Affine.scale(10, 10)
     return write_stack(path, cube, transform, "EPSG:32733", BAND_NAMES, tags={"date": "2021-06-01"})
+
+
+def geographic_scene(path: Path) -> Path:
+    """S2 in EPSG:4326 (lon/lat degrees, ~11 m pixels), 700 × 600 px: a CRS whose axes are latitude first."""
+    cube = np.rint(make_scene_array(600, 700, seed=12)[: len(S2_BANDS)]).astype(np.uint16)
+    transform = Affine(0.0001, 0, 103.70, 0, -0.0001, 17.95)
+    return write_stack(path, cube, transform, "EPSG:4326", S2_BANDS, tags={"date": "2020-02-23"})
 
 
 def table_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -99,7 +106,8 @@ def runs(embedder, tmp_path_factory):
 
     def run(scene: str, dtype: str = "float32"):
         if (scene, dtype) not in done:
-            path = DEMO_SCENE if scene == "demo" else rotated_scene(folder / f"{scene}.tif")
+            make = {"demo": lambda _: DEMO_SCENE, "geographic": geographic_scene}.get(scene, rotated_scene)
+            path = make(folder / f"{scene}.tif")
             edge = "pad" if scene == "rotated-padded" else "shift"  # padded edge chips: patches clipped at the edge
             options = RunOptions(readers=2, patch_embeddings=True, patch_raster=True, raster_dtype=dtype,
                                  max_nodata=0.9, edge=edge)  # fmt: skip
@@ -109,7 +117,7 @@ def runs(embedder, tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("scene", ["demo", "rotated", "rotated-padded"])
+@pytest.mark.parametrize("scene", ["demo", "rotated", "rotated-padded", "geographic"])
 def test_each_cell_holds_exactly_the_vector_of_the_patch_the_rule_picks(runs, scene):
     result = runs(scene)
     patches = table_arrays(result.patches)
@@ -119,7 +127,7 @@ def test_each_cell_holds_exactly_the_vector_of_the_patch_the_rule_picks(runs, sc
     assert values.shape == (-(-opened.height // CELL), -(-opened.width // CELL), patches["embeddings"].shape[1])
     assert np.array_equal(nodata, owner < 0)
     assert np.array_equal(values[owner >= 0], patches["embeddings"][owner[owner >= 0]])  # float32: equal
-    if scene == "demo":
+    if scene in ("demo", "geographic"):
         assert not nodata.any()  # every chip kept: every cell has a value, remainders included
     elif scene == "rotated-padded":  # no shifted chip overlaps the skipped one: its cells, and only they
         assert nodata.sum() == 16 * 16 and nodata[:16, 16:32].all() and result.chips_skipped == 1
@@ -133,7 +141,7 @@ def test_each_cell_holds_exactly_the_vector_of_the_patch_the_rule_picks(runs, sc
     assert np.array_equal(values[cells], patches["embeddings"][aligned])
 
 
-@pytest.mark.parametrize("scene", ["demo", "rotated"])
+@pytest.mark.parametrize("scene", ["demo", "rotated", "geographic"])
 def test_the_rasters_crs_and_transform_put_each_cell_centre_inside_its_patch_polygon(runs, scene):
     result = runs(scene)
     opened = result.opened
