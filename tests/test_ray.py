@@ -65,9 +65,9 @@ def scenes(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def reference(scenes, tmp_path_factory) -> Path:
-    """The single-process clay-run's files for the six scenes (with patch files)."""
+    """The single-process clay-run's files for the six scenes (with patch files and patch rasters)."""
     out = tmp_path_factory.mktemp("reference")
-    assert clay_run(*scenes, "--engine", DEMO_ENGINE, "--out", out, "--patch-embeddings") == 0
+    assert clay_run(*scenes, "--engine", DEMO_ENGINE, "--out", out, "--patch-embeddings", "--patch-raster") == 0
     return out
 
 
@@ -120,10 +120,16 @@ def zero_tile(path: Path, column: int = 2, row: int = 1) -> Path:
 def test_ray_writes_the_single_process_files_row_for_row(cluster, scenes, reference, tmp_path, capfd):
     manifest = tmp_path / "scenes.txt"  # a manifest of the same scenes
     manifest.write_text("# the six scenes\n" + "\n".join(map(str, scenes)) + "\n")
-    code = clay_run(manifest, "--engine", DEMO_ENGINE, "--out", tmp_path / "out", "--ray", "--patch-embeddings")
+    code = clay_run(manifest, "--engine", DEMO_ENGINE, "--out", tmp_path / "out", "--ray", "--patch-embeddings",
+                    "--patch-raster")  # fmt: skip
     err = capfd.readouterr().err
     assert code == 0, err
     assert_same_files(tmp_path / "out", reference, NAMES, kinds=("", ".patches"))
+    for name in NAMES:  # the patch rasters: same grid, tags and cells (to the embeddings' tolerance)
+        with rasterio.open(tmp_path / "out" / f"{name}.patches.tif") as ours, rasterio.open(reference / f"{name}.patches.tif") as theirs:
+            profiles = [{k: v for k, v in d.profile.items() if k != "nodata"} for d in (ours, theirs)]  # nodata: NaN
+            assert profiles[0] == profiles[1] and (ours.tags(), ours.descriptions) == (theirs.tags(), theirs.descriptions)
+            np.testing.assert_allclose(ours.read(), theirs.read(), atol=1e-5, rtol=0)
     progress = [tuple(map(int, m.groups())) for m in PROGRESS.finditer(err)]
     assert progress and progress[-1] == (6, 6, 12, 12) and "Traceback" not in err
     assert "engine actors (1 CPU each, reads fused into them)" in err
