@@ -19,6 +19,7 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import rasterio
 import shapely
 from clay.runtime import ClayEmbedder, RunOptions, SceneError
 from clay.runtime.bands import S2_BANDS
@@ -27,6 +28,7 @@ from clay.runtime.files import read_header
 from clay.runtime.grid import Chip, patch_cells
 from clay.training.synthetic import make_scene_array
 from pyproj import Transformer
+from rasterio.enums import MaskFlags
 from rasterio.transform import Affine
 
 from .inputs import iou, reference_footprint, unwrapped, write_stack
@@ -249,6 +251,46 @@ def test_a_gdal_mask_band_is_nodata_and_equals_the_same_scene_with_nodata_values
                         tags={"date": "2020-02-23"}, dataset_mask=np.zeros((512, 512), bool))  # fmt: skip
     with pytest.raises(SceneError, match="every chip has more than 50% nodata"):
         s2_embedder.embed_scene(fully)
+
+
+def test_a_per_band_mask_marks_only_its_band_and_equals_nan_in_that_band(s2_embedder, tmp_path):
+    """A per-band GDAL mask (GeoTIFF's internal masks are per dataset, so users meet per-band ones in
+    VRTs and .msk files): band B08 masked on the right, the other bands valid. The chip's fraction is
+    the share of pixels where any band is invalid, and the embedding equals float32 NaN there."""
+    cube = s2_cube(1024, 1024)
+    transform = Affine(10, 0, 362600, 0, -10, 1987080)
+    write_stack(tmp_path / "base.tif", cube, transform, "EPSG:32648", S2, tags={"date": "2020-02-23"})
+    valid = np.ones((1024, 1024), bool)
+    valid[:, 700:] = False
+    with rasterio.open(tmp_path / "mask.tif", "w", driver="GTiff", width=1024, height=1024, count=1, dtype="uint8",
+                       crs="EPSG:32648", transform=transform) as dst:  # fmt: skip
+        dst.write(np.where(valid, 255, 0).astype(np.uint8), 1)
+    masked_band = S2.index("B08") + 1
+    mask = ('<MaskBand><VRTRasterBand dataType="Byte"><SimpleSource><SourceFilename relativeToVRT="1">mask.tif'
+            "</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></MaskBand>")
+    bands = "".join(
+        f'<VRTRasterBand dataType="UInt16" band="{i}"><Description>{name}</Description><SimpleSource>'
+        f'<SourceFilename relativeToVRT="1">base.tif</SourceFilename><SourceBand>{i}</SourceBand></SimpleSource>'
+        f"{mask if i == masked_band else ''}</VRTRasterBand>"
+        for i, name in enumerate(S2, start=1)
+    )
+    vrt = tmp_path / "perband.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="1024" rasterYSize="1024"><SRS>EPSG:32648</SRS>'
+                   f"<GeoTransform>362600, 10, 0, 1987080, 0, -10</GeoTransform>"
+                   f'<Metadata><MDI key="date">2020-02-23</MDI></Metadata>{bands}</VRTDataset>')  # fmt: skip
+    with rasterio.open(vrt) as src:  # the recipe is what it claims: a mask on B08 alone, not per dataset
+        assert src.mask_flag_enums[masked_band - 1] == [] and src.mask_flag_enums[0] == [MaskFlags.all_valid]
+    nan = cube.astype(np.float32)
+    nan[masked_band - 1][~valid] = np.nan
+    as_nan = write_stack(tmp_path / "nan.tif", nan, transform, "EPSG:32648", S2, tags={"date": "2020-02-23"})
+    options = RunOptions(max_nodata=0.7)
+    tables = {"vrt": s2_embedder.embed_scene(vrt, options), "nan": s2_embedder.embed_scene(as_nan, options)}
+    right = (1024 - 700) / 512
+    for name, table in tables.items():
+        fractions = {(r["row"], r["col"]): r["nodata_fraction"] for r in table.to_pylist()}
+        assert fractions == pytest.approx({(0, 0): 0.0, (0, 512): right, (512, 0): 0.0, (512, 512): right}), name
+    assert preprocessing(tables["vrt"])["invalid_pixels"]["GDAL mask band (per-band, per-dataset or alpha)"] == ["B08"]
+    assert cosines(embeddings(tables["vrt"]), embeddings(tables["nan"])).min() >= 0.9999
 
 
 def test_what_a_warp_cannot_fill_is_nodata_not_zero_elevation(s2_dem_engine, tmp_path):
