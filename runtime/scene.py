@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date as Date
 from functools import cached_property
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import rasterio
@@ -39,7 +40,6 @@ from .files import (
     scene_path,
 )
 from .grid import Chip, chip_grid
-from .metadata import EngineMetadata
 from .options import RunOptions
 from .stac import asset_header, is_pystac_item, scene_from_items, stac_record
 from .units import Conversion, band_conversion
@@ -49,6 +49,20 @@ _GEOD = Geod(ellps="WGS84")
 SAME_SIZE = 1.01
 #: Clay v0's chips are 10 m; a scene outside this range of ground pixel sizes gets a warning.
 GSD_RANGE_M = (8.0, 12.5)
+#: How a scene whose date cannot be read is given one (the end of its one-line error).
+DATE_HINT = "; pass --date YYYY-MM-DD (RunOptions(date=...) in Python)"
+
+
+class SceneInputs(Protocol):
+    """What opening a scene needs to know of the model it feeds. An engine's
+    :class:`~clay.runtime.metadata.EngineMetadata` is one; pretraining's chip reader
+    (:mod:`clay.training.data`) is another, so that a file trains on the values it embeds with."""
+
+    bands: tuple[str, ...]  # the model's input bands, spec order
+    band_means: tuple[float, ...]  # Clay units; invalid pixels are filled with them
+    chip_size: int  # px
+    patch_size: int  # px
+    input_units: dict[str, str]  # what each band's values mean (clay.runtime.bands.INPUT_UNITS)
 
 
 @dataclass(frozen=True)
@@ -149,7 +163,7 @@ def as_scene_files(scene) -> SceneFiles:
     return SceneFiles(path, (path,)) if path.is_file() else discover_scenes([path])[0]
 
 
-def open_scene(scene: SceneFiles | str | Path, engine: EngineMetadata, options: RunOptions | None = None) -> Scene:
+def open_scene(scene: SceneFiles | str | Path, engine: SceneInputs, options: RunOptions | None = None) -> Scene:
     """Validate a scene against an engine before any pixel is read (see the module docstring).
 
     Raises :class:`SceneError` with one line naming the file for anything a user can fix; any other
@@ -166,7 +180,7 @@ def open_scene(scene: SceneFiles | str | Path, engine: EngineMetadata, options: 
         raise SceneError(f"{scene.path}: cannot be opened ({type(exc).__name__}: {first_line(exc)})") from None
 
 
-def _open(scene: SceneFiles, engine: EngineMetadata, options: RunOptions) -> Scene:
+def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
     if scene.problem:
         raise SceneError(scene.problem)
     wanted = tuple(engine.bands)
@@ -306,7 +320,7 @@ def scene_date(scene: SceneFiles, used: list[Header], override: Date | None) -> 
         try:
             found = file_date(header.path, header.tags, header.date)
         except ValueError as exc:
-            raise SceneError(f"{header.path}: {exc}; pass --date YYYY-MM-DD (RunOptions(date=...) in Python)") from None
+            raise SceneError(f"{header.path}: {exc}{DATE_HINT}") from None
         if found:
             dated.append((header, found))
     by_file = {h.path.name: f"{d.date} ({d.source})" for h, d in dated}
@@ -314,8 +328,8 @@ def scene_date(scene: SceneFiles, used: list[Header], override: Date | None) -> 
         return override, {"value": str(override), "source": "--date", "files": by_file}, None
     trusted = [(h, d) for h, d in dated if d.trusted]
     if not (trusted or dated):
-        raise SceneError(f"{scene.path}: no acquisition date (no acquisition tag, product name or TIFF DateTime); "
-                         "pass --date YYYY-MM-DD (RunOptions(date=...) in Python)")  # fmt: skip
+        raise SceneError(f"{scene.path}: no acquisition date (no acquisition tag, product name or TIFF DateTime)"
+                         f"{DATE_HINT}")  # fmt: skip
     header, chosen = (trusted or dated)[0]
     of_file = "" if chosen is header.date else f" of {header.path.name}"  # a catalogue's date names its Item
     note = {"value": str(chosen.date), "source": f"{chosen.source}{of_file}"}

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio.transform
 
 torch = pytest.importorskip("torch", reason="training tests need the [training] extra")
 pytest.importorskip("lightning", reason="training tests need the [training] extra")
 
-from clay.runtime.bands import GROUP_NAMES  # noqa: E402
+from clay.runtime.bands import BAND_MEANS, BAND_NAMES, BAND_STDS, GROUP_NAMES  # noqa: E402
 from clay.training.checkpoint import load_clay_mae  # noqa: E402
 from clay.training.data import ChipDataModule, ChipDataset, ChipError, collate_chips, inspect_chip  # noqa: E402
 from clay.training.synthetic import write_chip, write_scene  # noqa: E402
@@ -180,3 +181,44 @@ def test_release_recipe_optimiser_and_schedule():
     assert scheduler["interval"] == "step"
     assert (scheduler["scheduler"].T_0, scheduler["scheduler"].T_mult) == (1000, 2)
     assert np.isclose(scheduler["scheduler"].eta_min, 1e-3)
+
+
+def test_a_chip_trains_on_the_values_it_is_embedded_with(tmp_path, caplog):
+    """The chip reader used to read stored values raw: an S2 file carrying +1000 (GDAL offset −0.1 at
+    scale 1e-4) trained 1000 DN too bright, a DEM stored as int16 decimetres (scale 0.1) trained at 10×
+    its elevation, masked pixels trained as their filler and SAR in dB as linear power. Now the
+    runtime's reader brings each file to Clay units: the encoded file trains on the plain file's values."""
+    from clay.runtime.bands import S2_BANDS
+    from clay.training.synthetic import make_scene_array
+
+    from .inputs import write_stack
+
+    groups = ("rgb", "rededge", "nir", "swir", "dem")
+    cube = make_scene_array(512, 512, seed=3)
+    dn, metres = np.rint(cube[:10]), np.rint(cube[12:] * 10) / 10
+    transform = rasterio.transform.Affine(10, 0, 362600, 0, -10, 1987080)
+    names, tags = [*S2_BANDS, "DEM"], {"date": "2023-06-01"}
+    write_stack(tmp_path / "plain.tif", np.concatenate([dn, metres]), transform, "EPSG:32648", names, tags=tags)
+    encoded = np.concatenate([dn + 1000, np.rint(metres * 10)]).astype(np.int16)
+    write_stack(tmp_path / "encoded.tif", encoded, transform, "EPSG:32648", names, tags=tags,
+                scales=[1e-4] * 10 + [0.1], offsets=[-0.1] * 10 + [0.0])  # fmt: skip
+    bands = [list(BAND_NAMES).index(n) for n in names]
+    expected = (np.concatenate([dn, metres]) - np.array([BAND_MEANS[b] for b in bands])[:, None, None]) / np.array(
+        [BAND_STDS[b] for b in bands]
+    )[:, None, None]
+    for name in ("plain", "encoded"):
+        item = ChipDataset([inspect_chip(tmp_path / f"{name}.tif", groups)], groups)[0]
+        np.testing.assert_allclose(item["pixels"].numpy(), expected, atol=1e-4, err_msg=name)
+
+    valid = np.ones((512, 512), bool)
+    valid[:40, :40] = False  # an internal mask; 7 underneath, which would train as a value
+    write_stack(tmp_path / "masked.tif", np.where(valid, encoded, 7), transform, "EPSG:32648", names, dtype="int16",
+                tags=tags, scales=[1e-4] * 10 + [0.1], offsets=[-0.1] * 10 + [0.0], dataset_mask=valid)  # fmt: skip
+    sar = 10 * np.log10(cube[10:12])  # dB with no unit metadata: the runtime refuses it under auto
+    write_stack(tmp_path / "db.tif", np.concatenate([cube[:10], sar, cube[12:]]), transform, "EPSG:32648",
+                [*S2_BANDS, "VH", "VV", "DEM"], tags=tags)  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        assert ChipDataset([inspect_chip(tmp_path / "masked.tif", groups)], groups)[0] is None
+        assert ChipDataset([inspect_chip(tmp_path / "db.tif", GROUP_NAMES)])[0] is None
+    assert "masked.tif window (0, 0): 0.6% of its pixels are nodata, NaN or masked" in caplog.text
+    assert "db.tif" in caplog.text and "in dB" in caplog.text

@@ -1,13 +1,20 @@
-"""Chip GeoTIFFs for pretraining: a Dataset that reads them with rasterio and a Lightning DataModule.
+"""Chip GeoTIFFs for pretraining: a Dataset that reads them through the runtime and a Lightning DataModule.
 
 A chip is a GeoTIFF holding Clay's bands (13 in spec order, or any superset named by band
-descriptions), a CRS and a ``date=YYYY-MM-DD`` tag, like the release's training chips. Two options
-let real samples that are not release chips train too: ``partial_groups`` (a file trains on the
-configured band groups it holds; batches never mix group sets) and ``pad_small`` (an image smaller
-than a chip is padded like the runtime pads a small scene, and its padding is kept out of the
-loss). Files that cannot serve (too few bands, no CRS, no date, too small) are found when the data is set up, logged
-with their reason and left out; chips whose pixels turn out to hold NaN or S2 nodata are dropped
-when read, also with a logged reason, so that one bad file never stops an epoch.
+descriptions), a CRS and a sensing date (a ``date=YYYY-MM-DD`` tag, like the release's training
+chips, or anything else the runtime reads a date from). Each
+file is opened as the runtime opens a scene (:func:`clay.runtime.scene.open_scene`) and its windows
+are read by the runtime's own reader (:func:`clay.runtime.reader.read_chip`), so a file trains on
+exactly the values it would be embedded with: GDAL scale/offset, Sentinel-2 offsets, SAR units,
+masks and nodata, and the date all follow one set of rules.
+
+Two options let real samples that are not release chips train too: ``partial_groups`` (a file
+trains on the configured band groups it holds; batches never mix group sets) and ``pad_small`` (an
+image smaller than a chip is padded like the runtime pads a small scene, and its padding is kept
+out of the loss). Files that cannot serve (too few bands, no CRS, no date, too small, values in
+units the runtime refuses) are found when the data is set up, logged with their reason and left
+out; windows holding any invalid pixel (nodata, NaN, a mask, S2's 0) or values the runtime refuses
+are dropped when read, also with a logged reason, so that one bad file never stops an epoch.
 """
 
 from __future__ import annotations
@@ -15,12 +22,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-import rasterio
 import torch
 from clay.runtime.bands import (
     BAND_MEANS,
@@ -28,16 +34,16 @@ from clay.runtime.bands import (
     BAND_STDS,
     CHIP_SIZE,
     GROUP_NAMES,
+    INPUT_UNITS,
     PATCH_SIZE,
     bands_of_groups,
     complete_groups,
     parse_groups,
 )
-from clay.runtime.dates import file_date
-from clay.runtime.files import SceneError, SceneFiles, band_sources, read_header
-from rasterio.errors import RasterioError
-from rasterio.warp import transform as warp_transform
-from rasterio.windows import Window
+from clay.runtime.files import SceneError, read_header
+from clay.runtime.grid import Chip
+from clay.runtime.reader import read_chip
+from clay.runtime.scene import DATE_HINT, Scene, open_scene
 from torch.utils.data import DataLoader, Dataset
 
 log = logging.getLogger(__name__)
@@ -48,30 +54,48 @@ class ChipError(ValueError):
 
 
 @dataclass(frozen=True)
-class ChipFile:
-    """What setup learned about one usable chip file."""
+class ChipInputs:
+    """What the runtime needs to open a file for training (:class:`clay.runtime.scene.SceneInputs`):
+    the groups' bands in spec order, their means (Clay units) and the chip size."""
 
-    path: Path
-    band_indexes: tuple[int, ...]  # 1-based rasterio band indexes of the groups' bands, spec order
-    date: tuple[int, int, int]
-    height: int
-    width: int
-    groups: tuple[str, ...] = GROUP_NAMES  # the band groups this file trains on
+    bands: tuple[str, ...]
+    band_means: tuple[float, ...]
+    chip_size: int = CHIP_SIZE
+    patch_size: int = PATCH_SIZE
+    input_units: dict[str, str] = field(default_factory=lambda: dict(INPUT_UNITS))
+
+    @classmethod
+    def of_groups(cls, groups: Sequence[str], chip_size: int = CHIP_SIZE) -> ChipInputs:
+        bands = bands_of_groups(groups)
+        return cls(tuple(BAND_NAMES[b] for b in bands), tuple(BAND_MEANS[b] for b in bands), chip_size)
+
+
+@dataclass(frozen=True)
+class ChipFile:
+    """One usable chip file: the runtime's opened scene of it (plain data, no open file) and the band
+    groups it trains on."""
+
+    scene: Scene
+    groups: tuple[str, ...] = GROUP_NAMES
+
+    @property
+    def path(self) -> Path:
+        return Path(self.scene.path)
+
+    @property
+    def height(self) -> int:
+        return self.scene.height
+
+    @property
+    def width(self) -> int:
+        return self.scene.width
+
+    @property
+    def date(self) -> tuple[int, int, int]:
+        return self.scene.date.year, self.scene.date.month, self.scene.date.day
 
     def is_small(self, chip_size: int) -> bool:
         return self.height < chip_size or self.width < chip_size
-
-
-def read_date_tag(tags: dict[str, dict[str, str]], path: Path) -> tuple[int, int, int]:
-    """Acquisition date by the runtime's rules (:func:`clay.runtime.dates.file_date`): acquisition
-    tags (the release's ``date``), a product name, the TIFF ``DateTime`` last."""
-    try:
-        dated = file_date(path, tags)
-    except ValueError as exc:
-        raise ChipError(f"{path}: {exc}") from None
-    if dated is None:
-        raise ChipError(f"{path}: no acquisition date (no date tag, product name or TIFF DateTime)")
-    return dated.date.year, dated.date.month, dated.date.day
 
 
 def inspect_chip(
@@ -81,26 +105,25 @@ def inspect_chip(
     partial_groups: bool = False,
     pad_small: bool = False,
 ) -> ChipFile:
-    """Check a chip file's header (no pixels read) and say how to read it, or raise ChipError.
-
-    Band matching is the runtime's own (:func:`clay.runtime.files.band_sources`), so a file that
-    trains also embeds, and the other way round."""
+    """Open a chip file as the runtime opens a scene for the ``groups``' bands (headers only, no pixel
+    read), or raise ChipError naming the file and the reason. The runtime's warnings about the file
+    (a date taken from the TIFF DateTime, an undeclared S2 offset, an unusual pixel size) are logged."""
     path = Path(path)
     try:
-        header = read_header(path)
-        names = {n for n in header.names if n}
-        if partial_groups and names:
-            groups = complete_groups(names, groups)
-            if not groups:
-                raise ChipError(f"{path}: holds no complete band group of {', '.join(GROUP_NAMES)}")
-        wanted = tuple(BAND_NAMES[b] for b in bands_of_groups(groups))
-        sources = band_sources(SceneFiles(path, (path,)), [header], wanted)
-    except SceneError as exc:
-        raise ChipError(str(exc)) from None
-    day = read_date_tag(header.tags, path)
-    chip = ChipFile(path, tuple(sources[b][1] for b in wanted), day, header.height, header.width, tuple(groups))
+        if partial_groups:
+            names = {n for n in read_header(path).names if n}
+            if names:
+                groups = complete_groups(names, groups)
+                if not groups:
+                    raise ChipError(f"{path}: holds no complete band group of {', '.join(GROUP_NAMES)}")
+        scene = open_scene(path, ChipInputs.of_groups(groups, chip_size))
+    except SceneError as exc:  # the runtime's hint names clay-run's option; a chip is dated by its tags
+        raise ChipError(str(exc).replace(DATE_HINT, "; tag the file with date=YYYY-MM-DD")) from None
+    for warning in scene.warnings:
+        log.warning("%s", warning)
+    chip = ChipFile(scene, tuple(groups))
     if chip.is_small(chip_size) and not (pad_small and min(chip.height, chip.width) >= PATCH_SIZE):
-        raise ChipError(f"{path}: {header.width}×{header.height} px is smaller than a {chip_size}² chip")
+        raise ChipError(f"{path}: {chip.width}×{chip.height} px is smaller than a {chip_size}² chip")
     return chip
 
 
@@ -111,9 +134,15 @@ class ChipDataset(Dataset):
     ones are edge-padded at the bottom and right (as the runtime pads a small scene) and their
     item's ``valid`` marks the patches that hold real pixels. ``augment`` also applies random flips
     and right-angle rotations; ``samples_per_file`` draws that many windows from each file per
-    epoch (for a few large scenes rather than many chips). Every file must train on ``groups``. An
-    item whose pixels hold NaN or S2 nodata (B02 = 0, as the release rejected) is ``None``;
+    epoch (for a few large scenes rather than many chips). Every file must train on ``groups``.
+    Pixels are read by the runtime's reader in Clay units; a window with any invalid pixel (the
+    release rejected chips with S2 nodata) or values the runtime refuses is ``None``:
     :func:`collate_chips` drops it.
+
+    Item: ``pixels`` float32 ``[C, chip_size, chip_size]`` normalised by the band means and
+    standard deviations; ``lonlat`` ``[2]`` degrees, the window's centre as the runtime computes
+    it; ``date`` ``[3]`` year, month, day; ``valid`` ``[(chip_size / 32)²]`` 1 for a patch of real
+    pixels.
     """
 
     def __init__(
@@ -130,9 +159,12 @@ class ChipDataset(Dataset):
         self.chip_size = chip_size
         self.augment = augment
         bands = bands_of_groups(self.groups)
+        for chip in self.files:
+            if chip.groups != self.groups or chip.scene.chip_size != chip_size:
+                raise ValueError(f"{chip.path}: opened for {chip.groups} at {chip.scene.chip_size} px, "
+                                 f"not this dataset's {self.groups} at {chip_size} px")  # fmt: skip
         self._mean = np.array([BAND_MEANS[b] for b in bands], dtype=np.float32)[:, None, None]
         self._std = np.array([BAND_STDS[b] for b in bands], dtype=np.float32)[:, None, None]
-        self._b02 = bands.index(0) if 0 in bands else None
 
     def __len__(self) -> int:
         return len(self.files) * self.samples_per_file
@@ -144,19 +176,17 @@ class ChipDataset(Dataset):
         rng = np.random.default_rng(int(torch.randint(2**31, ())))
         row, col = self._window_origin(chip, rng)
         size = self.chip_size
-        height, width = min(size, chip.height), min(size, chip.width)
+        window = Chip(row, col, min(size, chip.height), min(size, chip.width))
         try:
-            with rasterio.open(chip.path) as src:
-                pixels = src.read(list(chip.band_indexes), window=Window(col, row, width, height), out_dtype="float32")
-                cx, cy = src.xy(row + height / 2, col + width / 2, offset="ul")
-                lons, lats = warp_transform(src.crs, "EPSG:4326", [cx], [cy])
-        except RasterioError as exc:
-            log.warning("skipping chip %s: unreadable (%s)", chip.path, exc)
+            pixels, nodata_fraction = read_chip(chip.scene, window)
+        except SceneError as exc:  # names the file, the window where it is a read error, and the reason
+            log.warning("skipping chip %s window (%d, %d): %s", chip.path, row, col, exc)
             return None
-        reason = self._reject_reason(pixels)
-        if reason:
-            log.warning("skipping chip %s window (%d, %d): %s", chip.path, row, col, reason)
+        if nodata_fraction > 0:
+            log.warning("skipping chip %s window (%d, %d): %.1f%% of its pixels are nodata, NaN or masked",
+                        chip.path, row, col, 100 * nodata_fraction)  # fmt: skip
             return None
+        pixels = pixels[:, : window.height, : window.width]  # the real pixels; padded again after the flips
         if self.augment:
             pixels = np.rot90(pixels, k=int(rng.integers(4)), axes=(1, 2))
             if rng.random() < 0.5:
@@ -169,7 +199,7 @@ class ChipDataset(Dataset):
         valid = (np.arange(1, grid + 1)[:, None] * PATCH_SIZE <= rows) & (np.arange(1, grid + 1)[None, :] * PATCH_SIZE <= cols)
         return {
             "pixels": torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)),
-            "lonlat": torch.tensor([lons[0], lats[0]], dtype=torch.float32),
+            "lonlat": torch.tensor(chip.scene.chip_centre(window), dtype=torch.float32),
             "date": torch.tensor(chip.date, dtype=torch.float32),
             "valid": torch.from_numpy(valid.reshape(-1).astype(np.float32)),
             "groups": self.groups,
@@ -180,13 +210,6 @@ class ChipDataset(Dataset):
         if self.augment:
             return int(rng.integers(spare_rows + 1)), int(rng.integers(spare_cols + 1))
         return spare_rows // 2, spare_cols // 2
-
-    def _reject_reason(self, pixels: np.ndarray) -> str | None:
-        if not np.isfinite(pixels).all():
-            return "NaN or infinite values"
-        if self._b02 is not None and (pixels[self._b02] == 0).any():
-            return "S2 nodata (B02 = 0)"
-        return None
 
 
 def collate_chips(items: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor] | None:
