@@ -208,8 +208,24 @@ def test_engine_close_frees_it_and_later_calls_fail(engine_dir):
 def test_an_artifact_refuses_a_backend_it_is_not_made_for(engine_dir):
     from clay.runtime import EngineError, open_engine
 
-    with pytest.raises(EngineError, match="runs on"):
+    with pytest.raises(EngineError, match="the fp32 artifact runs on onnx-cpu or onnx-cuda, not on backend tensorrt$"):
         open_engine(engine_dir / formats.format_named("fp32").file_name, "tensorrt")
+
+
+def test_engine_errors_reached_through_the_api_do_not_name_clay_runs_flag(engine_dir):
+    """The messages serve clay-run and ClayEmbedder(backend=...) alike, so they name the backend,
+    not ``--backend`` (a Python caller has no such flag)."""
+    from clay.runtime import ClayEmbedder, EngineError
+    from clay.runtime.engine import available_backends
+
+    missing = next((b for b in ("onnx-cuda", "openvino-cpu") if b not in available_backends()), None)
+    if missing is None:
+        pytest.skip("both onnx-cuda and openvino-cpu are available here: no backend is missing")
+    with pytest.raises(EngineError, match=f"^backend {missing}: ") as raised:
+        ClayEmbedder(engine_dir / formats.format_named("fp32").file_name, backend=missing)
+    with pytest.raises(EngineError) as wrong:
+        ClayEmbedder(engine_dir / formats.format_named("fp32").file_name, backend="tensorrt")
+    assert "--backend" not in str(raised.value) + str(wrong.value)
 
 
 def test_api_options_reach_what_the_cli_does(engine_dir, tmp_path):
