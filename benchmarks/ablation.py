@@ -25,7 +25,6 @@ reach without VNNI, through 16-bit multiply-adds) and the VNNI int8 peak.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -47,7 +46,7 @@ from .backends import Backend, eager_backends, engine_backend
 from .bench import measure
 from .flops import cpu_peak, encoder_flops
 from .real_scenes import assembled_chips
-from .report import DEFAULT_OUT, git_commit
+from .report import DEFAULT_OUT, git_commit, write_results
 
 FP32 = format_named("fp32")  # every variant derives from the exported float32 graph
 
@@ -192,8 +191,6 @@ def main(size: str, batch: int, repeats: int, data: Path | None, out: Path) -> N
     rows = [r.summary() for r in results]
     report = {"size": size, "batch": batch, "repeats": repeats, "threads": threads, "commit": git_commit(),
               "fused_operators": fused_stats, "cpu": peak.__dict__, "vnni_check": vnni, "results": rows}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"ablation-{size}.json").write_text(json.dumps(report, indent=2))
     lines = [f"Ablation, Clay `{size}`, batch {batch}, {repeats} interleaved rounds, {threads} threads, "
              f"{peak.model}. Fused by ONNX Runtime's optimizer: {fused_stats or 'nothing'}.", "",
              f"VNNI check: one dynamic-int8 MatMul {vnni['shape']} alone runs at {vnni['gops']:.0f} GOP/s; "
@@ -205,8 +202,7 @@ def main(size: str, batch: int, repeats: int, data: Path | None, out: Path) -> N
         fraction = f"{100 * r['peak_fraction']:.1f}" if r["peak_fraction"] else "–"
         lines.append(f"| {r['backend']} | {r['chips_per_s_median']:.3f} | {r['ratio_vs_baseline_median']:.2f} | "
                      f"{r['ratio_vs_best_eager_median']:.2f} | {fraction} | {r['cosine_min']:.6f} |")  # fmt: skip
-    (out / f"ablation-{size}.md").write_text("\n".join(lines) + "\n")
-    click.echo("\n".join(lines))
+    write_results(out, f"ablation-{size}", report, "\n".join(lines))
 
 
 if __name__ == "__main__":

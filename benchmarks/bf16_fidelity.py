@@ -13,7 +13,6 @@ CPU without bf16 dot products every OpenVINO row is float32 and proves nothing a
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -31,7 +30,7 @@ from clay.runtime.formats import format_named
 from .backends import Backend, eager_backend, engine_backend, openvino_graph_backend
 from .bench import cosine_rows
 from .real_scenes import real_chips
-from .report import DEFAULT_OUT, git_commit, short_commit
+from .report import DEFAULT_OUT, git_commit, short_commit, write_results
 
 GROUPS = ("rgb", "rededge", "nir", "swir")  # the demo scene's and the demo weights' groups
 BF16, INT8 = format_named("bf16"), format_named("int8")
@@ -112,8 +111,6 @@ def main(size: str, out: Path) -> None:
     cpu = cpu_info().describe()
     report = {"cpu": cpu, "threads": threads, "commit": git_commit(), "reference": "eager fp32 PyTorch, explicit softmax",
               "rows": rows}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bf16-fidelity.json").write_text(json.dumps(report, indent=2))
     lines = [f"Per-chip min cosine and max abs error against eager fp32 PyTorch, {cpu}, {threads} threads, "
              f"OpenVINO ran in {rows[0]['openvino_ran']}; commit {short_commit(report['commit'])}.", "",
              "| weights | contender | chips | count | min cosine | max abs err |", "|---|---|---|---|---|---|"]  # fmt: skip
@@ -121,8 +118,7 @@ def main(size: str, out: Path) -> None:
         figures = (f"{r['min_cosine']:.6f} | {r['max_abs_error']:.2g}" if r["absent"] is None
                    else f"absent: {r['absent']} | –")  # fmt: skip
         lines.append(f"| {r['weights']} | {r['contender']} | {r['chips']} | {r['count']} | {figures} |")
-    (out / "bf16-fidelity.md").write_text("\n".join(lines) + "\n")
-    click.echo("\n".join(lines))
+    write_results(out, "bf16-fidelity", report, "\n".join(lines))
 
 
 if __name__ == "__main__":

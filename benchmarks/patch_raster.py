@@ -26,7 +26,6 @@ import sys
 import tempfile
 import textwrap
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -37,8 +36,7 @@ from clay.runtime.cli import DEMO_ENGINE, DEMO_SCENE
 from clay.runtime.options import RunOptions, cpu_count
 from clay.runtime.timing import StageClock
 
-from .report import DEFAULT_OUT, git_commit
-from .throughput import cpu_model
+from .report import DEFAULT_OUT, measured_on, write_results
 
 MODES = ("none", "float32", "int8")
 #: The README's example cell: on the dark, wet area north of the river in the demo scene.
@@ -206,8 +204,7 @@ def main(engine_path: Path, scene: Path, rounds: int, out: Path, picture: Path |
               "tile_int8": memory_growth(10980, dtype="int8"), "tile_float32": memory_growth(10980)}
     first = runs["none"][0]
     report = {
-        "cpu": cpu_model(), "cores": cpu_count(), "commit": git_commit(), "rounds": rounds,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "engine": engine_name,
+        **measured_on(), "rounds": rounds, "engine": engine_name,
         "scene": scene.name, "km2": first["km2"], "chips": first["chips"],
         "bytes": {m: runs[m][-1]["bytes"] for m in MODES},
         "bytes_per_km2": {m: {k: v / first["km2"] for k, v in runs[m][-1]["bytes"].items()} for m in MODES},
@@ -219,10 +216,7 @@ def main(engine_path: Path, scene: Path, rounds: int, out: Path, picture: Path |
                         "median": float(np.median(cos))},
         "memory": memory,
     }  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "patch-raster.json").write_text(json.dumps(report, indent=2))
-    (out / "patch-raster.md").write_text(markdown(report))
-    click.echo(markdown(report))
+    write_results(out, "patch-raster", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Writes ``ray-cpu-<size>-<precision>.json`` and ``.md`` into ``--out``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -39,7 +38,7 @@ from clay.runtime.scene import open_scene
 from clay.training.synthetic import write_scene
 
 from .bench import RssSampler
-from .report import DEFAULT_OUT, git_commit
+from .report import DEFAULT_OUT, git_commit, write_results
 
 SUMMARY = re.compile(r"done: (\d+) chips, \d+ skipped, ([\d.]+) s, ([\d.]+) chips/s")
 STARTUP = re.compile(r"Ray start-up ([\d.]+) s")
@@ -203,11 +202,7 @@ def main(engine: Path, count: int, size: int, rounds: int, out: Path) -> None:
         **{name: best(values) for name, values in runs.items()},
         "all_rounds": {"local": local, "ray": remote, **runs},
     }  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"ray-cpu-{info.metadata.model_size}-{info.metadata.precision}"
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(report_md(record))
-    click.echo(report_md(record))
+    write_results(out, f"ray-cpu-{info.metadata.model_size}-{info.metadata.precision}", record, report_md(record))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ same batches. Generated chips (clay-bench) can flatter a quantised model; real c
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import replace
@@ -32,7 +31,7 @@ from clay.runtime.scene import open_scene
 
 from .backends import eager_backend
 from .bench import cosine_rows
-from .report import DEFAULT_OUT, git_commit, short_commit
+from .report import DEFAULT_OUT, git_commit, short_commit, write_results
 from .throughput import end_to_end
 
 # What ../shared/data/README.md says about samples whose files do not: the SSL4EO pair carries no
@@ -163,8 +162,6 @@ def main(size: str, data: Path | None, batches: tuple[int, ...], out: Path) -> N
                     e2e.append(end_to_end(engine, [DEMO_SCENE], batch, label="bundled demo scene T48QUE"))
     report = {"size": size, "threads": threads, "commit": git_commit(), "weights": "random initialisation (seed 0)",
               "reference": "eager fp32 PyTorch, explicit softmax attention", "fidelity": rows, "end_to_end": e2e}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"real-scenes-{size}.json").write_text(json.dumps(report, indent=2))
     lines = [f"Clay `{size}`, {INT8.file_name} vs eager fp32 PyTorch on chips cut by the runtime from real scenes "
              f"(random weights, seed 0; commit {short_commit(report['commit'])}).", "",
              "| scene | groups | chips | chip cosine min / median | chip max abs err | patches | patch cosine min / 1st pct / median |",
@@ -177,8 +174,7 @@ def main(size: str, data: Path | None, batches: tuple[int, ...], out: Path) -> N
         lines.append(f"\nEnd to end ({row['scene']}, {row['chips']} chips, {row['backend']}, batch {row['batch']}): "
                      f"{row['pipeline_chips_per_s']:.3f} chips/s through clay-run's pipeline vs "
                      f"{row['engine_chips_per_s']:.3f} for the engine alone = {row['percent']:.0f} %.")  # fmt: skip
-    (out / f"real-scenes-{size}.md").write_text("\n".join(lines) + "\n")
-    click.echo("\n".join(lines))
+    write_results(out, f"real-scenes-{size}", report, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
+
+import click
+from clay.runtime.cpu import cpu_info
+from clay.runtime.options import cpu_count
 
 #: Where results go unless told: a folder in the current directory (never inside the installed
 #: package). The repository's committed results are refreshed with ``--out benchmarks/results``.
@@ -24,6 +29,23 @@ def git_commit() -> str:
         return commit + ("+modified" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def measured_on() -> dict[str, object]:
+    """Where and when a result was measured, for the head of its record: ``cpu`` (model and the flags
+    that pick its inference path), ``cores`` (those this process may use), ``commit``
+    (:func:`git_commit`) and ``date`` (UTC, ISO 8601)."""
+    return {"cpu": cpu_info().describe(), "cores": cpu_count(), "commit": git_commit(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+
+
+def write_results(out: Path, stem: str, record: dict, text: str) -> None:
+    """A benchmark's results: ``out/stem.json`` (the whole record), ``out/stem.md`` (``text``, its
+    tables) and ``text`` on standard output."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(text.rstrip("\n") + "\n")
+    click.echo(text)
 
 
 def stage_line(row: dict) -> str:

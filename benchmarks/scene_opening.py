@@ -15,25 +15,23 @@ Writes ``scene-opening-<engine>.json`` and ``.md`` into ``--out``. An engine wit
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 from clay.runtime.bands import SAR_BANDS
 from clay.runtime.engine import Engine, open_engine
-from clay.runtime.options import RunOptions, cpu_count
+from clay.runtime.options import RunOptions
 from clay.runtime.output import ScenePaths
 from clay.runtime.pipeline import SceneJob
 from clay.runtime.scene import as_scene_files, open_scene
 from clay.runtime.timing import StageClock
 from clay.training.synthetic import write_scene
 
-from .report import DEFAULT_OUT, git_commit
-from .throughput import cpu_model, timed_pipeline
+from .report import DEFAULT_OUT, measured_on, write_results
+from .throughput import timed_pipeline
 
 SIDE = 1024  # a small scene: 2 × 2 chips
 
@@ -94,17 +92,13 @@ def main(engine_path: Path, count: int, rounds: int, readers: int | None, out: P
             one.append(run(engine, [long], folder, readers)[0])
             click.echo(f"round: open {statistics.median(opens):.1f} ms, many {many[-1]:.2f}, one {one[-1]:.2f} chips/s", err=True)
     kind = "13-band float32" if any(b in SAR_BANDS for b in engine.metadata.bands) else "S2 uint16"
-    report = {"cpu": cpu_model(), "cores": cpu_count(), "commit": git_commit(),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "engine": f"{engine.path.name} "
+    report = {**measured_on(), "engine": f"{engine.path.name} "
               f"({engine.metadata.model_size}, {engine.metadata.precision})", "scene_kind": kind, "rounds": rounds,
               "scenes": count, "chips": chips, "open_ms": statistics.median(opens), "open_ms_min": min(opens),
               "many_chips_per_s": statistics.median(many), "one_chips_per_s": statistics.median(one),
               "ratio": statistics.median(many) / statistics.median(one), "stages_many": stages}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"scene-opening-{engine.metadata.model_size}-{engine.metadata.precision}-{len(engine.metadata.bands)}band"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (out / f"{stem}.md").write_text(markdown(report))
-    click.echo(markdown(report))
+    write_results(out, stem, report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ its Prometheus metrics). Writes ``serve-load-cpu-<engine>.json`` and ``.md``.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import re
 import socket
 import subprocess
@@ -28,7 +26,7 @@ from clay.runtime import ClayEmbedder
 from clay.runtime.bands import BAND_NAMES
 from clay.training.synthetic import make_chips
 
-from .report import DEFAULT_OUT, git_commit
+from .report import DEFAULT_OUT, measured_on, write_results
 
 
 def free_port() -> int:
@@ -182,18 +180,8 @@ def markdown(report: dict) -> str:
 @click.option("--max-delay-ms", type=click.FloatRange(min=0), default=20.0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_OUT, show_default=True)
 def main(engine: Path, clients: int, seconds: float, max_batch: int, max_delay_ms: float, out: Path) -> None:
-    from datetime import datetime, timezone
-
-    from .throughput import cpu_model
-
-    report = run(engine, clients, seconds, max_batch, max_delay_ms) | {
-        "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "commit": git_commit(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"serve-load-cpu-{engine.stem.replace('.', '-')}"
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (out / f"{stem}.md").write_text(markdown(report))
-    click.echo(markdown(report))
+    report = run(engine, clients, seconds, max_batch, max_delay_ms) | measured_on()
+    write_results(out, f"serve-load-cpu-{engine.stem.replace('.', '-')}", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -18,20 +18,17 @@ generated 2048² area repeated to the size: realistic values and compression, wr
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 import numpy as np
 from clay.runtime.bands import BAND_NAMES
-from clay.runtime.cpu import cpu_info
 from clay.runtime.engine import Engine, open_engine
 from clay.runtime.metadata import package_versions
 from clay.runtime.options import RunOptions, cpu_count
@@ -42,7 +39,7 @@ from clay.runtime.scene import open_scene
 from clay.runtime.timing import StageClock
 from clay.training.synthetic import make_chips
 
-from .report import DEFAULT_OUT, git_commit, stage_line
+from .report import DEFAULT_OUT, measured_on, stage_line, write_results
 
 
 def read_rate(scene_path: Path, engine: Engine, threads: int, limit: int | None = None) -> float:
@@ -143,11 +140,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    """The CPU's model name and the flags that pick its inference path."""
-    return cpu_info().describe()
-
-
 @click.command()
 @click.option("--engine", "engines", type=click.Path(path_type=Path, exists=True), multiple=True, required=True,
               help="An artifact or export folder (repeatable; the first one runs end to end).")
@@ -203,15 +195,10 @@ def main(engines, backend, scenes, generate, copies, thread_counts, batches, rea
                 e2e.append(end_to_end(first, copied, max(batches), readers, label=f"{scene.name} ×{copies}"))
                 click.echo(f"end to end {e2e[-1]}", err=True)
         device = label or device_name(first)
-        report = {"device": device, "cpu": cpu_model(), "cores": cpu_count(), "platform": platform.platform(),
-                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": git_commit(),
-                  "versions": package_versions(), "threads": list(thread_counts), "reads": reads, "engines": rows,
+        report = {"device": device, **measured_on(), "platform": platform.platform(), "versions": package_versions(), "threads": list(thread_counts), "reads": reads, "engines": rows,
                   "end_to_end": e2e}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
     stem = "throughput-" + "".join(c if c.isalnum() else "-" for c in device.lower()).strip("-")
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (out / f"{stem}.md").write_text(markdown(report))
-    click.echo(markdown(report))
+    write_results(out, stem, report, markdown(report))
 
 
 def _fits(engine: Engine, scene: Path) -> bool:
