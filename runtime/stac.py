@@ -185,7 +185,8 @@ def _read_document(path: Path | GdalPath):
         try:
             text = pystac.StacIO.default().read_text(path.uri)
         except Exception as exc:  # noqa: BLE001 - urllib's errors come in many types
-            raise SceneError(f"{path}: cannot read this STAC Item ({first_line(exc)})") from None
+            # pystac wraps urllib's error ("HTTP Error 404: ...", "Connection refused") in "Could not read uri"
+            raise SceneError(f"{path}: cannot read this STAC Item ({first_line(exc.__cause__ or exc)})") from None
     else:
         try:
             text = path.read_text(encoding="utf-8-sig")

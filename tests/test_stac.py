@@ -12,6 +12,10 @@ that do not exist. The demo engine (S2, int8, torch-free) except where SAR and a
 from __future__ import annotations
 
 import json
+import select
+import shutil
+import subprocess
+import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -453,3 +457,50 @@ def test_items_are_lines_of_a_manifest_and_a_broken_feature_is_a_scene_of_its_ow
     broken, good = discover_scenes([folder / "mixed.json"])
     assert broken.name == "a" and broken.problem.startswith(f"{folder / 'mixed.json'}: a: not a STAC Item (")
     assert good.name == "b" and good.problem is None and len(good.assets) == len(S2_BANDS)
+
+
+# --- Items over http(s), as catalogues serve them ------------------------------------------------------------
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A folder served on 127.0.0.1 by ``tests.range_server`` for the test's duration: (folder, base URL)."""
+    root = tmp_path / "served"
+    root.mkdir()
+    server = subprocess.Popen([sys.executable, "-m", "tests.range_server", str(root)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).parent.parent)  # fmt: skip
+    try:
+        ready = select.select([server.stdout], [], [], 30)[0]
+        assert ready, "the test's file server did not start within 30 s"
+        yield root, f"http://127.0.0.1:{int(server.stdout.readline())}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_an_item_url_with_http_assets_gives_what_the_local_item_gives(tmp_path, served, capfd):
+    """Earth Search serves Items at https URLs whose assets are absolute https hrefs to COGs: the Item is
+    read with pystac (urllib), the assets by GDAL over /vsicurl/, by range. A missing Item is one line."""
+    root, base = served
+    item_path, item = s2_item_folder(tmp_path, "S2B_48QUE_20230501_0_L2A")
+    shutil.copytree(item_path.parent, root / item.id)
+    url = f"{base}/{item.id}/{item.id}.json"
+    remote = pystac.Item.from_file(str(item_path))
+    for asset in remote.assets.values():  # absolute, as Earth Search writes them
+        asset.href = f"{base}/{item.id}/{asset.href.removeprefix('./')}"
+    remote.set_self_href(url)
+    remote.save_object(include_self_link=True, dest_href=str(root / item.id / f"{item.id}.json"))
+    assert run(url, "--engine", DEMO_ENGINE, "--out", tmp_path / "remote") == 0
+    assert run(item_path, "--engine", DEMO_ENGINE, "--out", tmp_path / "local") == 0
+    capfd.readouterr()
+    ours = pq.read_table(tmp_path / "remote" / f"{item.id}.parquet")
+    theirs = pq.read_table(tmp_path / "local" / f"{item.id}.parquet")
+    assert ours.num_rows == theirs.num_rows == 1 and ours["geometry"].equals(theirs["geometry"])
+    assert np.array_equal(embeddings(ours), embeddings(theirs))
+    assert ours["source_url"].to_pylist() == [url] and ours["date"].to_pylist() == [date(2023, 5, 1)]
+    assert preprocessing(ours)["units"] == preprocessing(theirs)["units"]
+    assert preprocessing(ours)["stac"]["items"][0]["source"] == url
+    missing = f"{base}/{item.id}/nothing.json"
+    assert run(missing, "--engine", DEMO_ENGINE, "--out", tmp_path / "missing") != 0
+    err = capfd.readouterr().err
+    assert f"{missing}: cannot read this STAC Item (HTTP Error 404: Not Found)" in err and "Traceback" not in err
