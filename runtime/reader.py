@@ -9,6 +9,7 @@ Reader threads run inside :func:`gdal_env`, GDAL's configuration for this worklo
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
@@ -30,6 +31,17 @@ GDAL_CACHE_MB = 128
 HANDLES_PER_THREAD = 32
 
 _local = threading.local()
+
+
+def _forget_handles_in_child() -> None:
+    """A forked child (a DataLoader worker, a multiprocessing pool) starts with no open file: the
+    parent's GDAL handles share their file offsets with it, and GDAL seeks then reads, so two
+    processes reading through one handle could read each other's bytes."""
+    global _local
+    _local = threading.local()
+
+
+os.register_at_fork(after_in_child=_forget_handles_in_child)
 
 
 def gdal_env(cache_mb: int = GDAL_CACHE_MB) -> rasterio.Env:

@@ -222,3 +222,22 @@ def test_a_chip_trains_on_the_values_it_is_embedded_with(tmp_path, caplog):
         assert ChipDataset([inspect_chip(tmp_path / "db.tif", GROUP_NAMES)])[0] is None
     assert "masked.tif window (0, 0): 0.6% of its pixels are nodata, NaN or masked" in caplog.text
     assert "db.tif" in caplog.text and "in dB" in caplog.text
+
+
+def _read_in_child(dataset: ChipDataset) -> tuple[bool, np.ndarray]:
+    from clay.runtime import reader
+
+    return getattr(reader._local, "handles", None) is not None, dataset[0]["pixels"].numpy()
+
+
+def test_a_forked_worker_does_not_read_through_its_parents_open_files(chip_dir):
+    """The runtime's reader keeps files open per thread; a DataLoader worker forked after the main
+    process read a chip would otherwise share its GDAL handles (and their file offsets)."""
+    import multiprocessing
+
+    dataset = ChipDataset([inspect_chip(next(chip_dir.glob("*.tif")), GROUP_NAMES)])
+    first = dataset[0]["pixels"].numpy()  # the main process now holds the file open
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        inherited, pixels = pool.apply(_read_in_child, (dataset,))
+    assert not inherited
+    assert np.array_equal(pixels, first)
