@@ -465,7 +465,7 @@ def open_engine(path: str | Path, backend: str = "auto", threads: int | None = N
         if folder is not None:
             choice = cpu_choice(backend, metadata.precision, cpu, present, folder)
     elif backend not in made_for:
-        raise EngineError(f"{path}: {'a' if fmt is None else f'the {fmt.name}'} artifact runs on "
+        raise EngineError(f"{path}: {'an' if fmt is None else f'the {fmt.name}'} artifact runs on "
                           f"{' or '.join(made_for)}, not on backend {backend}")  # fmt: skip
     elif backend not in present:
         raise EngineUnavailable(f"backend {backend}: {_missing_reason(backend)}")

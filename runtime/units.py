@@ -169,9 +169,10 @@ def _s2(header: Header, index: int, band: str, s2_offset: float | None, day: Dat
     check = "dn" if np.dtype(header.dtypes[index - 1]).kind == "f" else None
     warning = None
     if day is not None and day >= S2_OFFSET_FROM:
-        warning = (f"{header.path}: {band}: sensed {day}, when L2A products carry a +1000 offset (baseline 04.00+), "
-                   "but no scale/offset, BOA_ADD_OFFSET or baseline is declared: DNs taken as harmonised; pass "
-                   "--s2-offset 1000 if they carry it")  # fmt: skip
+        # one text for every band, so that a scene says it once (open_scene drops repeated warnings)
+        warning = (f"{header.path}: sensed {day}, when L2A products carry a +1000 offset (baseline 04.00+), but no "
+                   "scale/offset, BOA_ADD_OFFSET or baseline is declared for its Sentinel-2 bands: DNs taken as "
+                   "harmonised; pass --s2-offset 1000 if they carry it")  # fmt: skip
     return Converted(Conversion(), "no offset declared: DNs taken as harmonised", warning, check)
 
 
