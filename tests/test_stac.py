@@ -463,19 +463,28 @@ def test_items_are_lines_of_a_manifest_and_a_broken_feature_is_a_scene_of_its_ow
 
 
 @pytest.fixture
-def served(tmp_path):
-    """A folder served on 127.0.0.1 by ``tests.range_server`` for the test's duration: (folder, base URL)."""
+def served(tmp_path, monkeypatch):
+    """A folder served on 127.0.0.1 by ``tests.range_server`` for the test's duration: (folder, base URL).
+    Loopback is kept off any proxy the environment names (urllib and GDAL's curl honour no_proxy)."""
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
     root = tmp_path / "served"
     root.mkdir()
     server = subprocess.Popen([sys.executable, "-m", "tests.range_server", str(root)], stdout=subprocess.PIPE, text=True,
                               cwd=Path(__file__).parent.parent)  # fmt: skip
     try:
         ready = select.select([server.stdout], [], [], 30)[0]
-        assert ready, "the test's file server did not start within 30 s"
-        yield root, f"http://127.0.0.1:{int(server.stdout.readline())}"
+        port = server.stdout.readline().strip() if ready else ""
+        assert port.isdigit(), f"the test's file server did not start within 30 s (exit code {server.poll()})"
+        yield root, f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
-        server.wait(timeout=10)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+        server.stdout.close()
 
 
 def test_an_item_url_with_http_assets_gives_what_the_local_item_gives(tmp_path, served, capfd):

@@ -15,8 +15,16 @@ torch = pytest.importorskip("torch", reason="training tests need the [training] 
 pytest.importorskip("lightning", reason="training tests need the [training] extra")
 
 from clay.runtime.bands import BAND_MEANS, BAND_NAMES, BAND_STDS, GROUP_NAMES  # noqa: E402
+from clay.runtime.options import RunOptions  # noqa: E402
 from clay.training.checkpoint import load_clay_mae  # noqa: E402
-from clay.training.data import ChipDataModule, ChipDataset, ChipError, collate_chips, inspect_chip  # noqa: E402
+from clay.training.data import (  # noqa: E402
+    ChipDataModule,
+    ChipDataset,
+    ChipError,
+    collate_chips,
+    inspect_chip,
+    usable_chips,
+)
 from clay.training.synthetic import write_chip, write_scene  # noqa: E402
 
 
@@ -217,11 +225,31 @@ def test_a_chip_trains_on_the_values_it_is_embedded_with(tmp_path, caplog):
     sar = 10 * np.log10(cube[10:12])  # dB with no unit metadata: the runtime refuses it under auto
     write_stack(tmp_path / "db.tif", np.concatenate([cube[:10], sar, cube[12:]]), transform, "EPSG:32648",
                 [*S2_BANDS, "VH", "VV", "DEM"], tags=tags)  # fmt: skip
+    write_stack(tmp_path / "linear.tif", cube, transform, "EPSG:32648", [*S2_BANDS, "VH", "VV", "DEM"], tags=tags)
     with caplog.at_level(logging.WARNING):
         assert ChipDataset([inspect_chip(tmp_path / "masked.tif", groups)], groups)[0] is None
-        assert ChipDataset([inspect_chip(tmp_path / "db.tif", GROUP_NAMES)])[0] is None
-    assert "masked.tif window (0, 0): 0.6% of its pixels are nodata, NaN or masked" in caplog.text
-    assert "db.tif" in caplog.text and "in dB" in caplog.text
+        refused = ChipDataset([inspect_chip(tmp_path / "db.tif", GROUP_NAMES)])
+        assert refused[0] is None and refused[0] is None  # the second window is skipped without a word
+    assert "masked.tif window (0, 0): 1600 of its 262144 pixels are nodata, NaN or masked" in caplog.text
+    said = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage() and "db.tif" in r.getMessage()]
+    assert len(said) == 1 and "in dB" in said[0] and "pass --data.sar_units db" in said[0] and "RunOptions" not in said[0]
+    as_db = ChipDataset([inspect_chip(tmp_path / "db.tif", GROUP_NAMES, options=RunOptions(sar_units="db"))])[0]
+    as_linear = ChipDataset([inspect_chip(tmp_path / "linear.tif", GROUP_NAMES)])[0]
+    np.testing.assert_allclose(as_db["pixels"].numpy(), as_linear["pixels"].numpy(), atol=1e-4)
+
+
+def test_setup_says_a_warning_the_files_share_once(tmp_path, caplog):
+    """Sensed in 2023 with no offset declared: the runtime warns per scene; setup over an archive says
+    it once, with the number of files, in clay-train's terms."""
+    from clay.runtime.bands import S2_BANDS
+
+    for i in range(3):
+        write_chip(tmp_path / f"s2-{i}.tif", bands=S2_BANDS, dtype="uint16", seed=i, date="2023-06-01")
+    with caplog.at_level(logging.WARNING):
+        files = usable_chips(sorted(tmp_path.glob("*.tif")), ("rgb", "rededge", "nir", "swir"), 512)
+    said = [r.getMessage() for r in caplog.records if "+1000 offset" in r.getMessage()]
+    assert len(files) == 3 and len(said) == 1
+    assert said[0].startswith("3 file(s), e.g. ") and "pass --data.s2_offset 1000" in said[0]
 
 
 def _read_in_child(dataset: ChipDataset) -> tuple[bool, np.ndarray]:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,11 +44,15 @@ from clay.runtime.bands import (
 )
 from clay.runtime.files import SceneError, read_header
 from clay.runtime.grid import Chip
+from clay.runtime.options import RunOptions
 from clay.runtime.reader import read_chip
-from clay.runtime.scene import DATE_HINT, Scene, open_scene
+from clay.runtime.scene import Scene, open_scene
 from torch.utils.data import DataLoader, Dataset
 
 log = logging.getLogger(__name__)
+
+#: Files whose opened scenes a dataset keeps per process (~10 KB each); others are opened again (~2 ms).
+SCENES_KEPT = 256
 
 
 class ChipError(ValueError):
@@ -70,29 +76,39 @@ class ChipInputs:
         return cls(tuple(BAND_NAMES[b] for b in bands), tuple(BAND_MEANS[b] for b in bands), chip_size)
 
 
+#: The runtime's hints name clay-run's options and RunOptions fields; clay-train's are its data
+#: module's arguments (LightningCLI: ``--data.NAME``), and a chip is dated by its tags.
+_TRAINING_TERMS = (
+    (re.compile(r" \(RunOptions\([^)]*\) in Python\)"), ""),
+    (re.compile(r"--s2-offset (\S+)"), r"--data.s2_offset \1"),
+    (re.compile(r"--sar-units (\S+)"), r"--data.sar_units \1"),
+    (re.compile(r"pass --date YYYY-MM-DD"), "tag the file with date=YYYY-MM-DD"),
+)
+
+
+def in_training_terms(message: str) -> str:
+    """A runtime message with its hints pointing at clay-train's options."""
+    for pattern, replacement in _TRAINING_TERMS:
+        message = pattern.sub(replacement, message)
+    return message
+
+
 @dataclass(frozen=True)
 class ChipFile:
-    """One usable chip file: the runtime's opened scene of it (plain data, no open file) and the band
-    groups it trains on."""
+    """One usable chip file, as setup found it: small (a training set may hold millions), the
+    runtime's :class:`~clay.runtime.scene.Scene` is made again where the file is read (:meth:`open`)."""
 
-    scene: Scene
-    groups: tuple[str, ...] = GROUP_NAMES
+    path: Path
+    height: int
+    width: int
+    date: tuple[int, int, int]
+    groups: tuple[str, ...] = GROUP_NAMES  # the band groups this file trains on
+    chip_size: int = CHIP_SIZE
+    options: RunOptions = field(default_factory=RunOptions)  # sar_units and s2_offset, as clay-run takes them
 
-    @property
-    def path(self) -> Path:
-        return Path(self.scene.path)
-
-    @property
-    def height(self) -> int:
-        return self.scene.height
-
-    @property
-    def width(self) -> int:
-        return self.scene.width
-
-    @property
-    def date(self) -> tuple[int, int, int]:
-        return self.scene.date.year, self.scene.date.month, self.scene.date.day
+    def open(self) -> Scene:
+        """The runtime's scene of this file (headers only); raises SceneError."""
+        return open_scene(self.path, ChipInputs.of_groups(self.groups, self.chip_size), self.options)
 
     def is_small(self, chip_size: int) -> bool:
         return self.height < chip_size or self.width < chip_size
@@ -104,11 +120,15 @@ def inspect_chip(
     chip_size: int = CHIP_SIZE,
     partial_groups: bool = False,
     pad_small: bool = False,
+    options: RunOptions | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> ChipFile:
     """Open a chip file as the runtime opens a scene for the ``groups``' bands (headers only, no pixel
-    read), or raise ChipError naming the file and the reason. The runtime's warnings about the file
-    (a date taken from the TIFF DateTime, an undeclared S2 offset, an unusual pixel size) are logged."""
+    read), or raise ChipError naming the file and the reason. ``options``: ``sar_units`` and
+    ``s2_offset`` as for clay-run. The runtime's warnings about the file (a date taken from the TIFF
+    DateTime, an undeclared S2 offset, an unusual pixel size) go to ``warn`` (default: logged)."""
     path = Path(path)
+    options = options or RunOptions()
     try:
         if partial_groups:
             names = {n for n in read_header(path).names if n}
@@ -116,12 +136,13 @@ def inspect_chip(
                 groups = complete_groups(names, groups)
                 if not groups:
                     raise ChipError(f"{path}: holds no complete band group of {', '.join(GROUP_NAMES)}")
-        scene = open_scene(path, ChipInputs.of_groups(groups, chip_size))
-    except SceneError as exc:  # the runtime's hint names clay-run's option; a chip is dated by its tags
-        raise ChipError(str(exc).replace(DATE_HINT, "; tag the file with date=YYYY-MM-DD")) from None
+        scene = open_scene(path, ChipInputs.of_groups(groups, chip_size), options)
+    except SceneError as exc:
+        raise ChipError(in_training_terms(str(exc))) from None
     for warning in scene.warnings:
-        log.warning("%s", warning)
-    chip = ChipFile(scene, tuple(groups))
+        (warn or log.warning)(in_training_terms(warning))
+    day = (scene.date.year, scene.date.month, scene.date.day)
+    chip = ChipFile(path, scene.height, scene.width, day, tuple(groups), chip_size, options)
     if chip.is_small(chip_size) and not (pad_small and min(chip.height, chip.width) >= PATCH_SIZE):
         raise ChipError(f"{path}: {chip.width}×{chip.height} px is smaller than a {chip_size}² chip")
     return chip
@@ -160,9 +181,13 @@ class ChipDataset(Dataset):
         self.augment = augment
         bands = bands_of_groups(self.groups)
         for chip in self.files:
-            if chip.groups != self.groups or chip.scene.chip_size != chip_size:
-                raise ValueError(f"{chip.path}: opened for {chip.groups} at {chip.scene.chip_size} px, "
+            if chip.groups != self.groups or chip.chip_size != chip_size:
+                raise ValueError(f"{chip.path}: set up for {chip.groups} at {chip.chip_size} px, "
                                  f"not this dataset's {self.groups} at {chip_size} px")  # fmt: skip
+        # Per process (each DataLoader worker has its own): recently read files' scenes, and the files
+        # the runtime refused while reading (their units, a read error), skipped from then on.
+        self._scenes: OrderedDict[Path, Scene] = OrderedDict()
+        self._refused: set[Path] = set()
         self._mean = np.array([BAND_MEANS[b] for b in bands], dtype=np.float32)[:, None, None]
         self._std = np.array([BAND_STDS[b] for b in bands], dtype=np.float32)[:, None, None]
 
@@ -177,14 +202,18 @@ class ChipDataset(Dataset):
         row, col = self._window_origin(chip, rng)
         size = self.chip_size
         window = Chip(row, col, min(size, chip.height), min(size, chip.width))
+        if chip.path in self._refused:
+            return None
         try:
-            pixels, nodata_fraction = read_chip(chip.scene, window)
+            scene = self._scene(chip)
+            pixels, nodata_fraction = read_chip(scene, window)
         except SceneError as exc:  # names the file, the window where it is a read error, and the reason
-            log.warning("skipping chip %s window (%d, %d): %s", chip.path, row, col, exc)
+            self._refused.add(chip.path)
+            log.warning("skipping %s from now on (window (%d, %d)): %s", chip.path, row, col, in_training_terms(str(exc)))
             return None
         if nodata_fraction > 0:
-            log.warning("skipping chip %s window (%d, %d): %.1f%% of its pixels are nodata, NaN or masked",
-                        chip.path, row, col, 100 * nodata_fraction)  # fmt: skip
+            log.warning("skipping chip %s window (%d, %d): %d of its %d pixels are nodata, NaN or masked", chip.path,
+                        row, col, round(nodata_fraction * window.height * window.width), window.height * window.width)  # fmt: skip
             return None
         pixels = pixels[:, : window.height, : window.width]  # the real pixels; padded again after the flips
         if self.augment:
@@ -199,11 +228,21 @@ class ChipDataset(Dataset):
         valid = (np.arange(1, grid + 1)[:, None] * PATCH_SIZE <= rows) & (np.arange(1, grid + 1)[None, :] * PATCH_SIZE <= cols)
         return {
             "pixels": torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)),
-            "lonlat": torch.tensor(chip.scene.chip_centre(window), dtype=torch.float32),
+            "lonlat": torch.tensor(scene.chip_centre(window), dtype=torch.float32),
             "date": torch.tensor(chip.date, dtype=torch.float32),
             "valid": torch.from_numpy(valid.reshape(-1).astype(np.float32)),
             "groups": self.groups,
         }
+
+    def _scene(self, chip: ChipFile) -> Scene:
+        scene = self._scenes.get(chip.path)
+        if scene is None:
+            scene = self._scenes[chip.path] = chip.open()
+            if len(self._scenes) > SCENES_KEPT:
+                self._scenes.popitem(last=False)
+        else:
+            self._scenes.move_to_end(chip.path)
+        return scene
 
     def _window_origin(self, chip: ChipFile, rng: np.random.Generator) -> tuple[int, int]:
         spare_rows, spare_cols = max(0, chip.height - self.chip_size), max(0, chip.width - self.chip_size)
@@ -229,15 +268,26 @@ def find_chip_files(directory: str | Path) -> list[Path]:
 
 
 def usable_chips(
-    paths: Sequence[Path], groups: Sequence[str], chip_size: int, partial_groups: bool = False, pad_small: bool = False
+    paths: Sequence[Path], groups: Sequence[str], chip_size: int, partial_groups: bool = False, pad_small: bool = False,
+    options: RunOptions | None = None,
 ) -> list[ChipFile]:
-    """The files that pass :func:`inspect_chip`; the others are logged with their reason."""
+    """The files that pass :func:`inspect_chip`; the others are logged with their reason. The
+    runtime's warnings are logged once per kind with the number of files and one of them (an
+    archive's files mostly share them)."""
     usable = []
+    said: dict[str, list[str]] = {}
+
+    def collect(warning: str, path: Path) -> None:
+        said.setdefault(warning.replace(str(path), "{file}"), []).append(str(path))
+
     for path in paths:
         try:
-            usable.append(inspect_chip(path, groups, chip_size, partial_groups, pad_small))
+            usable.append(inspect_chip(path, groups, chip_size, partial_groups, pad_small, options,
+                                       warn=lambda w, p=path: collect(w, p)))  # fmt: skip
         except ChipError as exc:
             log.warning("skipping %s", exc)
+    for warning, files in said.items():
+        log.warning("%d file(s), e.g. %s", len(files), warning.replace("{file}", files[0]))
     return usable
 
 
@@ -253,7 +303,9 @@ class ChipDataModule(L.LightningDataModule):
     With ``partial_groups`` or ``pad_small``, files fall into kinds (their band groups, padded or
     not); each kind has its own loader and a training step takes one batch of every kind (the
     smaller kinds cycle). ``batch_size_small`` sets the batch of padded kinds, most of whose pixels
-    are padding. Validation files must all be of one kind.
+    are padding. Validation files must all be of one kind. ``sar_units`` (auto, linear, db) and
+    ``s2_offset`` (DN to subtract from every S2 band, overriding what files declare) are clay-run's
+    ``--sar-units`` and ``--s2-offset``.
     """
 
     def __init__(
@@ -272,8 +324,11 @@ class ChipDataModule(L.LightningDataModule):
         partial_groups: bool = False,
         pad_small: bool = False,
         batch_size_small: int | None = None,
+        sar_units: str = "auto",
+        s2_offset: float | None = None,
     ) -> None:
         super().__init__()
+        self.options = RunOptions(sar_units=sar_units, s2_offset=s2_offset)  # as clay-run's --sar-units, --s2-offset
         self.partial_groups = partial_groups
         self.pad_small = pad_small
         self.batch_size_small = batch_size_small
@@ -302,7 +357,7 @@ class ChipDataModule(L.LightningDataModule):
             train_paths = [p for p in paths if p not in set(val_paths)]
             if not val_paths and len(train_paths) > 1:
                 val_paths = [train_paths.pop()]
-        options = (self.groups, self.chip_size, self.partial_groups, self.pad_small)
+        options = (self.groups, self.chip_size, self.partial_groups, self.pad_small, self.options)
         train, val = usable_chips(train_paths, *options), usable_chips(val_paths, *options)
         if not train:
             raise ChipError(f"{self.data_dir}: no usable chip files (see the warnings above)")
