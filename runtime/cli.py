@@ -14,7 +14,7 @@ import click
 import pyarrow.parquet as pq
 
 from .api import ClayEmbedder, check_patch_embeddings, prepare_output_folder, remove_if_empty
-from .console import require_extra
+from .console import quiet_known_warnings, require_extra
 from .dates import parse_date
 from .demo import DEMO_ENGINE, DEMO_SCENE
 from .engine import BACKENDS, EngineError, EngineUnavailable
@@ -185,6 +185,7 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
     scale/offset, units and each scene's S2 offset convention are applied per scene and recorded
     in the outputs' metadata. The summary line says where the time went.
     """
+    quiet_known_warnings()
     if use_ray:
         require_extra("clay-run --ray", "ray")
     try:

@@ -15,6 +15,7 @@ import logging
 import sys
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,3 +93,11 @@ def setup_logging(command: str, level: int = logging.WARNING) -> None:
     handler.setFormatter(logging.Formatter(f"{command}: %(message)s"))
     handler.addFilter(_DropAdvice())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    quiet_known_warnings()
+
+
+def quiet_known_warnings() -> None:
+    """For the command-line tools: drop Python warnings the runtime answers itself. rasterio warns
+    (two lines) on opening a file without a geotransform; the runtime checks georeferencing and
+    refuses such a file in one line (:func:`clay.runtime.files.georeferencing_problem`)."""
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform", module="rasterio")

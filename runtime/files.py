@@ -205,9 +205,14 @@ def georeferencing_problem(src) -> str | None:
     """Why an open dataset cannot be placed on Earth, or ``None``. GDAL reports a file without a
     geotransform as the identity (pixel (0, 0) at the CRS origin, 1-unit pixels): placing chips with
     it would put them at the wrong place with exit code 0."""
-    if src.crs is None:
-        return "no CRS; the runtime needs one to place chips on Earth"
     transform = src.transform
+    if src.crs is None:
+        if src.gcps[0] and src.gcps[1] is not None:  # GCPs with their own CRS: a warp gives the grid
+            return "ground control points only; warp it onto a grid first (gdalwarp -t_srs EPSG:... in.tif out.tif)"
+        if transform == Affine.identity() or transform.is_degenerate:
+            return ("no CRS and no geotransform; the runtime needs both to place chips on Earth (if you know them: "
+                    "gdal_edit.py -a_srs EPSG:... -a_ullr ULX ULY LRX LRY FILE)")  # fmt: skip
+        return "no CRS; the runtime needs one to place chips on Earth (if you know it: gdal_edit.py -a_srs EPSG:... FILE)"
     if transform == Affine.identity() or transform.is_degenerate:
         if src.gcps[0]:
             how = "ground control points only"

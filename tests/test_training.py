@@ -89,8 +89,27 @@ def test_s2_only_groups_read_by_band_name(tmp_path):
     groups = ("rgb", "rededge", "nir", "swir")
     item = ChipDataset([inspect_chip(path, groups)], groups)[0]
     assert item["pixels"].shape == (10, 512, 512)
-    with pytest.raises(ChipError, match="lacks band"):
+    with pytest.raises(ChipError, match="lacks band") as refused:
         inspect_chip(path, GROUP_NAMES)
+    # the runtime's hint names clay-export; training's names its own options
+    assert "(train on them with --data.groups rgb,rededge,nir,swir, or each file on the groups it has with " \
+           "--data.partial_groups true)" in str(refused.value) and "clay-export" not in str(refused.value)
+
+
+def test_validation_takes_a_usable_file_and_groups_may_be_a_comma_list(tmp_path, caplog):
+    """The fallback validation file was chosen before the files were checked: with a file that has no
+    date among them, it could be that one, leaving validation empty (no val/loss, no best checkpoints)."""
+    from clay.runtime.bands import S2_BANDS
+
+    for i in range(4):
+        write_chip(tmp_path / f"s2-{i}.tif", bands=S2_BANDS, dtype="uint16", seed=i)
+    write_chip(tmp_path / "z-nodate.tif", bands=S2_BANDS, dtype="uint16", with_date_tag=False)  # last by name
+    data = ChipDataModule(str(tmp_path), val_fraction=0.0, groups="rgb,rededge,nir,swir", batch_size=2)
+    with caplog.at_level(logging.WARNING):
+        data.setup("fit")
+    assert [f.path.name for f in data.val_set.files] == ["s2-3.tif"]
+    assert sum(len(d.files) for d in data.train_sets.values()) == 3
+    assert "no validation chips" not in caplog.text and "z-nodate.tif: no acquisition date" in caplog.text
 
 
 def test_small_image_is_padded_like_the_runtime_and_its_padding_left_out_of_the_loss(tmp_path):

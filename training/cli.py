@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from clay.runtime.console import quiet_known_warnings
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
@@ -35,6 +36,7 @@ def checkpoint_callbacks() -> list:
 
 
 def main(args: list[str] | None = None) -> None:
+    quiet_known_warnings()
     try:
         ClayCLI(
             ClayPretraining,

@@ -83,6 +83,8 @@ _TRAINING_TERMS = (
     (re.compile(r"--s2-offset (\S+)"), r"--data.s2_offset \1"),
     (re.compile(r"--sar-units (\S+)"), r"--data.sar_units \1"),
     (re.compile(r"pass --date YYYY-MM-DD"), "tag the file with date=YYYY-MM-DD"),
+    (re.compile(r"\(export an engine for them with clay-export --groups (\S+)\)"),
+     r"(train on them with --data.groups \1, or each file on the groups it has with --data.partial_groups true)"),
 )
 
 
@@ -313,7 +315,7 @@ class ChipDataModule(L.LightningDataModule):
         data_dir: str,
         val_dir: str | None = None,
         val_fraction: float = 0.1,
-        groups: list[str] | None = None,
+        groups: list[str] | str | None = None,  # a list, or "rgb,swir" as clay-export --groups takes it
         batch_size: int = 10,
         num_workers: int = 0,
         chip_size: int = CHIP_SIZE,
@@ -349,19 +351,21 @@ class ChipDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_sets:
             return
-        paths = find_chip_files(self.data_dir)
-        if self.val_dir:
-            train_paths, val_paths = paths, find_chip_files(self.val_dir)
-        else:
-            val_paths = [p for p in paths if is_validation_file(p, self.val_fraction, self.seed)]
-            train_paths = [p for p in paths if p not in set(val_paths)]
-            if not val_paths and len(train_paths) > 1:
-                val_paths = [train_paths.pop()]
         options = (self.groups, self.chip_size, self.partial_groups, self.pad_small, self.options)
-        train, val = usable_chips(train_paths, *options), usable_chips(val_paths, *options)
+        usable = usable_chips(find_chip_files(self.data_dir), *options)
+        if self.val_dir:
+            train, val = usable, usable_chips(find_chip_files(self.val_dir), *options)
+        else:  # split the usable files, so that an unusable one never takes validation's place
+            val = [c for c in usable if is_validation_file(c.path, self.val_fraction, self.seed)]
+            train = [c for c in usable if not is_validation_file(c.path, self.val_fraction, self.seed)]
+            if not val and len(train) > 1:
+                val = [train.pop()]
         if not train:
             raise ChipError(f"{self.data_dir}: no usable chip files (see the warnings above)")
         log.info("chips: %d for training, %d for validation", len(train), len(val))
+        if not val:
+            log.warning("no validation chips (give --data.val_dir or more files): val/loss is not computed, so "
+                        "checkpoints keep only the last step")  # fmt: skip
         for key, files in self._kinds(train).items():
             self.train_sets[key] = ChipDataset(files, files[0].groups, self.chip_size, self.augment, self.samples_per_file)
             log.info("training kind %s: %d files", key, len(files))
