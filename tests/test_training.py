@@ -189,7 +189,7 @@ def test_clay_train_two_epochs_writes_a_checkpoint_that_loads_and_resumes(chip_d
 def test_clay_train_with_no_usable_chips_is_one_line(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = run_clay_train("fit", "--model.size", "tiny", "--data.data_dir", str(empty),
+    result = run_clay_train("fit", "--model.size", "tiny", "--data.data_dir", str(empty), "--data.groups", "rgb,swir",
                             "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path), cwd=tmp_path)  # fmt: skip
     assert result.returncode != 0
     assert "clay-train:" in result.stderr and "no usable chip files" in result.stderr

@@ -8,7 +8,9 @@ the same command trains ``tiny`` on a laptop and ``small`` on a GPU cluster.
 from __future__ import annotations
 
 import sys
+import warnings
 
+from clay.runtime.bands import parse_groups
 from clay.runtime.console import quiet_known_warnings
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -21,7 +23,8 @@ from .precision import default_precision
 
 class ClayCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.groups", "model.groups")
+        # normalised on the way: --data.groups takes "rgb,swir" as well as a list
+        parser.link_arguments("data.groups", "model.groups", compute_fn=lambda groups: list(parse_groups(groups)))
 
 
 def checkpoint_callbacks() -> list:
@@ -35,8 +38,17 @@ def checkpoint_callbacks() -> list:
     ]  # fmt: skip
 
 
+#: Lightning's advisories about its own internals, which a clay-train user can do nothing about.
+LIGHTNING_ADVISORIES = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning 2.6 on torch 2.13's pytree
+    r"Precision bf16-mixed is not supported by the model summary",  # only its size estimate
+)
+
+
 def main(args: list[str] | None = None) -> None:
     quiet_known_warnings()
+    for message in LIGHTNING_ADVISORIES:
+        warnings.filterwarnings("ignore", message=message)
     try:
         ClayCLI(
             ClayPretraining,
