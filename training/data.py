@@ -356,8 +356,9 @@ class ChipDataModule(L.LightningDataModule):
         if self.val_dir:
             train, val = usable, usable_chips(find_chip_files(self.val_dir), *options)
         else:  # split the usable files, so that an unusable one never takes validation's place
-            val = [c for c in usable if is_validation_file(c.path, self.val_fraction, self.seed)]
-            train = [c for c in usable if not is_validation_file(c.path, self.val_fraction, self.seed)]
+            train, val = [], []
+            for chip in usable:
+                (val if is_validation_file(chip.path, self.val_fraction, self.seed) else train).append(chip)
             if not val and len(train) > 1:
                 val = [train.pop()]
         if not train:
