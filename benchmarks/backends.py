@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from clay.runtime.bands import bands_of_groups
-from clay.runtime.engine import EngineError, available_backends, open_engine
-from clay.runtime.formats import FORMATS, ArtifactFormat, format_named
+from clay.runtime.engines.base import EngineError
+from clay.runtime.engines.choice import available_backends, open_engine
+from clay.runtime.formats import ArtifactFormat, FORMATS, format_named
 from clay.training.model import ClayMAE, normalise
 from clay.training.precision import cpu_has_bf16
 

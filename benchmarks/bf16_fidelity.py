@@ -22,9 +22,9 @@ import numpy as np
 from clay.export import check
 from clay.export.artifacts import ExportOptions, export_artifacts
 from clay.runtime.cli import DEMO_SCENE
-from clay.runtime.cpu import cpu_info
-from clay.runtime.engine import open_engine
-from clay.runtime.files import discover_scenes
+from clay.runtime.engines.cpu import cpu_info
+from clay.runtime.engines.choice import open_engine
+from clay.runtime.scenes.discovery import discover_scenes
 from clay.runtime.formats import format_named
 
 from .backends import Backend, eager_backend, engine_backend, openvino_graph_backend

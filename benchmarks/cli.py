@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 from clay.runtime.bands import GROUP_NAMES
 from clay.runtime.console import setup_logging
-from clay.runtime.engine import available_backends, open_engine
+from clay.runtime.engines.choice import available_backends, open_engine
 from clay.runtime.metadata import package_versions
 from clay.training.synthetic import make_chips, write_scene
 

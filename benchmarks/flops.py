@@ -63,7 +63,7 @@ def measured_clock_mhz() -> float | None:
     return clock if clock < MAX_PLAUSIBLE_MHZ else None  # a core that beats the chain: trust nothing
 
 from clay.runtime.bands import BAND_GROUPS, GRID_SIZE, PATCH_SIZE
-from clay.runtime.cpu import cpu_info
+from clay.runtime.engines.cpu import cpu_info
 from clay.training.sizes import ModelSize
 
 

@@ -9,7 +9,7 @@ with the patch GeoParquet, for comparison), measuring
   built on publish, on the writer's thread beside the engine), as a share of the wall time;
 - **int8 error**: cosine per cell between the int8 raster, dequantised by its GDAL scale/offset, and
   the float32 raster (min, 1st percentile, median);
-- **memory**: RSS growth of :class:`~clay.runtime.patch_raster.PatchRasterWriter` on a
+- **memory**: RSS growth of :class:`~clay.runtime.outputs.patch_raster.PatchRasterWriter` on a
   10 980-px-wide scene at 768 dimensions (a Sentinel-2 tile's width, Clay v0's width), 1× (2 048 px)
   and 5× (10 240 px) long, while rows stream in and at its peak with publishing (a subprocess each).
 
@@ -49,10 +49,10 @@ MEMORY_PROBE = textwrap.dedent("""
     import numpy as np
     from rasterio.crs import CRS
     from rasterio.transform import Affine
-    from clay.runtime.grid import chip_grid
-    from clay.runtime.patch_raster import PatchRasterWriter
-    from clay.runtime.reader import gdal_env
-    from clay.runtime.scene import Scene
+    from clay.runtime.scenes.grid import chip_grid
+    from clay.runtime.outputs.patch_raster import PatchRasterWriter
+    from clay.runtime.scenes.reader import gdal_env
+    from clay.runtime.scenes.scene import Scene
 
     def rss(field):
         return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1]) // 1024
@@ -126,7 +126,7 @@ def draw_similarity(scene: Path, raster: Path, picture: Path, embedder: ClayEmbe
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from clay.runtime.preview import true_colour
+    from clay.runtime.outputs.preview import true_colour
 
     similarity = cosine_similarity(cell_values(raster), *QUERY_CELL)
     opened = embedder.open_scene(scene)

@@ -32,9 +32,9 @@ import click
 from clay.runtime.bands import S2_BANDS
 from clay.runtime.demo import DEMO_ENGINE
 from clay.runtime.options import RunOptions, cpu_count
-from clay.runtime.output import ScenePaths
+from clay.runtime.outputs.publish import ScenePaths
 from clay.runtime.ray_job import Layout, RayCluster, run_on_ray
-from clay.runtime.scene import open_scene
+from clay.runtime.scenes.scene import open_scene
 from clay.training.synthetic import write_scene
 
 from .bench import RssSampler

@@ -22,12 +22,14 @@ from clay.export.artifacts import ExportOptions, export_artifacts
 from clay.runtime.bands import BAND_NAMES, bands_of_groups, complete_groups
 from clay.runtime.console import setup_logging
 from clay.runtime.demo import DEMO_SCENE
-from clay.runtime.engine import open_engine
-from clay.runtime.files import SceneFiles, discover_scenes, read_header
+from clay.runtime.engines.choice import open_engine
+from clay.runtime.scenes.discovery import discover_scenes
+from clay.runtime.scenes.headers import read_header
+from clay.runtime.scenes.inputs import SceneFiles
 from clay.runtime.formats import format_named
 from clay.runtime.options import RunOptions
-from clay.runtime.reader import read_chip
-from clay.runtime.scene import open_scene
+from clay.runtime.scenes.reader import read_chip
+from clay.runtime.scenes.scene import open_scene
 
 from .backends import eager_backend
 from .bench import cosine_rows

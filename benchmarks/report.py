@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-from clay.runtime.cpu import cpu_info
+from clay.runtime.engines.cpu import cpu_info
 from clay.runtime.options import cpu_count
 
 #: Where results go unless told: a folder in the current directory (never inside the installed

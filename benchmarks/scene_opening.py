@@ -22,11 +22,12 @@ from pathlib import Path
 
 import click
 from clay.runtime.bands import SAR_BANDS
-from clay.runtime.engine import Engine, open_engine
+from clay.runtime.engines.base import Engine
+from clay.runtime.engines.choice import open_engine
 from clay.runtime.options import RunOptions
-from clay.runtime.output import ScenePaths
+from clay.runtime.outputs.publish import ScenePaths
 from clay.runtime.pipeline import SceneJob
-from clay.runtime.scene import as_scene_files, open_scene
+from clay.runtime.scenes.scene import as_scene_files, open_scene
 from clay.runtime.timing import StageClock
 from clay.training.synthetic import write_scene
 

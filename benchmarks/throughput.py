@@ -29,13 +29,14 @@ from pathlib import Path
 import click
 import numpy as np
 from clay.runtime.bands import BAND_NAMES
-from clay.runtime.engine import Engine, open_engine
+from clay.runtime.engines.base import Engine
+from clay.runtime.engines.choice import open_engine
 from clay.runtime.metadata import package_versions
 from clay.runtime.options import RunOptions, cpu_count
-from clay.runtime.output import ScenePaths
+from clay.runtime.outputs.publish import ScenePaths
 from clay.runtime.pipeline import ChipReaders, SceneJob, run_scenes
-from clay.runtime.reader import gdal_env, read_chip
-from clay.runtime.scene import open_scene
+from clay.runtime.scenes.reader import gdal_env, read_chip
+from clay.runtime.scenes.scene import open_scene
 from clay.runtime.timing import StageClock
 from clay.training.synthetic import make_chips
 
@@ -203,7 +204,7 @@ def main(engines, backend, scenes, generate, copies, thread_counts, batches, rea
 
 def _fits(engine: Engine, scene: Path) -> bool:
     """Whether the scene has the engine's bands (the demo scene has no SAR for a 13-band engine)."""
-    from clay.runtime.files import SceneError
+    from clay.runtime.errors import SceneError
 
     try:
         open_scene(scene, engine.metadata)

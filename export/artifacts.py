@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from clay.runtime.bands import BAND_MEANS, BAND_STDS, CHIP_SIZE, GROUP_NAMES, PATCH_SIZE, bands_of_groups
-from clay.runtime.formats import ArtifactFormat, formats_for_flags
+from clay.runtime.formats import ArtifactFormat
 from clay.runtime.metadata import EngineMetadata, package_versions
 from clay.training.checkpoint import (
     DEMO_GROUPS,
@@ -31,35 +31,12 @@ from clay.training.sizes import get_size
 from . import check
 from .builders import BUILDERS, BuildJob, FormatUnavailable
 from .onnx_export import INPUT_NAMES
-from .tensorrt_build import BatchProfile, PlanBuildError
+from .options import ExportOptions
+from .tensorrt_build import PlanBuildError
 
 
 class ExportError(RuntimeError):
     """A one-line reason why the export could not be done."""
-
-
-@dataclass
-class ExportOptions:
-    out: Path = Path(".")
-    checkpoint: Path | None = None
-    size: str | None = None
-    random_weights: bool = False
-    groups: tuple[str, ...] = ()
-    fp16: bool = False
-    int8_cpu: bool = False
-    bf16_cpu: bool = False
-    patch_embeddings: bool = False
-    batch: BatchProfile = field(default_factory=lambda: BatchProfile(1, 8, 32))
-    compute_capability: str = "ampere+"  # the plan's targets: tensorrt_build.parse_targets
-    timing_cache: Path | None = None
-    check: bool = True
-    triton_repository: Path | None = None
-
-    @property
-    def formats(self) -> tuple[ArtifactFormat, ...]:
-        """The rows of the format table these options ask for."""
-        wanted = (("--fp16", self.fp16), ("--int8-cpu", self.int8_cpu), ("--bf16-cpu", self.bf16_cpu))
-        return formats_for_flags({flag for flag, on in wanted if on})
 
 
 @dataclass

@@ -19,11 +19,10 @@ from clay.runtime.metadata import EngineMetadata
 
 from .graph import InferenceEncoder
 from .onnx_export import export_onnx
+from .options import ExportOptions
 
 if TYPE_CHECKING:
     from clay.training.model import Encoder
-
-    from .artifacts import ExportOptions
 
 
 class FormatUnavailable(RuntimeError):

@@ -97,7 +97,7 @@ def run_with_polygraphy(artifact: Path, feeds) -> list[dict[str, np.ndarray]]:
 def run_plan(artifact: Path, feeds) -> list[dict[str, np.ndarray]]:
     """Run a TensorRT plan with the runtime's TensorRT backend (the flavour that built it). Polygraphy's
     TensorRT runner is not used: it reaches TensorRT-RTX only through a process-wide switch."""
-    from clay.runtime.engine import open_engine
+    from clay.runtime.engines.choice import open_engine
 
     with open_engine(artifact, "tensorrt") as engine:
         return [engine.infer(feed["pixels"], feed["lonlat"], feed["date"]) for feed in feeds]
@@ -108,8 +108,8 @@ def unchecked_reason(artifact: Path, fmt: ArtifactFormat) -> str | None:
     built for), or ``None``."""
     if "tensorrt" not in fmt.runs_on:
         return None
-    from clay.runtime.engine import read_engine_metadata
-    from clay.runtime.tensorrt_plan import plan_unusable_reason
+    from clay.runtime.engines.choice import read_engine_metadata
+    from clay.runtime.engines.tensorrt_plan import plan_unusable_reason
 
     reason = plan_unusable_reason(artifact, read_engine_metadata(artifact))
     return reason and f"{reason} (the plan is kept; clay-export --fp16 on a machine with such a GPU builds and checks it)"
@@ -137,7 +137,7 @@ def score(artifact: str, bound: float, actual: list[dict], expected: list[dict])
 def run_with_runtime(artifact: Path, backend: str, feeds) -> tuple[list[dict[str, np.ndarray]], str]:
     """Run an artifact that Polygraphy has no runner for (OpenVINO) through the runtime's own engine,
     as ``clay-run`` would; returns the outputs and the precision the engine computed in."""
-    from clay.runtime.engine import open_engine
+    from clay.runtime.engines.choice import open_engine
 
     with open_engine(artifact, backend) as engine:
         return [engine.infer(*feed.values()) for feed in feeds], engine.runs_in()

@@ -20,7 +20,7 @@ The pin is the IR's ``precise`` runtime attribute: the legacy ``ov::DisableFP16C
 OpenVINO 2026's IR reader turns into ``DisablePrecisionConversion`` (``ConvertLegacyPrecisionAttribute``)
 and its CPU plugin honours for bf16 as well (measured: the patch embeddings run f32, blocks bf16).
 OpenVINO's Python API cannot set C++ runtime attributes, so the pin is written into the saved IR's
-XML; the runtime (``clay.runtime.openvino_engine``) checks on every load that the compiled model
+XML; the runtime (``clay.runtime.engines.openvino_engine``) checks on every load that the compiled model
 runs the pinned patch-embedding convolutions in float32, and compiles in float32 where it does not.
 """
 

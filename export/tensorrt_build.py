@@ -21,8 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from clay.runtime.metadata import EngineMetadata
-from clay.runtime.tensorrt_plan import (
+from clay.runtime.engines.tensorrt_plan import (
     FLAVOURS,
     RTX,
     STANDARD,
@@ -33,6 +32,7 @@ from clay.runtime.tensorrt_plan import (
     import_flavour,
     probe_gpu,
 )
+from clay.runtime.metadata import EngineMetadata
 
 WORKSPACE_BYTES = 4 << 30  # standard TensorRT's tactic workspace; TensorRT-RTX sizes its own
 

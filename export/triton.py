@@ -19,10 +19,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from clay.runtime.engine import read_engine_metadata
+from clay.runtime.engines.choice import read_engine_metadata
+from clay.runtime.engines.tensorrt_plan import STANDARD, PlanBuild
 from clay.runtime.formats import format_named
 from clay.runtime.metadata import EngineMetadata
-from clay.runtime.tensorrt_plan import STANDARD, PlanBuild
 
 from .tensorrt_build import BatchProfile
 

@@ -24,13 +24,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .engine import Engine, all_finite, open_engine
-from .files import SceneError, SceneFiles
+from .engines.base import Engine, all_finite
+from .engines.choice import open_engine
+from .errors import SceneError
 from .metadata import EngineMetadata
 from .options import RunOptions, check_patch_embeddings
-from .output import OutputError, ScenePaths
+from .outputs.publish import OutputError, ScenePaths
 from .pipeline import ChipReaders, Progress, SceneJob, SceneResult, run_scenes
-from .scene import Scene, as_scene_files, open_scene
+from .scenes.inputs import SceneFiles
+from .scenes.scene import Scene, as_scene_files, open_scene
 from .timing import StageClock
 
 
@@ -122,7 +124,7 @@ class ClayEmbedder:
         """Validate a scene against the engine (bands, grid, units, date) without reading a chip. A
         scene is a path or URI as ``clay-run`` takes it (a GeoTIFF, a folder, a STAC Item's .json),
         :class:`SceneFiles`, or a ``pystac.Item`` (several Items as one scene:
-        :func:`clay.runtime.stac.scene_from_items`)."""
+        :func:`clay.runtime.scenes.stac.scene_from_items`)."""
         return open_scene(scene, self.metadata, options or self.options)
 
     def embed_scenes(

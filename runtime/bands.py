@@ -40,7 +40,7 @@ S2_BANDS: tuple[str, ...] = BAND_NAMES[:10]
 SAR_BANDS: tuple[str, ...] = ("VH", "VV")
 
 #: The units the engine's ``pixels`` input expects, per kind of band: what Clay v0's normalisation
-#: constants (BAND_MEANS/BAND_STDS) were computed on, and what :mod:`clay.runtime.units` brings
+#: constants (BAND_MEANS/BAND_STDS) were computed on, and what :mod:`clay.runtime.scenes.units` brings
 #: every scene to. Sentinel-2: harmonised DNs, i.e. without the +1000 offset that L2A processing
 #: baseline 04.00+ adds (from 2022-01-25): most of Clay v0's 2017–2023 training scenes predate it,
 #: so its normalisation means above (B02 1369) are mostly offset-free statistics.

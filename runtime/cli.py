@@ -15,18 +15,20 @@ import pyarrow.parquet as pq
 
 from .api import ClayEmbedder, check_patch_embeddings, prepare_output_folder, remove_if_empty
 from .console import quiet_known_warnings, require_extra
-from .dates import parse_date
 from .demo import DEMO_ENGINE, DEMO_SCENE
-from .engine import BACKENDS, EngineError, EngineUnavailable
-from .files import SceneError, SceneFiles, discover_scenes, first_line
+from .engines.base import EngineError, EngineUnavailable
+from .engines.choice import BACKENDS
+from .errors import SceneError, first_line
 from .formats import describe_formats
-from .grid import EDGE_MODES
 from .metadata import EngineMetadata
-from .options import RASTER_DTYPES, SAR_UNITS, RunOptions, cpu_count
-from .output import OutputError, ScenePaths
+from .options import EDGE_MODES, RASTER_DTYPES, SAR_UNITS, RunOptions, cpu_count
+from .outputs.publish import OutputError, ScenePaths
 from .pipeline import SceneJob, SceneResult
 from .ray_job import RayJobError, RunCounts, ray_cluster, run_on_ray
-from .scene import Scene, open_scene
+from .scenes.dates import parse_date
+from .scenes.discovery import discover_scenes
+from .scenes.inputs import SceneFiles
+from .scenes.scene import Scene, open_scene
 
 DEMO_STORY = (
     "The picture shows the Sentinel-2 scene (left) beside the embeddings as colour: the first three "
@@ -291,7 +293,7 @@ def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_fil
 
 def draw_preview(preview: Path | None, results: list[SceneResult], metadata: EngineMetadata, engine_name: str) -> None:
     if preview is not None and results and results[0].paths and results[0].opened is not None:
-        from .preview import render_preview
+        from .outputs.preview import render_preview
 
         result = results[0]
         patches = pq.read_table(result.patches) if result.patches else None

@@ -99,5 +99,5 @@ def setup_logging(command: str, level: int = logging.WARNING) -> None:
 def quiet_known_warnings() -> None:
     """For the command-line tools: drop Python warnings the runtime answers itself. rasterio warns
     (two lines) on opening a file without a geotransform; the runtime checks georeferencing and
-    refuses such a file in one line (:func:`clay.runtime.files.georeferencing_problem`)."""
+    refuses such a file in one line (:func:`clay.runtime.scenes.headers.georeferencing_problem`)."""
     warnings.filterwarnings("ignore", message="Dataset has no geotransform", module="rasterio")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: Runtime backends, fastest first: what ``--backend auto`` tries in this order (on the CPU,
-#: ``openvino-cpu`` only where the CPU has AMX: ``clay.runtime.engine.auto_order``).
+#: ``openvino-cpu`` only where the CPU has AMX: ``clay.runtime.engines.choice.auto_order``).
 RUNTIME_BACKENDS = ("tensorrt", "onnx-cuda", "openvino-cpu", "onnx-cpu")
 
 #: The backends that compute on the CPU (the others on a GPU).

@@ -6,12 +6,14 @@ import os
 from dataclasses import dataclass
 from datetime import date as Date
 
-from .files import SceneError
-from .grid import EDGE_MODES
+from .errors import SceneError
 from .metadata import EngineMetadata
 
+#: How the chip grid treats a scene's right and bottom remainders (``--edge``; the rule is
+#: :func:`clay.runtime.scenes.grid.chip_starts`): defined here, with the run's other choices.
+EDGE_MODES = ("shift", "pad", "drop")
 SAR_UNITS = ("auto", "db", "linear")
-RASTER_DTYPES = ("float32", "float16", "int8")  # clay.runtime.patch_raster says how each is stored
+RASTER_DTYPES = ("float32", "float16", "int8")  # clay.runtime.outputs.patch_raster says how each is stored
 #: float16 is named (the issue and users ask for it) and refused, in one line that says why.
 FLOAT16_REFUSED = (
     "--raster-dtype float16 is not offered: the GDAL the pinned rasterio bundles (3.10) has no Float16 type "
@@ -32,11 +34,11 @@ class RunOptions:
     ``date`` overrides the files' acquisition date; ``sar_units`` says whether VH/VV hold linear
     power or dB (``auto``: the band's unit metadata, else a mostly negative band is refused);
     ``s2_offset``, when set, is subtracted from every scene's S2 DNs instead of the offset each
-    scene's metadata declares (``None``: per scene, see :mod:`clay.runtime.units`). ``readers`` is the
+    scene's metadata declares (``None``: per scene, see :mod:`clay.runtime.scenes.units`). ``readers`` is the
     number of chip-reader threads (default: one per core). ``keep_going`` finishes the other scenes
     when one fails; ``resume`` skips scenes whose outputs are complete. ``patch_raster`` also writes
     each scene's patch vectors as a Cloud-Optimized GeoTIFF of ``raster_dtype``
-    (:mod:`clay.runtime.patch_raster`).
+    (:mod:`clay.runtime.outputs.patch_raster`).
     """
 
     batch_size: int | None = None

@@ -1,7 +1,7 @@
 """Scenes → chips → engine → GeoParquet, every stage overlapped, several scenes in flight.
 
 The chips of all scenes form one stream in scene and grid order. Scenes are opened (validated:
-headers, units, dates, see :func:`clay.runtime.scene.open_scene`) by their own threads a few scenes
+headers, units, dates, see :func:`clay.runtime.scenes.scene.open_scene`) by their own threads a few scenes
 ahead of the stream, so an archive of chip-sized scenes does not pay each scene's opening on the
 critical path. Reader threads read chips ahead of the engine straight into a ring of reused host
 buffers (pinned where the engine copies to a GPU), so that a batch is a slice of the ring (no
@@ -26,16 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Engine
-from .files import SceneError, SceneFiles, first_line
-from .geometry import patch_polygons
-from .grid import Chip, patch_cells
+from .engines.base import Engine
+from .errors import SceneError, first_line
 from .metadata import EngineMetadata
 from .options import RunOptions, check_patch_embeddings
-from .output import OutputError, SceneOutput, ScenePaths, file_metadata, row_columns, warm_up
-from .patch_raster import PatchRasterWriter
-from .reader import gdal_env, read_chip
-from .scene import Scene, open_scene
+from .outputs.geoparquet import SceneOutput, file_metadata, row_columns, warm_up
+from .outputs.patch_raster import PatchRasterWriter
+from .outputs.publish import OutputError, ScenePaths
+from .scenes.geometry import patch_polygons
+from .scenes.grid import Chip, patch_cells
+from .scenes.inputs import SceneFiles
+from .scenes.reader import gdal_env, read_chip
+from .scenes.scene import Scene, open_scene
 from .timing import StageClock
 
 Progress = Callable[[str, int], None]  # (scene name, chips passed) after every batch

@@ -1,7 +1,7 @@
 """``clay-run --ray``: the same job on Ray Data, on a laptop or a cluster, writing the same files.
 
 Every chip of every scene is one Ray Data row ``(scene index, chip index, window)``. A read
-function (:func:`read_chips`, the runtime's own :func:`~clay.runtime.reader.read_chip`) turns
+function (:func:`read_chips`, the runtime's own :func:`~clay.runtime.scenes.reader.read_chip`) turns
 rows into pixels in CPU tasks; the engine runs in a pool of actors (:class:`EngineActor`), each
 loading it once: one actor per GPU where the cluster has GPUs (the reads stay separate CPU tasks
 and the pixels travel through the object store to the GPU's node), else one actor per
@@ -9,7 +9,7 @@ and the pixels travel through the object store to the GPU's node), else one acto
 actors and no pixel leaves the process that read it. The driver gathers the rows that come back
 (embeddings only) by scene, keyed by chip index, and publishes a scene as soon as all its chips
 are in, in grid order, through the local pipeline's own writer
-(:func:`~clay.runtime.pipeline.write_chip_rows` and :class:`~clay.runtime.output.SceneOutput`):
+(:func:`~clay.runtime.pipeline.write_chip_rows` and :class:`~clay.runtime.outputs.geoparquet.SceneOutput`):
 same schema, metadata and atomic publication.
 
 Faults: a chip that cannot be read becomes an error row, so a bad scene fails alone with its
@@ -37,16 +37,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .engine import EngineError, open_engine
-from .files import SceneError, first_line
+from .engines.base import EngineError
+from .engines.choice import open_engine
+from .errors import SceneError, first_line
 from .formats import CPU_BACKENDS
-from .grid import Chip
 from .metadata import EngineMetadata
 from .options import RunOptions, check_patch_embeddings, cpu_count
-from .output import OutputError, ScenePaths
+from .outputs.publish import OutputError, ScenePaths
 from .pipeline import SceneResult, group_means, nothing_to_embed, open_output, scene_identity, write_chip_rows
-from .reader import gdal_env, read_chip
-from .scene import Scene
+from .scenes.grid import Chip
+from .scenes.reader import gdal_env, read_chip
+from .scenes.scene import Scene
 
 DIE_AFTER_ENV = "CLAY_RAY_TEST_DIE_AFTER_BATCHES"
 DIE_MARKER_ENV = "CLAY_RAY_TEST_DIE_MARKER"

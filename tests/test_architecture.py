@@ -3,6 +3,7 @@ what is missing, an API that is thread-safe and frees what it holds, a chip grid
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from clay.runtime import formats
-from clay.runtime.grid import Chip, chip_grid, chip_starts, patch_cells
+from clay.runtime.scenes.grid import Chip, chip_grid, chip_starts, patch_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("runtime", "training", "export", "benchmarks")
@@ -52,7 +53,7 @@ def test_dependencies_run_one_way():
 def test_no_private_name_is_imported_across_packages():
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
-            for line in re.findall(r"^from clay\.(\w+)\.\w+ import (.+)$", path.read_text(), flags=re.M):
+            for line in re.findall(r"^from clay\.(\w+)(?:\.\w+)+ import (.+)$", path.read_text(), flags=re.M):
                 other, names = line
                 imported = [name.split(" as ")[0].strip(" ()") for name in names.split(",")]
                 if other != package:
@@ -78,7 +79,7 @@ def test_the_runtime_runs_the_demo_with_torch_training_and_export_unimportable(t
         ("clay.training", "clay-train", "training", ("torch", "lightning"), ["--help"]),
         ("clay.export", "clay-export", "export", ("torch", "onnx"), ["--help"]),
         ("clay.benchmarks", "clay-bench", "bench", ("matplotlib",), ["--help"]),
-        ("clay.runtime.serve", "clay-serve", "serve", ("kserve",), ["--engine", "engine.onnx"]),
+        ("clay.runtime.serve.cli", "clay-serve", "serve", ("kserve",), ["--engine", "engine.onnx"]),
     ],
 )
 def test_a_console_script_without_its_extra_says_which_to_install(entry, command, extra, blocked, args):
@@ -97,7 +98,7 @@ def test_console_scripts_point_at_the_guarded_entry_points():
     text = (ROOT / "pyproject.toml").read_text()
     for command, entry in (("clay-train", "clay.training:main"), ("clay-export", "clay.export:main"),
                            ("clay-bench", "clay.benchmarks:main"), ("clay-run", "clay.runtime.cli:main"),
-                           ("clay-serve", "clay.runtime.serve:main")):  # fmt: skip
+                           ("clay-serve", "clay.runtime.serve.cli:main")):  # fmt: skip
         assert f'{command} = "{entry}"' in text
 
 
@@ -145,6 +146,171 @@ def test_chip_grid_is_pure_and_covers_remainders():
     assert len(cells) == 10 * 10 and cells[-1].row == 9 * 32
     with pytest.raises(ValueError, match="unknown edge mode"):
         chip_grid(10, 10, 512, "wrap")
+
+
+# --- the runtime's parts and the direction of their imports ------------------------------------------
+
+#: Each part of ``clay.runtime`` and the parts it may import (issue 31). The contract every part
+#: shares sits at the top of the package, below everything; the pipeline, the Python API,
+#: ``clay-run`` and the Ray job sit on top of the parts.
+CONTRACT = {"bands", "metadata", "formats", "options", "timing", "console", "errors"}
+MAY_IMPORT = {
+    "contract": {"contract"},
+    "demo": {"demo"},
+    "scenes": {"contract", "scenes"},
+    "engines": {"contract", "engines"},
+    "outputs": {"contract", "scenes", "outputs"},
+    "pipeline": {"contract", "scenes", "engines", "outputs", "pipeline"},
+    "api": {"contract", "scenes", "engines", "outputs", "pipeline", "api"},
+    "ray_job": {"contract", "scenes", "engines", "outputs", "pipeline", "ray_job"},
+    "serve": {"contract", "engines", "api", "serve"},  # chips through engines or the API, never the reader
+    "cli": {"contract", "demo", "scenes", "engines", "outputs", "pipeline", "api", "ray_job", "cli"},
+}
+
+
+def module_files(root: Path, packages=PACKAGES) -> dict[str, Path]:
+    """``clay.<package>.<module>`` → its file, for every module of the folders (``__init__``: the package)."""
+    found = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root / package).with_suffix("").parts
+            found[".".join(("clay", package, *(parts[:-1] if parts[-1] == "__init__" else parts)))] = path
+    return found
+
+
+def import_graph(root: Path = ROOT, packages=PACKAGES) -> dict[str, set[str]]:
+    """Which of these modules each one imports: every ``import`` statement of the file, at module
+    level, inside functions or under ``TYPE_CHECKING`` alike (a deferred import is still a dependency)."""
+    files = module_files(root, packages)
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([node.module] if node.module else []))
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in files else base for alias in node.names]
+            else:
+                continue
+            edges |= {t for t in targets if t in files and t != name}
+        graph[name] = edges
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of two or more modules (Tarjan), each as a sorted list."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in sorted(graph[node]):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(circles)
+
+
+def runtime_part(module: str) -> str | None:
+    """The part of ``clay.runtime`` a module belongs to (``None``: the package itself)."""
+    parts = module.split(".")[2:]
+    if not parts:
+        return None
+    return "contract" if parts[0] in CONTRACT else parts[0]
+
+
+def direction_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Imports inside ``clay.runtime`` against :data:`MAY_IMPORT`, as ``importer -> imported`` lines."""
+    wrong = []
+    for module, imported in sorted(graph.items()):
+        if not module.startswith("clay.runtime.") or runtime_part(module) is None:
+            continue
+        for other in sorted(imported):
+            if other.startswith("clay.runtime") and runtime_part(other) not in MAY_IMPORT[runtime_part(module)]:
+                wrong.append(f"{module} -> {other}")
+    return wrong
+
+
+def test_every_runtime_module_belongs_to_a_part():
+    """A module added at the top of clay.runtime must be placed: contract, or one of the parts on top."""
+    unplaced = [m for m in module_files(ROOT, ("runtime",)) if runtime_part(m) not in (None, *MAY_IMPORT)]
+    assert not unplaced, f"place these in CONTRACT or MAY_IMPORT: {unplaced}"
+    for part in ("scenes", "engines", "outputs", "serve"):
+        init = ROOT / "runtime" / part / "__init__.py"
+        assert init.is_file() and ast.get_docstring(ast.parse(init.read_text())), f"{part}/ says what lives there"
+
+
+def test_no_import_circle_anywhere():
+    assert import_circles(import_graph()) == []
+
+
+def test_runtime_imports_point_down_only():
+    assert direction_violations(import_graph()) == []
+    graph = import_graph(ROOT, ("runtime",))
+    reached = {part: {runtime_part(o) for m, i in graph.items() if runtime_part(m) == part for o in i} for part in MAY_IMPORT}
+    # what the issue names explicitly, checked on the graph itself
+    for part in ("scenes", "engines"):
+        assert not reached[part] & {"outputs", "serve", "pipeline"}, (part, reached[part])
+    assert "engines" not in reached["outputs"]
+    assert not any(o.startswith("clay.runtime.scenes.reader") for m, i in graph.items() if runtime_part(m) == "serve" for o in i)
+
+
+def test_scene_discovery_uses_headers_and_stac_and_neither_imports_it_back():
+    graph = import_graph(ROOT, ("runtime",))
+    discovery = "clay.runtime.scenes.discovery"
+    assert {"clay.runtime.scenes.headers", "clay.runtime.scenes.stac"} <= graph[discovery]
+    assert discovery not in graph["clay.runtime.scenes.headers"] | graph["clay.runtime.scenes.stac"]
+    assert "clay.runtime.scenes.headers" in graph["clay.runtime.scenes.stac"]  # STAC builds on file headers
+    assert "clay.runtime.scenes.stac" not in graph["clay.runtime.scenes.headers"]
+
+
+def test_every_backend_imports_the_base_and_not_the_choice():
+    graph = import_graph(ROOT, ("runtime",))
+    choice = "clay.runtime.engines.choice"
+    for backend in ("onnxruntime_engine", "tensorrt_engine", "openvino_engine"):
+        module = f"clay.runtime.engines.{backend}"
+        assert "clay.runtime.engines.base" in graph[module] and module in graph[choice]
+        assert choice not in graph[module]
+
+
+def test_the_checks_fail_on_a_circle_and_on_an_import_against_the_direction(tmp_path):
+    """The checks above, run on a copy of the runtime with two imports added: a function-level one
+    that closes a circle (scenes.stac -> scenes.discovery) and one against the direction
+    (scenes.grid -> outputs.geoparquet)."""
+    import shutil
+
+    shutil.copytree(ROOT / "runtime", tmp_path / "runtime", ignore=shutil.ignore_patterns("demo"))
+    stac = tmp_path / "runtime" / "scenes" / "stac.py"
+    stac.write_text(stac.read_text() + "\n\ndef _late():\n    from .discovery import discover_scenes\n\n    return discover_scenes\n")
+    grid = tmp_path / "runtime" / "scenes" / "grid.py"
+    grid.write_text(grid.read_text() + "\nfrom ..outputs.geoparquet import warm_up  # noqa: E402\n")
+    graph = import_graph(tmp_path, ("runtime",))
+    assert ["clay.runtime.scenes.discovery", "clay.runtime.scenes.stac"] in import_circles(graph)
+    assert direction_violations(graph) == ["clay.runtime.scenes.grid -> clay.runtime.outputs.geoparquet"]
+    assert import_circles(import_graph(ROOT, ("runtime",))) == [] and direction_violations(import_graph(ROOT, ("runtime",))) == []
 
 
 torch = pytest.importorskip("torch", reason="the engines under test are exported with the [export] extra")
@@ -216,7 +382,7 @@ def test_engine_errors_reached_through_the_api_do_not_name_clay_runs_flag(engine
     """The messages serve clay-run and ClayEmbedder(backend=...) alike, so they name the backend,
     not ``--backend`` (a Python caller has no such flag)."""
     from clay.runtime import ClayEmbedder, EngineError
-    from clay.runtime.engine import available_backends
+    from clay.runtime.engines.choice import available_backends
 
     missing = next((b for b in ("onnx-cuda", "openvino-cpu") if b not in available_backends()), None)
     if missing is None:

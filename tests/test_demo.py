@@ -70,8 +70,8 @@ def test_demo_preview_is_a_real_picture(demo_run):
 
 
 def test_the_preview_title_wraps_at_words_and_keeps_the_whole_demo_description(demo_run):
-    from clay.runtime.engine import read_engine_metadata
-    from clay.runtime.preview import title_lines
+    from clay.runtime.engines.choice import read_engine_metadata
+    from clay.runtime.outputs.preview import title_lines
     from PIL import ImageDraw
 
     out, _ = demo_run
@@ -92,7 +92,7 @@ torch = pytest.importorskip("torch", reason="re-exporting and scoring the demo w
 def test_shipped_engine_equals_a_fresh_export_of_the_shipped_weights(tmp_path):
     import onnxruntime as ort
     from clay.runtime.bands import BAND_NAMES
-    from clay.runtime.engine import read_engine_metadata
+    from clay.runtime.engines.choice import read_engine_metadata
     from clay.training.synthetic import make_chips
 
     result = subprocess.run([sys.executable, "-m", "clay.export.cli", "--int8-cpu", "--patch-embeddings", "--no-check",
@@ -155,9 +155,9 @@ def test_coarser_bands_read_by_resampled_window_equal_the_warp():
     """The demo's 20 m bands are read by a bilinear resampled window, not a WarpedVRT: same values."""
     from dataclasses import replace
 
-    from clay.runtime.engine import read_engine_metadata
-    from clay.runtime.reader import read_chip
-    from clay.runtime.scene import open_scene
+    from clay.runtime.engines.choice import read_engine_metadata
+    from clay.runtime.scenes.reader import read_chip
+    from clay.runtime.scenes.scene import open_scene
 
     scene = open_scene(DEMO_SCENE, read_engine_metadata(DEMO_ENGINE))
     windowed = {s.band for s in scene.sources if s.source_transform is not None}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import shapely
-from clay.runtime import geometry
-from clay.runtime.grid import chip_grid, patch_cells
+from clay.runtime.scenes import geometry
+from clay.runtime.scenes.grid import chip_grid, patch_cells
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 

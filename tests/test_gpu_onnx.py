@@ -34,7 +34,7 @@ def exported(checkpoint, tmp_path_factory) -> Path:
 
 def test_cuda_artifact_on_the_gpu_matches_eager_fp32(exported):
     from clay.export import check
-    from clay.runtime.engine import open_engine
+    from clay.runtime.engines.choice import open_engine
 
     engine = open_engine(exported, "onnx-cuda")
     assert engine.path.name == format_named("cuda").file_name and engine.backend == "onnx-cuda"
@@ -49,12 +49,12 @@ def test_cuda_artifact_on_the_gpu_matches_eager_fp32(exported):
 
 def test_pipeline_on_the_gpu_equals_the_engine_on_the_same_chips(exported, tmp_path):
     import pyarrow.parquet as pq
-    from clay.runtime.engine import open_engine
+    from clay.runtime.engines.choice import open_engine
     from clay.runtime.options import RunOptions
-    from clay.runtime.output import ScenePaths
+    from clay.runtime.outputs.publish import ScenePaths
     from clay.runtime.pipeline import ChipReaders, SceneJob, run_scenes
-    from clay.runtime.reader import read_chip
-    from clay.runtime.scene import open_scene
+    from clay.runtime.scenes.reader import read_chip
+    from clay.runtime.scenes.scene import open_scene
     from clay.runtime.timing import StageClock
     from clay.training.synthetic import write_scene
 

@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from clay.runtime.bands import S2_BANDS
 from clay.runtime.demo import DEMO_ENGINE
-from clay.runtime.files import GdalPath, SceneError, discover_scenes, scene_path
+from clay.runtime.errors import SceneError
+from clay.runtime.scenes.discovery import discover_scenes
+from clay.runtime.scenes.inputs import GdalPath, scene_path
 from clay.training.synthetic import write_scene
 
 

@@ -8,9 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from clay.runtime import engine as engines
-from clay.runtime.cpu import CpuInfo, cpu_info, parse_cpuinfo
-from clay.runtime.engine import EngineError, auto_order, open_engine
+from clay.runtime.engines import choice as engines
+from clay.runtime.engines.cpu import CpuInfo, cpu_info, parse_cpuinfo
+from clay.runtime.engines.base import EngineError
+from clay.runtime.engines.choice import auto_order, open_engine
 from clay.runtime.formats import format_named
 
 BF16, INT8, FP32 = format_named("bf16"), format_named("int8"), format_named("fp32")
@@ -45,7 +46,7 @@ ov = pytest.importorskip("openvino", reason="the bf16 path needs the [openvino] 
 torch = pytest.importorskip("torch", reason="the artifacts under test are exported with the [export] extra")
 
 from clay.export.artifacts import ExportOptions, export_artifacts  # noqa: E402
-from clay.runtime.openvino_engine import PIN_ATTRIBUTE, bf16_pinned_layers, read_ir  # noqa: E402
+from clay.runtime.engines.openvino_engine import PIN_ATTRIBUTE, bf16_pinned_layers, read_ir  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_an_openvino_that_ignores_the_pins_is_caught_and_the_engine_runs_float32
     ignored = tmp_path / all_groups_ir.name
     ignored.write_text(all_groups_ir.read_text().replace(f'name="{PIN_ATTRIBUTE}"', 'name="unknown_pin"'))
     (tmp_path / all_groups_ir.with_suffix(".bin").name).symlink_to(all_groups_ir.with_suffix(".bin"))
-    monkeypatch.setattr("clay.runtime.openvino_engine.PIN_ATTRIBUTE", "unknown_pin")
+    monkeypatch.setattr("clay.runtime.engines.openvino_engine.PIN_ATTRIBUTE", "unknown_pin")
     with open_engine(ignored, "openvino-cpu", threads=2) as engine:
         assert engine.inference_precision == "f32"
         assert "ran float32-pinned layers in bf16" in engine.describe() and "compiled in f32" in engine.describe()
@@ -187,7 +188,7 @@ def test_the_openvino_engine_imports_no_torch(demo_export):
 
     out, _ = demo_export
     code = BLOCKER.format(blocked=("torch", "clay.training", "clay.export")) + (
-        "import numpy as np\nfrom clay.runtime.engine import open_engine\n"
+        "import numpy as np\nfrom clay.runtime.engines.choice import open_engine\n"
         f"engine = open_engine({str(out / BF16.file_name)!r}, 'openvino-cpu', threads=2)\n"
         "out = engine.infer(np.full((1, 10, 512, 512), 1500, np.float32), np.float32([[103.7, 17.9]]), np.float32([[2020, 2, 23]]))\n"
         "assert np.isfinite(out['embedding']).all() and out['embedding'].shape == (1, 256)\n"

@@ -20,10 +20,11 @@ import pytest
 import rasterio
 import shapely
 from clay.runtime import ClayEmbedder, RunOptions, SceneError
-from clay.runtime import output as output_module
+from clay.runtime.outputs import geoparquet as output_module
 from clay.runtime.bands import S2_BANDS
 from clay.runtime.demo import DEMO_ENGINE, DEMO_SCENE
-from clay.runtime.output import AtomicParquetWriter, OutputError, ScenePaths
+from clay.runtime.outputs.geoparquet import AtomicParquetWriter
+from clay.runtime.outputs.publish import OutputError, ScenePaths
 from clay.training.synthetic import write_scene
 
 VALIDATOR = shutil.which("geoparquet-validator") or str(Path(sys.executable).parent / "geoparquet-validator")
@@ -142,7 +143,7 @@ def test_a_failed_publication_leaves_no_file_of_the_scene_and_resume_redoes_it(e
 INJECT_DISK_FULL = """
 import errno, sys
 import pyarrow.parquet as pq
-from clay.runtime import output
+from clay.runtime.outputs import geoparquet as output
 output.ROW_GROUP_ROWS = 2  # rows reach the disk mid-scene
 calls = {{"n": 0}}
 real = pq.ParquetWriter.write_table

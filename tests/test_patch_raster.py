@@ -24,9 +24,10 @@ import shapely
 from clay.runtime import ClayEmbedder, RunOptions, SceneError
 from clay.runtime.bands import BAND_NAMES, S2_BANDS
 from clay.runtime.cli import DEMO_ENGINE, DEMO_SCENE
-from clay.runtime.output import AtomicParquetWriter, OutputError, ScenePaths, staging_path
-from clay.runtime.patch_grid import CellGrid, block_size
-from clay.runtime.patch_raster import INT8_NODATA, PatchRasterWriter
+from clay.runtime.outputs.geoparquet import AtomicParquetWriter
+from clay.runtime.outputs.publish import OutputError, ScenePaths, staging_path
+from clay.runtime.outputs.patch_grid import CellGrid, block_size
+from clay.runtime.outputs.patch_raster import INT8_NODATA, PatchRasterWriter
 from clay.training.synthetic import make_scene_array
 from pyproj import Transformer
 from rasterio.transform import Affine

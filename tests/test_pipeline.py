@@ -19,11 +19,12 @@ import pytest
 import rasterio
 from clay.runtime.bands import S2_BANDS
 from clay.runtime.demo import DEMO_ENGINE
-from clay.runtime.engine import NULL_CLOCK, Engine, read_engine_metadata
+from clay.runtime.engines.base import Engine, NULL_CLOCK
+from clay.runtime.engines.choice import read_engine_metadata
 from clay.runtime.options import RunOptions
-from clay.runtime.output import ScenePaths
+from clay.runtime.outputs.publish import ScenePaths
 from clay.runtime.pipeline import ChipReaders, SceneJob, run_scenes
-from clay.runtime.scene import open_scene
+from clay.runtime.scenes.scene import open_scene
 from clay.training.synthetic import write_scene
 from rasterio.windows import Window
 

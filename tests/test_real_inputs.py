@@ -24,8 +24,8 @@ import shapely
 from clay.runtime import ClayEmbedder, RunOptions, SceneError
 from clay.runtime.bands import S2_BANDS
 from clay.runtime.cli import DEMO_ENGINE
-from clay.runtime.files import read_header
-from clay.runtime.grid import Chip, patch_cells
+from clay.runtime.scenes.headers import read_header
+from clay.runtime.scenes.grid import Chip, patch_cells
 from clay.training.synthetic import make_scene_array
 from pyproj import Transformer
 from rasterio.enums import MaskFlags
@@ -357,8 +357,8 @@ def test_sar_units_are_judged_on_valid_values_only_and_opening_reads_no_pixel(sa
     cube = np.concatenate([np.zeros((2, 512, 512), np.float32), np.full((1, 512, 512), 100, np.float32)])
     empty = write_stack(tmp_path / "empty.tif", cube, transform, "EPSG:32648", ["VH", "VV", "DEM"], nodata=0,
                         tags={"date": "2020-06-07"})  # fmt: skip
-    from clay.runtime.engine import read_engine_metadata
-    from clay.runtime.scene import open_scene
+    from clay.runtime.engines.choice import read_engine_metadata
+    from clay.runtime.scenes.scene import open_scene
 
     reads = []
     real_read = rasterio.io.DatasetReader.read
@@ -438,7 +438,7 @@ def test_the_s2_offset_is_taken_from_each_scenes_own_metadata_in_a_mixed_run(s2_
 
 
 def pq_paths(folder: Path, name: str):
-    from clay.runtime.output import ScenePaths
+    from clay.runtime.outputs.publish import ScenePaths
 
     return ScenePaths(folder / "out" / f"{name}.parquet")
 
@@ -589,9 +589,9 @@ def test_20m_bands_beside_a_nodata_swath_edge_read_as_the_warp_reads_them(tmp_pa
     the valid pixels beside it: such chips go through the warper, which leaves nodata out."""
     from dataclasses import replace
 
-    from clay.runtime.engine import read_engine_metadata
-    from clay.runtime.reader import read_chip
-    from clay.runtime.scene import open_scene
+    from clay.runtime.engines.choice import read_engine_metadata
+    from clay.runtime.scenes.reader import read_chip
+    from clay.runtime.scenes.scene import open_scene
 
     cube = make_scene_array(1024, 1024)[:10]
     rows, cols = np.mgrid[0:1024, 0:1024]

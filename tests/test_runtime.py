@@ -241,7 +241,7 @@ def test_bad_engines_and_outputs_are_one_line(engine, tmp_path):
 
 def test_an_error_is_reported_by_its_first_line_even_without_a_message():
     """Every one-line message (scene, engine, checkpoint, server) quotes errors through this helper."""
-    from clay.runtime.files import first_line
+    from clay.runtime.errors import first_line
 
     assert first_line(ValueError("  bad input\ntraceback detail\n")) == "bad input"
     assert first_line(RuntimeError()) == "RuntimeError"  # an empty message still says something
@@ -292,10 +292,10 @@ def test_coarser_bands_off_the_grid_by_a_fraction_of_a_pixel_read_as_the_warp_wo
     from dataclasses import replace
 
     from clay.runtime.demo import DEMO_ENGINE
-    from clay.runtime.engine import read_engine_metadata
-    from clay.runtime.files import SceneFiles
-    from clay.runtime.reader import read_chip
-    from clay.runtime.scene import open_scene
+    from clay.runtime.engines.choice import read_engine_metadata
+    from clay.runtime.scenes.inputs import SceneFiles
+    from clay.runtime.scenes.reader import read_chip
+    from clay.runtime.scenes.scene import open_scene
     from rasterio.transform import from_origin
 
     rows, cols = np.mgrid[0:700, 0:700]

@@ -26,7 +26,7 @@ tg = pytest.importorskip("tritonclient.grpc", reason="the client side needs trit
 from clay.benchmarks.serve_load import batch_histogram, chips_for, load, running_server  # noqa: E402
 from clay.runtime import ClayEmbedder  # noqa: E402
 from clay.runtime.demo import DEMO_ENGINE  # noqa: E402
-from clay.runtime.engine import read_engine_metadata  # noqa: E402
+from clay.runtime.engines.choice import read_engine_metadata  # noqa: E402
 
 GRPC_LIMITS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
 

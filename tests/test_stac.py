@@ -26,8 +26,10 @@ import pytest
 from clay.runtime import ClayEmbedder, RunOptions
 from clay.runtime.bands import S2_BANDS
 from clay.runtime.cli import DEMO_ENGINE
-from clay.runtime.files import GdalPath, SceneError, discover_scenes, is_item_path
-from clay.runtime.stac import scene_from_items
+from clay.runtime.errors import SceneError
+from clay.runtime.scenes.discovery import discover_scenes, is_item_path
+from clay.runtime.scenes.inputs import GdalPath
+from clay.runtime.scenes.stac import scene_from_items
 from clay.training.synthetic import make_scene_array
 from pystac.extensions.eo import Band, EOExtension
 from pystac.extensions.projection import ProjectionExtension
@@ -424,7 +426,7 @@ def test_hrefs_become_local_or_gdal_paths_and_json_never_reaches_gdal(s2_embedde
     assert paths["green"].gdal == "/vsigs/bucket/B03.tif" and paths["red"].gdal == f"/vsicurl/{hrefs['red']}"
     assert paths["nir"] == tmp_path / "sub" / "B08.tif" and paths["nir08"] == tmp_path / "abs" / "B8A.tif"
     # an Item read from a URL: relative hrefs from the URL (no network: only the hrefs are resolved here)
-    from clay.runtime.stac import _item_scene
+    from clay.runtime.scenes.stac import _item_scene
 
     remote = GdalPath.parse("https://example.org/stac/items/item.json")
     assert _item_scene(item, remote).declared(GdalPath.parse("https://example.org/stac/items/sub/B08.tif")) is not None

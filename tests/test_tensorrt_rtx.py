@@ -12,19 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clay.runtime.engine import (
-    EngineError,
-    EngineUnavailable,
-    available_backends,
-    open_engine,
-    read_engine_metadata,
-)
+from clay.runtime.engines.base import EngineError, EngineUnavailable
+from clay.runtime.engines.choice import available_backends, open_engine, read_engine_metadata
 from clay.runtime.formats import format_named, pick_artifact, plan_runtime_cache, plan_sidecar
-from clay.runtime.tensorrt_plan import (
-    RTX,
-    STANDARD,
+from clay.runtime.engines.tensorrt_plan import (
     Gpu,
     PlanBuild,
+    RTX,
+    STANDARD,
     flavour_installed,
     plan_unusable_reason,
     probe_gpu,
@@ -214,7 +209,7 @@ def test_a_plan_of_another_version_or_flavour_is_refused_in_one_line(exported, t
 @needs_rtx
 def test_the_validity_check_of_a_gpu_reads_as_one_line():
     import tensorrt_rtx_bindings as trt
-    from clay.runtime.tensorrt_plan import describe_invalidity
+    from clay.runtime.engines.tensorrt_plan import describe_invalidity
 
     build = PlanBuild(RTX, trt.__version__, ("8.0", "8.6", "8.9", "12.0", "12.1"), "1:8:32")
     cc = int(trt.EngineInvalidityDiagnostics.UNSUPPORTED_CC)

@@ -272,7 +272,7 @@ def test_setup_says_a_warning_the_files_share_once(tmp_path, caplog):
 
 
 def _read_in_child(dataset: ChipDataset) -> tuple[bool, np.ndarray]:
-    from clay.runtime import reader
+    from clay.runtime.scenes import reader
 
     return getattr(reader._local, "handles", None) is not None, dataset[0]["pixels"].numpy()
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from clay.runtime.files import first_line
+from clay.runtime.errors import first_line
 from torch import Tensor
 
 from .model import ClayMAE

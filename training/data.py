@@ -3,8 +3,8 @@
 A chip is a GeoTIFF holding Clay's bands (13 in spec order, or any superset named by band
 descriptions), a CRS and a sensing date (a ``date=YYYY-MM-DD`` tag, like the release's training
 chips, or anything else the runtime reads a date from). Each
-file is opened as the runtime opens a scene (:func:`clay.runtime.scene.open_scene`) and its windows
-are read by the runtime's own reader (:func:`clay.runtime.reader.read_chip`), so a file trains on
+file is opened as the runtime opens a scene (:func:`clay.runtime.scenes.scene.open_scene`) and its windows
+are read by the runtime's own reader (:func:`clay.runtime.scenes.reader.read_chip`), so a file trains on
 exactly the values it would be embedded with: GDAL scale/offset, Sentinel-2 offsets, SAR units,
 masks and nodata, and the date all follow one set of rules.
 
@@ -42,11 +42,12 @@ from clay.runtime.bands import (
     complete_groups,
     parse_groups,
 )
-from clay.runtime.files import SceneError, read_header
-from clay.runtime.grid import Chip
+from clay.runtime.errors import SceneError
+from clay.runtime.scenes.headers import read_header
+from clay.runtime.scenes.grid import Chip
 from clay.runtime.options import RunOptions
-from clay.runtime.reader import read_chip
-from clay.runtime.scene import Scene, open_scene
+from clay.runtime.scenes.reader import read_chip
+from clay.runtime.scenes.scene import Scene, open_scene
 from torch.utils.data import DataLoader, Dataset
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class ChipError(ValueError):
 
 @dataclass(frozen=True)
 class ChipInputs:
-    """What the runtime needs to open a file for training (:class:`clay.runtime.scene.SceneInputs`):
+    """What the runtime needs to open a file for training (:class:`clay.runtime.scenes.scene.SceneInputs`):
     the groups' bands in spec order, their means (Clay units) and the chip size."""
 
     bands: tuple[str, ...]
@@ -98,7 +99,7 @@ def in_training_terms(message: str) -> str:
 @dataclass(frozen=True)
 class ChipFile:
     """One usable chip file, as setup found it: small (a training set may hold millions), the
-    runtime's :class:`~clay.runtime.scene.Scene` is made again where the file is read (:meth:`open`)."""
+    runtime's :class:`~clay.runtime.scenes.scene.Scene` is made again where the file is read (:meth:`open`)."""
 
     path: Path
     height: int

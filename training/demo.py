@@ -189,7 +189,7 @@ def corner_chips(source: Path = SOURCE) -> tuple[np.ndarray, torch.Tensor, torch
 def explained_by_three_components(vectors: np.ndarray, target: np.ndarray) -> float:
     """R² of a least-squares fit of ``target`` on the first three principal components of ``vectors``:
     the three numbers per cell the preview paints as red, green and blue."""
-    from clay.runtime.preview import principal_components
+    from clay.runtime.outputs.preview import principal_components
 
     design = np.c_[principal_components(vectors, 3), np.ones(len(vectors))]
     fitted = design @ np.linalg.lstsq(design, target, rcond=None)[0]
@@ -202,7 +202,7 @@ def water_probe(models: dict[str, ClayMAE], source: Path = SOURCE) -> dict[str, 
     standardised per chip as the preview does, next to the same for the cell's own band means and
     spreads (what a picture of the pixels alone would carry). The masked-patch MSE does not say
     whether the picture can show water, river included; this does."""
-    from clay.runtime.preview import standardise_within_chips
+    from clay.runtime.outputs.preview import standardise_within_chips
 
     chips, lonlat, date = corner_chips(source)
     count, cells = len(chips), (CHIP_SIZE // 32) ** 2

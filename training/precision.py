@@ -4,7 +4,7 @@ importing the other's stack."""
 
 from __future__ import annotations
 
-from clay.runtime.cpu import cpu_info
+from clay.runtime.engines.cpu import cpu_info
 
 
 def cpu_has_bf16() -> bool:

@@ -8,7 +8,7 @@ GeoParquet metadata, whose row-group statistics let readers skip what a query do
 
 What a finished file guarantees: it was written under ``<name>.partial``, flushed and fsync'ed,
 renamed, and its directory fsync'ed, so a file under its final name is complete and survives a
-power loss. A scene's patch raster (:mod:`clay.runtime.patch_raster`) and patch file are published
+power loss. A scene's patch raster (:mod:`clay.runtime.outputs.patch_raster`) and patch file are published
 before its chip file, and the chip file is the scene's done-marker: a scene counts as done only
 when its chip file exists (and its patch file and raster, when asked for); if publishing a later
 file fails, the ones published before it are withdrawn.
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from dataclasses import dataclass
 from datetime import date as Date
 from pathlib import Path
 
@@ -28,23 +26,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 
-from .files import first_line
-from .geometry import bounding_boxes
-from .metadata import EngineMetadata
+from ..metadata import EngineMetadata
+from ..scenes.geometry import bounding_boxes
+from .publish import ScenePaths, fsync, naming, partial_path
 
 GEOPARQUET_VERSION = "1.1.0"
 #: A row group holds a scene's chips (or up to this many rows, or this many bytes of embeddings,
 #: whichever comes first): large enough for readers' statistics, bounded in memory.
 ROW_GROUP_ROWS = 65_536
 ROW_GROUP_BYTES = 128 << 20
-PARTIAL_SUFFIX = ".partial"
-
 BBOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
 BBOX_TYPE = pa.struct([(name, pa.float64()) for name in BBOX_FIELDS])
-
-
-class OutputError(RuntimeError):
-    """An output file that could not be written; the message names it and the reason."""
 
 
 def geo_metadata(multipart: bool = False) -> str:
@@ -125,15 +117,6 @@ def warm_up() -> None:
     pa.array(np.zeros(1, np.float32))
 
 
-def partial_path(path: Path) -> Path:
-    return path.with_name(path.name + PARTIAL_SUFFIX)
-
-
-def staging_path(path: Path) -> Path:
-    """The folder a file built from intermediate files (the patch raster) is staged in while its scene runs."""
-    return path.with_name(path.name + ".staging" + PARTIAL_SUFFIX)
-
-
 class AtomicParquetWriter:
     """Streams rows into ``<path>.partial`` in row groups of :data:`ROW_GROUP_ROWS`, and publishes
     it durably under ``path`` on :meth:`commit` (see the module docstring). Write errors (disk full,
@@ -186,42 +169,10 @@ class AtomicParquetWriter:
         self.partial.unlink(missing_ok=True)
 
 
-@dataclass(frozen=True)
-class ScenePaths:
-    """The files one scene is written to: its chip file (the done-marker) and, when asked for, its
-    patch file and patch raster."""
-
-    chips: Path
-    patches: Path | None = None
-    raster: Path | None = None
-
-    @classmethod
-    def for_chip_file(cls, chips: Path, patch_embeddings: bool, patch_raster: bool = False) -> ScenePaths:
-        stem = chips.name.removesuffix(".parquet")
-        return cls(chips, chips.with_name(f"{stem}.patches.parquet") if patch_embeddings else None,
-                   chips.with_name(f"{stem}.patches.tif") if patch_raster else None)  # fmt: skip
-
-    @property
-    def files(self) -> tuple[Path, ...]:
-        """In the order they are published: the chip file, the done-marker, last."""
-        return tuple(path for path in (self.raster, self.patches, self.chips) if path is not None)
-
-    def complete(self) -> bool:
-        """Whether a run already finished this scene: every file it would write is published."""
-        return all(path.is_file() for path in self.files)
-
-    def clear_partials(self) -> None:
-        """Remove what a killed run left under ``.partial`` names."""
-        for path in self.files:
-            partial_path(path).unlink(missing_ok=True)
-        if self.raster is not None:
-            shutil.rmtree(staging_path(self.raster), ignore_errors=True)
-
-
 class SceneOutput:
     """A scene's writers: the patch raster and patch file are published first and the chip file
     last, and a failure of any leaves no file of the scene under a final name. ``raster`` is the
-    scene's :class:`clay.runtime.patch_raster.PatchRasterWriter` when ``paths.raster`` is set."""
+    scene's :class:`clay.runtime.outputs.patch_raster.PatchRasterWriter` when ``paths.raster`` is set."""
 
     def __init__(self, paths: ScenePaths, dim: int, extra_metadata: dict[str, str], multipart: bool = False,
                  raster=None) -> None:  # fmt: skip
@@ -260,27 +211,3 @@ class SceneOutput:
                 writer.abort()
 
 
-class naming:
-    """Turns an error while writing ``path`` (``kinds``: OSError unless told) into an OutputError
-    that names the file and the reason."""
-
-    def __init__(self, path: Path, kinds: tuple[type[BaseException], ...] = (OSError,)) -> None:
-        self.path, self.kinds = path, kinds
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        if isinstance(exc, self.kinds) and not isinstance(exc, OutputError):
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
-            raise OutputError(f"{self.path}: cannot write ({reason})") from None
-        return False
-
-
-def fsync(path: Path) -> None:
-    """fsync a file, or a directory (its entries: a rename is durable only once its directory is)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from rasterio.transform import Affine
 
-from .grid import Chip
+from ..scenes.grid import Chip
 
 #: Uncompressed bytes of one COG tile at most (every band of a square of cells, pixel-interleaved):
 #: a reader decodes a whole tile to get one cell. GDAL's default tile (512², one float32 band) is

@@ -1,16 +1,16 @@
 """STAC Items and ItemCollections as scenes: what a catalogue declares, used instead of guessing.
 
-An Item says what file discovery (:mod:`clay.runtime.files`) otherwise guesses: which asset is which
+An Item says what file discovery (:mod:`clay.runtime.scenes.discovery`) otherwise guesses: which asset is which
 band, when the scene was sensed (``datetime``), nodata, scale, offset, unit and data type per band
 (``raster:bands``), the grid (``proj:*``), the Sentinel-2 processing baseline
 (``s2:processing_baseline``) and whether an archive already removed its +1000 offset
 (``earthsearch:boa_offset_applied``). Items are parsed by pystac; :func:`item_scenes` and
-:func:`scene_from_items` turn them into :class:`~clay.runtime.files.SceneFiles` whose files are the
+:func:`scene_from_items` turn them into :class:`~clay.runtime.scenes.inputs.SceneFiles` whose files are the
 band assets and whose :class:`AssetFacts` hold those declarations. The scene then opens like any
-other (:func:`~clay.runtime.scene.open_scene`): :func:`asset_header` puts each declaration into
-the file's :class:`~clay.runtime.files.Header` where the file is silent, refuses one that
+other (:func:`~clay.runtime.scenes.scene.open_scene`): :func:`asset_header` puts each declaration into
+the file's :class:`~clay.runtime.scenes.headers.Header` where the file is silent, refuses one that
 contradicts the file, and names its source, so that units, the S2 offset convention
-(:mod:`clay.runtime.units`) and the date (:mod:`clay.runtime.dates`) follow from the header as for
+(:mod:`clay.runtime.scenes.units`) and the date (:mod:`clay.runtime.scenes.dates`) follow from the header as for
 any file, and every note recorded in the outputs says where its value came from.
 
 Band matching, per asset whose roles include ``data`` (or that has none): its key, then each
@@ -36,13 +36,14 @@ import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import date as Date
 from pathlib import Path
 from urllib.parse import urljoin
 
-from .bands import BAND_NAMES, S2_BANDS, SAR_BANDS, canonical_band_name
+from ..bands import BAND_NAMES, S2_BANDS, SAR_BANDS, canonical_band_name
+from ..errors import SceneError, first_line
 from .dates import DatedFile
-from .files import GdalPath, Header, SceneError, SceneFiles, first_line, scene_path
+from .headers import Header
+from .inputs import AssetFacts, GdalPath, ItemFacts, SceneFiles, scene_path
 
 #: STAC ``eo`` common names (and Earth Search's asset keys) of the Sentinel-2 bands Clay takes.
 #: ``rededge`` names four bands and ``coastal``/``nir09`` none of Clay's: they match nothing.
@@ -56,43 +57,6 @@ _S2_ITEM = re.compile(r"sentinel[-_ ]?2|^s2[a-d]?_", re.IGNORECASE)
 _S1_ITEM = re.compile(r"sentinel[-_ ]?1|^s1[a-d]?_", re.IGNORECASE)
 _DEM_ITEM = re.compile(r"(^|[^a-z])(dem|dsm|dtm)([^a-z]|$)", re.IGNORECASE)
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
-
-
-@dataclass(frozen=True)
-class ItemFacts:
-    """What an Item declares for its whole scene."""
-
-    id: str
-    source: str  # its self link, else the file or URL it was read from: the rows' source_url
-    collection: str | None
-    date: Date
-    date_field: str  # "datetime", or "start_datetime" where datetime is null
-    s2_harmonised: bool | None  # earthsearch:boa_offset_applied
-    s2_baseline: str | None  # s2:processing_baseline
-
-
-@dataclass(frozen=True)
-class AssetFacts:
-    """What an Item declares about one asset, one file of the scene. Per-band tuples follow the
-    file's bands (its alpha band, if any, left out); ``None``: not declared."""
-
-    item: ItemFacts
-    key: str
-    path: Path | GdalPath
-    bands: tuple[str | None, ...]  # the Clay band each band is (None: not one the scene takes from here)
-    scales: tuple[float | None, ...]
-    offsets: tuple[float | None, ...]
-    nodata: tuple[float | None, ...]
-    units: tuple[str | None, ...]
-    data_types: tuple[str | None, ...]
-    epsg: int | None = None  # proj:epsg / proj:code of the asset, else of the Item
-    shape: tuple[int, int] | None = None  # proj:shape (rows, columns)
-    transform: tuple[float, ...] | None = None  # proj:transform (a, b, c, d, e, f)
-    jp2: bool = False  # a JPEG 2000 copy (Earth Search's *-jp2: the archive's original files)
-
-    @property
-    def label(self) -> str:
-        return f"{self.item.id}:{self.key}"
 
 
 # --- reading Items ------------------------------------------------------------------------------------
@@ -430,7 +394,7 @@ def asset_header(header: Header, asset: AssetFacts) -> Header:
     """The file's header with what the Item declares about it: band names from the asset; scale,
     offset, nodata and unit where the file declares none (equal values where it does, else the Item
     is refused); data type and ``proj:*`` checked against the file; the Item's S2 offset convention
-    as the tags :mod:`clay.runtime.units` reads (``earthsearch:boa_offset_applied`` for Earth
+    as the tags :mod:`clay.runtime.scenes.units` reads (``earthsearch:boa_offset_applied`` for Earth
     Search's GeoTIFFs only: its ``*-jp2`` copies are the archive's originals); its date. Raises
     :class:`SceneError` naming the Item, the asset and the disagreement."""
     where = f"{asset.item.id}: asset {asset.key} ({header.path.name})"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from rasterio.windows import Window
 
-EDGE_MODES = ("shift", "pad", "drop")
+from ..options import EDGE_MODES
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ Sentinel-2 L2A surface reflectance × 10 000 without the +1000 offset of process
 read from, in this order: the run's explicit options (``--s2-offset``, ``--sar-units``: overrides),
 GDAL's per-band scale and offset, the product's own offset metadata, band units. A STAC Item's
 declarations (``raster:bands``, ``earthsearch:boa_offset_applied``, ``s2:processing_baseline``) reach
-here in the file's header (:func:`clay.runtime.stac.asset_header`), which names their source for the
+here in the file's header (:func:`clay.runtime.scenes.stac.asset_header`), which names their source for the
 notes. A declared +1000 offset (−0.1) on a product whose processing baseline predates it (below
 04.00) contradicts that baseline and is not applied, with a warning; where a declared offset is
 removed, B02 is checked on every chip (:func:`check_values`): DNs that carry the offset are not
@@ -31,8 +31,9 @@ from datetime import date as Date
 
 import numpy as np
 
-from .bands import S2_BANDS, SAR_BANDS
-from .files import Header, SceneError
+from ..bands import S2_BANDS, SAR_BANDS
+from ..errors import SceneError
+from .headers import Header
 
 #: Sentinel-2 L2A digital numbers are reflectance × this (the product's QUANTIFICATION_VALUE).
 S2_QUANTIFICATION = 10_000.0

@@ -2,11 +2,11 @@
 
 :func:`open_scene` checks a scene against an engine before any chip is read: bands matched by name,
 the reference grid (:func:`reference_grid`), how each band is brought onto it and into Clay units
-(:mod:`clay.runtime.units`), how its invalid pixels are found (nodata, mask bands, alpha, what a
-warp cannot fill), the sensing date (:mod:`clay.runtime.dates`), whether its footprint crosses the
+(:mod:`clay.runtime.scenes.units`), how its invalid pixels are found (nodata, mask bands, alpha, what a
+warp cannot fill), the sensing date (:mod:`clay.runtime.scenes.dates`), whether its footprint crosses the
 antimeridian. Every choice is recorded in ``applied`` (the outputs' ``clay:preprocessing``). The
 result, :class:`Scene`, holds no open file, so it can be handed to reader threads, processes or Ray
-tasks; :mod:`clay.runtime.reader` reads its chips.
+tasks; :mod:`clay.runtime.scenes.reader` reads its chips.
 """
 
 from __future__ import annotations
@@ -23,24 +23,15 @@ from pyproj import Geod
 from rasterio.warp import transform_bounds
 from shapely.geometry import box
 
+from ..bands import S2_BANDS
+from ..errors import SceneError, first_line
+from ..options import RunOptions
 from . import geometry
-from .bands import S2_BANDS
 from .dates import DatedFile, file_date
-from .files import (
-    SUPPORTED_DTYPES,
-    GdalPath,
-    Header,
-    SceneError,
-    SceneFiles,
-    band_sources,
-    discover_scenes,
-    first_line,
-    is_item_path,
-    read_header,
-    scene_path,
-)
+from .discovery import discover_scenes, is_item_path
 from .grid import Chip, chip_grid
-from .options import RunOptions
+from .headers import SUPPORTED_DTYPES, Header, band_sources, read_header
+from .inputs import GdalPath, SceneFiles, scene_path
 from .stac import asset_header, is_pystac_item, scene_from_items, stac_record
 from .units import Conversion, band_conversion
 
@@ -75,11 +66,11 @@ class BandSource:
     band: str
     mode: str  # "direct" (on the scene grid), "resample" (coarser grid, resampled window) or "warp"
     nodata: float | None
-    mask: str  # "none", "nodata", "mask" or "alpha" (see clay.runtime.files.mask_kind)
+    mask: str  # "none", "nodata", "mask" or "alpha" (see clay.runtime.scenes.headers.mask_kind)
     s2: bool  # Sentinel-2 L2A: a stored 0 is nodata (its NO_DATA value) whatever the file declares
     conversion: Conversion = Conversion()
     alpha: int | None = None  # the file's alpha band (mask "alpha")
-    check: str | None = None  # what clay.runtime.units.check_values confirms on every chip
+    check: str | None = None  # what clay.runtime.scenes.units.check_values confirms on every chip
     # "resample": the file's grid differs from the scene's only by pixel size and origin (same CRS,
     # north-up, covering the scene): a bilinear resampled windowed read gives the WarpedVRT's values
     # (identical on the demo scene's 20 m bands) at a seventh of the cost.
@@ -134,7 +125,7 @@ class Scene:
         return tuple(sorted(made, key=lambda g: g.mode == "resample"))  # the reader needs on-grid groups first
 
     def chips(self, edge: str = "shift") -> list[Chip]:
-        """The chip grid, row-major (see :func:`clay.runtime.grid.chip_grid`)."""
+        """The chip grid, row-major (see :func:`clay.runtime.scenes.grid.chip_grid`)."""
         return chip_grid(self.height, self.width, self.chip_size, edge)
 
     def chip_polygon(self, chip: Chip):
@@ -156,7 +147,7 @@ def as_scene_files(scene) -> SceneFiles:
         scenes = discover_scenes([path])
         if len(scenes) != 1:
             raise SceneError(f"{path}: {len(scenes)} STAC Items, so {len(scenes)} scenes: embed them with embed_scenes, "
-                             "or as one scene with clay.runtime.stac.scene_from_items")  # fmt: skip
+                             "or as one scene with clay.runtime.scenes.stac.scene_from_items")  # fmt: skip
         return scenes[0]
     if not path.exists():
         raise SceneError(f"{path}: no such file")
@@ -262,8 +253,8 @@ def _label(scene: SceneFiles, path: Path | GdalPath) -> Path | GdalPath | str:
 
 
 def scene_header(scene: SceneFiles, path: Path | GdalPath) -> Header:
-    """A file's header (:func:`~clay.runtime.files.read_header`) with what a STAC Item declares about
-    it (:func:`~clay.runtime.stac.asset_header`); errors name the Item and the asset."""
+    """A file's header (:func:`~clay.runtime.scenes.headers.read_header`) with what a STAC Item declares about
+    it (:func:`~clay.runtime.scenes.stac.asset_header`); errors name the Item and the asset."""
     asset = scene.declared(path)
     if asset is None:
         return read_header(path)
@@ -310,7 +301,7 @@ def reference_grid(used: list[Header], wanted: tuple[str, ...], sources: dict) -
 
 
 def scene_date(scene: SceneFiles, used: list[Header], override: Date | None) -> tuple[Date, dict, str | None]:
-    """The scene's sensing date, the note recorded for it, and a warning (see :mod:`clay.runtime.dates`).
+    """The scene's sensing date, the note recorded for it, and a warning (see :mod:`clay.runtime.scenes.dates`).
 
     Where the files disagree, the date of the file holding the earliest engine band wins (spec order:
     Sentinel-2, then Sentinel-1, then the DEM), from the most trusted source any file has; the

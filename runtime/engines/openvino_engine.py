@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Engine, EngineError
-from .files import first_line
-from .metadata import EngineMetadata
+from ..errors import first_line
+from ..metadata import EngineMetadata
+from .base import Engine, EngineError
 
 METADATA_SECTION = "clay"  # written by clay.export.openvino.build_bf16_ir
 PIN_ATTRIBUTE = "precise"

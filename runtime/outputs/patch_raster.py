@@ -2,7 +2,7 @@
 rasterio, rioxarray, QGIS and TorchGeo read like any other image: one pixel per 32 × 32 px cell of
 the scene's grid, in the scene's CRS, one band per embedding dimension (``embedding_000``…), tiled,
 ZSTD-compressed, with nearest-neighbour overviews. Which patch each cell holds, and the overviews'
-cells: :mod:`clay.runtime.patch_grid`.
+cells: :mod:`clay.runtime.outputs.patch_grid`.
 
 **Types** (``--raster-dtype``): ``float32``, the engine's values, nodata NaN; ``int8``, per band
 linear (value = code × scale + offset, GDAL's band scale and offset, which GDAL, rasterio and
@@ -38,11 +38,11 @@ from rasterio.shutil import copy as gdal_copy
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from .grid import Chip
-from .output import fsync, naming, partial_path, staging_path
+from ..scenes.grid import Chip
+from ..scenes.scene import Scene
+from ..timing import NullClock, StageClock
 from .patch_grid import CellGrid, Claim, Level, block_size, chip_claim, overview_levels
-from .scene import Scene
-from .timing import NullClock, StageClock
+from .publish import fsync, naming, partial_path, staging_path
 
 INT8_NODATA = -128
 INT8_MAX = 127
@@ -133,7 +133,7 @@ class RawLevel:
 class PatchRasterWriter:
     """Streams a scene's patch vectors into ``path`` (see the module docstring): :meth:`write` as
     chips arrive (grid order decides ties), :meth:`commit` to publish, :meth:`abort` to leave
-    nothing. Write errors are an :class:`~clay.runtime.output.OutputError` naming the file."""
+    nothing. Write errors are an :class:`~clay.runtime.outputs.publish.OutputError` naming the file."""
 
     def __init__(self, path: Path, scene: Scene, dim: int, dtype: str, tags: dict[str, str],
                  clock: StageClock | None = None) -> None:  # fmt: skip

@@ -108,5 +108,5 @@ def date_from_tiff_datetime(domains: dict[str, dict[str, str]]) -> DatedFile | N
 
 def file_date(path, domains: dict[str, dict[str, str]], declared: DatedFile | None = None) -> DatedFile | None:
     """One file's sensing date: what a catalogue declares for it (``declared``: a STAC Item's
-    ``datetime``, see :mod:`clay.runtime.stac`), else by the order in the module docstring, or ``None``."""
+    ``datetime``, see :mod:`clay.runtime.scenes.stac`), else by the order in the module docstring, or ``None``."""
     return declared or date_from_tags(domains) or date_from_name(path) or date_from_tiff_datetime(domains)

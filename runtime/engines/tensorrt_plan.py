@@ -26,8 +26,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .formats import format_named
-from .metadata import EngineMetadata, MetadataError
+from ..formats import format_named
+from ..metadata import EngineMetadata, MetadataError
 
 log = logging.getLogger(__name__)
 

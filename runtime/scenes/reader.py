@@ -20,7 +20,7 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from .files import SceneError, first_line
+from ..errors import SceneError, first_line
 from .grid import Chip
 from .scene import ReadGroup, Scene
 from .units import check_values
@@ -57,9 +57,9 @@ def read_chip(scene: Scene, chip: Chip, out: np.ndarray | None = None) -> tuple[
 
     Invalid is decided on the stored values, per band: the file's nodata value, NaN, a GDAL mask band
     or alpha (``read_masks``), a stored 0 in a Sentinel-2 band (L2A NO_DATA), and whatever a warp
-    could not fill. Then each band's conversion (:class:`clay.runtime.units.Conversion`: scale,
+    could not fill. Then each band's conversion (:class:`clay.runtime.scenes.units.Conversion`: scale,
     offset, S2 offset, dB → linear) brings it to Clay units, and units nothing declared are checked
-    on the valid values (:func:`clay.runtime.units.check_values`), before the fill. Read errors and
+    on the valid values (:func:`clay.runtime.scenes.units.check_values`), before the fill. Read errors and
     values in the wrong units are a :class:`SceneError` naming the file (read errors: the window and
     GDAL's reason too).
     """

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from .console import require_extra, setup_logging
-from .engine import BACKENDS, EngineError, open_engine
+from ..console import require_extra, setup_logging
+from ..engines.base import EngineError
+from ..engines.choice import BACKENDS, open_engine
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
-from .metadata import EngineMetadata
-from .reader import band_reader
-from .scene import ReadGroup, Scene
+from ..metadata import EngineMetadata
+from ..scenes.reader import band_reader
+from ..scenes.scene import ReadGroup, Scene
 
 MAX_PANEL_SIDE = 720
 TITLE_HEIGHT = 44  # px above the panels: two title lines, then the panel labels

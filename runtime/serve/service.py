@@ -4,7 +4,7 @@ Model ``clay`` takes the exported graph's inputs — ``pixels`` FP32 [-1, C, 512
 ``lonlat`` FP32 [-1, 2], ``date`` FP32 [-1, 3] — and returns ``embedding`` FP32 [-1, dim] (and
 ``patch_embeddings`` where the engine has them): the same names and shapes as Triton serving the
 ONNX or TensorRT artifact, so one client works against both. Concurrent requests are batched
-(:mod:`clay.runtime.batching`). A bad request is a 4xx with one line and the server keeps serving;
+(:mod:`clay.runtime.serve.batching`). A bad request is a 4xx with one line and the server keeps serving;
 an engine failure is a 5xx with its reason.
 """
 
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from prometheus_client import Counter, Histogram
 
+from ..engines.base import Engine, all_finite
+from ..errors import first_line
 from .batching import DynamicBatcher
-from .engine import Engine, all_finite
-from .files import first_line
 
 # kserve parses sys.argv when imported (its own --http_port, --workers...): keep ours away from it.
 _argv, sys.argv = sys.argv, sys.argv[:1]
