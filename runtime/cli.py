@@ -183,9 +183,9 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
 
     Each scene needs a CRS and a geotransform, the engine's bands (13 in Clay order, or named by band
     description or file name: B02…B12, VH, VV, DEM; extra bands are ignored) and a sensing date
-    (acquisition tags, a product name, the TIFF DateTime last, or --date). Masks, nodata, GDAL
-    scale/offset, units and each scene's S2 offset convention are applied per scene and recorded
-    in the outputs' metadata. The summary line says where the time went.
+    (acquisition tags, a product name, a YYYYMMDD date in a file or folder name, the TIFF DateTime
+    last, or --date). Masks, nodata, GDAL scale/offset, units and each scene's S2 offset convention
+    are applied per scene and recorded in the outputs' metadata. The summary line says where the time went.
     """
     quiet_known_warnings()
     if use_ray:

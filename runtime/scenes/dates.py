@@ -12,7 +12,10 @@ sensing time, not when a file was processed or copied. A date a catalogue declar
    (``S2A_MSIL2A_20200223T032701_…``, ``S1A_IW_GRDH_1SDV_20200607T…``), Earth Search item ids
    (``S2B_48QUE_20200223_0_L2A``), Landsat product ids (``LC08_L2SP_…_20200607_…``) and HLS names
    (``HLS.S30.T48QUE.2020054T032659…``);
-3. the TIFF ``DateTime`` tag, last: TIFF defines it as the file's creation time, often the
+3. a date written ``YYYYMMDD`` on its own in the file's or its folders' names (``s2l2a-20200604``,
+   ``…_20200223.tif``), as people name what they download: taken, with a warning, since such a
+   date may also be a processing or download date;
+4. the TIFF ``DateTime`` tag, last: TIFF defines it as the file's creation time, often the
    processing date, so a date from it comes with a warning.
 """
 
@@ -42,6 +45,10 @@ PRODUCT_NAMES: tuple[tuple[str, re.Pattern], ...] = (
     ("Landsat product id", re.compile(r"L[COTEM]0\d_L[12][A-Z]{2}_\d{6}_(\d{8})_\d{8}_\d{2}_[A-Z0-9]{2}")),
     ("HLS granule name", re.compile(r"HLS\.[LS]30\.T\d{2}[A-Z]{3}\.(\d{7})T\d{6}")),
 )
+
+
+#: A compact date standing alone in a name: not part of a longer run of digits (an id, a time).
+COMPACT_DATE = re.compile(r"(?<![0-9])((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?![0-9])")
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,20 @@ def date_from_name(path) -> DatedFile | None:
     return None
 
 
+def date_from_compact_name(path) -> DatedFile | None:
+    """A ``YYYYMMDD`` date standing alone in the file's name or its three nearest folders (nearest
+    first; the first valid date in a name), or ``None``. Not trusted: it may not be the sensing date."""
+    parts = PurePosixPath(str(path).replace("\\", "/")).parts[-4:]
+    for part in reversed(parts):
+        for match in COMPACT_DATE.finditer(part):
+            try:
+                day = Date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+            except ValueError:  # 20210231
+                continue
+            return DatedFile(day, f"the date in the name {part}", False)
+    return None
+
+
 def date_from_tiff_datetime(domains: dict[str, dict[str, str]]) -> DatedFile | None:
     text = domains.get(TIFF_DATETIME[0], {}).get(TIFF_DATETIME[1])
     if not text:
@@ -109,4 +130,5 @@ def date_from_tiff_datetime(domains: dict[str, dict[str, str]]) -> DatedFile | N
 def file_date(path, domains: dict[str, dict[str, str]], declared: DatedFile | None = None) -> DatedFile | None:
     """One file's sensing date: what a catalogue declares for it (``declared``: a STAC Item's
     ``datetime``, see :mod:`clay.runtime.scenes.stac`), else by the order in the module docstring, or ``None``."""
-    return declared or date_from_tags(domains) or date_from_name(path) or date_from_tiff_datetime(domains)
+    return (declared or date_from_tags(domains) or date_from_name(path) or date_from_compact_name(path)
+            or date_from_tiff_datetime(domains))  # fmt: skip

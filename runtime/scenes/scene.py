@@ -319,8 +319,8 @@ def scene_date(scene: SceneFiles, used: list[Header], override: Date | None) -> 
         return override, {"value": str(override), "source": "--date", "files": by_file}, None
     trusted = [(h, d) for h, d in dated if d.trusted]
     if not (trusted or dated):
-        raise SceneError(f"{scene.path}: no acquisition date (no acquisition tag, product name or TIFF DateTime)"
-                         f"{DATE_HINT}")  # fmt: skip
+        raise SceneError(f"{scene.path}: no acquisition date (no acquisition tag, product name, date in a name "
+                         f"or TIFF DateTime){DATE_HINT}")  # fmt: skip
     header, chosen = (trusted or dated)[0]
     of_file = "" if chosen is header.date else f" of {header.path.name}"  # a catalogue's date names its Item
     note = {"value": str(chosen.date), "source": f"{chosen.source}{of_file}"}
@@ -328,8 +328,9 @@ def scene_date(scene: SceneFiles, used: list[Header], override: Date | None) -> 
         note["files"] = by_file
     warning = None
     if not chosen.trusted:
-        warning = (f"{header.path}: date {chosen.date} from the TIFF DateTime tag, which is often the processing "
-                   "time; pass --date YYYY-MM-DD if the scene was sensed on another day")  # fmt: skip
+        why = ("the TIFF DateTime tag, which is often the processing time" if chosen.source == "TIFF DateTime tag" else
+               f"{chosen.source}, which may be a processing or download date")  # fmt: skip
+        warning = f"{header.path}: date {chosen.date} from {why}; pass --date YYYY-MM-DD if the scene was sensed on another day"
     return chosen.date, note, warning
 
 
