@@ -50,8 +50,11 @@ class ExportReport:
 
 def resolve_weights(options: ExportOptions) -> ExportOptions:
     """Without --checkpoint (and without --random-weights), the bundled demo weights, and by default
-    the band groups they were trained on."""
-    if options.checkpoint is not None or options.random_weights:
+    the band groups they were trained on. A checkpoint's default groups are read with its weights
+    (:func:`default_groups`)."""
+    if options.checkpoint is not None:
+        return options
+    if options.random_weights:
         return replace(options, groups=options.groups or GROUP_NAMES)
     if not DEMO_WEIGHTS.is_file():
         raise ExportError(f"no --checkpoint given and the demo weights {DEMO_WEIGHTS} are not installed")
@@ -83,6 +86,18 @@ def trained_groups(stored: object) -> tuple[str, ...] | None:
     if not isinstance(hyper, dict) or "groups" not in hyper:
         return None
     return tuple(hyper["groups"] or GROUP_NAMES)
+
+
+def default_groups(options: ExportOptions, trained: tuple[str, ...] | None) -> tuple[ExportOptions, str]:
+    """The groups to export where --groups was not given: those the checkpoint records it was trained
+    on (clay-train's checkpoints), else all six (the published Clay v0 file records none and was
+    trained on all 13 bands); and the line that says which was used and why."""
+    if trained is not None:
+        return (replace(options, groups=trained),
+                f"groups: {','.join(trained)}, the groups the checkpoint was trained on (--groups to choose others)")  # fmt: skip
+    return (replace(options, groups=GROUP_NAMES),
+            "groups: all six (13 bands): the checkpoint does not record its groups, as the published Clay v0 "
+            "file, which was trained on all of them (--groups to choose)")  # fmt: skip
 
 
 def export_summary(model: ClayMAE, options: ExportOptions, weights: str, sha: str,
@@ -141,7 +156,12 @@ def export_artifacts(options: ExportOptions, log: Callable[[str], None] = print)
     report = ExportReport()
     options = resolve_weights(options)
     model, checkpoint, sha, weights, trained = load_model(options)
+    groups_line = ""
+    if not options.groups:  # a checkpoint without --groups
+        options, groups_line = default_groups(options, trained)
     report.summary, report.notes = export_summary(model, options, weights, sha, trained)
+    if groups_line:
+        report.summary.append(groups_line)
     stage = staging_dir(options.out)
     try:
         job = BuildJob(model.encoder, options, stage, lambda fmt: make_metadata(model, options, fmt.precision, checkpoint, sha, weights),

@@ -124,6 +124,18 @@ def load_state_into(model: ClayMAE, state: Mapping[str, Tensor]) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def read_clay_state(path: str | Path) -> tuple[dict[str, Tensor], ModelSize]:
+    """The Clay MAE weights of ``path`` (published Clay v0, bare state dict or ours) and the size they
+    are, without building a model. Errors are :class:`CheckpointError` whose message starts with the
+    file name."""
+    path = Path(path)
+    try:
+        state = extract_state_dict(read_checkpoint_file(path))
+        return state, infer_size(state)
+    except CheckpointError as exc:
+        raise _naming(path, exc) from None
+
+
 def load_clay_mae(path: str | Path, size: str | None = None) -> ClayMAE:
     """A :class:`ClayMAE` with the weights of ``path`` (published Clay v0, bare state dict or ours).
 
@@ -131,17 +143,27 @@ def load_clay_mae(path: str | Path, size: str | None = None) -> ClayMAE:
     Errors are :class:`CheckpointError` whose message starts with the file name.
     """
     path = Path(path)
+    state, inferred = read_clay_state(path)
+    model = ClayMAE(inferred)
+    init_from_state(model, state, path, size)
+    return model.eval()
+
+
+def init_from_state(model: ClayMAE, state: Mapping[str, Tensor], path: str | Path, size: str | None = None) -> None:
+    """Load ``state`` (read from ``path``) into ``model`` strictly; ``size``, where given, is the size the
+    caller asked for and must be the weights' own."""
     try:
-        state = extract_state_dict(read_checkpoint_file(path))
         inferred = infer_size(state)
         if size is not None and get_size(size).name != inferred.name:
             raise CheckpointError(f"--size {size} was asked for, but the weights are '{inferred.name}'")
-        model = ClayMAE(inferred)
         load_state_into(model, state)
     except CheckpointError as exc:
-        message = str(exc)
-        raise CheckpointError(message if message.startswith(str(path)) else f"{path}: {message}") from None
-    return model.eval()
+        raise _naming(Path(path), exc) from None
+
+
+def _naming(path: Path, exc: CheckpointError) -> CheckpointError:
+    message = str(exc)
+    return CheckpointError(message if message.startswith(str(path)) else f"{path}: {message}")
 
 
 def _count_layers(state: Mapping[str, Tensor], prefix: str) -> int:

@@ -1,6 +1,9 @@
-"""Chip GeoTIFFs for pretraining: a Dataset that reads them through the runtime and a Lightning DataModule.
+"""Training chips for pretraining: a Dataset that reads them through the runtime and a Lightning DataModule.
 
-A chip is a GeoTIFF holding Clay's bands (13 in spec order, or any superset named by band
+Chips come from whole scenes (``--data.scenes``: whatever clay-run takes — folders of per-band
+files, stacks, STAC Items, manifests — found by clay-run's own discovery, windows cut at random
+positions inside each scene's valid area) or from pre-cut chip files (``--data.data_dir``).
+A chip file is a GeoTIFF holding Clay's bands (13 in spec order, or any superset named by band
 descriptions), a CRS and a sensing date (a ``date=YYYY-MM-DD`` tag, like the release's training
 chips, or anything else the runtime reads a date from). Each
 file is opened as the runtime opens a scene (:func:`clay.runtime.scenes.scene.open_scene`) and its windows
@@ -43,17 +46,22 @@ from clay.runtime.bands import (
     parse_groups,
 )
 from clay.runtime.errors import SceneError
-from clay.runtime.scenes.headers import read_header
-from clay.runtime.scenes.grid import Chip
 from clay.runtime.options import RunOptions
+from clay.runtime.scenes.discovery import discover_scenes
+from clay.runtime.scenes.grid import Chip
+from clay.runtime.scenes.inputs import SceneFiles
 from clay.runtime.scenes.reader import read_chip
-from clay.runtime.scenes.scene import Scene, open_scene
+from clay.runtime.scenes.scene import Scene, as_scene_files, open_scene, scene_header
 from torch.utils.data import DataLoader, Dataset
+
+from .data_options import args_section
 
 log = logging.getLogger(__name__)
 
 #: Files whose opened scenes a dataset keeps per process (~10 KB each); others are opened again (~2 ms).
 SCENES_KEPT = 256
+#: Random window positions tried per sample before it is given up (``--data.window_tries``).
+WINDOW_TRIES = 8
 
 
 class ChipError(ValueError):
@@ -98,8 +106,9 @@ def in_training_terms(message: str) -> str:
 
 @dataclass(frozen=True)
 class ChipFile:
-    """One usable chip file, as setup found it: small (a training set may hold millions), the
-    runtime's :class:`~clay.runtime.scenes.scene.Scene` is made again where the file is read (:meth:`open`)."""
+    """One usable chip file or scene, as setup found it: small (a training set may hold millions), the
+    runtime's :class:`~clay.runtime.scenes.scene.Scene` is made again where it is read (:meth:`open`).
+    ``scene``: the files of a scene found by clay-run's discovery (``None``: the chip file ``path``)."""
 
     path: Path
     height: int
@@ -108,17 +117,29 @@ class ChipFile:
     groups: tuple[str, ...] = GROUP_NAMES  # the band groups this file trains on
     chip_size: int = CHIP_SIZE
     options: RunOptions = field(default_factory=RunOptions)  # sar_units and s2_offset, as clay-run takes them
+    scene: SceneFiles | None = None
+
+    @property
+    def name(self) -> str:
+        """The file's name, or the scene's (a folder's, a STAC Item's id): what the validation split hashes."""
+        return self.scene.name if self.scene is not None else self.path.name
+
+    @property
+    def key(self) -> str:
+        """Tells files and scenes apart (an ItemCollection's Items share its path)."""
+        return f"{self.path}#{self.name}"
 
     def open(self) -> Scene:
         """The runtime's scene of this file (headers only); raises SceneError."""
-        return open_scene(self.path, ChipInputs.of_groups(self.groups, self.chip_size), self.options)
+        source = self.scene if self.scene is not None else self.path
+        return open_scene(source, ChipInputs.of_groups(self.groups, self.chip_size), self.options)
 
     def is_small(self, chip_size: int) -> bool:
         return self.height < chip_size or self.width < chip_size
 
 
 def inspect_chip(
-    path: str | Path,
+    path: str | Path | SceneFiles,
     groups: Sequence[str],
     chip_size: int = CHIP_SIZE,
     partial_groups: bool = False,
@@ -126,29 +147,38 @@ def inspect_chip(
     options: RunOptions | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> ChipFile:
-    """Open a chip file as the runtime opens a scene for the ``groups``' bands (headers only, no pixel
-    read), or raise ChipError naming the file and the reason. ``options``: ``sar_units`` and
+    """Open a chip file, or a scene found by clay-run's discovery (:class:`SceneFiles`), as the runtime
+    opens a scene for the ``groups``' bands (headers only, no pixel read), or raise ChipError naming
+    the file and the reason. ``options``: ``sar_units`` and
     ``s2_offset`` as for clay-run. The runtime's warnings about the file (a date taken from the TIFF
     DateTime, an undeclared S2 offset, an unusual pixel size) go to ``warn`` (default: logged)."""
-    path = Path(path)
+    files = path if isinstance(path, SceneFiles) else None
+    path = files.path if files is not None else Path(path)
     options = options or RunOptions()
     try:
         if partial_groups:
-            names = {n for n in read_header(path).names if n}
+            names = _band_names(files or as_scene_files(path))
             if names:
                 groups = complete_groups(names, groups)
                 if not groups:
                     raise ChipError(f"{path}: holds no complete band group of {', '.join(GROUP_NAMES)}")
-        scene = open_scene(path, ChipInputs.of_groups(groups, chip_size), options)
+        scene = open_scene(files or path, ChipInputs.of_groups(groups, chip_size), options)
     except SceneError as exc:
         raise ChipError(in_training_terms(str(exc))) from None
     for warning in scene.warnings:
         (warn or log.warning)(in_training_terms(warning))
     day = (scene.date.year, scene.date.month, scene.date.day)
-    chip = ChipFile(path, scene.height, scene.width, day, tuple(groups), chip_size, options)
+    chip = ChipFile(path, scene.height, scene.width, day, tuple(groups), chip_size, options, files)
     if chip.is_small(chip_size) and not (pad_small and min(chip.height, chip.width) >= PATCH_SIZE):
         raise ChipError(f"{path}: {chip.width}×{chip.height} px is smaller than a {chip_size}² chip")
     return chip
+
+
+def _band_names(files: SceneFiles) -> set[str]:
+    """The Clay bands a file or scene holds, by the runtime's band matching (names, STAC declarations)."""
+    if files.problem:
+        raise SceneError(files.problem)
+    return {n for p in files.files for n in scene_header(files, p).names if n}
 
 
 class ChipDataset(Dataset):
@@ -159,14 +189,16 @@ class ChipDataset(Dataset):
     item's ``valid`` marks the patches that hold real pixels. ``augment`` also applies random flips
     and right-angle rotations; ``samples_per_file`` draws that many windows from each file per
     epoch (for a few large scenes rather than many chips). Every file must train on ``groups``.
-    Pixels are read by the runtime's reader in Clay units; a window with any invalid pixel (the
-    release rejected chips with S2 nodata) or values the runtime refuses is ``None``:
-    :func:`collate_chips` drops it.
+    Pixels are read by the runtime's reader in Clay units. A window with any invalid pixel (the
+    release rejected chips with S2 nodata) is drawn again at another random position, up to
+    ``window_tries`` positions (so that a scene's chips lie inside its valid area); a sample
+    without a valid window, or whose values the runtime refuses, is ``None``: :func:`collate_chips`
+    drops it.
 
     Item: ``pixels`` float32 ``[C, chip_size, chip_size]`` normalised by the band means and
     standard deviations; ``lonlat`` ``[2]`` degrees, the window's centre as the runtime computes
     it; ``date`` ``[3]`` year, month, day; ``valid`` ``[(chip_size / 32)²]`` 1 for a patch of real
-    pixels.
+    pixels; ``origin`` ``[2]`` the window's (row, col) in the scene's pixels.
     """
 
     def __init__(
@@ -176,9 +208,11 @@ class ChipDataset(Dataset):
         chip_size: int = CHIP_SIZE,
         augment: bool = False,
         samples_per_file: int = 1,
+        window_tries: int = WINDOW_TRIES,
     ) -> None:
         self.files = list(files)
         self.samples_per_file = samples_per_file
+        self.window_tries = max(1, window_tries)
         self.groups = tuple(groups)
         self.chip_size = chip_size
         self.augment = augment
@@ -189,8 +223,8 @@ class ChipDataset(Dataset):
                                  f"not this dataset's {self.groups} at {chip_size} px")  # fmt: skip
         # Per process (each DataLoader worker has its own): recently read files' scenes, and the files
         # the runtime refused while reading (their units, a read error), skipped from then on.
-        self._scenes: OrderedDict[Path, Scene] = OrderedDict()
-        self._refused: set[Path] = set()
+        self._scenes: OrderedDict[str, Scene] = OrderedDict()
+        self._refused: set[str] = set()
         self._mean = np.array([BAND_MEANS[b] for b in bands], dtype=np.float32)[:, None, None]
         self._std = np.array([BAND_STDS[b] for b in bands], dtype=np.float32)[:, None, None]
 
@@ -202,21 +236,28 @@ class ChipDataset(Dataset):
         # Drawn from torch's generator so that Lightning's seed_everything (workers included) makes
         # the crops and flips reproducible, and each epoch sees new ones.
         rng = np.random.default_rng(int(torch.randint(2**31, ())))
-        row, col = self._window_origin(chip, rng)
         size = self.chip_size
-        window = Chip(row, col, min(size, chip.height), min(size, chip.width))
-        if chip.path in self._refused:
+        if chip.key in self._refused:
             return None
-        try:
-            scene = self._scene(chip)
-            pixels, nodata_fraction = read_chip(scene, window)
-        except SceneError as exc:  # names the file, the window where it is a read error, and the reason
-            self._refused.add(chip.path)
-            log.warning("skipping %s from now on (window (%d, %d)): %s", chip.path, row, col, in_training_terms(str(exc)))
-            return None
-        if nodata_fraction > 0:
-            log.warning("skipping chip %s window (%d, %d): %d of its %d pixels are nodata, NaN or masked", chip.path,
-                        row, col, round(nodata_fraction * window.height * window.width), window.height * window.width)  # fmt: skip
+        # A random window that holds an invalid pixel is drawn again elsewhere; the centre window
+        # (no augment) and a file no larger than a chip have one position only.
+        tries = self.window_tries if self.augment and (chip.height > size or chip.width > size) else 1
+        for _ in range(tries):
+            row, col = self._window_origin(chip, rng)
+            window = Chip(row, col, min(size, chip.height), min(size, chip.width))
+            try:
+                scene = self._scene(chip)
+                pixels, nodata_fraction = read_chip(scene, window)
+            except SceneError as exc:  # names the file, the window where it is a read error, and the reason
+                self._refused.add(chip.key)
+                log.warning("skipping %s from now on (window (%d, %d)): %s", chip.path, row, col, in_training_terms(str(exc)))
+                return None
+            if nodata_fraction == 0:
+                break
+        else:
+            where = f"window ({row}, {col})" if tries == 1 else f"{tries} random windows, the last ({row}, {col})"
+            log.warning("skipping chip %s %s: %d of its %d pixels are nodata, NaN or masked", chip.path, where,
+                        round(nodata_fraction * window.height * window.width), window.height * window.width)  # fmt: skip
             return None
         pixels = pixels[:, : window.height, : window.width]  # the real pixels; padded again after the flips
         if self.augment:
@@ -234,17 +275,18 @@ class ChipDataset(Dataset):
             "lonlat": torch.tensor(scene.chip_centre(window), dtype=torch.float32),
             "date": torch.tensor(chip.date, dtype=torch.float32),
             "valid": torch.from_numpy(valid.reshape(-1).astype(np.float32)),
+            "origin": torch.tensor((row, col), dtype=torch.int64),
             "groups": self.groups,
         }
 
     def _scene(self, chip: ChipFile) -> Scene:
-        scene = self._scenes.get(chip.path)
+        scene = self._scenes.get(chip.key)
         if scene is None:
-            scene = self._scenes[chip.path] = chip.open()
+            scene = self._scenes[chip.key] = chip.open()
             if len(self._scenes) > SCENES_KEPT:
                 self._scenes.popitem(last=False)
         else:
-            self._scenes.move_to_end(chip.path)
+            self._scenes.move_to_end(chip.key)
         return scene
 
     def _window_origin(self, chip: ChipFile, rng: np.random.Generator) -> tuple[int, int]:
@@ -270,8 +312,16 @@ def find_chip_files(directory: str | Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.suffix.lower() in (".tif", ".tiff"))
 
 
+def find_scenes(paths: Sequence[str | Path]) -> list[SceneFiles]:
+    """The scenes ``paths`` name, found as clay-run finds them (:func:`~clay.runtime.scenes.discovery.discover_scenes`)."""
+    try:
+        return discover_scenes([str(p) for p in paths])
+    except SceneError as exc:
+        raise ChipError(in_training_terms(str(exc))) from None
+
+
 def usable_chips(
-    paths: Sequence[Path], groups: Sequence[str], chip_size: int, partial_groups: bool = False, pad_small: bool = False,
+    paths: Sequence[Path | SceneFiles], groups: Sequence[str], chip_size: int, partial_groups: bool = False, pad_small: bool = False,
     options: RunOptions | None = None,
 ) -> list[ChipFile]:
     """The files that pass :func:`inspect_chip`; the others are logged with their reason. The
@@ -284,9 +334,10 @@ def usable_chips(
         said.setdefault(warning.replace(str(path), "{file}"), []).append(str(path))
 
     for path in paths:
+        label = path.path if isinstance(path, SceneFiles) else path
         try:
             usable.append(inspect_chip(path, groups, chip_size, partial_groups, pad_small, options,
-                                       warn=lambda w, p=path: collect(w, p)))  # fmt: skip
+                                       warn=lambda w, p=label: collect(w, p)))  # fmt: skip
         except ChipError as exc:
             log.warning("skipping %s", exc)
     for warning, files in said.items():
@@ -294,14 +345,15 @@ def usable_chips(
     return usable
 
 
-def is_validation_file(path: Path, fraction: float, seed: int) -> bool:
-    """Stable split by file name: the same file stays on the same side across runs and machines."""
-    digest = hashlib.sha256(f"{seed}:{path.name}".encode()).digest()
+def is_validation_file(name: str, fraction: float, seed: int) -> bool:
+    """Stable split by file (or scene) name: the same file stays on the same side across runs and machines."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 class ChipDataModule(L.LightningDataModule):
-    """Chips under ``data_dir`` (recursively), split by file name unless ``val_dir`` is given.
+    """Chips cut from ``scenes`` (what clay-run takes), or chip files under ``data_dir``
+    (recursively); split by file or scene name unless ``val_scenes`` / ``val_dir`` is given.
 
     With ``partial_groups`` or ``pad_small``, files fall into kinds (their band groups, padded or
     not); each kind has its own loader and a training step takes one batch of every kind (the
@@ -313,8 +365,10 @@ class ChipDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        data_dir: str,
+        data_dir: str | None = None,
         val_dir: str | None = None,
+        scenes: list[str] | None = None,
+        val_scenes: list[str] | None = None,
         val_fraction: float = 0.1,
         groups: list[str] | str | None = None,  # a list, or "rgb,swir" as clay-export --groups takes it
         batch_size: int = 10,
@@ -329,8 +383,18 @@ class ChipDataModule(L.LightningDataModule):
         batch_size_small: int | None = None,
         sar_units: str = "auto",
         s2_offset: float | None = None,
+        window_tries: int = WINDOW_TRIES,
     ) -> None:
         super().__init__()
+        if (scenes is None) == (data_dir is None):
+            raise ChipError("give either --data.scenes (scenes, as clay-run takes them) or --data.data_dir "
+                            "(a folder of chip files)" + (", not both" if scenes is not None else ""))  # fmt: skip
+        if val_scenes is not None and scenes is None:
+            raise ChipError("--data.val_scenes goes with --data.scenes (with --data.data_dir: --data.val_dir)")
+        if val_dir is not None and data_dir is None:
+            raise ChipError("--data.val_dir goes with --data.data_dir (with --data.scenes: --data.val_scenes)")
+        self.scenes, self.val_scenes = scenes, val_scenes
+        self.window_tries = window_tries
         self.options = RunOptions(sar_units=sar_units, s2_offset=s2_offset)  # as clay-run's --sar-units, --s2-offset
         self.partial_groups = partial_groups
         self.pad_small = pad_small
@@ -353,30 +417,39 @@ class ChipDataModule(L.LightningDataModule):
         if self.train_sets:
             return
         options = (self.groups, self.chip_size, self.partial_groups, self.pad_small, self.options)
-        usable = usable_chips(find_chip_files(self.data_dir), *options)
-        if self.val_dir:
-            train, val = usable, usable_chips(find_chip_files(self.val_dir), *options)
+        if self.scenes is not None:
+            usable = usable_chips(find_scenes(self.scenes), *options)
+            held_out = usable_chips(find_scenes(self.val_scenes), *options) if self.val_scenes else None
+        else:
+            usable = usable_chips(find_chip_files(self.data_dir), *options)
+            held_out = usable_chips(find_chip_files(self.val_dir), *options) if self.val_dir else None
+        if held_out is not None:
+            train, val = usable, held_out
         else:  # split the usable files, so that an unusable one never takes validation's place
             train, val = [], []
             for chip in usable:
-                (val if is_validation_file(chip.path, self.val_fraction, self.seed) else train).append(chip)
+                (val if is_validation_file(chip.name, self.val_fraction, self.seed) else train).append(chip)
             if not val and len(train) > 1:
                 val = [train.pop()]
         if not train:
-            raise ChipError(f"{self.data_dir}: no usable chip files (see the warnings above)")
+            what = " ".join(map(str, self.scenes)) if self.scenes is not None else self.data_dir
+            kind = "scenes" if self.scenes is not None else "chip files"
+            raise ChipError(f"{what}: no usable {kind} (see the warnings above)")
         log.info("chips: %d for training, %d for validation", len(train), len(val))
         if not val:
-            log.warning("no validation chips (give --data.val_dir or more files): val/loss is not computed, so "
-                        "checkpoints keep only the last step")  # fmt: skip
+            more = "--data.val_scenes or more scenes" if self.scenes is not None else "--data.val_dir or more files"
+            log.warning("no validation chips (give %s): val/loss is not computed, so checkpoints keep only the "
+                        "last step", more)  # fmt: skip
         for key, files in self._kinds(train).items():
-            self.train_sets[key] = ChipDataset(files, files[0].groups, self.chip_size, self.augment, self.samples_per_file)
+            self.train_sets[key] = ChipDataset(files, files[0].groups, self.chip_size, self.augment, self.samples_per_file,
+                                               self.window_tries)  # fmt: skip
             log.info("training kind %s: %d files", key, len(files))
         kinds = self._kinds(val)
         if len(kinds) > 1:
             raise ChipError(f"validation files are of {len(kinds)} kinds ({', '.join(kinds)}); give files of one kind")
         files = next(iter(kinds.values()), [])
         self.val_set = ChipDataset(files, files[0].groups if files else self.groups, self.chip_size, False,
-                                   self.val_samples_per_file)  # fmt: skip
+                                   self.val_samples_per_file, self.window_tries)  # fmt: skip
 
     def _kinds(self, files: list[ChipFile]) -> dict[str, list[ChipFile]]:
         kinds: dict[str, list[ChipFile]] = {}
@@ -408,3 +481,6 @@ class ChipDataModule(L.LightningDataModule):
             collate_fn=collate_chips,
             persistent_workers=False,
         )
+
+
+ChipDataModule.__doc__ = (ChipDataModule.__doc__ or "") + args_section()  # what --help says of each --data.* option

@@ -12,7 +12,9 @@ import torch
 from clay.runtime.bands import GROUP_NAMES, parse_groups
 from torch import Tensor
 
+from .checkpoint import CheckpointError, init_from_state, read_clay_state
 from .model import ClayMAE
+from .sizes import get_size
 
 
 class ClayPretraining(L.LightningModule):
@@ -22,13 +24,31 @@ class ClayPretraining(L.LightningModule):
     cosine annealing with warm restarts stepped per optimiser step (T_0 1000, T_mult 2) and
     ``eta_min = 10 × lr`` — larger than lr, as published (the schedule oscillates between lr and
     10 × lr); set ``eta_min_factor`` below 1 for a conventional decay.
+
+    Args:
+        size: Model size (tiny, small, base, large); default: the size of ``init_from``'s weights,
+            else small.
+        mask_ratio: Fraction of each chip's patches masked (the release: 0.75).
+        groups: Band groups trained on (set from --data.groups); recorded in every checkpoint, and
+            clay-export --checkpoint exports these groups by default.
+        init_from: Start from these weights (the published Clay v0 checkpoint, this project's
+            checkpoints, a bare state dict): a new run, its optimizer and step fresh. Unlike
+            --ckpt_path, which resumes a run where it stopped. Every band group starts from the
+            checkpoint's weights for it, the groups trained here included.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        t_0: Steps of the first cosine cycle (CosineAnnealingWarmRestarts' T_0).
+        t_mult: Growth of each later cycle (T_mult).
+        eta_min_factor: The schedule's floor as a multiple of lr (the release: 10).
     """
 
     def __init__(
         self,
-        size: str = "small",
+        size: str | None = None,
         mask_ratio: float = 0.75,
         groups: list[str] | None = None,
+        init_from: str | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -39,7 +59,19 @@ class ClayPretraining(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.groups = parse_groups(groups) if groups else GROUP_NAMES
-        self.model = ClayMAE(size, mask_ratio=mask_ratio)
+        if init_from is None:
+            self.model = ClayMAE(size or "small", mask_ratio=mask_ratio)
+        else:
+            # Read when the model is built: a run resumed with --ckpt_path then overwrites these
+            # weights with its checkpoint's, as it does a random initialisation.
+            state, inferred = read_clay_state(init_from)
+            if size is not None and get_size(size).name != inferred.name:
+                raise CheckpointError(f"{init_from}: the weights are Clay '{inferred.name}', not --model.size {size} "
+                                      f"(a config may set it): give --model.size {inferred.name}, or null to take the "
+                                      "checkpoint's")  # fmt: skip
+            self.model = ClayMAE(inferred.name, mask_ratio=mask_ratio)
+            init_from_state(self.model, state, init_from)
+        self.hparams["size"] = self.model.size.name  # what was built, where size was left to the weights
 
     def _step(self, batch: dict | None, stage: str) -> Tensor | None:
         """One batch, or one batch of each kind of file (a dict of them; see ChipDataModule): the
