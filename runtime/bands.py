@@ -109,6 +109,38 @@ def latlon_features(lon_deg: float, lat_deg: float) -> tuple[float, float]:
     return math.sin(lat), math.atan2(math.cos(lon), math.sin(lon))
 
 
+#: The years Clay v0's training scenes were sensed in (../shared/clay-v0-spec.md: "1203 MGRS tiles
+#: × 3 dates (2017–2023)").
+TRAINING_YEARS = (2017, 2023)
+#: Clay v0's date encoding (:func:`date_features`) is periodic: a year repeats every 18 years from
+#: 2012, December is encoded as January (period 11 over 12 months) and day 31 as day 1 (period 30).
+YEAR_PERIOD = 18
+
+#: One fixed sentence per kind of date the model cannot tell apart, so that a run says each once.
+DATE_ALIASES = {
+    "year": (f"dates outside Clay v0's training years {TRAINING_YEARS[0]}–{TRAINING_YEARS[1]}: its year encoding "
+             f"repeats every {YEAR_PERIOD} years (1994 = 2012 = 2030), so the model takes such a year for another "
+             "or for one it never saw"),
+    "month": "December dates: Clay v0's month encoding gives December the value of January",
+    "day": "dates on the 31st: Clay v0's day encoding gives the 31st the value of the 1st",
+}  # fmt: skip
+
+
+def date_aliases(year: int, month: int, day: int) -> dict[str, str]:
+    """What Clay v0's date encoding makes of this date where it cannot tell it from another: kind
+    (``year``, ``month``, ``day``, keys of :data:`DATE_ALIASES`) → what it is encoded as."""
+    found = {}
+    if not TRAINING_YEARS[0] <= year <= TRAINING_YEARS[1]:
+        twins = [y for y in (year - YEAR_PERIOD, year + YEAR_PERIOD) if TRAINING_YEARS[0] <= y <= TRAINING_YEARS[1]]
+        found["year"] = (f"{year} encodes as {twins[0]}" if twins else
+                         f"{year} is outside the training years and encodes as no year the model saw")  # fmt: skip
+    if month == 12:
+        found["month"] = "December encodes as January"
+    if day == 31:
+        found["day"] = "day 31 encodes as day 1"
+    return found
+
+
 def date_features(year: int, month: int, day: int) -> tuple[float, float, float]:
     """The three time inputs of Clay v0, each ``atan2(cos(r), sin(r))`` of a cyclic angle."""
     angles = (

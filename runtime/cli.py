@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from .api import ClayEmbedder, check_patch_embeddings, prepare_output_folder, remove_if_empty
 from .console import quiet_known_warnings, require_extra
-from .demo import DEMO_ENGINE, DEMO_SCENE
+from .demo import DEMO_ENGINE, DEMO_SCENE, resolve_engine
 from .engines.base import EngineError, EngineUnavailable
 from .engines.choice import BACKENDS
 from .errors import SceneError, first_line
@@ -116,7 +116,7 @@ class RayProgress:
 @click.argument("scenes", nargs=-1)  # strings: pathlib would fold the // of https:// URIs
 @click.option("--engine", "engine_path", type=click.Path(path_type=Path),
               help="An artifact written by clay-export, or its output folder (the artifact for the backend is "
-                   f"picked): {describe_formats()}.")
+                   f"picked): {describe_formats()}. 'demo': the bundled demo engine.")
 @click.option("--demo", is_flag=True,
               help="Embed the bundled real Sentinel-2 scene with the bundled demo engine (S2-only, int8, "
                    "demo weights — not Clay v0) and draw the preview. No SCENE or --engine needed.")
@@ -202,6 +202,8 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
         out, preview = folder / "demo.parquet", folder / "demo-preview.png"
     elif not scenes or engine_path is None:
         sys.exit("clay-run: give SCENE... and --engine PATH (or --demo); see clay-run --help")
+    else:
+        engine_path = resolve_engine(engine_path)  # --engine demo: the bundled engine
     try:
         options = RunOptions(batch_size=batch_size, edge=edge, max_nodata=max_nodata, patch_embeddings=patch_embeddings,
                              patch_raster=patch_raster, raster_dtype=raster_dtype, date=date, sar_units=sar_units,
@@ -341,9 +343,16 @@ def _try_open(job: SceneJob, metadata: EngineMetadata, options: RunOptions) -> t
         return None, str(exc)
 
 
+#: The warnings said in this run: a warning of a kind that is not about one file (a date the model
+#: cannot tell apart) is worded the same for every scene, and said once.
+_SAID: set[str] = set()
+
+
 def print_warnings(scene: Scene) -> None:
     for warning in scene.warnings:
-        click.echo(f"clay-run: warning: {warning}", err=True)
+        if warning not in _SAID:
+            _SAID.add(warning)
+            click.echo(f"clay-run: warning: {warning}", err=True)
 
 
 def ignored_files(results: list[SceneResult]) -> None:

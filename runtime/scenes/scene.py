@@ -23,7 +23,7 @@ from pyproj import Geod
 from rasterio.warp import transform_bounds
 from shapely.geometry import box
 
-from ..bands import S2_BANDS
+from ..bands import BAND_NAMES, DATE_ALIASES, S2_BANDS, date_aliases
 from ..errors import SceneError, first_line
 from ..options import RunOptions
 from . import geometry
@@ -184,14 +184,26 @@ def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
         dtype = headers[path].dtypes[index - 1]
         if dtype not in SUPPORTED_DTYPES:
             raise SceneError(f"{path}: band {band} has unsupported data type {dtype} (use {', '.join(SUPPORTED_DTYPES)})")
+    if len(used) == 1 and not any(used[0].names):  # band_sources took an unnamed 13-band stack in Clay's order
+        applied_bands = (f"{used[0].path.name}: {used[0].count} bands without descriptions, taken in Clay's order "
+                         f"({', '.join(BAND_NAMES)}); values checked per chip")  # fmt: skip
+    else:
+        applied_bands = None
     reference, grid_note = reference_grid(used, wanted, sources)
     _check_overlap(reference, used)
     applied: dict[str, object] = {"grid": grid_note}
+    if applied_bands:
+        applied["band_order"] = applied_bands
     warnings: list[str] = []
     day, date_note, date_warning = scene_date(scene, used, options.date)
     applied["date"] = date_note
     if date_warning:
         warnings.append(date_warning)
+    aliases = date_aliases(day.year, day.month, day.day)
+    if aliases:  # recorded per scene; the warning is one fixed sentence per kind, said once per run
+        date_note["model_encoding"] = "; ".join(aliases.values())
+        warnings += [f"{DATE_ALIASES[kind]} (per scene: date.model_encoding in the outputs' clay:preprocessing)"
+                     for kind in aliases]  # fmt: skip
     readers, units, modes, masks = [], {}, {}, {}
     for band in wanted:
         path, index = sources[band]

@@ -53,6 +53,13 @@ LINEAR_UNITS = ("linear", "power", "linear power", "intensity", "1", "amplitude^
 METRES = {"": 1.0, "m": 1.0, "metre": 1.0, "metres": 1.0, "meter": 1.0, "meters": 1.0, "km": 1000.0,
           "dm": 0.1, "cm": 0.01, "mm": 0.001, "ft": 0.3048, "foot": 0.3048, "feet": 0.3048,
           "us-ft": 1200 / 3937, "us survey foot": 1200 / 3937}  # fmt: skip
+#: Linear SAR backscatter power above which a chip's median cannot be backscatter: 100 is +20 dB,
+#: while natural surfaces' gamma0 lies around -25 to 0 dB (0.003-1) and only man-made corner
+#: reflectors reach +20 dB, on a few pixels, never on half a chip. Optical DNs (1000s) read as SAR
+#: (an unnamed 13-band L1C stack taken in Clay's order) exceed it.
+SAR_POWER_CEILING = 100.0
+#: Elevations above the highest summit (Everest, 8849 m) on half a chip: not a DEM in metres.
+ELEVATION_CEILING_M = 8900.0
 #: The processing baseline in a Sentinel-2 product name (``S2B_MSIL2A_20220301T033539_N0400_R061_…``).
 PRODUCT_BASELINE = re.compile(r"S2[A-D]_MSIL2A_\d{8}T\d{6}_N(\d{4})_")
 
@@ -73,8 +80,10 @@ class Conversion:
 @dataclass(frozen=True)
 class Converted:
     """A band's conversion, the note recorded in the output metadata, a warning for the user, and
-    what :func:`check_values` must confirm on its values (``"linear"``: SAR taken as linear power;
-    ``"dn"``: a float S2 band taken as DNs; ``"offset"``: B02 taken as carrying the +1000 offset)."""
+    what :func:`check_values` must confirm on its values (``"linear"``: SAR taken as linear power
+    with nothing declared; ``"power"``: SAR whose units were declared, in backscatter's range;
+    ``"dn"``: a float S2 band taken as DNs; ``"offset"``: B02 taken as carrying the +1000 offset;
+    ``"elevation"``: a DEM in metres)."""
 
     conversion: Conversion
     note: str
@@ -203,12 +212,13 @@ def _sar(header: Header, index: int, band: str, sar_units: str) -> Converted:
     by = _by(header, "scale", "GDAL")
     declared = "" if (scale, offset) == (1.0, 0.0) else f"{by} scale {scale:g} offset {offset:g}; "
     if sar_units == "db":
-        return Converted(Conversion(scale, offset, True), f"{declared}--sar-units db: dB to linear power")
+        return Converted(Conversion(scale, offset, True), f"{declared}--sar-units db: dB to linear power", check="power")
     unit = header.units[index - 1].strip().lower()
     if sar_units == "auto" and unit in DB_UNITS:
-        return Converted(Conversion(scale, offset, True), f"{declared}{_unit_note(header, unit)}: dB to linear power")
+        return Converted(Conversion(scale, offset, True), f"{declared}{_unit_note(header, unit)}: dB to linear power",
+                         check="power")  # fmt: skip
     if sar_units == "auto" and unit in LINEAR_UNITS:
-        return Converted(Conversion(scale, offset), f"{declared}{_unit_note(header, unit)}: linear power")
+        return Converted(Conversion(scale, offset), f"{declared}{_unit_note(header, unit)}: linear power", check="power")
     why = "--sar-units linear" if sar_units == "linear" else "no unit declared: linear power, checked on every chip"
     return Converted(Conversion(scale, offset), f"{declared}{why}", check="linear")
 
@@ -223,7 +233,7 @@ def _dem(header: Header, index: int, band: str) -> Converted:
     notes = [f"{_by(header, 'scale', 'GDAL')} scale {scale:g} offset {offset:g}"] if (scale, offset) != (1.0, 0.0) else []
     if factor != 1.0:
         notes.append(f"{_unit_note(header, unit)}: * {factor:g} to metres")
-    return Converted(Conversion(scale * factor, offset * factor), "; ".join(notes) or "metres")
+    return Converted(Conversion(scale * factor, offset * factor), "; ".join(notes) or "metres", check="elevation")
 
 
 def check_values(path, band: str, check: str, values: np.ndarray, valid: np.ndarray | None) -> None:
@@ -236,6 +246,18 @@ def check_values(path, band: str, check: str, values: np.ndarray, valid: np.ndar
     sample = values if valid is None else values[valid]
     if sample.size == 0:
         return
+    if check in ("linear", "power") and np.count_nonzero(sample > SAR_POWER_CEILING) > 0.5 * sample.size:
+        raise SceneError(
+            f"{path}: SAR band {band} holds values that are not backscatter: its median is above linear power "
+            f"{SAR_POWER_CEILING:g} (+20 dB), where land and sea lie below 1 (0 dB); an optical band taken as {band}? "
+            "A stack without band descriptions is read in Clay's order (B02…B12, VH, VV, DEM): name its bands "
+            "(gdal_edit.py or rasterio's descriptions) or give per-band files"
+        )
+    if check == "elevation" and np.count_nonzero(sample > ELEVATION_CEILING_M) > 0.5 * sample.size:
+        raise SceneError(
+            f"{path}: {band} is mostly above {ELEVATION_CEILING_M:g} m, higher than any summit: not an elevation in "
+            "metres (another band taken as the DEM, or a unit the file does not declare)"
+        )
     if check == "linear" and np.count_nonzero(sample < 0) > 0.5 * sample.size:
         raise SceneError(
             f"{path}: SAR band {band} is mostly negative, so it is in dB, not linear power; "
