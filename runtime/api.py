@@ -18,12 +18,14 @@ from __future__ import annotations
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .demo import resolve_engine
 from .engines.base import Engine, all_finite
 from .engines.choice import open_engine
 from .errors import SceneError
@@ -62,12 +64,43 @@ def remove_if_empty(folders: list[Path]) -> None:
             pass  # not empty (or already gone): kept
 
 
+#: What :meth:`ClayEmbedder.embed_scene` takes as a scene besides paths: a GeoTIFF's bytes (an
+#: upload, an object fetched by your own client) or a rasterio dataset you opened (``MemoryFile``
+#: included). Both are read through GDAL's in-memory file system (``/vsimem/``).
+InMemoryScene = bytes | bytearray | memoryview
+
+
+@contextmanager
+def scene_source(scene, name: str | None = None) -> Iterator:
+    """``scene`` as the runtime opens it: bytes become a ``/vsimem/`` GeoTIFF for the duration of the
+    block (named ``name`` where given, e.g. the product's file name, from which a date can be read);
+    an open rasterio dataset is read by its name (its ``/vsimem/`` path for a ``MemoryFile``);
+    anything else is passed on as it is."""
+    if isinstance(scene, (bytes, bytearray, memoryview)):
+        from rasterio.io import MemoryFile
+
+        with MemoryFile(bytes(scene), filename=Path(name).name if name else None) as memory:
+            yield memory.name
+        return
+    from rasterio.io import DatasetReaderBase, DatasetWriterBase
+
+    if isinstance(scene, (DatasetReaderBase, DatasetWriterBase)):
+        if scene.closed:
+            raise SceneError(f"{scene.name}: the dataset is closed; give it open, or its path")
+        yield scene.name
+        return
+    yield scene
+
+
 class ClayEmbedder:
-    """A loaded Clay engine, the chip readers and the scene pipeline around it."""
+    """A loaded Clay engine, the chip readers and the scene pipeline around it.
+
+    ``engine_path``: an engine file or export folder, or ``"demo"`` for the bundled demo engine
+    (where no file or folder of that name exists)."""
 
     def __init__(self, engine_path: str | Path, backend: str = "auto", threads: int | None = None,
                  options: RunOptions | None = None) -> None:  # fmt: skip
-        self.engine: Engine = open_engine(engine_path, backend, threads)
+        self.engine: Engine = open_engine(resolve_engine(engine_path), backend, threads)
         self.options = options or RunOptions()
         self.clock = StageClock()
         self._readers: ChipReaders | None = None
@@ -149,9 +182,12 @@ class ClayEmbedder:
             job.paths.clear_partials()
         yield from run_scenes(self.engine, jobs, options, self.readers, progress, self.clock, on_open)
 
-    def embed_scene_to(self, scene: str | Path | SceneFiles, output: str | Path, options: RunOptions | None = None) -> SceneResult:
+    def embed_scene_to(self, scene: str | Path | SceneFiles | InMemoryScene, output: str | Path,
+                       options: RunOptions | None = None, name: str | None = None) -> SceneResult:  # fmt: skip
         """Embed a GeoTIFF scene into a GeoParquet file (and its patch file and patch raster when
         ``options`` ask for them: ``<stem>.patches.parquet``, ``<stem>.patches.tif``), published atomically.
+        A scene in memory (bytes, an open rasterio dataset) is read through ``/vsimem/``
+        (:func:`scene_source`; ``name``: the file name bytes had, for their date and ``source_url``).
 
         The output's folder is created (and checked writable) before the scene is opened; if the
         scene then fails, the folders this call created are removed again when empty. Raises
@@ -163,7 +199,8 @@ class ClayEmbedder:
         created = prepare_output_folder(output.parent)
         try:
             paths = ScenePaths.for_chip_file(output, options.patch_embeddings, options.patch_raster)
-            (result,) = self.embed_scenes([(self.open_scene(scene, options), paths)], options)
+            with scene_source(scene, name) as source:
+                (result,) = self.embed_scenes([(self.open_scene(source, options), paths)], options)
             if result.error:  # with keep_going, a failed scene is a result; a single scene raises
                 raise SceneError(result.error)
         except BaseException:
@@ -171,8 +208,11 @@ class ClayEmbedder:
             raise
         return result
 
-    def embed_scene(self, scene: str | Path | SceneFiles, options: RunOptions | None = None) -> pa.Table:
-        """Embed a GeoTIFF scene and return the chip table (same schema as the GeoParquet file)."""
+    def embed_scene(self, scene: str | Path | SceneFiles | InMemoryScene, options: RunOptions | None = None,
+                    name: str | None = None) -> pa.Table:  # fmt: skip
+        """Embed a GeoTIFF scene and return the chip table (same schema as the GeoParquet file). The
+        scene may be in memory: a GeoTIFF's bytes (``name``: the file name they had) or an open
+        rasterio dataset (see :meth:`embed_scene_to`)."""
         with tempfile.TemporaryDirectory(prefix="clay-") as tmp:
-            result = self.embed_scene_to(scene, Path(tmp) / "chips.parquet", options)
+            result = self.embed_scene_to(scene, Path(tmp) / "chips.parquet", options, name)
             return pq.read_table(result.output)

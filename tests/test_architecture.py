@@ -161,7 +161,7 @@ MAY_IMPORT = {
     "engines": {"contract", "engines"},
     "outputs": {"contract", "scenes", "outputs"},
     "pipeline": {"contract", "scenes", "engines", "outputs", "pipeline"},
-    "api": {"contract", "scenes", "engines", "outputs", "pipeline", "api"},
+    "api": {"contract", "demo", "scenes", "engines", "outputs", "pipeline", "api"},
     "ray_job": {"contract", "scenes", "engines", "outputs", "pipeline", "ray_job"},
     "serve": {"contract", "engines", "api", "serve"},  # chips through engines or the API, never the reader
     "cli": {"contract", "demo", "scenes", "engines", "outputs", "pipeline", "api", "ray_job", "cli"},

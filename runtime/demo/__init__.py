@@ -14,3 +14,13 @@ from pathlib import Path
 DEMO_DIR = Path(__file__).parent
 DEMO_ENGINE = DEMO_DIR / "clay-demo-tiny-s2.int8.onnx"
 DEMO_SCENE = DEMO_DIR / "T48QUE-20200223"
+
+#: The name ``clay-run --engine`` and ``ClayEmbedder`` take for the bundled engine.
+DEMO_NAME = "demo"
+
+
+def resolve_engine(path: str | Path) -> Path:
+    """``"demo"`` is the bundled engine (where no file or folder of that name exists here); any
+    other path is itself."""
+    path = Path(path)
+    return DEMO_ENGINE if str(path) == DEMO_NAME and not path.exists() else path
