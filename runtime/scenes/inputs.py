@@ -141,6 +141,7 @@ class AssetFacts:
     shape: tuple[int, int] | None = None  # proj:shape (rows, columns)
     transform: tuple[float, ...] | None = None  # proj:transform (a, b, c, d, e, f)
     jp2: bool = False  # a JPEG 2000 copy (Earth Search's *-jp2: the archive's original files)
+    chosen: tuple[tuple[str, str], ...] = ()  # (band, why this asset over its copies at other resolutions)
 
     @property
     def label(self) -> str:

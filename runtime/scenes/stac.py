@@ -19,12 +19,17 @@ and common names (``blue``, ``nir08``, ``swir16``…) are taken from Sentinel-2 
 ``vh`` from Sentinel-1 Items only (Landsat and HLS-L30 Items reuse these labels for other bands);
 the DEM is ``elevation``/``dem``/``dsm``, or the ``data`` asset of a DEM Item (``cop-dem-glo-30``).
 Where several assets offer a band, a single-band asset beats a multi-band one (Planetary Computer's
-``visual``) and a GeoTIFF beats a JPEG 2000 copy (Earth Search's ``*-jp2``); two of the same kind are
-refused. Other assets (``visual``, ``scl``, ``aot``, thumbnails, metadata, bands the engine does not
+``visual``), a GeoTIFF beats a JPEG 2000 copy (Earth Search's ``*-jp2``), and the band at its native
+resolution beats its resampled copies (Copernicus Data Space's and stactools' ``B02_10m``, ``B02_20m``,
+``B02_60m``: the role ``sampling:original`` over ``sampling:downsampled``, else the finest ``gsd`` or
+``proj:transform`` pixel; which was taken over which is recorded); two of the same kind are refused. Other assets (``visual``, ``scl``, ``aot``, thumbnails, metadata, bands the engine does not
 take) are ignored, listed, and never read.
 
-Relative hrefs are taken from where the Item was read (its file or URL; a pystac object: its self
-link); ``s3://``, ``gs://``, ``https://`` hrefs become the GDAL paths the runtime reads.
+Relative hrefs are taken from where the Item is: its ``self`` link where that is a local path (relative
+to the document it was read from: an ItemCollection downloaded with stac-asset holds Items whose
+hrefs are relative to each Item's own folder), else where the Item was read (its file or URL; a
+pystac object: its self link); ``s3://``, ``gs://``, ``https://`` hrefs become the GDAL paths the
+runtime reads.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ _S2_ITEM = re.compile(r"sentinel[-_ ]?2|^s2[a-d]?_", re.IGNORECASE)
 _S1_ITEM = re.compile(r"sentinel[-_ ]?1|^s1[a-d]?_", re.IGNORECASE)
 _DEM_ITEM = re.compile(r"(^|[^a-z])(dem|dsm|dtm)([^a-z]|$)", re.IGNORECASE)
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+#: A resolution suffix in an asset key (``B02_10m``): the band is the rest.
+_RESOLUTION_SUFFIX = re.compile(r"_\d+m$", re.IGNORECASE)
 
 
 # --- reading Items ------------------------------------------------------------------------------------
@@ -84,7 +91,7 @@ def item_scenes(path: Path | GdalPath | str) -> list[SceneFiles]:
         name = feature.get("id") if isinstance(feature, dict) and isinstance(feature.get("id"), str) else None
         try:
             item = _parse_item(feature, path)
-            scenes.append(_item_scene(item, path))
+            scenes.append(_item_scene(item, path, _raw_self_href(feature)))
         except SceneError as exc:
             scenes.append(SceneFiles(path, (), label=_file_name(name or f"{path.stem}-{k}"), problem=str(exc)))
     if not scenes:
@@ -173,12 +180,36 @@ def _parse_item(feature, where: Path | GdalPath):
         raise SceneError(f"{what}: not a STAC Item ({type(exc).__name__}: {first_line(exc)})") from None
 
 
-def _item_scene(item, where: Path | GdalPath | None) -> SceneFiles:
-    """The scene of one parsed Item: its band assets and what it declares about them."""
+def _item_scene(item, where: Path | GdalPath | None, self_href: str | None = None) -> SceneFiles:
+    """The scene of one parsed Item (``self_href``: its self link as the document wrote it): its band
+    assets and what it declares about them."""
+    where = _item_location(self_href, where)
     facts = _item_facts(item, where)
     assets, ignored = _band_assets(item, facts, where)
     path = where if where is not None else scene_path(facts.source)
     return SceneFiles(path, tuple(a.path for a in assets), tuple(ignored), _file_name(item.id), tuple(assets))
+
+
+def _raw_self_href(feature) -> str | None:
+    """An Item's ``self`` href as its document wrote it (pystac makes a relative one absolute against
+    the working directory, not the document)."""
+    links = feature.get("links") if isinstance(feature, dict) else None
+    for link in links if isinstance(links, list) else []:
+        if isinstance(link, dict) and link.get("rel") == "self" and isinstance(link.get("href"), str):
+            return link["href"]
+    return None
+
+
+def _item_location(self_href: str | None, where: Path | GdalPath | None) -> Path | GdalPath | None:
+    """Where the Item's relative hrefs start: its ``self`` link where that is a local path (a relative
+    one taken from the document ``where`` it was read from), else ``where``."""
+    if self_href is None or not isinstance(where, Path):
+        return where
+    href = self_href.removeprefix("file://")
+    if "://" in href:
+        return where  # a catalogue's URL: the downloaded file's own folder holds what it points at
+    local = Path(href) if Path(href).is_absolute() else Path(os.path.normpath(where.parent / href))
+    return local if local.parent.is_dir() else where
 
 
 def _file_name(item_id: str) -> str:
@@ -189,6 +220,8 @@ def _file_name(item_id: str) -> str:
 def _item_facts(item, where: Path | GdalPath | None) -> ItemFacts:
     props = item.properties
     self_link = next((link.href for link in item.links if link.rel == "self"), None)
+    if isinstance(self_link, str) and "://" not in self_link and isinstance(where, Path):
+        self_link = str(where.resolve())  # a local self link, already resolved into where
     source = self_link or (str(where.resolve()) if isinstance(where, Path) else str(where) if where else None)
     if source is None:
         raise SceneError(f"{item.id}: a STAC Item without a self link; save it to a file and give its path")
@@ -225,6 +258,30 @@ class _Offer:
     band: str
     key: str
     rank: tuple[int, int]  # (multi-band, JPEG 2000): lower wins
+    sampling: int  # 0: sampling:original (or not said), 1: sampling:downsampled
+    gsd: float  # the asset's ground sampling distance (inf: not declared)
+
+    @property
+    def order(self) -> tuple:
+        return (*self.rank, self.sampling, self.gsd)
+
+
+def _resolution(asset, item) -> float:
+    """An asset's pixel size in metres: its ``gsd``, else its ``proj:transform``'s, else infinity."""
+    gsd = asset.extra_fields.get("gsd")
+    if isinstance(gsd, (int, float)) and gsd > 0:
+        return float(gsd)
+    transform = asset.extra_fields.get("proj:transform")
+    if _numbers(transform, 6) and transform[0]:
+        return abs(float(transform[0]))
+    return math.inf
+
+
+def _resolution_note(winner: _Offer, losers: list[_Offer]) -> str:
+    """Why the native resolution was taken, for the outputs: ``B02_10m (sampling:original, 10 m) over …``."""
+    why = "sampling:original" if winner.sampling < min(o.sampling for o in losers) else "finest gsd"
+    size = f", {winner.gsd:g} m" if math.isfinite(winner.gsd) else ""
+    return f"{winner.key} ({why}{size}) over {', '.join(o.key for o in losers)}"
 
 
 def _band_assets(item, facts: ItemFacts, where) -> tuple[list[AssetFacts], list[str]]:
@@ -251,21 +308,28 @@ def _band_assets(item, facts: ItemFacts, where) -> tuple[list[AssetFacts], list[
             continue
         jp2 = _is_jp2(key, asset)
         matched[key] = (tuple(allowed), entries, asset)
-        offers += [_Offer(b, key, (int(len(allowed) > 1), int(jp2))) for b in allowed if b]
+        sampling = 1 if "sampling:downsampled" in roles else 0
+        offers += [_Offer(b, key, (int(len(allowed) > 1), int(jp2)), sampling, _resolution(asset, item))
+                   for b in allowed if b]  # fmt: skip
     winners: dict[str, _Offer] = {}
-    for offer in sorted(offers, key=lambda o: o.rank):
+    resampled: dict[str, list[_Offer]] = {}  # copies of the winner's kind at other resolutions
+    for offer in sorted(offers, key=lambda o: o.order):
         best = winners.get(offer.band)
         if best is None:
             winners[offer.band] = offer
-        elif best.rank == offer.rank:
+        elif best.order == offer.order:
             raise SceneError(f"{item.id}: two assets offer {offer.band}: {best.key} and {offer.key}")
+        elif best.rank == offer.rank:
+            resampled.setdefault(offer.band, []).append(offer)
+    notes = {band: _resolution_note(winners[band], losers) for band, losers in resampled.items()}
     assets = []
     for key, (bands, entries, asset) in matched.items():
         kept = tuple(b if b and winners[b].key == key else None for b in bands)
         if not any(kept):
-            ignored.append(f"{item.id}:{key}")  # a copy of bands other assets give (a *-jp2, visual)
+            ignored.append(f"{item.id}:{key}")  # a copy of bands other assets give (a *-jp2, visual, B02_20m)
             continue
-        assets.append(_asset_facts(item, facts, key, asset, kept, entries, where))
+        chosen = tuple((b, notes[b]) for b in kept if b in notes)
+        assets.append(replace(_asset_facts(item, facts, key, asset, kept, entries, where), chosen=chosen))
     if not assets:
         why = f"; S2 bands are taken from Sentinel-2 Items and VV/VH from Sentinel-1 Items only, and " \
               f"{item.id} says it is neither: {', '.join(refused)}" if refused else ""  # fmt: skip
@@ -281,7 +345,9 @@ def _band_entries(asset) -> list[dict]:
     named = extra.get("bands") or extra.get("eo:bands") or []
     raster = extra.get("raster:bands") or []
     count = max(len(named), len(raster), 1)
-    common = {k: extra[k] for k in ("nodata", "data_type", "unit", "raster:scale", "raster:offset") if k in extra}
+    # an asset-level eo:common_name is STAC 1.1's way of naming a single-band asset's band
+    common = {k: extra[k] for k in ("nodata", "data_type", "unit", "raster:scale", "raster:offset", "eo:common_name")
+              if k in extra}  # fmt: skip
     entries = []
     for k in range(count):
         entry = dict(common)
@@ -295,7 +361,8 @@ def _band_entries(asset) -> list[dict]:
 def _band_label(label) -> str | None:
     if not isinstance(label, str) or not label.strip():
         return None
-    return canonical_band_name(label) or S2_COMMON_NAMES.get(label.strip().lower())
+    label = _RESOLUTION_SUFFIX.sub("", label.strip())  # B02_10m: B02 at 10 m
+    return canonical_band_name(label) or S2_COMMON_NAMES.get(label.lower())
 
 
 def _match_bands(item_id: str, key: str, entries: list[dict], dem_item: bool) -> tuple[str | None, ...]:
@@ -472,14 +539,18 @@ def _check_grid(header: Header, asset: AssetFacts, where: str) -> None:
 def stac_record(scene: SceneFiles, sources: dict[str, tuple]) -> dict:
     """What the outputs record of the Items behind a scene: each Item, and the asset each band came from."""
     items: dict[str, ItemFacts] = {}
-    bands = {}
+    bands, resolutions = {}, {}
     for band, (path, _) in sources.items():
         asset = scene.declared(path)
         if asset is not None:
             items.setdefault(asset.item.id, asset.item)
             bands[band] = asset.label
-    return {
+            resolutions.update((b, note) for b, note in asset.chosen if b == band)
+    record = {
         "items": [{"id": i.id, "source": i.source, "collection": i.collection, i.date_field: str(i.date)}
                   for i in items.values()],
         "bands": bands,
     }  # fmt: skip
+    if resolutions:
+        record["resolutions"] = resolutions
+    return record
