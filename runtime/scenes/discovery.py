@@ -13,6 +13,7 @@ from ..bands import canonical_band_name
 from ..errors import SceneError
 from .headers import band_count, names_clay_bands
 from .inputs import GdalPath, SceneFiles, scene_path
+from .products import band_label
 from .stac import combine_items, item_scenes
 
 SCENE_SUFFIXES = (".tif", ".tiff")
@@ -98,4 +99,4 @@ def discover_scenes(paths, manifests: bool = True, combine: bool = False) -> lis
 
 
 def _is_band_file(path: Path | GdalPath) -> bool:
-    return canonical_band_name(path.stem) is not None and band_count(path) == 1
+    return canonical_band_name(band_label(path)) is not None and band_count(path) == 1

@@ -19,6 +19,7 @@ from ..bands import BAND_GROUPS, BAND_NAMES, GROUP_NAMES, canonical_band_name
 from ..errors import SceneError, first_line
 from .dates import DatedFile
 from .inputs import GdalPath, SceneFiles
+from .products import band_label
 
 #: Data types a Clay band may be stored in. uint8 is left out on purpose: Sentinel-2's uint8 files
 #: are the true-colour preview (TCI), not reflectances.
@@ -114,7 +115,7 @@ def read_header(path: Path | GdalPath) -> Header:
             names = tuple(canonical_band_name(d) if d and i != alpha else None
                           for i, d in enumerate(src.descriptions, start=1))  # fmt: skip
             if src.count == 1 and names[0] is None:
-                names = (canonical_band_name(path.stem),)  # per-band products name the band in the file name
+                names = (canonical_band_name(band_label(path)),)  # per-band products name the band in the file name
             return Header(
                 path, src.crs, src.transform, src.width, src.height, src.count, names, tuple(src.dtypes),
                 tuple(src.nodatavals), tuple(mask_kind(f, alpha) for f in src.mask_flag_enums), tuple(src.scales),

@@ -11,7 +11,7 @@ tasks; :mod:`clay.runtime.scenes.reader` reads its chips.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date as Date
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +32,7 @@ from .discovery import discover_scenes, is_item_path
 from .grid import Chip, chip_grid
 from .headers import SUPPORTED_DTYPES, Header, band_sources, read_header
 from .inputs import GdalPath, SceneFiles, scene_path
+from .products import product_of
 from .stac import asset_header, is_pystac_item, scene_from_items, stac_record
 from .units import Conversion, band_conversion
 
@@ -176,7 +177,7 @@ def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
         raise SceneError(scene.problem)
     wanted = tuple(engine.bands)
     files, unread = _files_to_read(scene, wanted)
-    headers = {path: scene_header(scene, path) for path in files}
+    headers, product_note = _products(scene, {path: scene_header(scene, path) for path in files})
     sources = band_sources(scene, list(headers.values()), wanted)
     used = list(dict.fromkeys(headers[sources[b][0]] for b in wanted))  # engine band order
     for band in wanted:
@@ -192,6 +193,8 @@ def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
     reference, grid_note = reference_grid(used, wanted, sources)
     _check_overlap(reference, used)
     applied: dict[str, object] = {"grid": grid_note}
+    if product_note:
+        applied["product"] = product_note
     if applied_bands:
         applied["band_order"] = applied_bands
     warnings: list[str] = []
@@ -248,6 +251,24 @@ def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
     gsd = gsd_warning(result, reference)
     result.warnings = tuple(dict.fromkeys(w for w in (gsd, *warnings) if w))
     return result
+
+
+def _products(scene: SceneFiles, headers: dict) -> tuple[dict, str | None]:
+    """The files' products, from their names (:mod:`clay.runtime.scenes.products`): a product whose
+    band names mean other bands than Sentinel-2's refuses the scene; an HLS S30 granule is taken as
+    Sentinel-2, its offset-free DNs declared (the header says so, as a STAC Item's declaration would),
+    and the note returned for the outputs. A STAC asset's Item already said which mission it is."""
+    note = None
+    for path, header in list(headers.items()):
+        product = product_of(path) if scene.declared(path) is None else None
+        if product is None:
+            continue
+        if product.refused:
+            raise SceneError(f"{path}: a {product.kind} ({product.name}): {product.refused}")
+        note = product.note
+        tags = {**header.tags, "": {**header.tags.get("", {}), "BOA_OFFSET_APPLIED": "true"}}
+        headers[path] = replace(header, tags=tags, declared={**header.declared, "harmonised": "HLS S30 v2.0 product"})
+    return headers, note
 
 
 def _files_to_read(scene: SceneFiles, wanted: tuple[str, ...]) -> tuple[list, list]:
