@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .model import ATTENTION_KINDS, AttentionKind, LayerNorm, OrtMultiHeadAttention
+from .sizes import V15_SIZES, V15Size
 
 PATCH_SIZE = 8  # clay_v1.5 config (model.patch_size) and the embedder's EmbeddingEncoder(patch_size=8)
 CHIP_SIZE = 256  # v1.5 was trained on 256 × 256 chips (stacchip chip_size, embedder img_size default)
@@ -30,29 +32,6 @@ WAVE_DIM = 128  # DynamicEmbedding(wave_dim=128, num_latent_tokens=128) in model
 LATENT_TOKENS = 128
 WEIGHT_SCALE = 0.02  # factory.py: F.conv2d(batch, dynamic_weight * 0.02, ...)
 N_METADATA = 8  # [week sin/cos, hour sin/cos, 4 location values]: add_encodings' time_latlon
-
-
-@dataclass(frozen=True)
-class V15Size:
-    """An encoder size of ``claymodel/model.py`` (``clay_mae_tiny`` … ``clay_mae_large``)."""
-
-    name: str
-    dim: int
-    depth: int
-    heads: int
-    dim_head: int
-    mlp_ratio: int
-
-
-V15_SIZES: dict[str, V15Size] = {
-    s.name: s
-    for s in (
-        V15Size("tiny", 192, 6, 4, 48, 2),
-        V15Size("small", 384, 6, 6, 64, 2),
-        V15Size("base", 768, 12, 12, 64, 4),
-        V15Size("large", 1024, 24, 16, 64, 4),  # the published clay-v1.5.ckpt
-    )
-}
 
 
 # --- fixed encodings (claymodel/utils.py, float32 like the original) ------------------------------
@@ -154,23 +133,45 @@ class DynamicEmbedding(nn.Module):
 
 
 class Attention(nn.Module):
-    """Pre-norm multi-head self-attention (PyTorch's SDPA), output projection without bias."""
+    """Pre-norm multi-head self-attention, output projection without bias.
+
+    ``attention`` picks the kernel as in v0's ``model.Attention``: ``"sdpa"`` (default; the official
+    ``fused_attn=True``), ``"explicit"`` (softmax(q kᵀ/√d) v written out, softmax in float32: the
+    portable ONNX graph) or ``"onnxruntime"`` (ONNX Runtime's fused MultiHeadAttention when exported).
+    LayerNorms compute their statistics in float32 (v0's :class:`LayerNorm`, = ``nn.LayerNorm`` in fp32).
+    """
 
     def __init__(self, dim: int, heads: int, dim_head: int) -> None:
         super().__init__()
         inner = heads * dim_head
         self.heads = heads
-        self.norm = nn.LayerNorm(dim)
+        self.scale = dim_head**-0.5
+        self.attention: AttentionKind = "sdpa"
+        self.norm = LayerNorm(dim)
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.to_qkv(self.norm(x)).chunk(3, dim=-1)
+        if self.attention == "onnxruntime":
+            return self.to_out(OrtMultiHeadAttention.apply(q, k, v, self.heads))
         batch, tokens, _ = x.shape
-        q, k, v = (
-            t.reshape(batch, tokens, self.heads, -1).transpose(1, 2) for t in self.to_qkv(self.norm(x)).chunk(3, dim=-1)
-        )
-        out = F.scaled_dot_product_attention(q, k, v)
+        q, k, v = (t.reshape(batch, tokens, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        if self.attention == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            scores = torch.matmul(q * self.scale, k.transpose(-1, -2))
+            out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(v.dtype), v)
         return self.to_out(out.transpose(1, 2).reshape(batch, tokens, -1))
+
+
+def set_attention(module: nn.Module, attention: AttentionKind) -> None:
+    """Switch every v1.5 attention layer in ``module`` to the ``attention`` kernel (same weights)."""
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"unknown attention kind {attention!r}; known: {', '.join(ATTENTION_KINDS)}")
+    for layer in module.modules():
+        if isinstance(layer, Attention):
+            layer.attention = attention
 
 
 class FeedForward(nn.Module):
@@ -178,25 +179,29 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
 
 class Transformer(nn.Module):
+    """``depth`` pre-norm blocks with residuals, then a final LayerNorm. The blocks compute in the
+    type of their weights (an exporter may halve the linear layers); the final norm in float32."""
+
     def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
         self.layers = nn.ModuleList(
             nn.ModuleList([Attention(dim, heads, dim_head), FeedForward(dim, mlp_dim)]) for _ in range(depth)
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        x = x.to(self.layers[0][0].to_qkv.weight.dtype)
         for attn, ff in self.layers:
             x = attn(x) + x
             x = ff(x) + x
-        return self.norm(x)
+        return self.norm(x.float())
 
 
 # --- encoder ---------------------------------------------------------------------------------------
@@ -214,6 +219,12 @@ class EncoderV15(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, s.dim))
         self.patch_embedding = DynamicEmbedding(PATCH_SIZE, s.dim)
         self.transformer = Transformer(s.dim, s.depth, s.heads, s.dim_head, int(s.dim * s.mlp_ratio))
+
+    @property
+    def shape(self) -> tuple[int, int, int, int, int]:
+        """(dim, depth, heads, dim_head, mlp_ratio), as v0's ``Encoder.shape`` (the CUDA builder reads it)."""
+        s = self.size
+        return (s.dim, s.depth, s.heads, s.dim_head, s.mlp_ratio)
 
     def position_encoding(self, grid: int, gsd: float) -> Tensor:
         """``[grid², dim − 8]``: the gsd-scaled sin-cos table of the patch tokens' first channels."""

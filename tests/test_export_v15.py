@@ -1,0 +1,180 @@
+"""clay-export of Clay v1.5: per-sensor artifact sets against the official encoder, metadata, the
+in-graph ISO week, and the one-line refusals (exit 2, nothing written)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="export tests need the [export] extra")
+onnx = pytest.importorskip("onnx", reason="export tests need the [export] extra")
+ort = pytest.importorskip("onnxruntime")
+
+from clay.export.artifacts import ExportOptions, export_artifacts  # noqa: E402
+from clay.export.graph_v15 import iso_week  # noqa: E402
+from clay.export.onnx_export import read_metadata  # noqa: E402
+from clay.runtime.sensors import SENSORS, metadata_values  # noqa: E402
+from clay.training.synthetic import make_chips  # noqa: E402
+
+from .official_clay import lightning_checkpoint, official_embedding_encoder, official_tiny_mae  # noqa: E402
+
+SENSOR_PAIR = ("sentinel-2-l2a", "landsat-c2l2-sr")
+
+
+@pytest.fixture(scope="module")
+def official_mae():
+    return official_tiny_mae(seed=5)
+
+
+@pytest.fixture(scope="module")
+def v15_ckpt(official_mae, tmp_path_factory) -> Path:
+    return lightning_checkpoint(official_mae, tmp_path_factory.mktemp("v15ckpt") / "clay-v1.5-tiny.ckpt")
+
+
+@pytest.fixture(scope="module")
+def engine(v15_ckpt, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("v15engine")
+    options = ExportOptions(out=out, checkpoint=v15_ckpt, sensors=SENSOR_PAIR, int8_cpu=True, patch_embeddings=True)
+    report = export_artifacts(options, log=lambda _: None)
+    assert report.scores and all(s.passed for s in report.scores)
+    return out
+
+
+def official_embeddings(mae, sensor_name: str, pixels: np.ndarray, lonlat: np.ndarray, date: np.ndarray) -> np.ndarray:
+    """The official encoder's CLS embedding on the chips normalised as the official data module does
+    (``v2.Normalize(mean, std)`` with metadata.yaml's constants), metadata from the Python reference."""
+    sensor = SENSORS[sensor_name]
+    mean = torch.tensor(sensor.means)[None, :, None, None]
+    std = torch.tensor(sensor.stds)[None, :, None, None]
+    values = torch.tensor([metadata_values(float(lo), float(la), datetime.date(int(y), int(m), int(d)))
+                           for (lo, la), (y, m, d) in zip(lonlat, date)], dtype=torch.float32)  # fmt: skip
+    cube = {"pixels": (torch.from_numpy(pixels) - mean) / std, "time": values[:, :4], "latlon": values[:, 4:],
+            "waves": torch.tensor(list(sensor.wavelengths)), "gsd": torch.tensor(sensor.gsd)}  # fmt: skip
+    with torch.no_grad():
+        return official_embedding_encoder(mae)(cube)[0][:, 0].numpy()
+
+
+def cosine(a, b) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def run(path: Path, pixels, lonlat, date):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"pixels": pixels, "lonlat": lonlat, "date": date})
+
+
+def test_one_artifact_set_per_sensor_in_one_folder(engine):
+    assert sorted(p.name for p in engine.iterdir()) == sorted(SENSOR_PAIR)
+    for sensor in SENSOR_PAIR:
+        assert sorted(p.name for p in (engine / sensor).iterdir()) == ["clay.int8.onnx", "clay.onnx"]
+
+
+@pytest.mark.parametrize("sensor", SENSOR_PAIR)
+def test_artifacts_equal_the_official_encoder_on_raw_chips(engine, official_mae, sensor, torch_threads):
+    pixels, lonlat, date = make_chips(3, seed=21, size=256)
+    raw = pixels[:, :10] if sensor == "sentinel-2-l2a" else pixels[:, [2, 1, 0, 7, 8, 9]] * 4 + 7000  # Landsat-like DNs
+    expected = official_embeddings(official_mae, sensor, raw, lonlat, date)
+    fp32, patches = run(engine / sensor / "clay.onnx", raw, lonlat, date)
+    int8, _ = run(engine / sensor / "clay.int8.onnx", raw, lonlat, date)
+    assert patches.shape == (3, 1, 32, 32, 192)
+    assert cosine(fp32, expected).min() >= 0.9999 and np.abs(fp32 - expected).max() <= 1e-4
+    assert cosine(int8, expected).min() >= 0.99
+    # the other sensor's artifact on the same numbers is another function (wavelengths, norms, gsd folded)
+    other = SENSOR_PAIR[1 - SENSOR_PAIR.index(sensor)]
+    if len(SENSORS[other].bands) == raw.shape[1]:
+        assert cosine(run(engine / other / "clay.onnx", raw, lonlat, date)[0], expected).min() < 0.999
+
+
+def test_metadata_names_model_sensor_bands_sizes_checksum_and_conventions(engine, v15_ckpt):
+    meta = read_metadata(engine / "sentinel-2-l2a" / "clay.onnx")
+    assert (meta.model, meta.model_size, meta.sensor, meta.chip_size, meta.patch_size, meta.dim) == (
+        "clay-v1.5", "tiny", "sentinel-2-l2a", 256, 8, 192)  # fmt: skip
+    assert meta.bands == ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+    assert meta.band_wavelengths == (0.493, 0.56, 0.665, 0.704, 0.74, 0.783, 0.842, 0.865, 1.61, 2.19)
+    assert meta.gsd == 10.0 and meta.format_version == 2
+    assert meta.checkpoint_sha256 == hashlib.sha256(v15_ckpt.read_bytes()).hexdigest()
+    assert meta.preprocessing["conventions"] == "training"
+    assert meta.preprocessing["location_values"].startswith("[sin lon")
+    assert meta.output_shapes == {"embedding": (192,), "patch_embeddings": (1, 32, 32, 192)}
+    landsat = read_metadata(engine / "landsat-c2l2-sr" / "clay.int8.onnx")
+    assert (landsat.sensor, landsat.gsd, landsat.precision, len(landsat.bands)) == ("landsat-c2l2-sr", 30.0, "int8", 6)
+
+
+def test_the_graphs_iso_week_is_pythons_for_every_day_of_three_decades():
+    days = [datetime.date(2000, 1, 1) + datetime.timedelta(days=k) for k in range(366 * 31)]
+    dates = torch.tensor([[d.year, d.month, d.day] for d in days], dtype=torch.float32)
+    assert iso_week(dates).int().tolist() == [d.isocalendar()[1] for d in days]
+
+
+def test_sar_in_db_and_tutorial_conventions_at_another_chip_size(v15_ckpt, tmp_path):
+    """Sentinel-1 takes linear power (dB in the graph, checked against an explicit 10·log10 reference,
+    zeros included); the tutorials' convention (latitude first) is recorded and changes the embedding."""
+    out = tmp_path / "s1"
+    report = export_artifacts(ExportOptions(out=out, checkpoint=v15_ckpt, sensors=("sentinel-1-rtc",), chip_size=64,
+                                            convention="tutorials"), log=lambda _: None)  # fmt: skip
+    assert report.scores and all(s.passed for s in report.scores)
+    meta = read_metadata(out / "sentinel-1-rtc" / "clay.onnx")
+    assert (meta.chip_size, meta.bands, meta.preprocessing["conventions"]) == (64, ("VV", "VH"), "tutorials")
+    assert meta.preprocessing["location_values"].startswith("[sin lat")
+    training = tmp_path / "s1-training"
+    export_artifacts(ExportOptions(out=training, checkpoint=v15_ckpt, sensors=("sentinel-1-rtc",), chip_size=64,
+                                   check=False), log=lambda _: None)  # fmt: skip
+    pixels = np.full((1, 2, 64, 64), 0.05, np.float32)
+    lonlat, date = np.array([[100.0, 10.0]], np.float32), np.array([[2021, 6, 1]], np.float32)
+    a = run(out / "sentinel-1-rtc" / "clay.onnx", pixels, lonlat, date)[0]
+    b = run(training / "sentinel-1-rtc" / "clay.onnx", pixels, lonlat, date)[0]
+    assert np.abs(a - b).max() > 1e-3
+
+
+def clay_export(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clay.export.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def assert_refused(result: subprocess.CompletedProcess, out: Path, message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not out.exists()
+
+
+def test_a_checkpoint_of_neither_clay_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "resnet.ckpt"
+    torch.save({"state_dict": {"model.backbone.conv1.weight": torch.zeros(2, 3, 3, 3)}}, path)
+    out = tmp_path / "out"
+    assert_refused(clay_export("--checkpoint", str(path), "--out", str(out)), out, "neither a Clay v0 nor a Clay v1.5 checkpoint")
+
+
+def test_a_v15_checkpoint_with_a_missing_key_is_refused_in_one_line(official_mae, tmp_path):
+    path = lightning_checkpoint(official_mae, tmp_path / "broken.ckpt", drop=("model.encoder.patch_embedding.fclayer.l2.bias",))
+    out = tmp_path / "out"
+    result = clay_export("--checkpoint", str(path), "--sensor", "sentinel-2-l2a", "--out", str(out))
+    assert_refused(result, out, "1 missing: model.encoder.patch_embedding.fclayer.l2.bias")
+
+
+def test_an_unknown_sensor_is_refused_in_one_line(v15_ckpt, tmp_path):
+    out = tmp_path / "out"
+    result = clay_export("--checkpoint", str(v15_ckpt), "--sensor", "sentinel-2-l2a,worldview-3", "--out", str(out))
+    assert_refused(result, out, "unknown sensor 'worldview-3'; Clay v1.5 knows: sentinel-2-l2a")
+
+
+def test_v0_options_on_a_v15_checkpoint_are_refused(v15_ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert_refused(clay_export("--checkpoint", str(v15_ckpt), "--groups", "rgb", "--out", str(out)), out, "use --sensor")
+
+
+def test_the_command_line_exports_and_prints_the_files(v15_ckpt, tmp_path):
+    out = tmp_path / "cli"
+    result = clay_export("--checkpoint", str(v15_ckpt), "--sensor", "naip", "--chip-size", "64", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(out / "naip" / "clay.onnx")]
+    assert "clay-export: naip: 4 bands (red green blue nir), gsd 1 m" in result.stderr
+    record = json.loads({p.key: p.value for p in onnx.load(str(out / "naip" / "clay.onnx")).metadata_props}["model"])
+    assert record == "clay-v1.5"
