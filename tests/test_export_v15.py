@@ -178,3 +178,46 @@ def test_the_command_line_exports_and_prints_the_files(v15_ckpt, tmp_path):
     assert "clay-export: naip: 4 bands (red green blue nir), gsd 1 m" in result.stderr
     record = json.loads({p.key: p.value for p in onnx.load(str(out / "naip" / "clay.onnx")).metadata_props}["model"])
     assert record == "clay-v1.5"
+
+
+def scene_chips(path: Path, rows, cols, size: int):
+    """The chips' raw pixels read with rasterio and their centres in degrees with pyproj: computed here
+    independently of the runtime's reader and geometry."""
+    import rasterio
+    from pyproj import Transformer
+    from rasterio.windows import Window
+
+    with rasterio.open(path) as src:
+        pixels = np.stack([src.read(window=Window(c, r, size, size)).astype(np.float32) for r, c in zip(rows, cols)])
+        to_degrees = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True)
+        centres = [src.transform @ (c + size / 2, r + size / 2) for r, c in zip(rows, cols)]
+    lonlat = np.array([to_degrees.transform(x, y) for x, y in centres], np.float32)
+    return pixels, lonlat
+
+
+@pytest.mark.parametrize(("artifact", "bound"), [("clay.onnx", 0.9999), ("clay.int8.onnx", 0.99)])
+def test_clay_run_on_an_s2_scene_gives_the_official_embeddings(engine, official_mae, tmp_path, artifact, bound):
+    """clay-run with the v1.5 engine on a small S2 scene (uint16 DNs of 2020, before the +1000 offset):
+    every chip's embedding equals the official encoder's on the same chip, normalised with
+    metadata.yaml's constants, located at the chip's centre and dated by the scene."""
+    import pyarrow.parquet as pq
+    from clay.runtime.bands import S2_BANDS
+    from clay.training.synthetic import write_scene
+
+    scene = write_scene(tmp_path / "s2.tif", 300, 280, bands=S2_BANDS, dtype="uint16", seed=4, date="2020-02-23")
+    out = tmp_path / "out"
+    target = engine / "sentinel-2-l2a" / artifact if artifact == "clay.onnx" else engine  # the folder: its int8 for onnx-cpu
+    result = subprocess.run([sys.executable, "-m", "clay.runtime.cli", str(scene), "--engine", str(target),
+                             "--backend", "onnx-cpu", "--out", str(out)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"engine {artifact} on onnx-cpu (clay-v1.5 tiny, sentinel-2-l2a, conventions training" in result.stderr
+    table = pq.read_table(out / "s2.parquet")
+    rows, cols = table.column("row").to_pylist(), table.column("col").to_pylist()
+    assert sorted(zip(rows, cols)) == [(0, 0), (0, 44), (24, 0), (24, 44)]  # 256-px chips, the last ones flush with the edge
+    got = np.array(table.column("embeddings").to_pylist(), np.float32)
+    pixels, lonlat = scene_chips(scene, rows, cols, 256)
+    date = np.array([[2020, 2, 23]] * len(rows), np.float32)
+    expected = official_embeddings(official_mae, "sentinel-2-l2a", pixels, lonlat, date)
+    assert cosine(got, expected).min() >= bound
+    engine_record = json.loads(table.schema.metadata[b"clay:engine"])
+    assert (engine_record["model"], engine_record["preprocessing"]["conventions"]) == ("clay-v1.5", "training")
