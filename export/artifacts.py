@@ -134,7 +134,13 @@ def which_clay(options: ExportOptions) -> tuple[str, object | None]:
     weights of neither kind is :class:`RefusedInput`; a file that cannot be read goes the v0 way, whose
     errors say so."""
     if options.checkpoint is None:
-        return (CLAY_V15, None) if options.sensors and options.random_weights else (CLAY_V0, None)
+        if options.random_weights and options.sensors:
+            return CLAY_V15, None
+        if options.sensors:
+            raise RefusedInput("--sensor exports Clay v1.5: name its checkpoint (--checkpoint clay-v1.5.ckpt), "
+                               "or add --random-weights for a random v1.5 encoder")  # fmt: skip
+        _refuse_v15_options_for_v0(options)
+        return CLAY_V0, None
     try:
         stored, fell_back = read_least_trust(options.checkpoint)
         state = model_state(stored)
@@ -147,10 +153,18 @@ def which_clay(options: ExportOptions) -> tuple[str, object | None]:
     if which == CLAY_V0:
         if options.sensors:
             raise RefusedInput(f"{options.checkpoint}: a Clay v0 checkpoint; --sensor is for Clay v1.5 (v0 takes --groups)")
+        _refuse_v15_options_for_v0(options)
         return CLAY_V0, None
     if fell_back:
         logger.warning("%s: %s", options.checkpoint, LEAST_TRUST_NOTE)
     return CLAY_V15, stored
+
+
+def _refuse_v15_options_for_v0(options: ExportOptions) -> None:
+    """--chip-size and --conventions are Clay v1.5's; a v0 export would ignore them silently."""
+    if options.chip_size is not None or options.convention != "training":
+        raise RefusedInput("--chip-size and --conventions apply to Clay v1.5 exports only (Clay v0 engines take "
+                           "512-px chips and v0's own encodings)")  # fmt: skip
 
 
 def load_v15(options: ExportOptions, stored: object | None) -> tuple[EncoderV15, str, str, str]:

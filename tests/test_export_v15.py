@@ -221,3 +221,37 @@ def test_clay_run_on_an_s2_scene_gives_the_official_embeddings(engine, official_
     assert cosine(got, expected).min() >= bound
     engine_record = json.loads(table.schema.metadata[b"clay:engine"])
     assert (engine_record["model"], engine_record["preprocessing"]["conventions"]) == ("clay-v1.5", "training")
+
+
+def test_every_other_row_of_the_format_table_builds_and_meets_its_bound(v15_ckpt, tmp_path):
+    """--fp16 (fp16 graph, CUDA artifact, TensorRT-RTX plan built on the CPU) and --bf16-cpu (OpenVINO
+    IR) for a v1.5 sensor: each checked artifact meets its bound on the chips, extremes included; the
+    plan is built and kept, checked only where a GPU can run it (one note says so)."""
+    pytest.importorskip("openvino")
+    out = tmp_path / "rows"
+    report = export_artifacts(ExportOptions(out=out, checkpoint=v15_ckpt, sensors=("sentinel-2-l2a",), chip_size=64,
+                                            fp16=True, bf16_cpu=True), log=lambda _: None)  # fmt: skip
+    checked = {s.artifact.split(" ")[0] for s in report.scores}
+    assert {"clay.onnx", "clay.fp16.onnx", "clay.cuda.onnx", "clay.bf16.xml"} <= checked
+    assert all(s.passed for s in report.scores)
+    files = {p.name for p in (out / "sentinel-2-l2a").iterdir()}
+    assert {"clay.onnx", "clay.fp16.onnx", "clay.cuda.onnx", "clay.bf16.xml", "clay.bf16.bin"} <= files
+    if "clay.plan" in files:
+        sidecar = json.loads((out / "sentinel-2-l2a" / "clay.plan.json").read_text())
+        assert (sidecar["model"], sidecar["sensor"], sidecar["chip_size"]) == ("clay-v1.5", "sentinel-2-l2a", 64)
+        assert "clay.plan" in checked or any("clay.plan is not checked" in note for note in report.notes)
+    else:
+        assert any("no clay.plan" in note for note in report.notes)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sensor", "sentinel-2-l2a"], "--sensor exports Clay v1.5: name its checkpoint"),
+        (["--chip-size", "128"], "--chip-size and --conventions apply to Clay v1.5 exports only"),
+        (["--sensor", "sentinel-2-l2a", "--random-weights", "--chip-size", "100"], "--chip-size 100: must be a positive multiple"),
+    ],
+)
+def test_options_that_do_not_apply_are_refused_not_ignored(tmp_path, args, message):
+    out = tmp_path / "out"
+    assert_refused(clay_export("--out", str(out), *args), out, message)

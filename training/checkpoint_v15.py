@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -93,6 +94,8 @@ def read_least_trust(path: str | Path, mmap: bool = True) -> tuple[object, bool]
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if mmap and not zipfile.is_zipfile(path):
+        mmap = False  # torch maps only its zip format; older (legacy) files are read whole
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), False
     except pickle.UnpicklingError:
