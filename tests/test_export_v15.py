@@ -255,3 +255,19 @@ def test_every_other_row_of_the_format_table_builds_and_meets_its_bound(v15_ckpt
 def test_options_that_do_not_apply_are_refused_not_ignored(tmp_path, args, message):
     out = tmp_path / "out"
     assert_refused(clay_export("--out", str(out), *args), out, message)
+
+
+def test_the_python_api_embeds_chips_with_a_v15_engine_folder(engine):
+    """One runtime contract: ClayEmbedder.embed(pixels, lonlat, dates) on a v1.5 export folder gives
+    what its fp32 artifact gives, and refuses v0-shaped chips in one line."""
+    from clay.runtime.api import ClayEmbedder
+
+    pixels, lonlat, date = make_chips(2, seed=8, size=256)
+    with ClayEmbedder(engine, backend="onnx-cpu") as embedder:
+        assert (embedder.metadata.model, embedder.metadata.sensor) == ("clay-v1.5", "sentinel-2-l2a")
+        chips, patches = embedder.embed(pixels[:, :10], lonlat, date, patch_embeddings=True)
+        with pytest.raises(ValueError, match=r"pixels must be \[B, 10, 256, 256\]"):
+            embedder.embed(make_chips(1, size=512)[0][:, :10], lonlat[:1], date[:1])
+    fp32 = run(engine / "sentinel-2-l2a" / "clay.onnx", pixels[:, :10], lonlat, date)[0]
+    assert chips.shape == (2, 192) and patches.shape == (2, 1, 32, 32, 192)
+    assert cosine(chips, fp32).min() >= 0.99  # the folder's onnx-cpu artifact is the int8 one
