@@ -60,7 +60,8 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
 @click.option("--no-check", is_flag=True, help="Skip the comparison of every artifact against eager PyTorch fp32.")
 @click.option("--triton-repository", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Also write a Triton model repository here: clay_trt (a plan built by standard TensorRT) and clay_onnx "
-                   "(the ONNX Runtime CUDA artifact, else the float32 graph), each with its config.pbtxt.")
+                   "(the ONNX Runtime CUDA artifact, else the float32 graph), each with its config.pbtxt; for Clay v1.5 "
+                   "one pair per sensor, named clay_v1_5_<sensor>_trt and _onnx (sentinel-2-l2a: clay_v1_5_sentinel_2_l2a_onnx).")
 def main(checkpoint, size, random_weights, out, groups, sensors, chip_size, convention, fp16, int8_cpu, bf16_cpu, patch_embeddings, batch,
          compute_capability, timing_cache, no_check, triton_repository) -> None:  # fmt: skip
     """Export the Clay encoder with its normalisation folded in: raw pixels, lon/lat and date in.

@@ -52,8 +52,6 @@ def v15_options_problem(options: ExportOptions) -> str | None:
     """Options that mean nothing for Clay v1.5, as a one-line reason (``None``: fine)."""
     if options.groups:
         return "--groups selects Clay v0's band groups; a Clay v1.5 engine takes a sensor's bands: use --sensor"
-    if options.triton_repository is not None:
-        return "--triton-repository is written for Clay v0 engines only so far"
     chip = options.chip_size or CHIP_SIZE
     if chip <= 0 or chip % 8:
         return f"--chip-size {chip}: must be a positive multiple of the patch size 8"
@@ -201,6 +199,15 @@ def export_v15(options: ExportOptions, encoder: EncoderV15, checkpoint: str, sha
                 report.artifacts.append(target / path.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    if options.triton_repository is not None:
+        from .triton import write_repository
+
+        try:
+            for sensor in sensors:
+                report.artifacts += write_repository(options.out / sensor.name, options.triton_repository, options.batch,
+                                                     report.notes.append)  # fmt: skip
+        except OSError as exc:
+            raise ExportError(f"{options.triton_repository}: cannot write the Triton repository ({exc.strerror or exc})") from None
     return report
 
 

@@ -43,6 +43,9 @@ class EngineMetadata:
 
     ``bands`` is the order of the ``pixels`` input's channels (raw physical values, spec order);
     ``band_means``/``band_stds`` are the normalisation constants folded into the graph for them.
+    Clay v1.5 artifacts (``model`` "clay-v1.5", format 2) hold one sensor's bands in its metadata.yaml
+    order; their ``groups`` is that sensor's name alone (one token group: ``patch_embeddings`` is
+    ``[B, 1, S/8, S/8, dim]``).
     """
 
     model_size: str

@@ -271,3 +271,19 @@ def test_the_python_api_embeds_chips_with_a_v15_engine_folder(engine):
     fp32 = run(engine / "sentinel-2-l2a" / "clay.onnx", pixels[:, :10], lonlat, date)[0]
     assert chips.shape == (2, 192) and patches.shape == (2, 1, 32, 32, 192)
     assert cosine(chips, fp32).min() >= 0.99  # the folder's onnx-cpu artifact is the int8 one
+
+
+def test_a_triton_repository_holds_one_model_per_sensor(v15_ckpt, tmp_path):
+    from google.protobuf import text_format
+
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    repository = tmp_path / "repo"
+    export_artifacts(ExportOptions(out=tmp_path / "engine", checkpoint=v15_ckpt, sensors=("sentinel-2-l2a", "sentinel-1-rtc"),
+                                   chip_size=64, check=False, triton_repository=repository), log=lambda _: None)  # fmt: skip
+    assert sorted(p.name for p in repository.iterdir()) == ["clay_v1_5_sentinel_1_rtc_onnx", "clay_v1_5_sentinel_2_l2a_onnx"]
+    folder = repository / "clay_v1_5_sentinel_1_rtc_onnx"
+    assert (folder / "1" / "model.onnx").read_bytes() == (tmp_path / "engine" / "sentinel-1-rtc" / "clay.onnx").read_bytes()
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == "clay_v1_5_sentinel_1_rtc_onnx"
+    assert [(i.name, list(i.dims)) for i in config.input] == [("pixels", [2, 64, 64]), ("lonlat", [2]), ("date", [3])]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("embedding", [192])]

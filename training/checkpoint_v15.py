@@ -60,6 +60,9 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"),
     ("torch._utils", "_rebuild_parameter"),
     ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch._tensor", "_rebuild_from_type_v2"),  # tensors saved as a subclass (Parameter) of Tensor
+    ("torch.nn.parameter", "Parameter"),
+    ("torch", "Tensor"),
     ("torch", "Size"),
     ("torch", "device"),
     ("builtins", "set"),
@@ -73,7 +76,7 @@ class _LeastTrustUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
-        if module == "torch" and name.endswith("Storage") or module == "torch" and name in _DTYPES:
+        if module == "torch" and (name.endswith("Storage") or name in _DTYPES):
             return super().find_class(module, name)
         log.debug("checkpoint object %s.%s replaced by a placeholder", module, name)
         return _Inert
