@@ -287,3 +287,21 @@ def test_a_triton_repository_holds_one_model_per_sensor(v15_ckpt, tmp_path):
     assert config.name == "clay_v1_5_sentinel_1_rtc_onnx"
     assert [(i.name, list(i.dims)) for i in config.input] == [("pixels", [2, 64, 64]), ("lonlat", [2]), ("date", [3])]
     assert [(o.name, list(o.dims)) for o in config.output] == [("embedding", [192])]
+
+
+def test_a_scene_without_the_engines_sensor_bands_is_one_line(engine, tmp_path):
+    """A Landsat v1.5 engine on S2 files: refused in one line naming the missing bands, without v0's
+    --groups hint (which would export a v0 engine); an unnamed 13-band stack is not taken as the
+    engine's bands."""
+    from clay.training.synthetic import write_scene
+
+    named = write_scene(tmp_path / "named.tif", 64, 64, seed=1)
+    unnamed = write_scene(tmp_path / "unnamed.tif", 64, 64, seed=1, band_descriptions=False)
+    for scene, message in ((named, "lacks band(s) red, green, blue, nir08, swir16, swir22"),
+                           (unnamed, "13 bands without band descriptions; this engine's bands (red, green")):
+        result = subprocess.run([sys.executable, "-m", "clay.runtime.cli", str(scene), "--engine",
+                                 str(engine / "landsat-c2l2-sr"), "--out", str(tmp_path / "out")],
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"clay-run: {scene}") and message in last and "--groups" not in last, last
