@@ -305,3 +305,30 @@ def test_a_scene_without_the_engines_sensor_bands_is_one_line(engine, tmp_path):
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith(f"clay-run: {scene}") and message in last and "--groups" not in last, last
+
+
+def test_clay_serve_answers_with_a_v15_engine_like_the_artifact(engine):
+    """clay-serve on a v1.5 export folder: the Open Inference Protocol model declares 256-px chips of
+    the sensor's 10 bands and answers what the folder's onnx-cpu artifact answers."""
+    th = pytest.importorskip("tritonclient.http")
+    pytest.importorskip("kserve")
+    import urllib.request
+
+    from clay.benchmarks.serve_load import running_server
+
+    pixels, lonlat, date = make_chips(2, seed=9, size=256)
+    pixels = np.ascontiguousarray(pixels[:, :10])
+    expected = run(engine / "sentinel-2-l2a" / "clay.int8.onnx", pixels, lonlat, date)[0]
+    with running_server(engine, "--backend", "onnx-cpu", "--max-batch", "2") as server:
+        with urllib.request.urlopen(f"http://{server['http']}/v2/models/clay") as answer:
+            declared = json.load(answer)
+        client = th.InferenceServerClient(server["http"], network_timeout=120)
+        inputs = []
+        for name, array in (("pixels", pixels), ("lonlat", lonlat), ("date", date)):
+            tensor = th.InferInput(name, list(array.shape), "FP32")
+            tensor.set_data_from_numpy(array, binary_data=True)
+            inputs.append(tensor)
+        got = client.infer("clay", inputs, outputs=[th.InferRequestedOutput("embedding", binary_data=True)]).as_numpy("embedding")
+    assert declared["inputs"][0] == {"name": "pixels", "datatype": "FP32", "shape": [-1, 10, 256, 256]}
+    assert [(o["name"], o["shape"]) for o in declared["outputs"]] == [("embedding", [-1, 192]), ("patch_embeddings", [-1, 1, 32, 32, 192])]
+    assert cosine(got, expected).min() >= 0.99999
