@@ -28,6 +28,10 @@ ALL_BACKENDS = ("eager-fp32-clay", "eager-fp32-sdpa", "eager-bf16-sdpa", "compil
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", type=click.Choice(["clay-v0", "clay-v1.5"]), default="clay-v0", show_default=True,
+              help="clay-v1.5: the v1.5 encoder for sentinel-2-l2a (256-px chips), random weights, eager PyTorch "
+                   "(the official code path) against its artifacts; writes bench-v1.5-SIZE.* with km²/s too. "
+                   "--checkpoint, --engines and --scene are for clay-v0.")
 @click.option("--size", type=click.Choice(["tiny", "small"]), default="tiny", show_default=True)
 @click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, help="Batch sizes (repeatable; default 1 2).")
 @click.option("--backends", "names", default=",".join(ALL_BACKENDS), show_default=True,
@@ -40,7 +44,7 @@ ALL_BACKENDS = ("eager-fp32-clay", "eager-fp32-sdpa", "eager-bf16-sdpa", "compil
               help="Reuse artifacts from this folder instead of exporting (must match --size).")
 @click.option("--scene", type=click.Path(path_type=Path), default=None, help="A real scene for the end-to-end figure too.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_OUT, show_default=True)
-def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out) -> None:
+def main(model, size, batches, names, repeats, threads, checkpoint, engines, scene, out) -> None:
     """Measure eager PyTorch (the baseline), best eager, ONNX Runtime and TensorRT on the same chips.
 
     A quick look (about half a minute on 2 cores): clay-bench --size tiny --batch 1 --repeats 1
@@ -64,6 +68,16 @@ def main(size, batches, names, repeats, threads, checkpoint, engines, scene, out
     unknown = wanted - set(ALL_BACKENDS)
     if unknown:
         sys.exit(f"clay-bench: unknown backend(s) {', '.join(sorted(unknown))}; known: {', '.join(ALL_BACKENDS)}")
+    if model == "clay-v1.5":
+        if checkpoint or engines or scene:
+            sys.exit("clay-bench: --checkpoint, --engines and --scene are for --model clay-v0 so far")
+        from .v15 import run_bench
+
+        paths = run_bench(size, batches, wanted, repeats, threads, out)
+        click.echo(paths["markdown"].read_text())
+        for kind, path in paths.items():
+            click.echo(f"clay-bench: {kind}: {path}", err=True)
+        return
     groups = GROUP_NAMES
     model = load_clay_mae(checkpoint, size) if checkpoint else random_clay_mae(size, seed=0)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -7,11 +7,11 @@ looks finished.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from clay.runtime.bands import BAND_MEANS, BAND_STDS, CHIP_SIZE, GROUP_NAMES, PATCH_SIZE, bands_of_groups
@@ -25,27 +25,27 @@ from clay.training.checkpoint import (
     load_clay_mae,
     read_checkpoint_file,
 )
+from clay.training.checkpoint_v15 import (
+    CLAY_V0,
+    CLAY_V15,
+    LEAST_TRUST_NOTE,
+    load_encoder_v15,
+    model_state,
+    read_least_trust,
+    which_model,
+)
 from clay.training.model import ClayMAE, random_clay_mae
+from clay.training.model_v15 import V15_SIZES, EncoderV15, random_encoder_v15
 from clay.training.sizes import get_size
 
 from . import check
-from .builders import BUILDERS, BuildJob, FormatUnavailable
+from .builders import BuildJob
+from .common import ExportError, ExportReport, RefusedInput, staging_dir
+from .common import build_formats as _build
 from .onnx_export import INPUT_NAMES
 from .options import ExportOptions
-from .tensorrt_build import PlanBuildError
 
-
-class ExportError(RuntimeError):
-    """A one-line reason why the export could not be done."""
-
-
-@dataclass
-class ExportReport:
-    artifacts: list[Path] = field(default_factory=list)
-    scores: list[check.OutputScore] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-    summary: list[str] = field(default_factory=list)  # what was exported: weights, bands, groups, outputs
+logger = logging.getLogger(__name__)
 
 
 def resolve_weights(options: ExportOptions) -> ExportOptions:
@@ -143,16 +143,71 @@ def make_metadata(model: ClayMAE, options: ExportOptions, precision: str, checkp
     )
 
 
-def staging_dir(out: Path) -> Path:
+def which_clay(options: ExportOptions) -> tuple[str, object | None]:
+    """Which Clay the export is for: ``("clay-v1.5", stored checkpoint or None for random weights)``
+    or ``("clay-v0", None)`` (v0 reads its checkpoint itself, as it always did). A checkpoint of Clay
+    weights of neither kind is :class:`RefusedInput`; a file that cannot be read goes the v0 way, whose
+    errors say so."""
+    if options.checkpoint is None:
+        if options.random_weights and options.sensors:
+            return CLAY_V15, None
+        if options.sensors:
+            raise RefusedInput("--sensor exports Clay v1.5: name its checkpoint (--checkpoint clay-v1.5.ckpt), "
+                               "or add --random-weights for a random v1.5 encoder")  # fmt: skip
+        _refuse_v15_options_for_v0(options)
+        return CLAY_V0, None
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".clay-export-", dir=out))
-    except OSError as exc:
-        raise ExportError(f"{out}: cannot write there ({exc.strerror or exc})") from None
+        stored, fell_back = read_least_trust(options.checkpoint)
+        state = model_state(stored)
+    except CheckpointError:
+        return CLAY_V0, None
+    which = which_model(state)
+    if which is None:
+        shown = ", ".join(list(state)[:3]) or "no weight tensors"
+        raise RefusedInput(f"{options.checkpoint}: neither a Clay v0 nor a Clay v1.5 checkpoint (its weights: {shown}…)")
+    if which == CLAY_V0:
+        if options.sensors:
+            raise RefusedInput(f"{options.checkpoint}: a Clay v0 checkpoint; --sensor is for Clay v1.5 (v0 takes --groups)")
+        _refuse_v15_options_for_v0(options)
+        return CLAY_V0, None
+    if fell_back:
+        logger.warning("%s: %s", options.checkpoint, LEAST_TRUST_NOTE)
+    return CLAY_V15, stored
+
+
+def _refuse_v15_options_for_v0(options: ExportOptions) -> None:
+    """--chip-size and --conventions are Clay v1.5's; a v0 export would ignore them silently."""
+    if options.chip_size is not None or options.convention != "training":
+        raise RefusedInput("--chip-size and --conventions apply to Clay v1.5 exports only (Clay v0 engines take "
+                           "512-px chips and v0's own encodings)")  # fmt: skip
+
+
+def load_v15(options: ExportOptions, stored: object | None) -> tuple[EncoderV15, str, str, str]:
+    """The v1.5 encoder and its provenance (checkpoint label, sha256, weights description)."""
+    if stored is None:
+        size = options.size or "tiny"
+        if size not in V15_SIZES:
+            raise RefusedInput(f"--size {size}: Clay v1.5 has {', '.join(V15_SIZES)}")
+        return (random_encoder_v15(size, seed=0), "", "",
+                f"random initialisation (seed 0) of Clay v1.5 '{size}': for speed tests only, not a trained model")  # fmt: skip
+    try:
+        encoder = load_encoder_v15(options.checkpoint, stored)
+    except CheckpointError as exc:
+        raise RefusedInput(str(exc)) from None
+    if options.size is not None and options.size != encoder.size.name:
+        raise RefusedInput(f"--size {options.size} was asked for, but the weights are Clay v1.5 '{encoder.size.name}'")
+    return encoder, options.checkpoint.name, file_sha256(options.checkpoint), f"Clay v1.5 checkpoint {options.checkpoint.name}"
 
 
 def export_artifacts(options: ExportOptions, log: Callable[[str], None] = print) -> ExportReport:
     """Build, check and publish every requested format; raises :class:`ExportError`."""
+    which, stored = which_clay(options)
+    if which == CLAY_V15:
+        from .v15 import export_v15
+
+        encoder, checkpoint, sha, weights = load_v15(options, stored)
+        del stored  # the decoder and teacher tensors (memory-mapped) are not needed any more
+        return export_v15(options, encoder, checkpoint, sha, weights, log)
     report = ExportReport()
     options = resolve_weights(options)
     model, checkpoint, sha, weights, trained = load_model(options)
@@ -182,23 +237,6 @@ def export_artifacts(options: ExportOptions, log: Callable[[str], None] = print)
         except OSError as exc:
             raise ExportError(f"{options.triton_repository}: cannot write the Triton repository ({exc.strerror or exc})") from None
     return report
-
-
-def _build(job: BuildJob, formats: tuple[ArtifactFormat, ...], report: ExportReport) -> list[tuple[Path, ArtifactFormat]]:
-    """Every format in table order (a format may read an earlier one's file); the unavailable ones
-    become a note saying what to install (then the same command builds them)."""
-    built = []
-    for fmt in formats:
-        try:
-            written = BUILDERS[fmt.name](job, fmt)
-        except FormatUnavailable as reason:
-            report.notes.append(f"no {fmt.file_name}: {reason}; the other artifacts are kept")
-            continue
-        except PlanBuildError as exc:
-            raise ExportError(f"{fmt.file_name}: {exc}") from None
-        built.append((written[0], fmt))
-        report.artifacts += written
-    return built
 
 
 def _check(job: BuildJob, built: list[tuple[Path, ArtifactFormat]], report: ExportReport) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from clay.runtime.formats import ArtifactFormat, format_named, ir_weights, plan_sidecar
 from clay.runtime.metadata import EngineMetadata
+from torch import nn
 
 from .graph import InferenceEncoder
 from .onnx_export import export_onnx
@@ -39,11 +40,16 @@ class BuildJob:
     provenance: Callable[[ArtifactFormat], EngineMetadata]
     log: Callable[[str], None]
     seconds: dict[str, float]
+    # The exportable module for ``module(half=..., attention=...)``; None: v0's InferenceEncoder
+    # (Clay v1.5 passes its per-sensor graph, export/graph_v15.py).
+    module_factory: Callable[..., nn.Module] | None = None
 
     def path(self, fmt: ArtifactFormat) -> Path:
         return self.stage / fmt.file_name
 
     def module(self, **kwargs) -> InferenceEncoder:
+        if self.module_factory is not None:
+            return self.module_factory(**kwargs)
         return InferenceEncoder(self.encoder, self.options.groups, self.options.patch_embeddings, **kwargs)
 
 

@@ -15,8 +15,10 @@ OPSET = 17  # first opset with a native LayerNormalization
 INPUT_NAMES = ("pixels", "lonlat", "date")
 
 
-def sample_inputs(module: InferenceEncoder, batch: int = 2, chip_size: int = 512) -> tuple[torch.Tensor, ...]:
-    """Plausible tracing inputs (values only matter for constant folding checks, not the graph)."""
+def sample_inputs(module: InferenceEncoder, batch: int = 2, chip_size: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Plausible tracing inputs (values only matter for constant folding checks, not the graph), at
+    the module's chip size (Clay v1.5 graphs have one; v0's are 512)."""
+    chip_size = chip_size or getattr(module, "chip_size", 512)
     pixels = torch.full((batch, module.channels, chip_size, chip_size), 1000.0)
     lonlat = torch.tensor([[103.75, 17.92]]).repeat(batch, 1)
     date = torch.tensor([[2020.0, 2.0, 23.0]]).repeat(batch, 1)

@@ -30,6 +30,11 @@ class ExportOptions:
     timing_cache: Path | None = None
     check: bool = True
     triton_repository: Path | None = None
+    # Clay v1.5 only: the sensors (clay.runtime.sensors names) to export one artifact set each for,
+    # the chip size (default: v1.5's trained 256) and the input conventions (clay.runtime.sensors.CONVENTIONS).
+    sensors: tuple[str, ...] = ()
+    chip_size: int | None = None
+    convention: str = "training"
 
     @property
     def formats(self) -> tuple[ArtifactFormat, ...]:

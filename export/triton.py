@@ -48,21 +48,32 @@ def config_text(name: str, platform: str, metadata: EngineMetadata, batch: Batch
     return "\n".join(lines) + "\n"
 
 
+def model_prefix(metadata: EngineMetadata) -> str:
+    """The Triton model names' stem: ``clay`` for Clay v0 (``clay_onnx``, ``clay_trt``, as always);
+    ``clay_v1_5_<sensor>`` for a Clay v1.5 sensor's artifacts (``clay_v1_5_sentinel_2_l2a_onnx``), so
+    that one repository serves every sensor an export holds."""
+    if metadata.model == "clay-v0":
+        return "clay"
+    return "clay_" + "_".join(part for part in (metadata.model.removeprefix("clay-"), metadata.sensor) if part).replace(
+        "-", "_").replace(".", "_")  # fmt: skip
+
+
 def write_repository(artifacts: Path, repository: Path, batch: BatchProfile,
                      note: Callable[[str], None] = lambda _: None) -> list[Path]:  # fmt: skip
     """Copy the built artifacts into ``repository`` as Triton models; returns the models' folders.
     ``note`` receives one line for a plan left out (built by TensorRT-RTX)."""
+    prefix = model_prefix(read_engine_metadata(artifacts / format_named("fp32").file_name))
     models = []
     plan = artifacts / format_named("plan").file_name
     if plan.is_file():
         build = PlanBuild.of(read_engine_metadata(plan))
         if build.flavour == STANDARD:
-            models.append(("clay_trt", "tensorrt_plan", plan, "model.plan"))
+            models.append((f"{prefix}_trt", "tensorrt_plan", plan, "model.plan"))
         else:
-            note(f"Triton repository: no clay_trt: {plan.name} was built by {build.label}, which Triton's TensorRT "
-                 "backend (standard TensorRT) cannot load; clay_onnx serves the ONNX Runtime artifact")  # fmt: skip
+            note(f"Triton repository: no {prefix}_trt: {plan.name} was built by {build.label}, which Triton's TensorRT "
+                 "backend (standard TensorRT) cannot load; {prefix}_onnx serves the ONNX Runtime artifact")  # fmt: skip
     onnx = next(artifacts / f.file_name for f in (format_named("cuda"), format_named("fp32")) if (artifacts / f.file_name).is_file())
-    models.append(("clay_onnx", "onnxruntime_onnx", onnx, "model.onnx"))
+    models.append((f"{prefix}_onnx", "onnxruntime_onnx", onnx, "model.onnx"))
     written = []
     for name, platform, source, target in models:
         folder = repository / name

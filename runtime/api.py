@@ -136,9 +136,11 @@ class ClayEmbedder:
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Embed in-memory chips.
 
-        ``pixels [B, C, 512, 512]``: raw values of the engine's bands (``metadata.bands``, spec order);
+        ``pixels [B, C, S, S]``: raw values of the engine's bands (``metadata.bands``, spec order),
+        S = ``metadata.chip_size`` (Clay v0: 512; Clay v1.5: 256 unless exported otherwise);
         ``lonlat [B, 2]``: chip centres in degrees; ``dates [B, 3]``: year, month, day.
-        Returns ``[B, dim]`` float32, plus ``[B, G, 16, 16, dim]`` with ``patch_embeddings``.
+        Returns ``[B, dim]`` float32, plus ``[B, G, S/p, S/p, dim]`` with ``patch_embeddings``
+        (v0: G groups, p = 32; v1.5: G = 1, p = 8).
         """
         meta = self.metadata
         pixels = np.asarray(pixels)

@@ -14,7 +14,12 @@ from typing import Any
 
 from .bands import INPUT_UNITS
 
-FORMAT_VERSION = 1
+#: The newest metadata format this runtime reads. Clay v0 artifacts are written as format 1 (what
+#: they always were); Clay v1.5 artifacts as format 2, so that a runtime from before v1.5 refuses them
+#: in one line instead of reading them as v0 engines (their model, sensor and conventions fields).
+FORMAT_VERSION = 2
+V0_FORMAT_VERSION = 1
+V15_FORMAT_VERSION = 2
 
 
 def package_versions() -> dict[str, str]:
@@ -38,6 +43,9 @@ class EngineMetadata:
 
     ``bands`` is the order of the ``pixels`` input's channels (raw physical values, spec order);
     ``band_means``/``band_stds`` are the normalisation constants folded into the graph for them.
+    Clay v1.5 artifacts (``model`` "clay-v1.5", format 2) hold one sensor's bands in its metadata.yaml
+    order; their ``groups`` is that sensor's name alone (one token group: ``patch_embeddings`` is
+    ``[B, 1, S/8, S/8, dim]``).
     """
 
     model_size: str
@@ -59,7 +67,16 @@ class EngineMetadata:
     # The units ``pixels`` expects (clay.runtime.bands.INPUT_UNITS); artifacts from before this field
     # were exported for the same units.
     input_units: dict[str, str] = field(default_factory=lambda: dict(INPUT_UNITS))
-    format_version: int = FORMAT_VERSION
+    format_version: int = V0_FORMAT_VERSION
+    # Which Clay: "clay-v0" (artifacts from before this field are v0) or "clay-v1.5".
+    model: str = "clay-v0"
+    # Clay v1.5 only: the sensor (clay.runtime.sensors name) the artifact's constants were folded for,
+    # its bands' central wavelengths (µm, in ``bands`` order), the gsd (m) folded into the position
+    # encoding, and how the inputs are turned into the model's (conventions, SAR dB, normalisation).
+    sensor: str = ""
+    band_wavelengths: tuple[float, ...] = ()
+    gsd: float | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. how a plan was built: tensorrt_plan.PlanBuild
 
     @property

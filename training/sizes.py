@@ -39,3 +39,26 @@ def get_size(name: str) -> ModelSize:
         return SIZES[name]
     except KeyError:
         raise ValueError(f"unknown model size {name!r}; known: {', '.join(SIZES)}") from None
+
+
+@dataclass(frozen=True)
+class V15Size:
+    """A Clay v1.5 encoder size of ``claymodel/model.py`` (``clay_mae_tiny`` … ``clay_mae_large``)."""
+
+    name: str
+    dim: int
+    depth: int
+    heads: int
+    dim_head: int
+    mlp_ratio: int
+
+
+V15_SIZES: dict[str, V15Size] = {
+    s.name: s
+    for s in (
+        V15Size("tiny", 192, 6, 4, 48, 2),
+        V15Size("small", 384, 6, 6, 64, 2),
+        V15Size("base", 768, 12, 12, 64, 4),
+        V15Size("large", 1024, 24, 16, 64, 4),  # the published clay-v1.5.ckpt
+    )
+}

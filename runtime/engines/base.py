@@ -115,7 +115,8 @@ class Engine(ABC):
         """The engine line's ``<describe()>``: backend, model, precision, bands, weights, and why
         ``auto`` chose it (``clay-run: engine <file> on onnx-cpu (small, int8, ...); auto: ...``)."""
         m = self.metadata
-        text = f"{self.backend} ({m.model_size}, {self.runs_in()}, {len(m.bands)} bands, {m.weights})"
+        model = m.model_size if m.model == "clay-v0" else f"{m.model} {m.model_size}, {m.sensor}, conventions {m.preprocessing.get('conventions')}"
+        text = f"{self.backend} ({model}, {self.runs_in()}, {len(m.bands)} bands, {m.weights})"
         return f"{text}; {self.choice}" if self.choice else text
 
     def runs_in(self) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..formats import RUNTIME_BACKENDS, format_named, format_of_file, pick_artifact, plan_sidecar
 from ..metadata import EngineMetadata, MetadataError
+from ..sensors import SENSORS
 from .base import Engine, EngineError, EngineUnavailable
 from .cpu import CpuInfo, cpu_info
 from .onnxruntime_engine import OnnxEngine, onnx_metadata_props
@@ -100,7 +101,7 @@ def open_engine(path: str | Path, backend: str = "auto", threads: int | None = N
     cpu = cpu or cpu_info()
     order = auto_order(present, cpu)
     fallback = None
-    folder = path if path.is_dir() else None
+    folder = sensor_folder(path) if path.is_dir() else None
     if folder is not None:
         path, fallback = _artifact_in_folder(folder, backend, present, cpu)
     metadata = read_engine_metadata(path)
@@ -146,6 +147,23 @@ def cpu_choice(backend: str, precision: str, cpu: CpuInfo, present: list[str], f
     else:
         why = f"the folder has no {format_named('bf16').file_name} (clay-export --bf16-cpu)"
     return f"auto: {cpu.model} has AMX (amx_bf16) but {why}, so {precision} on ONNX Runtime"
+
+
+#: The sensor whose artifacts a Clay v1.5 engine folder offers the runtime: it reads Sentinel-2
+#: scenes only so far (choosing the sensor per scene is the next step, issue 37).
+SCENE_SENSOR = "sentinel-2-l2a"
+
+
+def sensor_folder(folder: Path) -> Path:
+    """The folder whose artifacts to run: ``folder`` itself, or, for a Clay v1.5 export folder (one
+    sub-folder per sensor, ``clay-export --sensor``), its :data:`SCENE_SENSOR` sub-folder."""
+    sensors = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name in SENSORS)
+    if not sensors or any(pick_artifact(folder, b) for b in RUNTIME_BACKENDS):
+        return folder
+    if SCENE_SENSOR in sensors:
+        return folder / SCENE_SENSOR
+    raise EngineError(f"{folder}: a Clay v1.5 engine folder for {', '.join(sensors)}; scenes are read as {SCENE_SENSOR} "
+                      f"so far, which it has no artifacts for (name a sensor's folder, e.g. {folder / sensors[0]})")  # fmt: skip
 
 
 def _artifact_in_folder(folder: Path, backend: str, present: list[str], cpu: CpuInfo) -> tuple[Path, str | None]:

@@ -139,8 +139,12 @@ def band_sources(scene: SceneFiles, headers: list[Header], wanted: tuple[str, ..
                 where = f"{other.name} and {header.path.name}" if other != header.path else f"{header.path.name} (twice)"
                 raise SceneError(f"{scene.path}: two bands claim {name}: {where}")
             found[name] = (header.path, index)
-    if not found and len(headers) == 1 and headers[0].count == len(BAND_NAMES):
+    clay_v0_bands = all(b in BAND_NAMES for b in wanted)  # not so for a Clay v1.5 engine of another sensor
+    if not found and len(headers) == 1 and headers[0].count == len(BAND_NAMES) and clay_v0_bands:
         return {b: (headers[0].path, BAND_NAMES.index(b) + 1) for b in wanted}  # unnamed 13-band stack
+    if not found and len(headers) == 1 and not clay_v0_bands:
+        raise SceneError(f"{scene.path}: {headers[0].count} bands without band descriptions; this engine's bands "
+                         f"({', '.join(wanted)}) must be named by band description")  # fmt: skip
     if not found and len(headers) == 1:
         raise SceneError(
             f"{scene.path}: {headers[0].count} bands without band descriptions, expected {len(BAND_NAMES)} in Clay "
@@ -150,7 +154,7 @@ def band_sources(scene: SceneFiles, headers: list[Header], wanted: tuple[str, ..
     if missing:
         fitting = [g for g in GROUP_NAMES if all(BAND_NAMES[i] in found for i in BAND_GROUPS[g])]
         hint = (f"; the band groups it has: {','.join(fitting)} (export an engine for them with clay-export "
-                f"--groups {','.join(fitting)})" if fitting else "")  # fmt: skip
+                f"--groups {','.join(fitting)})" if fitting and clay_v0_bands else "")  # fmt: skip
         raise SceneError(
             f"{scene.path}: lacks band(s) {', '.join(missing)} (the scene has {', '.join(found) or 'no Clay band'}){hint}"
         )
