@@ -31,7 +31,7 @@ from pyproj import Transformer
 from rasterio.enums import MaskFlags
 from rasterio.transform import Affine
 
-from .inputs import iou, reference_footprint, unwrapped, write_stack
+from .inputs import check_window, iou, reference_footprint, unwrapped, write_stack
 
 S2 = list(S2_BANDS)
 
@@ -129,6 +129,41 @@ def test_a_scene_across_the_antimeridian_gets_multipolygons_cut_at_180_with_rfc7
     count = lambda w, s, e, n: duckdb.sql(query.format(f=result.output, w=w, s=s, e=e, n=n)).fetchall()[0][0]  # noqa: E731
     assert count(179.99, 64.9, 179.995, 65.1) >= 1 and count(-179.995, 64.9, -179.99, 65.1) >= 1
     assert count(10, 64.9, 11, 65.1) == 0 and count(179.99, 10, 179.995, 11) == 0
+
+
+@pytest.mark.parametrize(
+    "crs, transform",
+    [
+        # the pole inside the first chip, the 180° meridian (x = 0, y < 0) along patch edges
+        ("EPSG:3031", Affine(10, 0, -1920, 0, -10, 2000)),
+        # the pole at the corner of all four chips, the 180° meridian a diagonal through one
+        ("EPSG:3413", Affine(10, 0, -5120, 0, -10, 5120)),
+    ],
+)
+def test_a_polar_scene_holding_the_pole_writes_valid_footprints_that_hold_their_pixels(s2_embedder, tmp_path, crs, transform):
+    """A polar stereographic scene with the pole in it, as users' files are: chips with a corner at
+    the pole or an edge on 180° were self-intersecting, patches along 180° slivers, and pixel
+    centres near the pole fell outside their chip. Every row now passes pyproj's own check (its
+    pixel centres in, the pixels beyond it out, its area in the polar plane, the pole where it is
+    held) and the files pass geoparquet-validator."""
+    scene = write_stack(tmp_path / "polar.tif", s2_cube(1024, 1024), transform, crs, S2, tags={"date": "2021-01-15"})
+    result = s2_embedder.embed_scene_to(scene, tmp_path / "polar.parquet", RunOptions(patch_embeddings=True))
+    chips, patches = pq.read_table(result.output), pq.read_table(result.patches)
+    assert json.loads(chips.schema.metadata[b"geo"])["columns"]["geometry"]["geometry_types"] == ["MultiPolygon"]
+    assert "holds a pole" in preprocessing(chips)["footprint"]
+    held = 0
+    for row in chips.to_pylist():
+        geometry = shapely.from_wkb(row["geometry"])
+        held += check_window(geometry, transform, crs, row["col"], row["row"], 512, 512, step=8)
+    assert held == (1 if crs == "EPSG:3031" else 0)
+    assert patches.num_rows == 4 * 256
+    for row in patches.to_pylist():
+        check_window(shapely.from_wkb(row["geometry"]), transform, crs, row["col"], row["row"], 32, 32, step=8)
+    for path in (result.output, result.patches):
+        validator = Path(sys.executable).parent / "geoparquet-validator"  # the dev extra's
+        checked = subprocess.run([str(validator), "check", str(path)], capture_output=True, text=True, timeout=120,
+                                 check=False)  # fmt: skip
+        assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 @pytest.mark.parametrize(
