@@ -91,12 +91,19 @@ def s2_dem_engine(checkpoint, tmp_path_factory) -> Path:
 # --- footprints --------------------------------------------------------------------------------------
 
 
-def test_a_scene_across_the_antimeridian_gets_multipolygons_cut_at_180_with_rfc7946_bboxes(s2_embedder, tmp_path):
-    """1536 × 512 px at 10 m in EPSG:32660 at 65° N whose columns cross 180°: was one invalid,
-    self-intersecting polygon per chip with a bbox spanning the globe."""
+def am_scene(tmp_path: Path) -> tuple[Path, Affine]:
+    """1536 × 512 px at 10 m in EPSG:32660 at 65° N whose columns cross 180°."""
     x, y = utm(180.0, 65.0, 32660)
     transform = Affine(10, 0, x - 7000, 0, -10, y)
     scene = write_stack(tmp_path / "am.tif", s2_cube(512, 1536), transform, "EPSG:32660", S2, tags={"date": "2021-07-01"})
+    return scene, transform
+
+
+def test_a_scene_across_the_antimeridian_gets_multipolygons_cut_at_180_with_bboxes_spanning_it(s2_embedder, tmp_path):
+    """Was one invalid, self-intersecting polygon per chip with a bbox spanning the globe; then
+    RFC 7946 bboxes (west > east) that readers' bbox filters dropped. Now: MultiPolygons cut at
+    180°, and a row cut there has the bbox −180…180 that those filters keep."""
+    scene, transform = am_scene(tmp_path)
     result = s2_embedder.embed_scene_to(scene, tmp_path / "am.parquet", RunOptions(patch_embeddings=True))
     chips, patches = pq.read_table(result.output), pq.read_table(result.patches)
     geo = json.loads(chips.schema.metadata[b"geo"])["columns"]["geometry"]
@@ -107,28 +114,90 @@ def test_a_scene_across_the_antimeridian_gets_multipolygons_cut_at_180_with_rfc7
         assert all(part.exterior.is_ccw for part in geometry.geoms)
         reference, centre = reference_footprint(transform, "EPSG:32660", row["col"], row["row"], 512, 512)
         assert iou(unwrapped(geometry, centre), reference) >= 0.99
+        check_window(geometry, transform, "EPSG:32660", row["col"], row["row"], 512, 512, step=8)
         west, south, east, north = (row["bbox"][k] for k in ("xmin", "ymin", "xmax", "ymax"))
         lons = np.asarray(reference.exterior.xy[0])
         crosses = lons.min() < 180 < lons.max()
-        # RFC 7946 §5 (GeoParquet 1.1's rule): a geometry cut at ±180° has west > east
-        assert (west > east) == crosses
-        assert west == pytest.approx(lons.min() if lons.min() < 180 else lons.min() - 360, abs=1e-6)
-        assert east == pytest.approx(lons.max() - 360 if lons.max() > 180 else lons.max(), abs=1e-6)
+        # cut at ±180°: the coordinates' range, −180…180, never west > east (readers drop that)
+        if crosses:
+            assert (west, east) == (-180, 180) and len(geometry.geoms) == 2
+        else:
+            assert west == pytest.approx(lons.min() if lons.min() < 180 else lons.min() - 360, abs=1e-6)
+            assert east == pytest.approx(lons.max() - 360 if lons.max() > 180 else lons.max(), abs=1e-6)
         assert (south, north) == pytest.approx((reference.bounds[1], reference.bounds[3]), abs=1e-6)
+    assert any(b["xmin"] == -180 for b in chips["bbox"].to_pylist())  # the hard case was met
     crossing = [shapely.from_wkb(g) for g in chips["geometry"].to_pylist()]
     for row in patches.to_pylist():
         patch = shapely.from_wkb(row["geometry"])
         assert patch.is_valid
         chip = crossing[[r["col"] for r in chips.to_pylist()].index(row["chip_col"])]
         assert chip.buffer(1e-9).covers(patch)
-    # A bbox query written for crossing boxes finds the chips at 179.99° E and at 179.99° W, and a
-    # query anywhere else on Earth finds nothing (the old bbox matched everything).
-    query = """SELECT count(*) FROM read_parquet('{f}') WHERE bbox.ymin <= {n} AND bbox.ymax >= {s}
-               AND (CASE WHEN bbox.xmin <= bbox.xmax THEN bbox.xmin <= {e} AND bbox.xmax >= {w}
-                         ELSE bbox.xmin <= {e} OR bbox.xmax >= {w} END)"""
-    count = lambda w, s, e, n: duckdb.sql(query.format(f=result.output, w=w, s=s, e=e, n=n)).fetchall()[0][0]  # noqa: E731
-    assert count(179.99, 64.9, 179.995, 65.1) >= 1 and count(-179.995, 64.9, -179.99, 65.1) >= 1
-    assert count(10, 64.9, 11, 65.1) == 0 and count(179.99, 10, 179.995, 11) == 0
+
+
+def readme_duckdb_where() -> str:
+    """The WHERE clause of the README's DuckDB query, its numbers made placeholders: the query is
+    tested as the README writes it."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sql = text.split("```sql\n", 1)[1].split("```", 1)[0]
+    where = next(line for line in sql.splitlines() if line.startswith("WHERE "))
+    for number, name in (("103.76", "{e}"), ("103.70", "{w}"), ("17.93", "{n}"), ("17.88", "{s}")):
+        assert where.count(number) == 1, where
+        where = where.replace(number, name)
+    return where.rstrip(";")
+
+
+def test_bbox_filters_as_readers_apply_them_never_miss_a_row_across_180_or_at_a_pole(s2_embedder, tmp_path):
+    """Rows cut at 180° had RFC 7946 bboxes (xmin > xmax): GeoPandas' ``read_parquet(bbox=)``, the
+    README's DuckDB query and a pyarrow filter on the bbox struct all test ``xmin <= east AND xmax
+    >= west`` and dropped every such row. For boxes on both sides of 180° and at the south pole,
+    each now returns every row whose geometry meets the box, and nothing for a box elsewhere; the
+    row groups' statistics do not let a reader skip them either."""
+    import geopandas
+    import pyarrow.dataset as ds
+
+    am, _ = am_scene(tmp_path)
+    polar = write_stack(tmp_path / "polar.tif", s2_cube(1024, 1024), Affine(10, 0, -1920, 0, -10, 2000), "EPSG:3031",
+                        S2, tags={"date": "2021-01-15"})  # fmt: skip
+    files = []
+    for scene in (am, polar):
+        result = s2_embedder.embed_scene_to(scene, tmp_path / f"{scene.stem}.parquet", RunOptions(patch_embeddings=True))
+        files += [result.output, result.patches]
+    boxes = [
+        (179.99, 64.9, 179.995, 65.1), (-179.995, 64.9, -179.99, 65.1),  # either side of 180° at 65° N
+        (179.9, 64.0, 180.0, 66.0), (-180.0, 64.0, -179.9, 66.0),  # up to 180° from either side
+        (-10.0, -90.0, 10.0, -89.99), (175.0, -89.99, 180.0, -89.9), (-180.0, -89.99, -175.0, -89.9),  # the pole
+        (10.0, 64.9, 11.0, 65.1), (179.99, 10.0, 179.995, 11.0), (60.0, -80.0, 70.0, -70.0),  # nothing there
+    ]  # fmt: skip
+    where = readme_duckdb_where()
+    met = 0
+    for path in files:
+        table = pq.read_table(path)
+        names = ["row", "col"] + (["chip_row", "chip_col"] if "chip_row" in table.column_names else [])
+        keys = list(zip(*(table[name].to_pylist() for name in names), strict=True))
+        geometries = shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))
+        boxes_of = dict(zip(keys, table["bbox"].to_pylist(), strict=True))
+        stats = pq.ParquetFile(path).metadata.row_group(0)
+        columns = {stats.column(i).path_in_schema: stats.column(i).statistics for i in range(stats.num_columns)}
+        for west, south, east, north in boxes:
+            truth = {k for k, g in zip(keys, geometries, strict=True) if g.intersects(shapely.box(west, south, east, north))}
+            met += bool(truth)
+            frame = geopandas.read_parquet(path, bbox=(west, south, east, north))
+            found = set(zip(*(frame[name].tolist() for name in names), strict=True))
+            assert truth <= found, (path.name, (west, south, east, north), len(truth - found))
+            query = f"SELECT * FROM '{path}' " + where.format(w=west, s=south, e=east, n=north)
+            assert len(duckdb.sql(query).fetchall()) == len(frame), (path.name, (west, south, east, north))
+            condition = ((ds.field("bbox", "xmin") <= east) & (ds.field("bbox", "xmax") >= west)
+                         & (ds.field("bbox", "ymin") <= north) & (ds.field("bbox", "ymax") >= south))  # fmt: skip
+            assert ds.dataset(path).to_table(filter=condition).num_rows == len(frame)
+            if truth:  # a reader skipping row groups by their statistics keeps this one
+                assert columns["bbox.xmin"].min <= east and columns["bbox.xmax"].max >= west
+                assert columns["bbox.ymin"].min <= north and columns["bbox.ymax"].max >= south
+            if (west, south) in ((10.0, 64.9), (179.99, 10.0), (60.0, -80.0)):
+                # where the scenes are not: nothing meets the box, and all a filter may give are the
+                # rows cut at 180° at its latitudes (bbox −180…180), that the geometry test drops
+                assert not truth and all((boxes_of[k]["xmin"], boxes_of[k]["xmax"]) == (-180, 180) for k in found)
+                assert len(frame) == 0 or (west, south) == (10.0, 64.9)
+    assert met == 2 * 4 + 2 * 3  # the hard cases were met: 4 boxes at 180° (am), 3 at the pole (polar)
 
 
 @pytest.mark.parametrize(

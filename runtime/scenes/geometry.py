@@ -17,13 +17,18 @@ a MultiPolygon (RFC 7946 §3.1.9) only where it has area on both sides; a part t
 ±180° (an edge on the meridian, a pole cap) is one Polygon. Reprojection uses one PROJ transformer
 per thread and CRS.
 
+Bounding boxes are the plain coordinate ranges of what is written: a geometry cut at ±180° has
+``xmin`` −180 and ``xmax`` 180, never west > east, so that the ``xmin <= qxmax AND xmax >= qxmin``
+test every GeoParquet reader applies to the covering column (GeoPandas ``bbox=``, DuckDB, pyarrow
+statistics) keeps it. GeoParquet 1.1 points to RFC 7946 §5 for such boxes, whose west > east form
+those readers drop (its covering section: "This technique [...] does not apply to geometries that
+cross the antimeridian"); −180…180 is the coordinates' own range, a looser box that still covers.
 """
 
 from __future__ import annotations
 
 import threading
 
-import antimeridian
 import numpy as np
 import shapely
 from pyproj import Transformer
@@ -314,14 +319,12 @@ def patch_polygons(transform: Affine, crs: CRS, chip: Chip, cells: list[PatchCel
 
 
 def bounding_boxes(geometries) -> np.ndarray:
-    """``[N, 4]`` (west, south, east, north) per geometry, RFC 7946 §5: for a geometry cut at the
-    antimeridian, west is its eastern part's west edge and east its western part's east edge, so
-    west > east (GeoParquet 1.1's rule for the bbox covering)."""
+    """``[N, 4]`` (xmin, ymin, xmax, ymax) in degrees per geometry: its coordinates' ranges. A
+    geometry cut at ±180° gets xmin −180 and xmax 180 (never west > east): the covering bbox the
+    GeoParquet readers' ``xmin <= qxmax AND xmax >= qxmin`` test keeps for any query box at its
+    latitudes (see the module docstring)."""
     geometries = np.asarray(geometries, dtype=object)
-    boxes = shapely.bounds(geometries).reshape(-1, 4)
-    for k in np.flatnonzero(shapely.get_type_id(geometries) == shapely.GeometryType.MULTIPOLYGON):
-        boxes[k] = antimeridian.bbox(geometries[k])
-    return boxes
+    return shapely.bounds(geometries).reshape(-1, 4)
 
 
 def crosses_antimeridian(transform: Affine, crs: CRS, width: int, height: int, spacing: float = 32) -> bool:
