@@ -418,6 +418,34 @@ def test_what_a_warp_cannot_fill_is_nodata_not_zero_elevation(s2_dem_engine, tmp
     assert fractions[(0, 512)] == pytest.approx(1.0, abs=0.01) and fractions[(512, 512)] == pytest.approx(1.0, abs=0.01)
 
 
+def test_a_band_in_lonlat_past_180_is_warped_whole_onto_a_scene_across_180(s2_embedder, tmp_path):
+    """Nine S2 bands in EPSG:32660 across 180° at 65° N and B12 in EPSG:4326 from 179.8° to 180.2°
+    (a geographic grid past 180°, as GDAL writes one there): GDAL's warper maps the scene's pixels
+    to longitudes in [-180, 180] and found no B12 pixel east of 180° (and only some west of it):
+    chips counted mostly nodata and filled with the band mean, exit 0. The same scene with B12
+    written in the scene's own grid (the same constant value) gives the same embeddings."""
+    x, y = utm(180.0, 65.0, 32660)
+    transform = Affine(10, 0, x - 5120, 0, -10, y)
+    cube = s2_cube(512, 1024)
+    cube[9] = 1800  # B12: a constant, so a bilinear warp of it is exact wherever it has data
+    (tmp_path / "scene").mkdir()
+    write_stack(tmp_path / "scene" / "s2.tif", cube[:9], transform, "EPSG:32660", S2[:9], tags={"date": "2021-07-01"})
+    b12 = np.full((1, 800, 2000), 1800, np.uint16)  # 2e-4° × 1e-4°: 179.8…180.2° E, 65.02…64.94° N
+    write_stack(tmp_path / "scene" / "b12.tif", b12, Affine(2e-4, 0, 179.8, 0, -1e-4, 65.02), "EPSG:4326", ["B12"],
+                tags={"date": "2021-07-01"})  # fmt: skip
+    # the scene's grid lies inside the B12 grid (pyproj alone): every pixel has B12 data
+    lons, lats = Transformer.from_crs("EPSG:32660", "EPSG:4326", always_xy=True).transform(
+        *(transform @ (np.array([0, 1024, 1024, 0]), np.array([0, 0, 512, 512]))))
+    lons = np.asarray(lons) % 360
+    assert 179.8 < lons.min() and lons.max() < 180.2 and 64.94 < min(lats) and max(lats) < 65.02
+    whole = write_stack(tmp_path / "whole.tif", cube, transform, "EPSG:32660", S2, tags={"date": "2021-07-01"})
+    warped = s2_embedder.embed_scene(tmp_path / "scene", RunOptions(max_nodata=1.0))
+    plain = s2_embedder.embed_scene(whole, RunOptions(max_nodata=1.0))
+    assert preprocessing(warped)["resampling"] == {"warped bilinear": ["B12"]}
+    assert warped["nodata_fraction"].to_pylist() == [0.0, 0.0]
+    assert cosines(embeddings(warped), embeddings(plain)).min() >= 0.9999
+
+
 # --- units and scale ----------------------------------------------------------------------------------
 
 
