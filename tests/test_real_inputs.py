@@ -446,6 +446,28 @@ def test_a_band_in_lonlat_past_180_is_warped_whole_onto_a_scene_across_180(s2_em
     assert cosines(embeddings(warped), embeddings(plain)).min() >= 0.9999
 
 
+def test_a_band_across_180_overlaps_a_lonlat_scene_past_180(s2_embedder, tmp_path):
+    """Nine S2 bands in EPSG:4326 from 179.96° to 180.06° E (the scene's grid, the finest) and B12
+    in EPSG:32660 across 180° covering it: the overlap check took the B12 file's lon/lat bounds
+    across 180° (west > east) as the longitudes between them, the rest of the globe, and refused
+    the scene ("do not overlap"). The same scene with B12 in the lon/lat stack (a constant value,
+    exact through a bilinear warp) gives the same embeddings."""
+    transform = Affine(1e-4, 0, 179.96, 0, -5e-5, 65.0)
+    cube = s2_cube(512, 1024)
+    cube[9] = 1800
+    (tmp_path / "scene").mkdir()
+    write_stack(tmp_path / "scene" / "s2.tif", cube[:9], transform, "EPSG:4326", S2[:9], tags={"date": "2021-07-01"})
+    x, y = utm(179.9, 65.01, 32660)  # 24 × 6 km at 20 m: 179.9…180.4° E, 65.01…64.95° N
+    write_stack(tmp_path / "scene" / "b12.tif", np.full((1, 300, 1200), 1800, np.uint16), Affine(20, 0, x, 0, -20, y),
+                "EPSG:32660", ["B12"], tags={"date": "2021-07-01"})  # fmt: skip
+    whole = write_stack(tmp_path / "whole.tif", cube, transform, "EPSG:4326", S2, tags={"date": "2021-07-01"})
+    warped = s2_embedder.embed_scene(tmp_path / "scene", RunOptions(max_nodata=1.0))
+    plain = s2_embedder.embed_scene(whole, RunOptions(max_nodata=1.0))
+    assert preprocessing(warped)["resampling"] == {"warped bilinear": ["B12"]}
+    assert warped["nodata_fraction"].to_pylist() == [0.0, 0.0]
+    assert cosines(embeddings(warped), embeddings(plain)).min() >= 0.9999
+
+
 # --- units and scale ----------------------------------------------------------------------------------
 
 
