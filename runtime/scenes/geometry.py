@@ -91,7 +91,8 @@ def counterclockwise(transform: Affine, crs: CRS, window: Window) -> bool:
     """Whether a counterclockwise ring in pixel space (column right, row down, taken as x and y)
     stays counterclockwise in lon/lat over ``window``: the sign of the geotransform's determinant
     times that of the projection's Jacobian, constant over any usable grid. Taken at whichever of
-    the window's centre and corners is farthest from a pole, since at a pole longitude is undefined."""
+    the window's centre and the centres of its quarters is farthest from a pole (at a pole
+    longitude is undefined, and a window holding one may have it at its centre)."""
     c0, r0, w, h = float(window.col_off), float(window.row_off), float(window.width), float(window.height)
     cols = c0 + w * np.array([0.5, 0.25, 0.75, 0.75, 0.25])
     rows = r0 + h * np.array([0.5, 0.25, 0.25, 0.75, 0.75])
