@@ -31,7 +31,7 @@ from pyproj import Transformer
 from rasterio.enums import MaskFlags
 from rasterio.transform import Affine
 
-from .inputs import iou, reference_footprint, unwrapped, write_stack
+from .inputs import check_window, iou, reference_footprint, unwrapped, write_stack
 
 S2 = list(S2_BANDS)
 
@@ -91,12 +91,19 @@ def s2_dem_engine(checkpoint, tmp_path_factory) -> Path:
 # --- footprints --------------------------------------------------------------------------------------
 
 
-def test_a_scene_across_the_antimeridian_gets_multipolygons_cut_at_180_with_rfc7946_bboxes(s2_embedder, tmp_path):
-    """1536 × 512 px at 10 m in EPSG:32660 at 65° N whose columns cross 180°: was one invalid,
-    self-intersecting polygon per chip with a bbox spanning the globe."""
+def am_scene(tmp_path: Path) -> tuple[Path, Affine]:
+    """1536 × 512 px at 10 m in EPSG:32660 at 65° N whose columns cross 180°."""
     x, y = utm(180.0, 65.0, 32660)
     transform = Affine(10, 0, x - 7000, 0, -10, y)
     scene = write_stack(tmp_path / "am.tif", s2_cube(512, 1536), transform, "EPSG:32660", S2, tags={"date": "2021-07-01"})
+    return scene, transform
+
+
+def test_a_scene_across_the_antimeridian_gets_multipolygons_cut_at_180_with_bboxes_spanning_it(s2_embedder, tmp_path):
+    """Was one invalid, self-intersecting polygon per chip with a bbox spanning the globe; then
+    RFC 7946 bboxes (west > east) that readers' bbox filters dropped. Now: MultiPolygons cut at
+    180°, and a row cut there has the bbox −180…180 that those filters keep."""
+    scene, transform = am_scene(tmp_path)
     result = s2_embedder.embed_scene_to(scene, tmp_path / "am.parquet", RunOptions(patch_embeddings=True))
     chips, patches = pq.read_table(result.output), pq.read_table(result.patches)
     geo = json.loads(chips.schema.metadata[b"geo"])["columns"]["geometry"]
@@ -107,28 +114,131 @@ def test_a_scene_across_the_antimeridian_gets_multipolygons_cut_at_180_with_rfc7
         assert all(part.exterior.is_ccw for part in geometry.geoms)
         reference, centre = reference_footprint(transform, "EPSG:32660", row["col"], row["row"], 512, 512)
         assert iou(unwrapped(geometry, centre), reference) >= 0.99
+        check_window(geometry, transform, "EPSG:32660", row["col"], row["row"], 512, 512, step=8)
         west, south, east, north = (row["bbox"][k] for k in ("xmin", "ymin", "xmax", "ymax"))
         lons = np.asarray(reference.exterior.xy[0])
         crosses = lons.min() < 180 < lons.max()
-        # RFC 7946 §5 (GeoParquet 1.1's rule): a geometry cut at ±180° has west > east
-        assert (west > east) == crosses
-        assert west == pytest.approx(lons.min() if lons.min() < 180 else lons.min() - 360, abs=1e-6)
-        assert east == pytest.approx(lons.max() - 360 if lons.max() > 180 else lons.max(), abs=1e-6)
+        # cut at ±180°: the coordinates' range, −180…180, never west > east (readers drop that)
+        if crosses:
+            assert (west, east) == (-180, 180) and len(geometry.geoms) == 2
+        else:
+            assert west == pytest.approx(lons.min() if lons.min() < 180 else lons.min() - 360, abs=1e-6)
+            assert east == pytest.approx(lons.max() - 360 if lons.max() > 180 else lons.max(), abs=1e-6)
         assert (south, north) == pytest.approx((reference.bounds[1], reference.bounds[3]), abs=1e-6)
+    assert any(b["xmin"] == -180 for b in chips["bbox"].to_pylist())  # the hard case was met
     crossing = [shapely.from_wkb(g) for g in chips["geometry"].to_pylist()]
     for row in patches.to_pylist():
         patch = shapely.from_wkb(row["geometry"])
         assert patch.is_valid
         chip = crossing[[r["col"] for r in chips.to_pylist()].index(row["chip_col"])]
         assert chip.buffer(1e-9).covers(patch)
-    # A bbox query written for crossing boxes finds the chips at 179.99° E and at 179.99° W, and a
-    # query anywhere else on Earth finds nothing (the old bbox matched everything).
-    query = """SELECT count(*) FROM read_parquet('{f}') WHERE bbox.ymin <= {n} AND bbox.ymax >= {s}
-               AND (CASE WHEN bbox.xmin <= bbox.xmax THEN bbox.xmin <= {e} AND bbox.xmax >= {w}
-                         ELSE bbox.xmin <= {e} OR bbox.xmax >= {w} END)"""
-    count = lambda w, s, e, n: duckdb.sql(query.format(f=result.output, w=w, s=s, e=e, n=n)).fetchall()[0][0]  # noqa: E731
-    assert count(179.99, 64.9, 179.995, 65.1) >= 1 and count(-179.995, 64.9, -179.99, 65.1) >= 1
-    assert count(10, 64.9, 11, 65.1) == 0 and count(179.99, 10, 179.995, 11) == 0
+    assert_valid_geoparquet(result.output, result.patches)
+
+
+def assert_valid_geoparquet(*paths: Path) -> None:
+    """geoparquet-validator (the dev extra's) passes each file: the bbox rule keeps it conformant."""
+    for path in paths:
+        validator = Path(sys.executable).parent / "geoparquet-validator"
+        checked = subprocess.run([str(validator), "check", str(path)], capture_output=True, text=True, timeout=120,
+                                 check=False)  # fmt: skip
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def readme_duckdb_where() -> str:
+    """The WHERE clause of the README's DuckDB query, its numbers made placeholders: the query is
+    tested as the README writes it."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sql = text.split("```sql\n", 1)[1].split("```", 1)[0]
+    where = next(line for line in sql.splitlines() if line.startswith("WHERE "))
+    for number, name in (("103.76", "{e}"), ("103.70", "{w}"), ("17.93", "{n}"), ("17.88", "{s}")):
+        assert where.count(number) == 1, where
+        where = where.replace(number, name)
+    return where.rstrip(";")
+
+
+def test_bbox_filters_as_readers_apply_them_never_miss_a_row_across_180_or_at_a_pole(s2_embedder, tmp_path):
+    """Rows cut at 180° had RFC 7946 bboxes (xmin > xmax): GeoPandas' ``read_parquet(bbox=)``, the
+    README's DuckDB query and a pyarrow filter on the bbox struct all test ``xmin <= east AND xmax
+    >= west`` and dropped every such row. For boxes on both sides of 180° and at the south pole,
+    each now returns every row whose geometry meets the box, and nothing for a box elsewhere; the
+    row groups' statistics do not let a reader skip them either."""
+    import geopandas
+    import pyarrow.dataset as ds
+
+    am, _ = am_scene(tmp_path)
+    polar = write_stack(tmp_path / "polar.tif", s2_cube(1024, 1024), Affine(10, 0, -1920, 0, -10, 2000), "EPSG:3031",
+                        S2, tags={"date": "2021-01-15"})  # fmt: skip
+    files = []
+    for scene in (am, polar):
+        result = s2_embedder.embed_scene_to(scene, tmp_path / f"{scene.stem}.parquet", RunOptions(patch_embeddings=True))
+        files += [result.output, result.patches]
+    boxes = [
+        (179.99, 64.9, 179.995, 65.1), (-179.995, 64.9, -179.99, 65.1),  # either side of 180° at 65° N
+        (179.9, 64.0, 180.0, 66.0), (-180.0, 64.0, -179.9, 66.0),  # up to 180° from either side
+        (-10.0, -90.0, 10.0, -89.99), (175.0, -89.99, 180.0, -89.9), (-180.0, -89.99, -175.0, -89.9),  # the pole
+        (10.0, 64.9, 11.0, 65.1), (179.99, 10.0, 179.995, 11.0), (60.0, -80.0, 70.0, -70.0),  # nothing there
+    ]  # fmt: skip
+    where = readme_duckdb_where()
+    met = 0
+    for path in files:
+        table = pq.read_table(path)
+        names = ["row", "col"] + (["chip_row", "chip_col"] if "chip_row" in table.column_names else [])
+        keys = list(zip(*(table[name].to_pylist() for name in names), strict=True))
+        geometries = shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))
+        boxes_of = dict(zip(keys, table["bbox"].to_pylist(), strict=True))
+        stats = pq.ParquetFile(path).metadata.row_group(0)
+        columns = {stats.column(i).path_in_schema: stats.column(i).statistics for i in range(stats.num_columns)}
+        for west, south, east, north in boxes:
+            truth = {k for k, g in zip(keys, geometries, strict=True) if g.intersects(shapely.box(west, south, east, north))}
+            met += bool(truth)
+            frame = geopandas.read_parquet(path, bbox=(west, south, east, north))
+            found = set(zip(*(frame[name].tolist() for name in names), strict=True))
+            assert truth <= found, (path.name, (west, south, east, north), len(truth - found))
+            query = f"SELECT * FROM '{path}' " + where.format(w=west, s=south, e=east, n=north)
+            assert len(duckdb.sql(query).fetchall()) == len(frame), (path.name, (west, south, east, north))
+            condition = ((ds.field("bbox", "xmin") <= east) & (ds.field("bbox", "xmax") >= west)
+                         & (ds.field("bbox", "ymin") <= north) & (ds.field("bbox", "ymax") >= south))  # fmt: skip
+            assert ds.dataset(path).to_table(filter=condition).num_rows == len(frame)
+            if truth:  # a reader skipping row groups by their statistics keeps this one
+                assert columns["bbox.xmin"].min <= east and columns["bbox.xmax"].max >= west
+                assert columns["bbox.ymin"].min <= north and columns["bbox.ymax"].max >= south
+            if (west, south) in ((10.0, 64.9), (179.99, 10.0), (60.0, -80.0)):
+                # where the scenes are not: nothing meets the box, and all a filter may give are the
+                # rows cut at 180° at its latitudes (bbox −180…180), that the geometry test drops
+                assert not truth and all((boxes_of[k]["xmin"], boxes_of[k]["xmax"]) == (-180, 180) for k in found)
+                assert len(frame) == 0 or (west, south) == (10.0, 64.9)
+    assert met == 2 * 4 + 2 * 3  # the hard cases were met: 4 boxes at 180° (am), 3 at the pole (polar)
+
+
+@pytest.mark.parametrize(
+    "crs, transform",
+    [
+        # the pole inside the first chip, the 180° meridian (x = 0, y < 0) along patch edges
+        ("EPSG:3031", Affine(10, 0, -1920, 0, -10, 2000)),
+        # the pole at the corner of all four chips, the 180° meridian a diagonal through one
+        ("EPSG:3413", Affine(10, 0, -5120, 0, -10, 5120)),
+    ],
+)
+def test_a_polar_scene_holding_the_pole_writes_valid_footprints_that_hold_their_pixels(s2_embedder, tmp_path, crs, transform):
+    """A polar stereographic scene with the pole in it, as users' files are: chips with a corner at
+    the pole or an edge on 180° were self-intersecting, patches along 180° slivers, and pixel
+    centres near the pole fell outside their chip. Every row now passes pyproj's own check (its
+    pixel centres in, the pixels beyond it out, its area in the polar plane, the pole where it is
+    held) and the files pass geoparquet-validator."""
+    scene = write_stack(tmp_path / "polar.tif", s2_cube(1024, 1024), transform, crs, S2, tags={"date": "2021-01-15"})
+    result = s2_embedder.embed_scene_to(scene, tmp_path / "polar.parquet", RunOptions(patch_embeddings=True))
+    chips, patches = pq.read_table(result.output), pq.read_table(result.patches)
+    assert json.loads(chips.schema.metadata[b"geo"])["columns"]["geometry"]["geometry_types"] == ["MultiPolygon"]
+    assert "holds a pole" in preprocessing(chips)["footprint"]
+    held = 0
+    for row in chips.to_pylist():
+        geometry = shapely.from_wkb(row["geometry"])
+        held += check_window(geometry, transform, crs, row["col"], row["row"], 512, 512, step=8)
+    assert held == (1 if crs == "EPSG:3031" else 0)
+    assert patches.num_rows == 4 * 256
+    for row in patches.to_pylist():
+        check_window(shapely.from_wkb(row["geometry"]), transform, crs, row["col"], row["row"], 32, 32, step=8)
+    assert_valid_geoparquet(result.output, result.patches)
 
 
 @pytest.mark.parametrize(
@@ -312,6 +422,56 @@ def test_what_a_warp_cannot_fill_is_nodata_not_zero_elevation(s2_dem_engine, tmp
     fractions = {(r["row"], r["col"]): r["nodata_fraction"] for r in table}
     assert fractions[(0, 0)] == pytest.approx(0.0, abs=0.01) and fractions[(512, 0)] == pytest.approx(0.0, abs=0.01)
     assert fractions[(0, 512)] == pytest.approx(1.0, abs=0.01) and fractions[(512, 512)] == pytest.approx(1.0, abs=0.01)
+
+
+def test_a_band_in_lonlat_past_180_is_warped_whole_onto_a_scene_across_180(s2_embedder, tmp_path):
+    """Nine S2 bands in EPSG:32660 across 180° at 65° N and B12 in EPSG:4326 from 179.8° to 180.2°
+    (a geographic grid past 180°, as GDAL writes one there): GDAL's warper maps the scene's pixels
+    to longitudes in [-180, 180] and found no B12 pixel east of 180° (and only some west of it):
+    chips counted mostly nodata and filled with the band mean, exit 0. The same scene with B12
+    written in the scene's own grid (the same constant value) gives the same embeddings."""
+    x, y = utm(180.0, 65.0, 32660)
+    transform = Affine(10, 0, x - 5120, 0, -10, y)
+    cube = s2_cube(512, 1024)
+    cube[9] = 1800  # B12: a constant, so a bilinear warp of it is exact wherever it has data
+    (tmp_path / "scene").mkdir()
+    write_stack(tmp_path / "scene" / "s2.tif", cube[:9], transform, "EPSG:32660", S2[:9], tags={"date": "2021-07-01"})
+    b12 = np.full((1, 800, 2000), 1800, np.uint16)  # 2e-4° × 1e-4°: 179.8…180.2° E, 65.02…64.94° N
+    write_stack(tmp_path / "scene" / "b12.tif", b12, Affine(2e-4, 0, 179.8, 0, -1e-4, 65.02), "EPSG:4326", ["B12"],
+                tags={"date": "2021-07-01"})  # fmt: skip
+    # the scene's grid lies inside the B12 grid (pyproj alone): every pixel has B12 data
+    lons, lats = Transformer.from_crs("EPSG:32660", "EPSG:4326", always_xy=True).transform(
+        *(transform @ (np.array([0, 1024, 1024, 0]), np.array([0, 0, 512, 512]))))
+    lons = np.asarray(lons) % 360
+    assert 179.8 < lons.min() and lons.max() < 180.2 and 64.94 < min(lats) and max(lats) < 65.02
+    whole = write_stack(tmp_path / "whole.tif", cube, transform, "EPSG:32660", S2, tags={"date": "2021-07-01"})
+    warped = s2_embedder.embed_scene(tmp_path / "scene", RunOptions(max_nodata=1.0))
+    plain = s2_embedder.embed_scene(whole, RunOptions(max_nodata=1.0))
+    assert preprocessing(warped)["resampling"] == {"warped bilinear": ["B12"]}
+    assert warped["nodata_fraction"].to_pylist() == [0.0, 0.0]
+    assert cosines(embeddings(warped), embeddings(plain)).min() >= 0.9999
+
+
+def test_a_band_across_180_overlaps_a_lonlat_scene_past_180(s2_embedder, tmp_path):
+    """Nine S2 bands in EPSG:4326 from 179.96° to 180.06° E (the scene's grid, the finest) and B12
+    in EPSG:32660 across 180° covering it: the overlap check took the B12 file's lon/lat bounds
+    across 180° (west > east) as the longitudes between them, the rest of the globe, and refused
+    the scene ("do not overlap"). The same scene with B12 in the lon/lat stack (a constant value,
+    exact through a bilinear warp) gives the same embeddings."""
+    transform = Affine(1e-4, 0, 179.96, 0, -5e-5, 65.0)
+    cube = s2_cube(512, 1024)
+    cube[9] = 1800
+    (tmp_path / "scene").mkdir()
+    write_stack(tmp_path / "scene" / "s2.tif", cube[:9], transform, "EPSG:4326", S2[:9], tags={"date": "2021-07-01"})
+    x, y = utm(179.9, 65.01, 32660)  # 24 × 6 km at 20 m: 179.9…180.4° E, 65.01…64.95° N
+    write_stack(tmp_path / "scene" / "b12.tif", np.full((1, 300, 1200), 1800, np.uint16), Affine(20, 0, x, 0, -20, y),
+                "EPSG:32660", ["B12"], tags={"date": "2021-07-01"})  # fmt: skip
+    whole = write_stack(tmp_path / "whole.tif", cube, transform, "EPSG:4326", S2, tags={"date": "2021-07-01"})
+    warped = s2_embedder.embed_scene(tmp_path / "scene", RunOptions(max_nodata=1.0))
+    plain = s2_embedder.embed_scene(whole, RunOptions(max_nodata=1.0))
+    assert preprocessing(warped)["resampling"] == {"warped bilinear": ["B12"]}
+    assert warped["nodata_fraction"].to_pylist() == [0.0, 0.0]
+    assert cosines(embeddings(warped), embeddings(plain)).min() >= 0.9999
 
 
 # --- units and scale ----------------------------------------------------------------------------------

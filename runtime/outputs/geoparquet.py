@@ -4,7 +4,8 @@ Rows follow the published Clay embeddings schema (``source_url``, ``date``, ``em
 ``geometry`` in OGC:CRS84) plus ``item_id`` (the STAC Item the scene came from; null for files),
 ``row``, ``col`` and ``nodata_fraction`` (chips) or ``chip_row``,
 ``chip_col`` (patches), and a ``bbox`` covering column (xmin, ymin, xmax, ymax) declared in the
-GeoParquet metadata, whose row-group statistics let readers skip what a query does not touch.
+GeoParquet metadata, whose row-group statistics let readers skip what a query does not touch. A
+bbox never has xmin > xmax (a row cut at ±180° spans −180…180), so no reader's filter misses a row.
 
 What a finished file guarantees: it was written under ``<name>.partial``, flushed and fsync'ed,
 renamed, and its directory fsync'ed, so a file under its final name is complete and survives a
@@ -89,8 +90,10 @@ def embeddings_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
 
 
 def geometry_columns(polygons, multipart: bool = False) -> dict[str, pa.Array]:
-    """WKB geometry and its bounding box, the covering column GeoParquet readers filter on (west >
-    east for a geometry cut at the antimeridian, RFC 7946 §5). ``multipart``: every geometry is
+    """WKB geometry and its bounding box, the covering column GeoParquet readers filter on: the
+    coordinates' ranges, so a geometry cut at the antimeridian has xmin −180 and xmax 180 and the
+    readers' ``xmin <= east AND xmax >= west`` keeps it (RFC 7946's west > east would be dropped;
+    see :func:`clay.runtime.scenes.geometry.bounding_boxes`). ``multipart``: every geometry is
     written as a MultiPolygon (see :func:`geo_metadata`)."""
     polygons = np.array(polygons, dtype=object)
     if multipart:

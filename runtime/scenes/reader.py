@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 import rasterio
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
@@ -210,6 +211,9 @@ def band_reader(scene: Scene, group: ReadGroup, warp: bool):
     dataset = rasterio.open(group.path)
     if warp:
         extra = {"src_alpha": src_alpha} if src_alpha else {}
+        wrapped = _wrapped_source_crs(dataset)
+        if wrapped is not None:
+            extra["src_crs"] = wrapped
         vrt = WarpedVRT(dataset, crs=scene.crs, transform=scene.transform, width=scene.width, height=scene.height,
                         resampling=Resampling.bilinear, src_nodata=src_nodata, nodata=np.nan, dtype="float32",
                         **extra)  # fmt: skip
@@ -221,6 +225,20 @@ def band_reader(scene: Scene, group: ReadGroup, warp: bool):
         for handle in reversed(evicted):
             handle.close()
     return handles[key][-1]
+
+
+def _wrapped_source_crs(dataset) -> CRS | None:
+    """For a geographic grid that reaches past ±180° (179.8…180.2° E, as files cut there are
+    written), its CRS with PROJ's ``+lon_wrap`` at the grid's centre longitude; else ``None``.
+    GDAL's warper maps the scene's pixels to longitudes in [-180, 180], so without it no source
+    pixel past 180° is found (and its source window is misjudged): they were read as nodata."""
+    crs = dataset.crs
+    if crs is None or not crs.is_geographic:
+        return None
+    xs, _ = dataset.transform @ (np.array([0, dataset.width, dataset.width, 0]), np.array([0, 0, dataset.height, dataset.height]))
+    if xs.min() >= -180.0 and xs.max() <= 180.0:
+        return None
+    return CRS.from_proj4(f"{crs.to_proj4()} +lon_wrap={(xs.min() + xs.max()) / 2:.9f}")
 
 
 def _warp_source_nodata(scene: Scene, group: ReadGroup) -> float | None:

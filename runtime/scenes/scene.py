@@ -418,7 +418,13 @@ def _check_overlap(reference: Header, headers: list[Header]) -> None:
             bounds = transform_bounds(header.crs, reference.crs, *_corner_bounds(header))
         except Exception:  # noqa: BLE001 - PROJ errors have many types
             raise SceneError(f"{header.path} and {reference.path}: CRS {header.crs} cannot be matched to {reference.crs}") from None
-        overlap = ref.intersection(box(bounds[2], bounds[3], bounds[0], bounds[1]) if bounds[0] > bounds[2] else box(*bounds))
+        west, south, east, north = bounds
+        if west > east:  # lon/lat bounds across ±180° (rasterio's west > east): the file's longitudes
+            # run from west to east + 360, which a reference grid may give as either of these
+            other = box(west, south, east + 360.0, north).union(box(west - 360.0, south, east, north))
+        else:
+            other = box(west, south, east, north)
+        overlap = ref.intersection(other)
         if overlap.area < 0.01 * ref.area:
             raise SceneError(f"{header.path} and {reference.path} do not overlap")
 
