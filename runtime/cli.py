@@ -22,6 +22,7 @@ from .errors import SceneError, first_line
 from .formats import describe_formats
 from .metadata import EngineMetadata
 from .options import EDGE_MODES, RASTER_DTYPES, SAR_UNITS, RunOptions, cpu_count
+from .outputs.lock import hold_folders
 from .outputs.publish import OutputError, ScenePaths
 from .pipeline import SceneJob, SceneResult
 from .ray_job import RayJobError, RunCounts, ray_cluster, run_on_ray
@@ -215,10 +216,16 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
         targets = output_paths(scene_files, out)
         if preview is not None and len(scene_files) != 1:
             raise SceneError(f"--preview {preview}: draws one scene, {len(scene_files)} to embed")
-        if use_ray:
-            run_with_ray(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
-        else:
-            run_here(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
+        folders = list(dict.fromkeys(target.parent for target in targets))
+        for folder in folders:
+            created += prepare_output_folder(folder)
+        # One run per output folder, from the --resume check to the preview (a second is refused
+        # in one line naming the first; see clay.runtime.outputs.lock).
+        with hold_folders(folders + ([preview.parent] if preview is not None and preview.parent.is_dir() else [])):
+            if use_ray:
+                run_with_ray(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
+            else:
+                run_here(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
     except EngineUnavailable as exc:  # the engine cannot run on this machine: exit 2, as for a missing extra
         click.echo(f"clay-run: {exc}", err=True)
         sys.exit(2)
