@@ -147,7 +147,7 @@ class ClayEmbedder:
         options = options or self.options
         check_patch_embeddings(self.metadata, options.needs_patches, options.patch_request())
         given = [item if isinstance(item, SceneJob) else SceneJob(
-                 item[0] if isinstance(item[0], (Scene, SceneFiles)) else as_scene_files(item[0]), item[1])
+                 item[0] if isinstance(item[0], (Scene, SceneFiles)) else as_scene_files(item[0], options.http_timeout), item[1])
                  for item in scenes]  # fmt: skip
         with hold_folders(job.paths.chips.parent for job in given), claim_scenes(job.paths.chips for job in given):
             jobs = [job for job in given if not (options.resume and job.paths.complete())]
