@@ -144,9 +144,9 @@ class RayProgress:
               help="Also write <scene>.patches.tif: the patch embeddings as a Cloud-Optimized GeoTIFF, one pixel per "
                    "32-px cell of the scene's grid, one band per dimension (engine exported with --patch-embeddings).")
 @click.option("--raster-dtype", type=click.Choice(RASTER_DTYPES), default="float32", show_default=True,
-              help="Type of --patch-raster's cells: float32 (as computed, nodata NaN) or int8 (per-band scale and "
-                   "offset that GDAL, rasterio and rioxarray apply; -128 is nodata). float16 is refused: GDAL 3.10 has "
-                   "no Float16 type.")
+              help="Type of --patch-raster's cells: float32 (as computed, nodata NaN) or int8 (8-bit codes with a per-band "
+                   "scale and offset that GDAL, rasterio and rioxarray apply, stored as unsigned bytes that every GDAL "
+                   "since 2.x reads alike; code 0 is nodata). float16 is refused: GDAL 3.10 has no Float16 type.")
 @click.option("--sar-units", type=click.Choice(SAR_UNITS), default="auto", show_default=True,
               help="Units of VH/VV. Clay v0 expects linear power; dB is converted (10^(dB/10)) while reading. "
                    "auto: the band's unit metadata, else refuse a mostly negative (dB) band.")
