@@ -22,6 +22,7 @@ import rasterio
 from clay.runtime import RunOptions
 from clay.runtime.bands import S2_BANDS
 from clay.runtime.demo import DEMO_ENGINE
+from clay.runtime.demo import DEMO_SCENE as DEMO_SCENE_PATH
 from clay.runtime.scenes.remote import gdal_http_options, http_env, worst_case_seconds
 from clay.training.synthetic import write_scene
 from rasterio.shutil import copy as gdal_copy
@@ -187,3 +188,25 @@ def test_the_timeout_is_a_run_option_and_reaches_gdal_as_its_http_limits():
         "GDAL_HTTP_CONNECTTIMEOUT": "7", "GDAL_HTTP_LOW_SPEED_TIME": "7", "GDAL_HTTP_LOW_SPEED_LIMIT": "1024",
         "GDAL_HTTP_TIMEOUT": "70", "GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "1.0"}  # fmt: skip
     assert worst_case_seconds(7) == 4 * 70 + 1 + 2 + 4
+
+
+def test_the_previews_decimated_read_has_the_same_limits(monkeypatch):
+    """``--preview`` reads the scene again (decimated) on the main thread, outside the readers: it
+    runs inside the scene's HTTP limits too."""
+    from dataclasses import replace
+
+    from clay.runtime.engines.choice import read_engine_metadata
+    from clay.runtime.outputs import preview
+    from clay.runtime.scenes.scene import open_scene
+
+    scene = replace(open_scene(DEMO_SCENE_PATH, read_engine_metadata(DEMO_ENGINE), RunOptions()), http_timeout=7)
+    seen = []
+
+    class Handle:
+        def read(self, index, out_shape, out_dtype):
+            seen.append(rasterio.env.getenv().get("GDAL_HTTP_LOW_SPEED_TIME") if rasterio.env.hasenv() else None)
+            return np.ones(out_shape, np.float32)
+
+    monkeypatch.setattr(preview, "band_reader", lambda *args, **kwargs: Handle())
+    assert preview.true_colour(scene, 8, 8).shape == (8, 8, 3)
+    assert seen == ["7", "7", "7"]  # B04, B03, B02
