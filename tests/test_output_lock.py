@@ -141,10 +141,9 @@ def test_the_ray_driver_takes_the_same_lock_before_it_starts_a_job(scenes, tmp_p
     out.mkdir()
     meta = read_engine_metadata(DEMO_ENGINE)
     scene = open_scene(small, meta, RunOptions())
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path\n"
-                               "from clay.runtime.outputs.lock import hold_folders\n"
-                               f"with hold_folders([Path({str(out)!r})]):\n    print('held', flush=True); sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    code = ("import sys; from pathlib import Path\nfrom clay.runtime.outputs.lock import hold_folders\n"
+            f"with hold_folders([Path({str(out)!r})]):\n    print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         engine = SimpleNamespace(metadata=meta)

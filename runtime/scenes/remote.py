@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
 
 import rasterio
 
-from ..options import DEFAULT_HTTP_TIMEOUT  # object stores answer in well under a second; 30 s rides out a slow link
+# DEFAULT_HTTP_TIMEOUT (30 s): object stores answer in well under a second; 30 s rides out a slow link
+from ..options import DEFAULT_HTTP_TIMEOUT
 from .inputs import GdalPath
 
 LOW_SPEED_BYTES = 1024
@@ -148,14 +148,14 @@ def fetch(url: str, timeout: float = DEFAULT_HTTP_TIMEOUT, byte_range: str | Non
     server's status), ``TimeoutError`` (no progress, or too slow in all) or ``OSError``."""
     request = urllib.request.Request(url, headers={**user_headers(), **({"Range": byte_range} if byte_range else {})})
     deadline = time.monotonic() + REQUEST_TIMEOUTS * timeout
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only, checked by callers
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         chunks, size = [], 0
         while True:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the transfer took over {REQUEST_TIMEOUTS * timeout:g} s")
             try:
                 chunk = response.read1(1 << 16)
-            except socket.timeout:
+            except TimeoutError:  # socket.timeout
                 raise TimeoutError(f"no byte for {timeout:g} s") from None
             if not chunk:
                 return b"".join(chunks)
@@ -170,7 +170,7 @@ def describe_fetch_error(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, urllib.error.HTTPError):
         return status_hint(exc.code, exc.reason or "")
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    if isinstance(reason, (socket.timeout, TimeoutError)):
+    if isinstance(reason, TimeoutError):  # socket.timeout is TimeoutError
         return f"no answer within {timeout:g} s ({reason or 'timed out'}; --http-timeout)"
     return str(getattr(reason, "strerror", None) or reason or type(exc).__name__)
 
