@@ -8,8 +8,9 @@ while GDAL opens a URL, so a server thread in the reading process would never an
 Faults, as servers misbehave (all off unless asked for):
 
 - ``--stall-at OFFSET``: a response holding byte OFFSET or any later one sends its headers and
-  half its body, then holds the connection without a byte more for ``--stall-for`` seconds (60)
-  and closes it: a stalled or dying server mid-body. The stalled responses are counted on stderr.
+  half its body (``--stall-keep N``: its first N bytes, short of the whole), then holds the connection without a byte
+  more for ``--stall-for`` seconds (60) and closes it: a stalled or dying server mid-body. The
+  stalled responses are listed on stderr.
 - ``--status CODE``: every request is answered with CODE (403: an expired signed URL or
   credentials); with ``--status-at OFFSET`` only those for a range holding byte OFFSET or a later
   one (the header reads and opens, the pixels do not: a URL that expires during a run).
@@ -30,6 +31,7 @@ from pathlib import Path
 class RangeFiles(http.server.SimpleHTTPRequestHandler):
     stall_at: int | None = None
     stall_for: float = 60.0
+    stall_keep: int | None = None
     status: int | None = None
     status_at: int | None = None
     token: str | None = None
@@ -71,7 +73,8 @@ class RangeFiles(http.server.SimpleHTTPRequestHandler):
         self.send_header("Content-Type", "application/geo+json" if path.suffix == ".json" else "image/tiff")
         self.end_headers()
         if body and self.stall_at is not None and end >= self.stall_at:
-            half = start + (end - start + 1) // 2
+            size = end - start + 1
+            half = start + (size // 2 if self.stall_keep is None else min(self.stall_keep, size - 1))  # always short
             self.wfile.write(data[start:half])
             self.wfile.flush()
             print(f"stalled {start}-{end}", file=sys.stderr, flush=True)
@@ -90,11 +93,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("folder")
     parser.add_argument("--stall-at", type=int, default=None)
     parser.add_argument("--stall-for", type=float, default=60.0)
+    parser.add_argument("--stall-keep", type=int, default=None)
     parser.add_argument("--status", type=int, default=None)
     parser.add_argument("--status-at", type=int, default=None)
     parser.add_argument("--token", default=None)
     args = parser.parse_args(argv)
-    faults = {"stall_at": args.stall_at, "stall_for": args.stall_for, "status": args.status,
+    faults = {"stall_at": args.stall_at, "stall_for": args.stall_for, "stall_keep": args.stall_keep, "status": args.status,
               "status_at": args.status_at, "token": args.token}  # fmt: skip
     handler = type("Handler", (RangeFiles,), faults)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=args.folder))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -47,6 +48,7 @@ def files(tmp_path_factory) -> dict[str, object]:
     served = folder / "served"
     served.mkdir()
     gdal_copy(str(plain), str(served / "scene.tif"), driver="COG", BLOCKSIZE=256, COMPRESS="DEFLATE")
+    shutil.copy(served / "scene.tif", served / "opening.tif")
     with rasterio.open(served / "scene.tif") as src:
         pixels_at = min(int(src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=b))
                         for b in src.indexes for x in (0, 1) for y in (0, 1))  # fmt: skip
@@ -105,21 +107,27 @@ def embeddings(path: Path) -> np.ndarray:
 
 def test_a_server_stalling_mid_body_fails_its_scene_in_one_line_within_the_bound_and_the_others_go_on(
         files, serve, tmp_path):  # fmt: skip
+    """One server stalls once the pixels are asked for (the scene opens, its chip read stalls), another
+    from its first byte (the header read stalls, in the thread that opens the scene)."""
     server = serve(files["served"], "--stall-at", str(files["pixels_at"]), "--stall-for", "300")
-    url = f"{server.base}/scene.tif"
+    at_open = serve(files["served"], "--stall-at", "0", "--stall-keep", "64", "--stall-for", "300")
+    url, opening = f"{server.base}/scene.tif", f"{at_open.base}/opening.tif"
     out = tmp_path / "out"
     start = time.monotonic()
-    result = clay_run(url, files["plain"], "--engine", DEMO_ENGINE, "--out", out, "--keep-going",
+    result = clay_run(url, opening, files["plain"], "--engine", DEMO_ENGINE, "--out", out, "--keep-going",
                       "--http-timeout", TIMEOUT, timeout=worst_case_seconds(TIMEOUT) + STARTUP)  # fmt: skip
     took = time.monotonic() - start
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    reason = failures(result.stderr)["scene"]
-    assert reason.startswith(f"{url}: read failed at rows 0-512, cols 0-512 (no answer within {TIMEOUT} s (")
-    assert "--http-timeout" in reason and "; GDAL: " in reason
     assert took < worst_case_seconds(TIMEOUT) + STARTUP
-    assert sorted(p.name for p in out.iterdir()) == ["plain.parquet"]  # no partial of the failed scene
+    reasons = failures(result.stderr)
+    assert sorted(reasons) == ["opening", "scene"]
+    mid_body, at_header = reasons["scene"], reasons["opening"]
+    assert mid_body.startswith(f"{url}: read failed at rows 0-512, cols 0-512 (no answer within {TIMEOUT} s (")
+    assert at_header.startswith(f"{opening}: cannot be read (no answer within {TIMEOUT} s (")
+    assert all("--http-timeout" in r and "; GDAL: " in r for r in (mid_body, at_header))
+    assert sorted(p.name for p in out.iterdir()) == ["plain.parquet"]  # no partial of the failed scenes
     assert pq.read_table(out / "plain.parquet").num_rows == 1
-    assert "stalled" in server.stop()  # the read did reach the stalled bytes
+    assert "stalled" in server.stop() and "stalled" in at_open.stop()  # the reads did reach the stalled bytes
 
 
 def test_a_stalled_catalogue_fails_the_item_in_one_line_within_the_bound(files, serve, tmp_path):

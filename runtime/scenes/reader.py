@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from ..errors import SceneError, first_line
 from .grid import Chip
-from .remote import HTTP_RETRIES, http_env, is_remote, remote_problem
+from .remote import http_env, is_remote, remote_problem, stalled_hint
 from .scene import ReadGroup, Scene
 from .units import check_values
 
@@ -112,10 +112,7 @@ def _read_failure(scene: Scene, group: ReadGroup, exc: RasterioError) -> str:
     if not is_remote(group.path):
         return reason
     problem = remote_problem(group.path, scene.http_timeout)
-    if problem is None:
-        problem = (f"the server stopped sending, or sent a cut or unreadable body; remote reads give up after "
-                   f"{scene.http_timeout:g} s without progress and {HTTP_RETRIES} retries (--http-timeout)")  # fmt: skip
-    return f"{problem}; GDAL: {reason}"
+    return f"{problem}; GDAL: {reason}" if problem else f"{reason}; {stalled_hint(scene.http_timeout)}"
 
 
 def _convert(scene: Scene, data: np.ndarray) -> None:

@@ -87,7 +87,13 @@ def open_failure(path, message: str) -> str:
         return message
     status = gdal_status(message)
     problem = status_hint(status) if status is not None else remote_problem(path, current_timeout())
-    return f"{problem}; GDAL: {message}" if problem else message
+    return f"{problem}; GDAL: {message}" if problem else f"{message}; {stalled_hint(current_timeout())}"
+
+
+def stalled_hint(timeout: float) -> str:
+    """What a failed remote read may be when its server answers well when asked again."""
+    return (f"the server may have stopped sending or cut the transfer: remote reads give up after {timeout:g} s "
+            f"without progress and {HTTP_RETRIES} retries (--http-timeout)")
 
 
 def worst_case_seconds(timeout: float = DEFAULT_HTTP_TIMEOUT) -> float:
