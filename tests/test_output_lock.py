@@ -169,3 +169,14 @@ def test_two_runs_probing_one_new_folder_do_not_remove_each_others_probe(tmp_pat
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: prepare_output_folder(folder), range(400)))
     assert list(folder.iterdir()) == []
+
+
+def test_a_folder_reached_through_a_link_is_the_same_folder(tmp_path):
+    """Within one process a second open of the lock file would lock the process out of its own
+    folder: names of one folder (a symlink, a relative path) share one lock."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with hold_folders([real]), hold_folders([tmp_path / "link"]), hold_folders([tmp_path / "link" / ".." / "real"]):
+        assert (real / LOCK_NAME).exists()
+    assert not (real / LOCK_NAME).exists()

@@ -112,7 +112,7 @@ def hold_folders(folders: Iterable[Path]) -> Iterator[None]:
     :class:`OutputError` naming the folder and its holder when another process holds one."""
     taken: list[Path] = []
     try:
-        for folder in sorted({Path(os.path.abspath(f)) for f in folders}):
+        for folder in sorted({Path(os.path.realpath(f)) for f in folders}):  # one entry per folder, links resolved
             with _guard:
                 if folder in _held:
                     _held[folder][1] += 1
@@ -134,7 +134,7 @@ def hold_folders(folders: Iterable[Path]) -> Iterator[None]:
 def claim_scenes(chip_files: Iterable[Path]) -> Iterator[None]:
     """Mark scenes (by their chip file) as being written by this call, for the ``with`` block.
     Raises :class:`OutputError` when another call of this process is writing one of them."""
-    wanted = [Path(os.path.abspath(p)) for p in chip_files]
+    wanted = [Path(os.path.realpath(Path(p).parent)) / Path(p).name for p in chip_files]
     with _guard:
         busy = next((p for p in wanted if p in _claimed), None)
         if busy is not None:
