@@ -67,7 +67,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_naming_the_first_which_fin
         wait_for(out / "big.parquet.partial", first)
         first.send_signal(signal.SIGSTOP)  # in flight: its partial files are open
         partials = sorted(p.name for p in out.iterdir() if p.name.endswith(".partial"))
-        for extra in ([], ["--resume"]):  # partials were cleared at start with or without --resume
+        for extra in ([], ["--resume"], ["--ray"]):  # partials were cleared at start with or without --resume
             second = clay_run(small, big, "--engine", DEMO_ENGINE, "--out", out, *extra)
             lines = second.stderr.strip().splitlines()
             assert second.returncode == 1 and "Traceback" not in second.stderr, second.stderr
