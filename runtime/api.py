@@ -15,6 +15,7 @@ configured once in each) are shared by every call.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +32,7 @@ from .engines.choice import open_engine
 from .errors import SceneError
 from .metadata import EngineMetadata
 from .options import RunOptions, check_patch_embeddings
+from .outputs.lock import claim_scenes, hold_folders
 from .outputs.publish import OutputError, ScenePaths
 from .pipeline import ChipReaders, Progress, SceneJob, SceneResult, run_scenes
 from .scenes.inputs import SceneFiles
@@ -46,9 +48,10 @@ def prepare_output_folder(folder: Path) -> list[Path]:
     missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".clay-write-test"
-        probe.touch()
-        probe.unlink()
+        # a name of its own: two runs probing one folder under one name could remove each other's probe
+        fd, probe = tempfile.mkstemp(prefix=".clay-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         remove_if_empty(missing)
         raise OutputError(f"{folder}: output directory is not writable ({exc.strerror or exc})") from None
@@ -171,18 +174,21 @@ class ClayEmbedder:
         given unopened (files, a path) is opened by the pipeline ahead of its chips (``on_open`` sees
         each), and one that cannot be opened is a failed result with ``keep_going``, else raises
         :class:`SceneError`. With ``resume``, scenes whose files are complete are left out, and what
-        a killed run left under ``.partial`` names is removed."""
+        a killed run left under ``.partial`` names is removed.
+
+        The output folders are locked from the first result asked for to the last
+        (:mod:`clay.runtime.outputs.lock`): another process writing into one of them, or another
+        call of this process writing one of these scenes, is an :class:`OutputError` naming it."""
         options = options or self.options
         check_patch_embeddings(self.metadata, options.needs_patches, options.patch_request())
-        jobs = []
-        for item in scenes:
-            job = item if isinstance(item, SceneJob) else SceneJob(
-                item[0] if isinstance(item[0], (Scene, SceneFiles)) else as_scene_files(item[0]), item[1])  # fmt: skip
-            if not (options.resume and job.paths.complete()):
-                jobs.append(job)
-        for job in jobs:
-            job.paths.clear_partials()
-        yield from run_scenes(self.engine, jobs, options, self.readers, progress, self.clock, on_open)
+        given = [item if isinstance(item, SceneJob) else SceneJob(
+                 item[0] if isinstance(item[0], (Scene, SceneFiles)) else as_scene_files(item[0], options.http_timeout), item[1])
+                 for item in scenes]  # fmt: skip
+        with hold_folders(job.paths.chips.parent for job in given), claim_scenes(job.paths.chips for job in given):
+            jobs = [job for job in given if not (options.resume and job.paths.complete())]
+            for job in jobs:
+                job.paths.clear_partials()
+            yield from run_scenes(self.engine, jobs, options, self.readers, progress, self.clock, on_open)
 
     def embed_scene_to(self, scene: str | Path | SceneFiles | InMemoryScene, output: str | Path,
                        options: RunOptions | None = None, name: str | None = None) -> SceneResult:  # fmt: skip

@@ -21,7 +21,8 @@ from .engines.choice import BACKENDS
 from .errors import SceneError, first_line
 from .formats import describe_formats
 from .metadata import EngineMetadata
-from .options import EDGE_MODES, RASTER_DTYPES, SAR_UNITS, RunOptions, cpu_count
+from .options import DEFAULT_HTTP_TIMEOUT, EDGE_MODES, RASTER_DTYPES, SAR_UNITS, RunOptions, cpu_count
+from .outputs.lock import hold_folders
 from .outputs.publish import OutputError, ScenePaths
 from .pipeline import SceneJob, SceneResult
 from .ray_job import RayJobError, RunCounts, ray_cluster, run_on_ray
@@ -143,9 +144,9 @@ class RayProgress:
               help="Also write <scene>.patches.tif: the patch embeddings as a Cloud-Optimized GeoTIFF, one pixel per "
                    "32-px cell of the scene's grid, one band per dimension (engine exported with --patch-embeddings).")
 @click.option("--raster-dtype", type=click.Choice(RASTER_DTYPES), default="float32", show_default=True,
-              help="Type of --patch-raster's cells: float32 (as computed, nodata NaN) or int8 (per-band scale and "
-                   "offset that GDAL, rasterio and rioxarray apply; -128 is nodata). float16 is refused: GDAL 3.10 has "
-                   "no Float16 type.")
+              help="Type of --patch-raster's cells: float32 (as computed, nodata NaN) or int8 (8-bit codes with a per-band "
+                   "scale and offset that GDAL, rasterio and rioxarray apply, stored as unsigned bytes that every GDAL "
+                   "since 2.x reads alike; code 0 is nodata). float16 is refused: GDAL 3.10 has no Float16 type.")
 @click.option("--sar-units", type=click.Choice(SAR_UNITS), default="auto", show_default=True,
               help="Units of VH/VV. Clay v0 expects linear power; dB is converted (10^(dB/10)) while reading. "
                    "auto: the band's unit metadata, else refuse a mostly negative (dB) band.")
@@ -157,6 +158,11 @@ class RayProgress:
                                             "and patch raster when asked for, published); clear what a killed run left.")
 @click.option("--keep-going", is_flag=True, help="When a scene fails, finish the others and list the failures at the end "
                                                 "(the exit code is still 1).")
+@click.option("--http-timeout", type=click.FloatRange(min=1), default=DEFAULT_HTTP_TIMEOUT, show_default=True,
+              metavar="SECONDS",
+              help="Remote files and STAC Items (https://, /vsicurl/, /vsis3/...): a connection or a transfer that makes "
+                   "no progress (under 1 KiB/s) for this long is retried, 3 times, then fails its scene in one line "
+                   "(with --keep-going the others go on); any one request may take 10x this in all.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for ONNX Runtime or OpenVINO (with --ray: per engine actor, and the CPUs each reserves).")
 @click.option("--combine", is_flag=True,
@@ -168,8 +174,8 @@ class RayProgress:
                    "per CPU), the same files. Connects to RAY_ADDRESS when set, else starts a local Ray. Implies "
                    "--keep-going; --readers does not apply. Needs the ray extra.")
 def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, edge, max_nodata, date_text,
-         patch_embeddings, patch_raster, raster_dtype, sar_units, s2_offset, resume, keep_going, threads, combine,
-         use_ray) -> None:  # fmt: skip
+         patch_embeddings, patch_raster, raster_dtype, sar_units, s2_offset, resume, keep_going, http_timeout, threads,
+         combine, use_ray) -> None:  # fmt: skip
     """Embed GeoTIFF SCENES with a Clay engine into GeoParquet.
 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
@@ -207,20 +213,27 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
     try:
         options = RunOptions(batch_size=batch_size, edge=edge, max_nodata=max_nodata, patch_embeddings=patch_embeddings,
                              patch_raster=patch_raster, raster_dtype=raster_dtype, date=date, sar_units=sar_units,
-                             s2_offset=s2_offset, readers=readers, keep_going=keep_going or use_ray, resume=resume)  # fmt: skip
+                             s2_offset=s2_offset, readers=readers, keep_going=keep_going or use_ray, resume=resume,
+                             http_timeout=http_timeout)  # fmt: skip
     except ValueError as exc:
         sys.exit(f"clay-run: {exc}")
     failures: list[tuple[str, str]] = []
     created: list[Path] = []  # output folders this run made: removed again if it writes nothing there
     try:
-        scene_files = discover_scenes(scenes, combine=combine)
+        scene_files = discover_scenes(scenes, combine=combine, http_timeout=options.http_timeout)
         targets = output_paths(scene_files, out)
         if preview is not None and len(scene_files) != 1:
             raise SceneError(f"--preview {preview}: draws one scene, {len(scene_files)} to embed")
-        if use_ray:
-            run_with_ray(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
-        else:
-            run_here(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
+        folders = list(dict.fromkeys(target.parent for target in targets))
+        for folder in folders:
+            created += prepare_output_folder(folder)
+        # One run per output folder, from the --resume check to the preview (a second is refused
+        # in one line naming the first; see clay.runtime.outputs.lock).
+        with hold_folders(folders + ([preview.parent] if preview is not None and preview.parent.is_dir() else [])):
+            if use_ray:
+                run_with_ray(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
+            else:
+                run_here(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
     except EngineUnavailable as exc:  # the engine cannot run on this machine: exit 2, as for a missing extra
         click.echo(f"clay-run: {exc}", err=True)
         sys.exit(2)

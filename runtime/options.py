@@ -22,6 +22,11 @@ FLOAT16_REFUSED = (
 )
 
 
+#: Seconds a remote read may go without progress before it is retried, then fails its scene
+#: (``--http-timeout``; how GDAL is told: :mod:`clay.runtime.scenes.remote`).
+DEFAULT_HTTP_TIMEOUT = 30.0
+
+
 def cpu_count() -> int:
     """The cores this process may use (its affinity, not the machine's total)."""
     return len(os.sched_getaffinity(0))
@@ -38,7 +43,10 @@ class RunOptions:
     number of chip-reader threads (default: one per core). ``keep_going`` finishes the other scenes
     when one fails; ``resume`` skips scenes whose outputs are complete. ``patch_raster`` also writes
     each scene's patch vectors as a Cloud-Optimized GeoTIFF of ``raster_dtype``
-    (:mod:`clay.runtime.outputs.patch_raster`).
+    (:mod:`clay.runtime.outputs.patch_raster`). ``http_timeout``: seconds a remote read (a
+    ``/vsicurl/`` or ``https://`` file, an object store, a STAC Item over http) may make no
+    progress before it is retried and, after 3 retries, fails its scene in one line
+    (:mod:`clay.runtime.scenes.remote`).
     """
 
     batch_size: int | None = None
@@ -53,6 +61,7 @@ class RunOptions:
     readers: int | None = None
     keep_going: bool = False
     resume: bool = False
+    http_timeout: float = DEFAULT_HTTP_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.edge not in EDGE_MODES:
@@ -65,6 +74,8 @@ class RunOptions:
             raise ValueError(f"sar_units must be one of {', '.join(SAR_UNITS)}, not {self.sar_units!r}")
         if not 0 <= self.max_nodata <= 1:
             raise ValueError(f"max_nodata must be between 0 and 1, not {self.max_nodata}")
+        if not self.http_timeout >= 1:  # curl counts whole seconds; NaN is refused too
+            raise ValueError(f"http_timeout must be at least 1 second, not {self.http_timeout}")
         for name in ("batch_size", "readers"):
             value = getattr(self, name)
             if value is not None and value < 1:

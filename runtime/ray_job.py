@@ -43,6 +43,7 @@ from .errors import SceneError, first_line
 from .formats import CPU_BACKENDS
 from .metadata import EngineMetadata
 from .options import RunOptions, check_patch_embeddings, cpu_count
+from .outputs.lock import claim_scenes, hold_folders
 from .outputs.publish import OutputError, ScenePaths
 from .pipeline import SceneResult, group_means, nothing_to_embed, open_output, scene_identity, write_chip_rows
 from .scenes.grid import Chip
@@ -383,11 +384,19 @@ def run_on_ray(
     A scene that cannot be read, has nothing under ``max_nodata`` or cannot be written is a result
     with its one-line reason and leaves no file under a final name; the others go on. A job that
     cannot run at all raises :class:`RayJobError`. ``stats`` (for benchmarks) receives Ray Data's
-    execution statistics under ``"dataset"`` once the job is done.
+    execution statistics under ``"dataset"`` once the job is done. The output folders are locked
+    while it runs, as the local pipeline's are (:mod:`clay.runtime.outputs.lock`).
     """
     check_patch_embeddings(engine.metadata, options.needs_patches, options.patch_request())
     if not jobs:
         return
+    with hold_folders(paths.chips.parent for _, paths in jobs), claim_scenes(paths.chips for _, paths in jobs):
+        yield from _run_on_ray(cluster, engine, jobs, options, progress, threads, layout, stats)
+
+
+def _run_on_ray(cluster: RayCluster, engine: EngineInfo, jobs: Sequence[tuple[Scene, ScenePaths]], options: RunOptions,
+                progress: Progress | None, threads: int | None, layout: Layout | None,
+                stats: dict | None) -> Iterator[SceneResult]:  # fmt: skip
     batch = options.batch_size or engine.preferred_batch
     items, grids = chip_items(jobs, options.edge)
     layout = layout or cluster.layout(engine, threads, -(-len(items) // batch))

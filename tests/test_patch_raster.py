@@ -27,7 +27,7 @@ from clay.runtime.cli import DEMO_ENGINE, DEMO_SCENE
 from clay.runtime.outputs.geoparquet import AtomicParquetWriter
 from clay.runtime.outputs.publish import OutputError, ScenePaths, staging_path
 from clay.runtime.outputs.patch_grid import CellGrid, block_size
-from clay.runtime.outputs.patch_raster import INT8_NODATA, PatchRasterWriter
+from clay.runtime.outputs.patch_raster import CODE_MID, CODE_NODATA, PatchRasterWriter
 from clay.training.synthetic import make_scene_array
 from pyproj import Transformer
 from rasterio.transform import Affine
@@ -172,8 +172,8 @@ def test_int8_dequantises_through_gdal_rasterio_and_rioxarray_to_cosine_099(runs
     assert similarity.min() >= 0.99, similarity.min()  # measured: min 0.99998, median 0.99999 (demo weights)
     with rasterio.open(result.raster) as src:
         codes, scales = src.read(), np.array(src.scales)
-        assert src.dtypes[0] == "int8" and src.nodata == INT8_NODATA
-        assert codes.min() >= -127 and codes.max() <= 127  # -128 is kept for nodata
+        assert src.dtypes[0] == "uint8" and src.nodata == CODE_NODATA == 0  # GDAL's Byte: read alike by GDAL < 3.7
+        assert codes.min() >= 1 and codes.max() <= 255  # 0 is kept for nodata
     error = np.abs(values - float32) / scales  # in codes: rounding, at most half a step
     assert error.max() <= 0.5 + 1e-3, error.max()
     rioxarray = pytest.importorskip("rioxarray", reason="rioxarray is in the dev extra")
@@ -183,6 +183,55 @@ def test_int8_dequantises_through_gdal_rasterio_and_rioxarray_to_cosine_099(runs
     bands = rioxarray.open_rasterio(result.raster, mask_and_scale=True, band_as_variable=True)
     assert bands["band_1"].attrs["long_name"] == "embedding_000"
     assert np.allclose(bands["band_1"].values, values[..., 0], atol=1e-6)
+
+
+def gdal_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300, check=True)
+
+
+def system_gdal() -> str:
+    """The version of the GDAL command-line tools on the PATH (Debian 12's gdal-bin: 3.6.2), or skip."""
+    if not (shutil.which("gdalinfo") and shutil.which("gdal_translate") and shutil.which("gdallocationinfo")):
+        pytest.skip("GDAL's command-line tools are not installed (Debian: apt-get install gdal-bin, GDAL 3.6): the "
+                    "int8 raster is checked with rasterio's bundled GDAL only")  # fmt: skip
+    return gdal_tool("gdalinfo", "--version").stdout.split(",")[0].removeprefix("GDAL ")
+
+
+def test_int8_reads_right_in_the_systems_older_gdal_as_in_rasterios(runs, tmp_path):
+    """GDAL < 3.7 has no Int8 type: an Int8 raster came back from Debian 12's GDAL 3.6 as unsigned
+    bytes (code -12 as 244) with its -128 nodata ignored. Read with the system's GDAL tools (Debian
+    12's gdal-bin 3.6 here) and dequantised by them (``gdal_translate -unscale``), every cell is the
+    float raster's vector within half a quantisation step; nodata cells are that GDAL's nodata; the
+    scale and offset are rasterio's (GDAL 3.10)."""
+    version = system_gdal()
+    reference, empty = read_cells(runs("rotated").raster)
+    result = runs("rotated", "int8")
+    assert empty.any() and not empty.all()  # the skipped chip's cells are nodata
+    info = json.loads(gdal_tool("gdalinfo", "-json", result.raster).stdout)
+    with rasterio.open(result.raster) as src:
+        scales, offsets, codes = np.array(src.scales), np.array(src.offsets), src.read()
+        assert src.count == len(info["bands"]) == reference.shape[-1]
+    assert {band["type"] for band in info["bands"]} == {"Byte"}
+    assert [band["noDataValue"] for band in info["bands"]] == [0.0] * len(scales)
+    assert np.allclose([band["scale"] for band in info["bands"]], scales, rtol=1e-12, atol=0)
+    assert np.allclose([band["offset"] for band in info["bands"]], offsets, rtol=1e-12, atol=1e-15)
+    unscaled = tmp_path / "unscaled.tif"
+    gdal_tool("gdal_translate", "-q", "-ot", "Float64", "-unscale", result.raster, unscaled)  # that GDAL applies them
+    with rasterio.open(unscaled) as src:
+        values = np.moveaxis(src.read(), 0, -1)
+    step = np.abs(values[~empty] - reference[~empty]) / scales
+    assert step.max() <= 0.5 + 1e-3, (version, step.max())
+    rows, cols = np.nonzero(empty)
+    for row, col in [(rows[0], cols[0]), (rows[-1], cols[-1])]:  # nodata: code 0 in every band, that GDAL's nodata
+        said = gdal_tool("gdallocationinfo", "-valonly", result.raster, col, row).stdout.split()
+        assert [float(v) for v in said] == [0.0] * len(scales)
+    rows, cols = np.nonzero(~empty)
+    for row, col in [(rows[0], cols[0]), (rows[len(rows) // 2], cols[len(rows) // 2]), (rows[-1], cols[-1])]:
+        said = np.array(gdal_tool("gdallocationinfo", "-valonly", result.raster, col, row).stdout.split(), float)
+        assert np.array_equal(said, codes[:, row, col]) and said.min() >= 1  # the codes, unsigned, in both GDALs
+        assert np.abs(said * scales + offsets - reference[row, col]).max() <= (0.5 + 1e-3) * scales.max()
+    middle = np.abs(codes[:, ~empty].astype(int) - CODE_MID).max()
+    assert middle == 127  # each band spans its range: codes 1…255 around 128
 
 
 def test_rioxarray_opens_the_raster_with_band_y_x_dims_and_cell_centre_coordinates(runs):

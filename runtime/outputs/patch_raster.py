@@ -4,10 +4,15 @@ the scene's grid, in the scene's CRS, one band per embedding dimension (``embedd
 ZSTD-compressed, with nearest-neighbour overviews. Which patch each cell holds, and the overviews'
 cells: :mod:`clay.runtime.outputs.patch_grid`.
 
-**Types** (``--raster-dtype``): ``float32``, the engine's values, nodata NaN; ``int8``, per band
-linear (value = code × scale + offset, GDAL's band scale and offset, which GDAL, rasterio and
-rioxarray apply), with offset = (max + min)/2 and scale = (max − min)/254 over the values the band
-was given, so codes span −127…127 and code −128 is nodata. ``float16`` is refused: the pinned
+**Types** (``--raster-dtype``): ``float32``, the engine's values, nodata NaN; ``int8``, 8-bit codes
+per band, linear (value = code × scale + offset, GDAL's band scale and offset, which GDAL, rasterio
+and rioxarray apply), stored as **unsigned** bytes (GDAL ``Byte``): codes 1…255 span the values the
+band was given, with scale = (max − min)/254 and offset = (max + min)/2 − 128 × scale (so code 128 is
+the middle of the range), and code 0 is nodata. Not GDAL's ``Int8``: GDAL < 3.7 (Debian 12's 3.6,
+the QGIS and servers built on it) has no such type and reads an ``Int8`` (or ``PIXELTYPE=SIGNEDBYTE``)
+TIFF, which are the same bytes, as unsigned (−12 as 244) with its −128 nodata invalid, so as
+data; ``Byte`` with scale and offset reads the same in every GDAL since 2.x (tested with Debian's
+``gdal-bin`` 3.6 and rasterio's bundled 3.10). ``float16`` is refused: the pinned
 rasterio wheels bundle GDAL 3.10, which has no Float16 type, and its half-float writer (``NBITS=16``
 on Float32) took over 100 s for a 128 × 128-cell, 768-band raster whose float32 COG took 1.3 s
 (:data:`clay.runtime.options.FLOAT16_REFUSED`).
@@ -44,8 +49,11 @@ from ..timing import NullClock, StageClock
 from .patch_grid import CellGrid, Claim, Level, block_size, chip_claim, overview_levels
 from .publish import fsync, naming, partial_path, staging_path
 
-INT8_NODATA = -128
-INT8_MAX = 127
+#: int8 rasters: the stored code of nodata, and of a band's mid-range value; codes span
+#: ``CODE_MID - STEPS … CODE_MID + STEPS`` (1…255).
+CODE_NODATA = 0
+CODE_MID = 128
+STEPS = 127
 #: Rows of cells converted at a time on publish (a full-width stripe: 17 MB for 343 cells × 768 dims).
 STRIPE = 16
 #: Bytes written to a level GeoTIFF between two reopenings: closing flushes its blocks out of GDAL's
@@ -59,7 +67,7 @@ COMPRESSION = {"float32": ("ZSTD", 3, 1), "int8": ("ZSTD", 2, 1)}
 #: GDAL's compression threads for the COG copy: ALL_CPUS doubled the copy's peak memory on 2 cores
 #: (+292 MB instead of +146 MB for a 343 × 320-cell, 768-band raster) and was no faster beside the engine.
 COG_THREADS = 1
-ITEM = {"float32": (np.float32, "Float32", "nan"), "int8": (np.int8, "Int8", str(INT8_NODATA))}
+ITEM = {"float32": (np.float32, "Float32", "nan"), "int8": (np.uint8, "Byte", str(CODE_NODATA))}
 #: What GDAL raises through rasterio when a write fails (CPLE_*: rasterio's wrappers of GDAL's errors).
 GDAL_ERRORS = (OSError, RasterioError, CPLE_BaseError)
 
@@ -75,19 +83,24 @@ def tag_name(key: str) -> str:
 
 
 def quantisation(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per band float32 ``(scale, offset)`` mapping ``[low, high]`` onto codes −127…127 (a band
-    never given a value, or a constant one: scale 1)."""
+    """Per band float32 ``(scale, middle)`` mapping ``[low, high]`` onto codes 1…255, ``middle`` at
+    :data:`CODE_MID` (a band never given a value, or a constant one: scale 1). The band's GDAL offset
+    is :func:`gdal_offset` of these."""
     low = np.where(np.isfinite(low), low, 0).astype(np.float64)
     high = np.where(np.isfinite(high), high, 0).astype(np.float64)
-    scale = np.where(high > low, (high - low) / (2 * INT8_MAX), 1.0)
+    scale = np.where(high > low, (high - low) / (2 * STEPS), 1.0)
     return scale.astype(np.float32), ((high + low) / 2).astype(np.float32)
 
 
-def quantise(values: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """``values [..., dim]`` float32 (NaN: nodata) → int8 codes, NaN → :data:`INT8_NODATA`."""
-    codes = np.rint((values - offset) / scale)
-    codes = np.clip(np.nan_to_num(codes, nan=INT8_NODATA), INT8_NODATA, INT8_MAX)
-    return codes.astype(np.int8)
+def gdal_offset(scale: np.ndarray, middle: np.ndarray) -> np.ndarray:
+    """The band offset GDAL stores (value = code × scale + offset), float64 ``[dim]``."""
+    return middle.astype(np.float64) - CODE_MID * scale.astype(np.float64)
+
+
+def quantise(values: np.ndarray, scale: np.ndarray, middle: np.ndarray) -> np.ndarray:
+    """``values [..., dim]`` float32 (NaN: nodata) → uint8 codes 1…255, NaN → :data:`CODE_NODATA`."""
+    steps = np.clip(np.rint((values - middle) / scale), -STEPS, STEPS)
+    return np.where(np.isnan(values), CODE_NODATA, steps + CODE_MID).astype(np.uint8)
 
 
 class RawLevel:
@@ -168,8 +181,9 @@ class PatchRasterWriter:
                            "ties to the first in grid order; none: nodata",
                   "overviews": "nearest: cell (r, c) of level f is cell (min(r*f + f/2, H-1), min(c*f + f/2, W-1))"}  # fmt: skip
         if self.dtype == "int8":
+            record["stored"] = "Byte (unsigned 8-bit, read alike by GDAL >= 2; not GDAL 3.7's Int8)"
             record["quantisation"] = (
-                "per band: value = code * scale + offset (GDAL scale, offset); -128: nodata"
+                "per band: value = code * scale + offset (GDAL scale, offset); codes 1-255; 0: nodata"
             )
         return record
 
@@ -269,7 +283,8 @@ class PatchRasterWriter:
         for b, name in enumerate(band_names(self.dim)):
             scaling = ""
             if quant is not None:
-                scaling = f"<Offset>{float(quant[1][b])!r}</Offset><Scale>{float(quant[0][b])!r}</Scale>"
+                offset = gdal_offset(quant[0][b], quant[1][b])
+                scaling = f"<Offset>{float(offset)!r}</Offset><Scale>{float(quant[0][b])!r}</Scale>"
             overviews = "".join(f'<Overview><SourceFilename relativeToVRT="1">{escape(n)}</SourceFilename>'
                                 f"<SourceBand>{b + 1}</SourceBand></Overview>" for n in names[1:])  # fmt: skip
             bands.append(f'<VRTRasterBand dataType="{kind}" band="{b + 1}"><Description>{name}</Description>'

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from ..metadata import EngineMetadata
 from ..scenes.reader import band_reader
+from ..scenes.remote import http_env
 from ..scenes.scene import ReadGroup, Scene
 
 MAX_PANEL_SIDE = 720
@@ -61,6 +62,15 @@ def standardise_within_chips(vectors: np.ndarray, chip_rows, chip_cols) -> np.nd
 def true_colour(scene: Scene, height: int, width: int) -> np.ndarray:
     """B04/B03/B02 (or the first band, grey, when the engine has no rgb group), decimated read."""
     wanted = [b for b in ("B04", "B03", "B02") if b in scene.bands] or [scene.bands[0]]
+    with http_env(scene.http_timeout):  # a remote scene's decimated read ends too
+        channels = _channels(scene, wanted, height, width)
+    image = stretch(np.stack(channels, axis=-1))
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return np.nan_to_num(image)
+
+
+def _channels(scene: Scene, wanted: list[str], height: int, width: int) -> list[np.ndarray]:
     channels = []
     for band in wanted:
         position = scene.bands.index(band)
@@ -70,10 +80,7 @@ def true_colour(scene: Scene, height: int, width: int) -> np.ndarray:
         data = handle.read(source.index, out_shape=(height, width), out_dtype="float32")
         data[(data <= 0) | ~np.isfinite(data)] = np.nan
         channels.append(data)
-    image = stretch(np.stack(channels, axis=-1))
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    return np.nan_to_num(image)
+    return channels
 
 
 def paint_cells(height: int, width: int, scale: float, rows, cols, size: int, colours: np.ndarray) -> np.ndarray:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 from ..bands import canonical_band_name
 from ..errors import SceneError
+from ..options import DEFAULT_HTTP_TIMEOUT
 from .headers import band_count, names_clay_bands
 from .inputs import GdalPath, SceneFiles, scene_path
 from .products import band_label
+from .remote import http_env
 from .stac import combine_items, item_scenes
 
 SCENE_SUFFIXES = (".tif", ".tiff")
@@ -51,7 +53,8 @@ def is_item_path(path: Path | GdalPath) -> bool:
         "/collections/" in path.uri and "/items/" in path.uri)  # fmt: skip
 
 
-def discover_scenes(paths, manifests: bool = True, combine: bool = False) -> list[SceneFiles]:
+def discover_scenes(paths, manifests: bool = True, combine: bool = False,
+                    http_timeout: float = DEFAULT_HTTP_TIMEOUT) -> list[SceneFiles]:  # fmt: skip
     """Turn command-line paths into scenes.
 
     A multi-band GeoTIFF is a scene. Single-band files named as bands (``B02.tif``, ``B2.tif``,
@@ -64,16 +67,22 @@ def discover_scenes(paths, manifests: bool = True, combine: bool = False) -> lis
     each of its lines is discovered on its own, so one line is one scene (a file, or a folder of
     per-band files); lines are not manifests themselves. A ``.json`` file or URL is a STAC Item (one
     scene) or ItemCollection (one scene per Item), see :mod:`clay.runtime.scenes.stac`; with ``combine``,
-    every Item found is one scene (an S2 item, an S1 item and a DEM item of one place).
+    every Item found is one scene (an S2 item, an S1 item and a DEM item of one place). Remote
+    files and Items are read within ``http_timeout`` (:mod:`clay.runtime.scenes.remote`).
     """
+    with http_env(http_timeout):
+        return _discover(paths, manifests, combine, http_timeout)
+
+
+def _discover(paths, manifests: bool, combine: bool, http_timeout: float) -> list[SceneFiles]:
     scenes: list[SceneFiles] = []
     loose: list[Path | GdalPath] = []
     for path in map(scene_path, paths):
         if manifests and path.suffix.lower() == MANIFEST_SUFFIX and path.is_file() and not isinstance(path, GdalPath):
             for entry in read_manifest(path):
-                scenes.extend(discover_scenes([entry], manifests=False))
+                scenes.extend(_discover([entry], False, False, http_timeout))
         elif is_item_path(path):
-            scenes.extend(item_scenes(path))
+            scenes.extend(item_scenes(path, http_timeout))
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in SCENE_SUFFIXES)
             if not found:

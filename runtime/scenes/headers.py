@@ -20,6 +20,7 @@ from ..errors import SceneError, first_line
 from .dates import DatedFile
 from .inputs import GdalPath, SceneFiles
 from .products import band_label
+from .remote import is_remote, open_failure
 
 #: Data types a Clay band may be stored in. uint8 is left out on purpose: Sentinel-2's uint8 files
 #: are the true-colour preview (TCI), not reflectances.
@@ -124,6 +125,8 @@ def read_header(path: Path | GdalPath) -> Header:
                 tuple(src.tags(i) for i in range(1, src.count + 1)), bool(src.overviews(1)), alpha,
             )  # fmt: skip
     except RasterioError as exc:
+        if is_remote(path):  # the server's answer first: an expired URL is not a bad file
+            raise SceneError(f"{path}: cannot be read ({open_failure(path, first_line(exc))})") from None
         raise SceneError(f"{path}: not a readable GeoTIFF ({first_line(exc)})") from None
 
 

@@ -23,6 +23,7 @@ from rasterio.windows import Window
 
 from ..errors import SceneError, first_line
 from .grid import Chip
+from .remote import http_env, is_remote, remote_problem, stalled_hint
 from .scene import ReadGroup, Scene
 from .units import check_values
 
@@ -62,8 +63,16 @@ def read_chip(scene: Scene, chip: Chip, out: np.ndarray | None = None) -> tuple[
     offset, S2 offset, dB → linear) brings it to Clay units, and units nothing declared are checked
     on the valid values (:func:`clay.runtime.scenes.units.check_values`), before the fill. Read errors and
     values in the wrong units are a :class:`SceneError` naming the file (read errors: the window and
-    GDAL's reason too).
+    GDAL's reason too; a remote file's, what its server says: its HTTP status, or that it stalled
+    beyond ``scene.http_timeout``, see :mod:`clay.runtime.scenes.remote`).
     """
+    if any(is_remote(group.path) for group in scene.read_groups):
+        with http_env(scene.http_timeout):  # no remote read without a time limit, whichever thread reads
+            return _read_chip(scene, chip, out)
+    return _read_chip(scene, chip, out)
+
+
+def _read_chip(scene: Scene, chip: Chip, out: np.ndarray | None) -> tuple[np.ndarray, float]:
     size = scene.chip_size
     if out is None:
         out = np.empty((len(scene.sources), size, size), np.float32)
@@ -74,7 +83,7 @@ def read_chip(scene: Scene, chip: Chip, out: np.ndarray | None = None) -> tuple[
             values, mask = _read_group(scene, group, chip, nodata_seen=invalid is not None)
         except RasterioError as exc:
             window = f"rows {chip.row}-{chip.row + chip.height}, cols {chip.col}-{chip.col + chip.width}"
-            raise SceneError(f"{group.path}: read failed at {window} ({first_line(exc)})") from None
+            raise SceneError(f"{group.path}: read failed at {window} ({_read_failure(scene, group, exc)})") from None
         positions = _positions(group)
         if mask is not None:
             if invalid is None:
@@ -94,6 +103,17 @@ def read_chip(scene: Scene, chip: Chip, out: np.ndarray | None = None) -> tuple[
     if chip.width < size:
         out[:, :, chip.width :] = out[:, :, chip.width - 1 : chip.width]
     return out, fraction
+
+
+def _read_failure(scene: Scene, group: ReadGroup, exc: RasterioError) -> str:
+    """GDAL's reason; for a remote file, what its server says when asked again (GDAL's own words for
+    a stalled or refused range read are only "TIFFReadEncodedTile() failed"), else that remote reads
+    give up after ``http_timeout`` s without progress."""
+    reason = first_line(exc)
+    if not is_remote(group.path):
+        return reason
+    problem = remote_problem(group.path, scene.http_timeout)
+    return f"{problem}; GDAL: {reason}" if problem else f"{reason}; {stalled_hint(scene.http_timeout)}"
 
 
 def _convert(scene: Scene, data: np.ndarray) -> None:

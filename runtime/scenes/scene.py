@@ -25,7 +25,7 @@ from shapely.geometry import box
 
 from ..bands import BAND_NAMES, DATE_ALIASES, S2_BANDS, date_aliases
 from ..errors import SceneError, first_line
-from ..options import RunOptions
+from ..options import DEFAULT_HTTP_TIMEOUT, RunOptions
 from . import geometry
 from .dates import DatedFile, file_date
 from .discovery import discover_scenes, is_item_path
@@ -33,6 +33,7 @@ from .grid import Chip, chip_grid
 from .headers import SUPPORTED_DTYPES, Header, band_sources, read_header
 from .inputs import GdalPath, SceneFiles, scene_path
 from .products import product_of
+from .remote import http_env
 from .stac import asset_header, is_pystac_item, scene_from_items, stac_record
 from .units import Conversion, band_conversion
 
@@ -110,6 +111,7 @@ class Scene:
     ignored: tuple[Path | str, ...] = ()  # files (STAC assets) beside the scene's bands that are not bands of the engine
     source_url: str | None = None  # what its rows' source_url says (a STAC Item's self link); None: the path
     item_id: str | None = None  # the STAC Item its first band comes from (the item_id column)
+    http_timeout: float = DEFAULT_HTTP_TIMEOUT  # remote reads of its files give up after this long without progress
 
     @cached_property
     def bands(self) -> tuple[str, ...]:
@@ -136,23 +138,23 @@ class Scene:
         return geometry.chip_centre(self.transform, self.crs, chip, self.chip_size)
 
 
-def as_scene_files(scene) -> SceneFiles:
+def as_scene_files(scene, http_timeout: float = DEFAULT_HTTP_TIMEOUT) -> SceneFiles:
     """A scene as given to the API: :class:`SceneFiles`, a path or URI (a GeoTIFF, a folder, a STAC
-    Item), or a ``pystac.Item``."""
+    Item), or a ``pystac.Item``. A STAC Item over http is fetched within ``http_timeout``."""
     if isinstance(scene, SceneFiles):
         return scene
     if is_pystac_item(scene):
         return scene_from_items([scene])
     path = scene_path(scene)
     if is_item_path(path):
-        scenes = discover_scenes([path])
+        scenes = discover_scenes([path], http_timeout=http_timeout)
         if len(scenes) != 1:
             raise SceneError(f"{path}: {len(scenes)} STAC Items, so {len(scenes)} scenes: embed them with embed_scenes, "
                              "or as one scene with clay.runtime.scenes.stac.scene_from_items")  # fmt: skip
         return scenes[0]
     if not path.exists():
         raise SceneError(f"{path}: no such file")
-    return SceneFiles(path, (path,)) if path.is_file() else discover_scenes([path])[0]
+    return SceneFiles(path, (path,)) if path.is_file() else discover_scenes([path], http_timeout=http_timeout)[0]
 
 
 def open_scene(scene: SceneFiles | str | Path, engine: SceneInputs, options: RunOptions | None = None) -> Scene:
@@ -163,13 +165,14 @@ def open_scene(scene: SceneFiles | str | Path, engine: SceneInputs, options: Run
     one scene never stops a run with a traceback.
     """
     options = options or RunOptions()
-    scene = as_scene_files(scene)
-    try:
-        return _open(scene, engine, options)
-    except SceneError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure is this scene's, in one line
-        raise SceneError(f"{scene.path}: cannot be opened ({type(exc).__name__}: {first_line(exc)})") from None
+    with http_env(options.http_timeout):  # remote headers: in whichever thread opens the scene
+        scene = as_scene_files(scene, options.http_timeout)
+        try:
+            return _open(scene, engine, options)
+        except SceneError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure is this scene's, in one line
+            raise SceneError(f"{scene.path}: cannot be opened ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
@@ -244,6 +247,7 @@ def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
         height=reference.height, date=day, sources=tuple(readers),
         fill_values=np.asarray(engine.band_means, dtype=np.float32), chip_size=engine.chip_size,
         patch_size=engine.patch_size, applied=applied, multipart=multipart, ignored=ignored,
+        http_timeout=options.http_timeout,
     )  # fmt: skip
     lead = scene.declared(sources[wanted[0]][0])
     if lead is not None:

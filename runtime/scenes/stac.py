@@ -46,9 +46,11 @@ from urllib.parse import urljoin
 
 from ..bands import BAND_NAMES, S2_BANDS, SAR_BANDS, canonical_band_name
 from ..errors import SceneError, first_line
+from ..options import DEFAULT_HTTP_TIMEOUT
 from .dates import DatedFile
 from .headers import Header
 from .inputs import AssetFacts, GdalPath, ItemFacts, SceneFiles, scene_path
+from .remote import describe_fetch_error, fetch
 
 #: STAC ``eo`` common names (and Earth Search's asset keys) of the Sentinel-2 bands Clay takes.
 #: ``rededge`` names four bands and ``coastal``/``nir09`` none of Clay's: they match nothing.
@@ -69,13 +71,14 @@ _RESOLUTION_SUFFIX = re.compile(r"_\d+m$", re.IGNORECASE)
 # --- reading Items ------------------------------------------------------------------------------------
 
 
-def item_scenes(path: Path | GdalPath | str) -> list[SceneFiles]:
-    """The scenes a STAC Item or ItemCollection (a file or an http(s) URL) describes: one per Item,
-    named after its id. An Item that cannot be read or used is a scene whose ``problem`` is its one
-    line (reported when it is opened, so that ``--keep-going`` finishes the others)."""
+def item_scenes(path: Path | GdalPath | str, http_timeout: float = DEFAULT_HTTP_TIMEOUT) -> list[SceneFiles]:
+    """The scenes a STAC Item or ItemCollection (a file or an http(s) URL, fetched within
+    ``http_timeout``: :func:`clay.runtime.scenes.remote.fetch`) describes: one per Item, named after
+    its id. An Item that cannot be read or used is a scene whose ``problem`` is its one line
+    (reported when it is opened, so that ``--keep-going`` finishes the others)."""
     path = scene_path(path)
     try:
-        document = _read_document(path)
+        document = _read_document(path, http_timeout)
     except SceneError as exc:
         return [SceneFiles(path, (), label=path.stem, problem=str(exc))]
     kind = document.get("type") if isinstance(document, dict) else None
@@ -145,19 +148,17 @@ def combine_items(scenes: list[SceneFiles]) -> SceneFiles:
                       primary.label, assets, problem)  # fmt: skip
 
 
-def _read_document(path: Path | GdalPath):
-    """The JSON of a local file or an http(s) URL (pystac's reader: urllib)."""
+def _read_document(path: Path | GdalPath, http_timeout: float = DEFAULT_HTTP_TIMEOUT):
+    """The JSON of a local file or an http(s) URL (urllib, within ``http_timeout``: pystac's own
+    reader has no timeout, so a stalled catalogue would hang the run)."""
     if isinstance(path, GdalPath):
         if not path.uri.lower().startswith(("http://", "https://")):
             raise SceneError(f"{path}: STAC Items are read from local files or http(s) URLs (their assets may be "
                              "anywhere GDAL reads)")  # fmt: skip
-        import pystac
-
         try:
-            text = pystac.StacIO.default().read_text(path.uri)
-        except Exception as exc:  # noqa: BLE001 - urllib's errors come in many types
-            # pystac wraps urllib's error ("HTTP Error 404: ...", "Connection refused") in "Could not read uri"
-            raise SceneError(f"{path}: cannot read this STAC Item ({first_line(exc.__cause__ or exc)})") from None
+            text = fetch(path.uri, http_timeout).decode("utf-8-sig")
+        except (OSError, ValueError) as exc:  # urllib's HTTPError and URLError are OSErrors
+            raise SceneError(f"{path}: cannot read this STAC Item ({describe_fetch_error(exc, http_timeout)})") from None
     else:
         try:
             text = path.read_text(encoding="utf-8-sig")
