@@ -9,6 +9,7 @@ import click
 from clay.runtime.bands import GROUP_NAMES, parse_groups
 from clay.runtime.console import setup_logging
 from clay.runtime.formats import FORMATS
+from clay.runtime.resampling import RESAMPLING
 from clay.training.sizes import SIZES
 
 from .tensorrt_build import TARGET_HELP, BatchProfile, parse_targets
@@ -49,8 +50,12 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
 @click.option("--triton-repository", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Also write a Triton model repository here: clay_trt (a plan built by standard TensorRT) and clay_onnx "
                    "(the ONNX Runtime CUDA artifact, else the float32 graph), each with its config.pbtxt.")
+@click.option("--resampling", type=click.Choice(RESAMPLING), default=None,
+              help="The resampling the weights were trained with (bands off the chip grid brought onto it), recorded in "
+                   "the engine for clay-run. Default: the checkpoint's record, else bilinear for the demo weights and "
+                   "clay-train checkpoints (this runtime's reader), else nearest (Clay v0: stackstac's default).")
 def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, bf16_cpu, patch_embeddings, batch,
-         compute_capability, timing_cache, no_check, triton_repository) -> None:  # fmt: skip
+         compute_capability, timing_cache, no_check, triton_repository, resampling) -> None:  # fmt: skip
     """Export the Clay encoder with its normalisation folded in: raw pixels, lon/lat and date in.
 
     Unless --no-check, every artifact is compared with eager PyTorch fp32 on generated chips and on a
@@ -67,7 +72,7 @@ def main(checkpoint, size, random_weights, out, groups, fp16, int8_cpu, bf16_cpu
             fp16=fp16, int8_cpu=int8_cpu, bf16_cpu=bf16_cpu, patch_embeddings=patch_embeddings,
             batch=BatchProfile.parse(batch), compute_capability=parse_targets(compute_capability),
             timing_cache=timing_cache, check=not no_check,
-            triton_repository=triton_repository,
+            triton_repository=triton_repository, resampling=resampling,
         )  # fmt: skip
         if timing_cache is not None:
             timing_cache.parent.mkdir(parents=True, exist_ok=True)

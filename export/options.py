@@ -30,6 +30,7 @@ class ExportOptions:
     timing_cache: Path | None = None
     check: bool = True
     triton_repository: Path | None = None
+    resampling: str | None = None  # what the weights expect; None: from the checkpoint (artifacts.trained_resampling)
 
     @property
     def formats(self) -> tuple[ArtifactFormat, ...]:

@@ -22,6 +22,7 @@ from .errors import SceneError, first_line
 from .formats import describe_formats
 from .metadata import EngineMetadata
 from .options import EDGE_MODES, RASTER_DTYPES, SAR_UNITS, RunOptions, cpu_count
+from .resampling import RESAMPLING, choose_resampling
 from .outputs.publish import OutputError, ScenePaths
 from .pipeline import SceneJob, SceneResult
 from .ray_job import RayJobError, RunCounts, ray_cluster, run_on_ray
@@ -153,6 +154,11 @@ class RayProgress:
               help="Subtract this from every scene's S2 DNs (e.g. 0 or 1000), overriding what each scene declares. "
                    "Default: per scene, from its metadata (GDAL scale/offset, BOA_ADD_OFFSET, processing baseline "
                    "04.00+ → 1000), to the engine's harmonised DNs (no +1000 offset); nothing declared: none removed.")
+@click.option("--resampling", type=click.Choice(RESAMPLING), default=None,
+              help="How bands off the scene's grid (S2's 20 m bands, S1, the DEM) are resampled onto it. Default: as "
+                   "the engine's metadata says its weights were trained (Clay v0: nearest; the demo weights: bilinear; "
+                   "an engine that does not say: bilinear). Nearest from an aligned grid k times coarser reads the "
+                   "band at its own resolution and repeats each pixel k×k. Recorded in the outputs' metadata.")
 @click.option("--resume", is_flag=True, help="Skip scenes whose outputs are complete (their chip file, and patch file "
                                             "and patch raster when asked for, published); clear what a killed run left.")
 @click.option("--keep-going", is_flag=True, help="When a scene fails, finish the others and list the failures at the end "
@@ -168,8 +174,8 @@ class RayProgress:
                    "per CPU), the same files. Connects to RAY_ADDRESS when set, else starts a local Ray. Implies "
                    "--keep-going; --readers does not apply. Needs the ray extra.")
 def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, edge, max_nodata, date_text,
-         patch_embeddings, patch_raster, raster_dtype, sar_units, s2_offset, resume, keep_going, threads, combine,
-         use_ray) -> None:  # fmt: skip
+         patch_embeddings, patch_raster, raster_dtype, sar_units, s2_offset, resampling, resume, keep_going, threads,
+         combine, use_ray) -> None:  # fmt: skip
     """Embed GeoTIFF SCENES with a Clay engine into GeoParquet.
 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
@@ -205,7 +211,8 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
     try:
         options = RunOptions(batch_size=batch_size, edge=edge, max_nodata=max_nodata, patch_embeddings=patch_embeddings,
                              patch_raster=patch_raster, raster_dtype=raster_dtype, date=date, sar_units=sar_units,
-                             s2_offset=s2_offset, readers=readers, keep_going=keep_going or use_ray, resume=resume)  # fmt: skip
+                             s2_offset=s2_offset, resampling=resampling, readers=readers, keep_going=keep_going or use_ray,
+                             resume=resume)  # fmt: skip
     except ValueError as exc:
         sys.exit(f"clay-run: {exc}")
     failures: list[tuple[str, str]] = []
@@ -254,6 +261,7 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
         if embedder.engine.fallback:
             click.echo(f"clay-run: {embedder.engine.fallback}", err=True)
         click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}", err=True)
+        echo_resampling(embedder.metadata, options)
         check_patch_embeddings(embedder.metadata, options.needs_patches, options.patch_request(cli=True))
         jobs = plan_jobs(scene_files, targets, options, created)
         start = time.perf_counter()
@@ -264,6 +272,12 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
         stages = embedder.clock.summary() or "nothing ran"
         summary(results, targets, wall, embedder.engine.backend,
                 f"time in: {stages} ({embedder.options.reader_count} reader threads)")  # fmt: skip
+
+
+def echo_resampling(metadata: EngineMetadata, options: RunOptions) -> None:
+    """One line: how bands off a scene's grid are resampled, and why (each scene's outputs record it too)."""
+    method, why = choose_resampling(metadata.resampling, options.resampling)
+    click.echo(f"clay-run: resampling: {method} ({why})", err=True)
 
 
 def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles], targets: list[Path],
@@ -277,6 +291,7 @@ def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_fil
         if engine.fallback:
             click.echo(f"clay-run: {engine.fallback}", err=True)
         click.echo(f"clay-run: ray: {cluster.describe()}; engine {engine.name} on {engine.description}", err=True)
+        echo_resampling(engine.metadata, options)
         check_patch_embeddings(engine.metadata, options.needs_patches, options.patch_request(cli=True))
         jobs = open_jobs(engine.metadata, plan_jobs(scene_files, targets, options, created), options, failures)
         chips = sum(len(scene.chips(options.edge)) for scene, _ in jobs)

@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from .bands import INPUT_UNITS
+from .resampling import check_resampling
 
 FORMAT_VERSION = 1
 
@@ -59,6 +60,9 @@ class EngineMetadata:
     # The units ``pixels`` expects (clay.runtime.bands.INPUT_UNITS); artifacts from before this field
     # were exported for the same units.
     input_units: dict[str, str] = field(default_factory=lambda: dict(INPUT_UNITS))
+    # How the weights saw bands resampled onto the chip grid ("nearest" | "bilinear", see
+    # clay.runtime.resampling for the sources); None: exported before this field, read bilinear as before.
+    resampling: str | None = None
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. how a plan was built: tensorrt_plan.PlanBuild
 
@@ -109,6 +113,10 @@ class EngineMetadata:
                 continue
             value = record[f.name]
             values[f.name] = tuple(value) if isinstance(value, list) else value
+        try:
+            check_resampling(values.get("resampling"), "the artifact's resampling")
+        except ValueError as exc:
+            raise MetadataError(str(exc)) from None
         return cls(**values)
 
     @classmethod

@@ -46,6 +46,7 @@ from clay.runtime.errors import SceneError
 from clay.runtime.scenes.headers import read_header
 from clay.runtime.scenes.grid import Chip
 from clay.runtime.options import RunOptions
+from clay.runtime.resampling import RUNTIME_READER
 from clay.runtime.scenes.reader import read_chip
 from clay.runtime.scenes.scene import Scene, open_scene
 from torch.utils.data import DataLoader, Dataset
@@ -70,6 +71,9 @@ class ChipInputs:
     chip_size: int = CHIP_SIZE
     patch_size: int = PATCH_SIZE
     input_units: dict[str, str] = field(default_factory=lambda: dict(INPUT_UNITS))
+    # Training reads chips as the demo weights and earlier clay-train checkpoints were trained:
+    # bilinear (clay.runtime.resampling.RUNTIME_READER), so that clay-export records what they saw.
+    resampling: str | None = RUNTIME_READER
 
     @classmethod
     def of_groups(cls, groups: Sequence[str], chip_size: int = CHIP_SIZE) -> ChipInputs:

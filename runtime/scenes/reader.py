@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from ..errors import SceneError, first_line
 from .grid import Chip
-from .scene import ReadGroup, Scene
+from .scene import ReadGroup, Scene, repeat_factor
 from .units import check_values
 
 #: GDAL's block cache: each block is read once per chip, so the default (5 % of RAM) is pure
@@ -123,15 +123,19 @@ def _positions(group: ReadGroup) -> slice | list[int]:
 def _read_group(scene: Scene, group: ReadGroup, chip: Chip, nodata_seen: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """A group's values on the chip's window and, where any is invalid, the invalid mask (else ``None``).
 
-    A resampled window read blends nodata into its neighbours, so it is kept only where the chip
-    shows no nodata: none in the on-grid bands read before it (``nodata_seen``; S2's 10 m and 20 m
-    bands share their nodata areas) and none in its own result (a nodata area two source pixels
+    A bilinear resampled window read blends nodata into its neighbours, so it is kept only where the
+    chip shows no nodata: none in the on-grid bands read before it (``nodata_seen``; S2's 10 m and
+    20 m bands share their nodata areas) and none in its own result (a nodata area two source pixels
     wide leaves its value there). Otherwise the chip is read through the warper, which leaves
-    nodata out of the kernel."""
+    nodata out of the kernel. A nearest one blends nothing (every value is a stored one), so its
+    invalid pixels are found on its values, as on-grid bands' are."""
     indexes = list(group.indexes)
     window = chip.window
-    if group.mode == "resample":  # a coarser file in the same CRS: GDAL resamples the window bilinearly
-        if nodata_seen:
+    if group.mode == "repeat":
+        return _read_repeated(scene, group, chip)
+    if group.mode == "resample":  # a coarser file in the same CRS: GDAL resamples the window
+        nearest = scene.resampling == "nearest"
+        if nodata_seen and not nearest:
             return _read_warped(scene, group, chip)
         handle = band_reader(scene, group, warp=False)
         source = group.source_transform
@@ -139,8 +143,11 @@ def _read_group(scene: Scene, group: ReadGroup, chip: Chip, nodata_seen: bool = 
         fractional = Window((x - source.c) / source.a, (y - source.f) / source.e,
                             window.width * scene.transform.a / source.a, window.height * scene.transform.e / source.e)  # fmt: skip
         values = handle.read(indexes, window=fractional, out_shape=(len(indexes), chip.height, chip.width),
-                             resampling=Resampling.bilinear, out_dtype="float32")  # fmt: skip
-        if _invalid(scene, group, values) is not None:
+                             resampling=Resampling[scene.resampling], out_dtype=None if nearest else "float32")  # fmt: skip
+        invalid = _invalid(scene, group, values)
+        if nearest:
+            return values, invalid
+        if invalid is not None:
             return _read_warped(scene, group, chip)
         return values, None
     if group.mode == "warp":
@@ -163,8 +170,43 @@ def _read_group(scene: Scene, group: ReadGroup, chip: Chip, nodata_seen: bool = 
     return values, mask
 
 
+def _read_repeated(scene: Scene, group: ReadGroup, chip: Chip) -> tuple[np.ndarray, np.ndarray | None]:
+    """Nearest resampling from a grid ``k`` times coarser than the scene's and aligned with it
+    (:func:`clay.runtime.scenes.scene.repeat_factor`): the source pixels under the chip read at their
+    native resolution, their invalid pixels found there (a ``k``²-th of the work), then each pixel
+    repeated ``k`` × ``k`` and the chip's window cut out. Equal to GDAL's nearest resampled read of
+    the same window (scene pixel ``i`` takes source pixel ``(i + offset) // k``), at the cost of
+    decoding the native window instead of resampling it.
+
+    Returns the stored dtype ``[C, chip.height, chip.width]`` and the invalid mask (or ``None``)."""
+    source, grid = group.source_transform, scene.transform
+    k = repeat_factor(source, grid)
+    # The chip's first pixel counted from the source grid's origin, in scene pixels (whole numbers:
+    # repeat_factor checked the offsets).
+    col = chip.col + round((grid.c - source.c) / grid.a)
+    row = chip.row + round((grid.f - source.f) / grid.e)
+    first_col, first_row = col // k, row // k
+    native = Window(first_col, first_row, (col + chip.width - 1) // k + 1 - first_col,
+                    (row + chip.height - 1) // k + 1 - first_row)  # fmt: skip
+    values = band_reader(scene, group, warp=False).read(list(group.indexes), window=native)
+    invalid = _invalid(scene, group, values)
+    cut = (row - first_row * k, col - first_col * k, chip.height, chip.width)
+    return repeat_pixels(values, k, *cut), None if invalid is None else repeat_pixels(invalid, k, *cut)
+
+
+def repeat_pixels(values: np.ndarray, k: int, row: int, col: int, height: int, width: int) -> np.ndarray:
+    """``[C, h, w]`` → ``[C, height, width]``: every pixel repeated ``k`` × ``k`` (nearest upsampling by
+    an integer factor), then the window starting ``row``, ``col`` pixels into the repeated grid (a
+    view). One pass: the broadcast is written out once by ``reshape``."""
+    if k == 1:
+        return values[:, row : row + height, col : col + width]
+    c, h, w = values.shape
+    repeated = np.broadcast_to(values[:, :, None, :, None], (c, h, k, w, k)).reshape(c, h * k, w * k)
+    return repeated[:, row : row + height, col : col + width]
+
+
 def _read_warped(scene: Scene, group: ReadGroup, chip: Chip) -> tuple[np.ndarray, np.ndarray | None]:
-    """Through a bilinear float32 WarpedVRT whose nodata is NaN: what the source marks invalid (its
+    """Through a float32 WarpedVRT (the scene's resampling) whose nodata is NaN: what the source marks invalid (its
     nodata, mask band or alpha) is left out of the resampling, and what it cannot cover is NaN."""
     values = band_reader(scene, group, warp=True).read(list(group.indexes), window=chip.window)
     mask = np.isnan(values)
@@ -193,8 +235,8 @@ def _invalid(scene: Scene, group: ReadGroup, raw: np.ndarray) -> np.ndarray | No
 
 
 def band_reader(scene: Scene, group: ReadGroup, warp: bool):
-    """This thread's open reader for a group's file: the file itself, or a bilinear float32 WarpedVRT
-    onto the scene's grid whose nodata is NaN. The warp's source nodata is the file's own, else 0 for
+    """This thread's open reader for a group's file: the file itself, or a float32 WarpedVRT onto the
+    scene's grid (resampled by the scene's method) whose nodata is NaN. The warp's source nodata is the file's own, else 0 for
     a group of Sentinel-2 bands (their NO_DATA). The least recently used handles are closed beyond
     :data:`HANDLES_PER_THREAD`."""
     handles: OrderedDict | None = getattr(_local, "handles", None)
@@ -203,7 +245,8 @@ def band_reader(scene: Scene, group: ReadGroup, warp: bool):
     src_nodata = _warp_source_nodata(scene, group) if warp else None
     src_alpha = next((scene.sources[p].alpha for p in group.positions if scene.sources[p].mask == "alpha"), None)
     key = (str(group.path),
-           (scene.crs.to_wkt(), scene.transform, scene.width, scene.height, src_nodata, src_alpha) if warp else None)  # fmt: skip
+           (scene.crs.to_wkt(), scene.transform, scene.width, scene.height, src_nodata, src_alpha, scene.resampling)
+           if warp else None)  # fmt: skip
     if key in handles:
         handles.move_to_end(key)
         return handles[key][-1]
@@ -211,7 +254,7 @@ def band_reader(scene: Scene, group: ReadGroup, warp: bool):
     if warp:
         extra = {"src_alpha": src_alpha} if src_alpha else {}
         vrt = WarpedVRT(dataset, crs=scene.crs, transform=scene.transform, width=scene.width, height=scene.height,
-                        resampling=Resampling.bilinear, src_nodata=src_nodata, nodata=np.nan, dtype="float32",
+                        resampling=Resampling[scene.resampling], src_nodata=src_nodata, nodata=np.nan, dtype="float32",
                         **extra)  # fmt: skip
         handles[key] = (dataset, vrt)
     else:
