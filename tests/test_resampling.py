@@ -1,0 +1,244 @@
+"""Resampling as the weights were trained (issue 35): what the engine records, what a run applies and
+says, and reads that equal GDAL's resampled reads of the same windows, computed here with rasterio
+and numpy directly (not the runtime's reader)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+from clay.runtime.bands import S2_BANDS
+from clay.runtime.demo import DEMO_ENGINE, DEMO_SCENE
+from clay.runtime.engines.choice import read_engine_metadata
+from clay.runtime.metadata import EngineMetadata, MetadataError
+from clay.runtime.options import RunOptions
+from clay.runtime.resampling import choose_resampling
+from clay.runtime.scenes.reader import read_chip
+from clay.runtime.scenes.scene import open_scene
+from rasterio.enums import Resampling
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from .inputs import write_stack
+
+TEN_M = ("B02", "B03", "B04", "B08")
+TWENTY_M = tuple(b for b in S2_BANDS if b not in TEN_M)
+DEMO = read_engine_metadata(DEMO_ENGINE)
+NEAREST = RunOptions(resampling="nearest")
+
+
+def s2_folder(folder: Path, size: tuple[int, int] = (587, 601), shift: tuple[int, int] = (1, 1), nodata: float | None = None,
+              holes: bool = True, coarse_px: float = 20.0, seed: int = 0) -> Path:  # fmt: skip
+    """Ten single-band S2 files as archives lay them out: 10 m bands on the scene grid (``size`` rows,
+    cols: odd, so edge chips start at odd pixels), the others ``coarse_px`` m, whose grid starts
+    ``shift`` (rows, cols) 10 m pixels up and left of the scene's (a phase the repetition must honour)
+    and covers it. ``holes``: L2A NO_DATA zeros in every band over a shared area, and in the 20 m
+    bands alone a few isolated source pixels of zero, and of ``nodata`` when given."""
+    rng = np.random.default_rng(seed)
+    rows, cols = size
+    x0, y0 = 600000.0, 5000000.0
+    for band in S2_BANDS:
+        coarse = band in TWENTY_M
+        if coarse:
+            px = coarse_px
+            origin = (x0 - 10 * shift[1], y0 + 10 * shift[0])
+            shape = (int(np.ceil((rows * 10 + 10 * shift[0]) / px)) + 1, int(np.ceil((cols * 10 + 10 * shift[1]) / px)) + 1)
+        else:
+            px, origin, shape = 10.0, (x0, y0), (rows, cols)
+        data = rng.integers(1, 12000, shape).astype(np.uint16)
+        if holes:  # a slanted swath edge of zeros on the ground, the same in every band
+            r, c = np.mgrid[0 : shape[0], 0 : shape[1]]
+            east = origin[0] + (c + 0.5) * px
+            north = origin[1] - (r + 0.5) * px
+            data[(east - x0) > 4500 + (y0 - north) * 0.6] = 0
+            if coarse:
+                data[rng.integers(0, shape[0], 40), rng.integers(0, shape[1], 40)] = 0
+                if nodata is not None:
+                    data[rng.integers(0, shape[0], 40), rng.integers(0, shape[1], 40)] = nodata
+        write_stack(folder / f"{band}.tif", data[None], Affine(px, 0, origin[0], 0, -px, origin[1]), "EPSG:32633", [None],
+                    nodata=nodata if coarse else None, tags={"date": "2021-06-01"})  # fmt: skip
+    return folder
+
+
+def rasterio_chip(folder: Path, scene, chip, method: Resampling) -> tuple[np.ndarray, float]:
+    """The chip as read here with rasterio alone: every band's window of the scene grid (the 20 m
+    ones by a resampled window read with ``method``), invalid where 0 (L2A NO_DATA) or the file's
+    nodata, filled with the band means, the edges padded by replicating the last row and column; and
+    the share of real pixels where any band is invalid."""
+    size = scene.chip_size
+    values = np.empty((len(S2_BANDS), chip.height, chip.width), np.float32)
+    invalid = np.zeros(values.shape, bool)
+    grid = scene.transform
+    for k, band in enumerate(S2_BANDS):
+        with rasterio.open(folder / f"{band}.tif") as src:
+            t = src.transform
+            x, y = grid @ (chip.col, chip.row)
+            window = Window((x - t.c) / t.a, (y - t.f) / t.e, chip.width * grid.a / t.a, chip.height * grid.e / t.e)
+            raw = src.read(1, window=window, out_shape=(chip.height, chip.width), resampling=method)
+            invalid[k] = (raw == 0) | ((raw == src.nodata) if src.nodata is not None else False)
+            values[k] = raw
+    fraction = float(invalid.any(axis=0).mean())
+    values = np.where(invalid, np.asarray(DEMO.band_means, np.float32)[:, None, None], values)
+    padded = np.pad(values, ((0, 0), (0, size - chip.height), (0, size - chip.width)), mode="edge")
+    return padded, fraction
+
+
+def numpy_nearest(folder: Path, band: str, scene, chip) -> np.ndarray:
+    """Nearest upsampling by index arithmetic alone: scene pixel (r, c) takes the 20 m pixel whose
+    footprint holds its centre."""
+    with rasterio.open(folder / f"{band}.tif") as src:
+        data, t = src.read(1), src.transform
+    grid = scene.transform
+    rows = np.arange(chip.row, chip.row + chip.height) + 0.5
+    cols = np.arange(chip.col, chip.col + chip.width) + 0.5
+    src_rows = np.floor((grid.f + rows * grid.e - t.f) / t.e).astype(int)
+    src_cols = np.floor((grid.c + cols * grid.a - t.c) / t.a).astype(int)
+    return data[np.ix_(src_rows, src_cols)]
+
+
+@pytest.mark.parametrize("edge", ["shift", "pad"])
+def test_nearest_upsampling_equals_rasterio_nearest_read_exactly(tmp_path, edge):
+    folder = s2_folder(tmp_path)
+    scene = open_scene(folder, DEMO, NEAREST)
+    assert all(s.conversion.identity for s in scene.sources)  # harmonised DNs, no offset declared: values as stored
+    assert {s.band for s in scene.sources if s.mode == "repeat"} == set(TWENTY_M)
+    chips = scene.chips(edge)
+    # shift: edge chips start at odd pixels; pad: edge chips are cut short (and the 20 m grid's phase is odd anyway)
+    assert any(c.col % 2 for c in chips) if edge == "shift" else any(c.height < scene.chip_size for c in chips)
+    for chip in chips:
+        ours, fraction = read_chip(scene, chip)
+        expected, expected_fraction = rasterio_chip(folder, scene, chip, Resampling.nearest)
+        assert np.array_equal(ours, expected), chip
+        assert fraction == expected_fraction, chip
+        for band in TWENTY_M[:2]:  # GDAL's nearest is the pixel holding each centre
+            k = S2_BANDS.index(band)
+            raw = numpy_nearest(folder, band, scene, chip)
+            valid = raw != 0
+            assert np.array_equal(ours[k, : chip.height, : chip.width][valid], raw[valid].astype(np.float32)), chip
+
+
+def test_nearest_keeps_a_declared_nodata_value_out_as_before(tmp_path):
+    folder = s2_folder(tmp_path, nodata=65535)
+    scene = open_scene(folder, DEMO, NEAREST)
+    assert {s.band for s in scene.sources if s.mode == "repeat"} == set(TWENTY_M)
+    assert scene.applied["invalid_pixels"]["nodata value 65535; 0 (L2A NO_DATA)"] == list(TWENTY_M)
+    seen = 0
+    for chip in scene.chips():
+        ours, fraction = read_chip(scene, chip)
+        expected, expected_fraction = rasterio_chip(folder, scene, chip, Resampling.nearest)
+        assert np.array_equal(ours, expected) and fraction == expected_fraction, chip
+        seen += int(fraction > 0)
+    assert seen and ours.max() < 12000  # holes were met, and no 65535 got through
+
+
+def test_nearest_on_a_non_integer_ratio_is_gdal_nearest_resampled_window(tmp_path):
+    """25 m pixels: 2.5 scene pixels each, no repetition; GDAL's nearest resampled window, exactly."""
+    folder = s2_folder(tmp_path, size=(300, 300), coarse_px=25.0, shift=(0, 0))
+    scene = open_scene(folder, DEMO, NEAREST)
+    assert {s.band for s in scene.sources if s.mode == "resample"} == set(TWENTY_M)
+    assert scene.applied["resampling"]["resampled nearest"] == list(TWENTY_M)
+    for chip in scene.chips():
+        ours, fraction = read_chip(scene, chip)
+        expected, expected_fraction = rasterio_chip(folder, scene, chip, Resampling.nearest)
+        assert np.array_equal(ours, expected) and fraction == expected_fraction, chip
+
+
+def test_bilinear_reads_as_today(tmp_path):
+    """``--resampling bilinear`` (and the demo engine, which records it) reads the 20 m bands by GDAL's
+    bilinear resampled window where no nodata is near: the reader of before, exactly."""
+    folder = s2_folder(tmp_path, holes=False)
+    for options in (RunOptions(resampling="bilinear"), RunOptions()):
+        scene = open_scene(folder, replace(DEMO, resampling="nearest") if options.resampling else DEMO, options)
+        assert scene.resampling == "bilinear" and {s.mode for s in scene.sources} == {"direct", "resample"}
+        for chip in scene.chips():
+            ours, _ = read_chip(scene, chip)
+            expected, _ = rasterio_chip(folder, scene, chip, Resampling.bilinear)
+            assert np.array_equal(ours, expected), chip
+
+
+def test_the_choice_and_why():
+    assert choose_resampling("nearest", None)[0] == "nearest" and "engine's metadata" in choose_resampling("nearest", None)[1]
+    method, why = choose_resampling(None, None)
+    assert method == "bilinear" and "does not record" in why
+    method, why = choose_resampling("nearest", "bilinear")
+    assert method == "bilinear" and why.startswith("--resampling bilinear") and "the engine's nearest" in why
+    assert DEMO.resampling == "bilinear"  # the bundled demo weights were trained through the bilinear reader
+
+
+def test_metadata_round_trips_and_refuses_what_it_cannot_read():
+    record = DEMO.to_dict()
+    assert EngineMetadata.from_dict(record).resampling == "bilinear"
+    assert EngineMetadata.from_dict({k: v for k, v in record.items() if k != "resampling"}).resampling is None
+    with pytest.raises(MetadataError, match="resampling must be one of nearest, bilinear, not 'cubic'"):
+        EngineMetadata.from_dict({**record, "resampling": "cubic"})
+    with pytest.raises(ValueError, match="resampling must be one of"):
+        RunOptions(resampling="cubic")
+
+
+def test_export_records_what_the_weights_saw(tmp_path):
+    pytest.importorskip("torch")
+    from clay.export.artifacts import trained_resampling
+
+    assert trained_resampling({"state_dict": {}, "hyper_parameters": {"size": "tiny"}})[0] == "nearest"  # Clay v0's layout
+    assert trained_resampling({"hyper_parameters": {"size": "tiny", "groups": ["rgb"]}})[0] == "bilinear"  # demo, clay-train
+    assert trained_resampling({"hyper_parameters": {"groups": None, "resampling": "nearest"}})[0] == "nearest"
+    assert trained_resampling({}, "bilinear") == ("bilinear", "--resampling")
+    assert trained_resampling(None)[0] == "nearest"  # random weights: as Clay v0
+
+
+def engine_with(path: Path, resampling: str | None) -> Path:
+    """A copy of the demo engine whose metadata records ``resampling`` (``None``: no such field, as
+    engines exported before it)."""
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(DEMO_ENGINE))
+    props = [p for p in model.metadata_props if p.key != "resampling"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    if resampling is not None:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "resampling", json.dumps(resampling)
+    onnx.save(model, str(path))
+    return path
+
+
+def clay_run(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clay.runtime.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+
+
+def test_clay_run_applies_says_and_records_the_resampling(tmp_path):
+    """The demo scene with engines that record nearest, bilinear or nothing: the outputs' metadata
+    (GeoParquet and the patch raster's tags) name the method and why; ``--resampling bilinear`` on a
+    nearest engine gives exactly the embeddings the bilinear engine and an engine of before give."""
+    runs = {
+        "old": (engine_with(tmp_path / "old.onnx", None), ()),
+        "bilinear": (engine_with(tmp_path / "bilinear.onnx", "bilinear"), ()),
+        "nearest": (engine_with(tmp_path / "nearest.onnx", "nearest"), ()),
+        "override": (tmp_path / "nearest.onnx", ("--resampling", "bilinear")),
+    }
+    embeddings, notes = {}, {}
+    for name, (engine, flags) in runs.items():
+        out = tmp_path / f"{name}.parquet"
+        result = clay_run(DEMO_SCENE, "--engine", engine, "--out", out, "--patch-raster", *flags)
+        assert result.returncode == 0, result.stderr
+        assert "clay-run: resampling: " in result.stderr
+        table = pq.read_table(out)
+        embeddings[name] = np.stack(table["embeddings"].to_numpy(zero_copy_only=False))
+        notes[name] = json.loads(table.schema.metadata[b"clay:preprocessing"])["resampling"]
+        with rasterio.open(tmp_path / f"{name}.patches.tif") as raster:
+            assert json.loads(raster.tags()["CLAY_PREPROCESSING"])["resampling"] == notes[name]
+    assert notes["old"]["method"] == "bilinear" and "does not record" in notes["old"]["chosen_by"]
+    assert notes["bilinear"]["method"] == "bilinear" and notes["bilinear"]["resampled bilinear"] == list(TWENTY_M)
+    assert notes["nearest"]["method"] == "nearest"
+    assert notes["nearest"]["resampled nearest (native pixels repeated 2×2)"] == list(TWENTY_M)
+    assert notes["override"]["method"] == "bilinear" and notes["override"]["chosen_by"].startswith("--resampling bilinear")
+    assert np.array_equal(embeddings["override"], embeddings["bilinear"])
+    assert np.array_equal(embeddings["old"], embeddings["bilinear"])
+    assert not np.array_equal(embeddings["nearest"], embeddings["bilinear"])  # the method reaches the engine
