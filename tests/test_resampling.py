@@ -242,3 +242,38 @@ def test_clay_run_applies_says_and_records_the_resampling(tmp_path):
     assert np.array_equal(embeddings["override"], embeddings["bilinear"])
     assert np.array_equal(embeddings["old"], embeddings["bilinear"])
     assert not np.array_equal(embeddings["nearest"], embeddings["bilinear"])  # the method reaches the engine
+
+
+def test_nearest_from_a_20m_stack_whose_bands_are_not_consecutive_in_the_engine(tmp_path):
+    """A 10 m stack (B02 B03 B04 B08) and a 20 m stack (B05 B06 B07 B8A B11 B12): B08 sits between B07
+    and B8A in the engine's order, so the 20 m group is written band by band; same values as
+    rasterio's nearest resampled windows of each band."""
+    rng = np.random.default_rng(3)
+    fine = rng.integers(1, 12000, (4, 700, 650)).astype(np.uint16)
+    coarse = rng.integers(0, 12000, (6, 352, 327)).astype(np.uint16)  # zeros: L2A NO_DATA here and there
+    write_stack(tmp_path / "R10m.tif", fine, Affine(10, 0, 600000, 0, -10, 5000000), "EPSG:32633", TEN_M,
+                tags={"date": "2021-06-01"})  # fmt: skip
+    write_stack(tmp_path / "R20m.tif", coarse, Affine(20, 0, 600000 - 10, 0, -20, 5000000 + 30), "EPSG:32633", TWENTY_M,
+                tags={"date": "2021-06-01"})  # fmt: skip
+    from clay.runtime.scenes.inputs import SceneFiles
+
+    scene = open_scene(SceneFiles(tmp_path, (tmp_path / "R10m.tif", tmp_path / "R20m.tif")), DEMO, NEAREST)
+    (group,) = [g for g in scene.read_groups if g.mode == "repeat"]
+    assert group.positions == (3, 4, 5, 7, 8, 9)
+    for chip in scene.chips():
+        ours, fraction = read_chip(scene, chip)
+        values = np.empty((10, chip.height, chip.width), np.float32)
+        for name, fine_or_coarse in (("R10m.tif", TEN_M), ("R20m.tif", TWENTY_M)):
+            with rasterio.open(tmp_path / name) as src:
+                t, grid = src.transform, scene.transform
+                x, y = grid @ (chip.col, chip.row)
+                window = Window((x - t.c) / t.a, (y - t.f) / t.e, chip.width * grid.a / t.a, chip.height * grid.e / t.e)
+                raw = src.read(window=window, out_shape=(len(fine_or_coarse), chip.height, chip.width),
+                               resampling=Resampling.nearest)  # fmt: skip
+            for band, plane in zip(fine_or_coarse, raw):
+                values[S2_BANDS.index(band)] = plane
+        invalid = values == 0
+        assert fraction == float(invalid.any(axis=0).mean()), chip
+        expected = np.where(invalid, np.asarray(DEMO.band_means, np.float32)[:, None, None], values)
+        expected = np.pad(expected, ((0, 0), (0, 512 - chip.height), (0, 512 - chip.width)), mode="edge")
+        assert np.array_equal(ours, expected), chip

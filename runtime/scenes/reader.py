@@ -69,17 +69,21 @@ def read_chip(scene: Scene, chip: Chip, out: np.ndarray | None = None) -> tuple[
     data = out[:, : chip.height, : chip.width]
     invalid: np.ndarray | None = None
     for group in scene.read_groups:  # on-grid groups first: their invalid pixels steer the resampled ones
+        positions = _positions(group)
         try:
-            values, mask = _read_group(scene, group, chip, nodata_seen=invalid is not None)
+            if group.mode == "repeat":  # repeated straight into the chip: one pass, no intermediate
+                values, mask = None, _read_repeated(scene, group, chip, data, positions)
+            else:
+                values, mask = _read_group(scene, group, chip, nodata_seen=invalid is not None)
         except RasterioError as exc:
             window = f"rows {chip.row}-{chip.row + chip.height}, cols {chip.col}-{chip.col + chip.width}"
             raise SceneError(f"{group.path}: read failed at {window} ({first_line(exc)})") from None
-        positions = _positions(group)
         if mask is not None:
             if invalid is None:
                 invalid = np.zeros(data.shape, bool)
             invalid[positions] = mask
-        data[positions] = values
+        if values is not None:
+            data[positions] = values
     _convert(scene, data)
     for k, source in enumerate(scene.sources):
         if source.check:  # undeclared units, a removed offset: confirmed on the values (one pass, no extra read)
@@ -131,8 +135,6 @@ def _read_group(scene: Scene, group: ReadGroup, chip: Chip, nodata_seen: bool = 
     invalid pixels are found on its values, as on-grid bands' are."""
     indexes = list(group.indexes)
     window = chip.window
-    if group.mode == "repeat":
-        return _read_repeated(scene, group, chip)
     if group.mode == "resample":  # a coarser file in the same CRS: GDAL resamples the window
         nearest = scene.resampling == "nearest"
         if nodata_seen and not nearest:
@@ -170,15 +172,16 @@ def _read_group(scene: Scene, group: ReadGroup, chip: Chip, nodata_seen: bool = 
     return values, mask
 
 
-def _read_repeated(scene: Scene, group: ReadGroup, chip: Chip) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_repeated(scene: Scene, group: ReadGroup, chip: Chip, data: np.ndarray,
+                   positions: slice | list[int]) -> np.ndarray | None:  # fmt: skip
     """Nearest resampling from a grid ``k`` times coarser than the scene's and aligned with it
     (:func:`clay.runtime.scenes.scene.repeat_factor`): the source pixels under the chip read at their
     native resolution, their invalid pixels found there (a ``k``²-th of the work), then each pixel
-    repeated ``k`` × ``k`` and the chip's window cut out. Equal to GDAL's nearest resampled read of
-    the same window (scene pixel ``i`` takes source pixel ``(i + offset) // k``), at the cost of
-    decoding the native window instead of resampling it.
-
-    Returns the stored dtype ``[C, chip.height, chip.width]`` and the invalid mask (or ``None``)."""
+    repeated ``k`` × ``k`` into ``data[positions]`` (``data``: the chip's float32 ``[C, chip.height,
+    chip.width]``). Equal to GDAL's nearest resampled read of the same window (scene pixel ``i``
+    takes source pixel ``(i + offset) // k``), at the cost of decoding the native window instead of
+    resampling it. Returns the group's invalid mask ``[len(positions), chip.height, chip.width]``, or
+    ``None`` where every pixel is valid."""
     source, grid = group.source_transform, scene.transform
     k = repeat_factor(source, grid)
     # The chip's first pixel counted from the source grid's origin, in scene pixels (whole numbers:
@@ -190,19 +193,32 @@ def _read_repeated(scene: Scene, group: ReadGroup, chip: Chip) -> tuple[np.ndarr
                     (row + chip.height - 1) // k + 1 - first_row)  # fmt: skip
     values = band_reader(scene, group, warp=False).read(list(group.indexes), window=native)
     invalid = _invalid(scene, group, values)
-    cut = (row - first_row * k, col - first_col * k, chip.height, chip.width)
-    return repeat_pixels(values, k, *cut), None if invalid is None else repeat_pixels(invalid, k, *cut)
+    phase = (row - first_row * k, col - first_col * k)
+    if isinstance(positions, slice):
+        repeat_into(data[positions], values, k, *phase)
+    else:
+        for target, source in zip(positions, values):
+            repeat_into(data[target][None], source[None], k, *phase)
+    if invalid is None:
+        return None
+    mask = np.empty((len(group.positions), chip.height, chip.width), bool)
+    repeat_into(mask, invalid, k, *phase)
+    return mask
 
 
-def repeat_pixels(values: np.ndarray, k: int, row: int, col: int, height: int, width: int) -> np.ndarray:
-    """``[C, h, w]`` → ``[C, height, width]``: every pixel repeated ``k`` × ``k`` (nearest upsampling by
-    an integer factor), then the window starting ``row``, ``col`` pixels into the repeated grid (a
-    view). One pass: the broadcast is written out once by ``reshape``."""
-    if k == 1:
-        return values[:, row : row + height, col : col + width]
-    c, h, w = values.shape
-    repeated = np.broadcast_to(values[:, :, None, :, None], (c, h, k, w, k)).reshape(c, h * k, w * k)
-    return repeated[:, row : row + height, col : col + width]
+def repeat_into(target: np.ndarray, values: np.ndarray, k: int, row: int = 0, col: int = 0) -> None:
+    """Nearest upsampling by an integer factor, written into ``target`` ``[C, H, W]`` (any dtype,
+    any strides: a view of the chip): ``target[:, r, c] = values[:, (r + row) // k, (c + col) // k]``,
+    where ``row``, ``col`` (``0 <= row, col < k``) is where the target's first pixel falls inside its
+    source pixel. ``values`` ``[C, h, w]`` must reach ``(H - 1 + row) // k`` and ``(W - 1 + col) // k``.
+    One strided assignment per phase (``k``² of them): every target pixel is written once, the dtype
+    converted on the way, with no intermediate array."""
+    height, width = target.shape[1:]
+    for i in range(min(k, height)):
+        first_row, rows = (i + row) // k, len(range(i, height, k))
+        for j in range(min(k, width)):
+            first_col, cols = (j + col) // k, len(range(j, width, k))
+            target[:, i::k, j::k] = values[:, first_row : first_row + rows, first_col : first_col + cols]
 
 
 def _read_warped(scene: Scene, group: ReadGroup, chip: Chip) -> tuple[np.ndarray, np.ndarray | None]:
