@@ -261,8 +261,8 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
     with ClayEmbedder(engine_path, backend, threads, options) as embedder:
         if embedder.engine.fallback:
             click.echo(f"clay-run: {embedder.engine.fallback}", err=True)
-        click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}", err=True)
-        echo_resampling(embedder.metadata, options)
+        click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}"
+                   f"{resampling_note(embedder.metadata, options)}", err=True)  # fmt: skip
         check_patch_embeddings(embedder.metadata, options.needs_patches, options.patch_request(cli=True))
         jobs = plan_jobs(scene_files, targets, options, created)
         start = time.perf_counter()
@@ -275,10 +275,11 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
                 f"time in: {stages} ({embedder.options.reader_count} reader threads)")  # fmt: skip
 
 
-def echo_resampling(metadata: EngineMetadata, options: RunOptions) -> None:
-    """One line: how bands off a scene's grid are resampled, and why (each scene's outputs record it too)."""
+def resampling_note(metadata: EngineMetadata, options: RunOptions) -> str:
+    """The end of the engine line: how bands off a scene's grid are resampled, and why (each scene's
+    outputs record it too)."""
     method, why = choose_resampling(metadata.resampling, options.resampling)
-    click.echo(f"clay-run: resampling: {method} ({why})", err=True)
+    return f"; resampling: {method} ({why})"
 
 
 def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles], targets: list[Path],
@@ -291,8 +292,8 @@ def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_fil
         startup = time.perf_counter() - started
         if engine.fallback:
             click.echo(f"clay-run: {engine.fallback}", err=True)
-        click.echo(f"clay-run: ray: {cluster.describe()}; engine {engine.name} on {engine.description}", err=True)
-        echo_resampling(engine.metadata, options)
+        click.echo(f"clay-run: ray: {cluster.describe()}; engine {engine.name} on {engine.description}"
+                   f"{resampling_note(engine.metadata, options)}", err=True)  # fmt: skip
         check_patch_embeddings(engine.metadata, options.needs_patches, options.patch_request(cli=True))
         jobs = open_jobs(engine.metadata, plan_jobs(scene_files, targets, options, created), options, failures)
         chips = sum(len(scene.chips(options.edge)) for scene, _ in jobs)

@@ -30,6 +30,10 @@ from .units import check_values
 GDAL_CACHE_MB = 128
 HANDLES_PER_THREAD = 32
 
+#: Stored types whose every value float32 holds exactly: read straight into the chip's float32 buffer
+#: (a nodata value compares equal after the conversion). int32 and float64 are not (2^24 and beyond).
+EXACT_IN_FLOAT32 = frozenset({"uint8", "int8", "uint16", "int16", "float32"})
+
 _local = threading.local()
 
 
@@ -73,8 +77,9 @@ def read_chip(scene: Scene, chip: Chip, out: np.ndarray | None = None) -> tuple[
         try:
             if group.mode == "repeat":  # repeated straight into the chip: one pass, no intermediate
                 values, mask = None, _read_repeated(scene, group, chip, data, positions)
-            else:
-                values, mask = _read_group(scene, group, chip, nodata_seen=invalid is not None)
+            else:  # on-grid bands consecutive in the chip: read into it (GDAL converts on the way)
+                target = data[positions] if group.mode == "direct" and isinstance(positions, slice) else None
+                values, mask = _read_group(scene, group, chip, nodata_seen=invalid is not None, target=target)
         except RasterioError as exc:
             window = f"rows {chip.row}-{chip.row + chip.height}, cols {chip.col}-{chip.col + chip.width}"
             raise SceneError(f"{group.path}: read failed at {window} ({first_line(exc)})") from None
@@ -124,8 +129,13 @@ def _positions(group: ReadGroup) -> slice | list[int]:
     return list(group.positions)
 
 
-def _read_group(scene: Scene, group: ReadGroup, chip: Chip, nodata_seen: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_group(scene: Scene, group: ReadGroup, chip: Chip, nodata_seen: bool = False,
+                target: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:  # fmt: skip
     """A group's values on the chip's window and, where any is invalid, the invalid mask (else ``None``).
+
+    ``target``: the group's float32 view of the chip, for an on-grid group; where every band's stored
+    type is exact in float32 (:data:`EXACT_IN_FLOAT32`) the values are read straight into it and
+    ``None`` is returned in their place (no intermediate array, no numpy pass to convert them).
 
     A bilinear resampled window read blends nodata into its neighbours, so it is kept only where the
     chip shows no nodata: none in the on-grid bands read before it (``nodata_seen``; S2's 10 m and
@@ -155,8 +165,13 @@ def _read_group(scene: Scene, group: ReadGroup, chip: Chip, nodata_seen: bool = 
     if group.mode == "warp":
         return _read_warped(scene, group, chip)
     handle = band_reader(scene, group, warp=False)
-    values = handle.read(indexes, window=window)  # the file's own dtype
-    mask = _invalid(scene, group, values)
+    stored = {handle.dtypes[i - 1] for i in indexes}
+    written = target is not None and stored <= EXACT_IN_FLOAT32
+    if written:  # every stored value kept exactly, so nodata and S2 zeros are found on the float32 ones
+        values = handle.read(indexes, window=window, out=target)
+    else:
+        values = handle.read(indexes, window=window)  # the file's own dtype
+    mask = _invalid(scene, group, values, floating=any(np.dtype(d).kind == "f" for d in stored))
     masked = [k for k, p in enumerate(group.positions) if scene.sources[p].mask == "mask"]
     if masked:
         unmasked = handle.read_masks([indexes[k] for k in masked], window=window) == 0
@@ -169,7 +184,7 @@ def _read_group(scene: Scene, group: ReadGroup, chip: Chip, nodata_seen: bool = 
         if transparent.any():
             mask = np.zeros(values.shape, bool) if mask is None else mask
             mask[alpha] |= transparent
-    return values, mask
+    return (None if written else values), mask
 
 
 def _read_repeated(scene: Scene, group: ReadGroup, chip: Chip, data: np.ndarray,
@@ -229,13 +244,15 @@ def _read_warped(scene: Scene, group: ReadGroup, chip: Chip) -> tuple[np.ndarray
     return values, mask if mask.any() else None
 
 
-def _invalid(scene: Scene, group: ReadGroup, raw: np.ndarray) -> np.ndarray | None:
+def _invalid(scene: Scene, group: ReadGroup, raw: np.ndarray, floating: bool | None = None) -> np.ndarray | None:
     """Per band and pixel, whether a stored value is nodata, NaN or an S2 zero; ``None`` (cheap checks
-    first) when none is. On a 2-core machine every pass over a chip is taken from the engine."""
+    first) when none is. On a 2-core machine every pass over a chip is taken from the engine.
+    ``floating``: whether the stored type is (integers read into float32 cannot be NaN: no pass
+    looks for it); ``None``: ``raw``'s own type says."""
     sources = [scene.sources[p] for p in group.positions]
     nodata = [s.nodata if s.mask == "nodata" else None for s in sources]
     s2 = [k for k, s in enumerate(sources) if s.s2]
-    floating = raw.dtype.kind == "f"
+    floating = raw.dtype.kind == "f" if floating is None else floating
     maybe = floating and not np.isfinite(raw.sum(dtype=np.float64))
     maybe = maybe or any(v is not None and not np.isnan(v) and (raw[k] == v).any() for k, v in enumerate(nodata))
     maybe = maybe or bool(s2 and raw[s2].min() <= 0)
