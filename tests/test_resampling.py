@@ -35,12 +35,13 @@ NEAREST = RunOptions(resampling="nearest")
 
 
 def s2_folder(folder: Path, size: tuple[int, int] = (587, 601), shift: tuple[int, int] = (1, 1), nodata: float | None = None,
-              holes: bool = True, coarse_px: float = 20.0, seed: int = 0) -> Path:  # fmt: skip
+              holes: bool = True, coarse_px: float = 20.0, seed: int = 0, offset: int = 0) -> Path:  # fmt: skip
     """Ten single-band S2 files as archives lay them out: 10 m bands on the scene grid (``size`` rows,
     cols: odd, so edge chips start at odd pixels), the others ``coarse_px`` m, whose grid starts
     ``shift`` (rows, cols) 10 m pixels up and left of the scene's (a phase the repetition must honour)
     and covers it. ``holes``: L2A NO_DATA zeros in every band over a shared area, and in the 20 m
-    bands alone a few isolated source pixels of zero, and of ``nodata`` when given."""
+    bands alone a few isolated source pixels of zero, and of ``nodata`` when given. ``offset``: stored
+    DN + ``offset`` where valid, declared as ``BOA_ADD_OFFSET`` −``offset`` (processing baseline 04.00+)."""
     rng = np.random.default_rng(seed)
     rows, cols = size
     x0, y0 = 600000.0, 5000000.0
@@ -62,12 +63,15 @@ def s2_folder(folder: Path, size: tuple[int, int] = (587, 601), shift: tuple[int
                 data[rng.integers(0, shape[0], 40), rng.integers(0, shape[1], 40)] = 0
                 if nodata is not None:
                     data[rng.integers(0, shape[0], 40), rng.integers(0, shape[1], 40)] = nodata
+        if offset:
+            data = np.where((data == 0) | (data == (nodata if nodata is not None else 0)), data, data + offset)
+        tags = {"date": "2021-06-01", **({"BOA_ADD_OFFSET": str(-offset)} if offset else {})}
         write_stack(folder / f"{band}.tif", data[None], Affine(px, 0, origin[0], 0, -px, origin[1]), "EPSG:32633", [None],
-                    nodata=nodata if coarse else None, tags={"date": "2021-06-01"})  # fmt: skip
+                    nodata=nodata if coarse else None, tags=tags)  # fmt: skip
     return folder
 
 
-def rasterio_chip(folder: Path, scene, chip, method: Resampling) -> tuple[np.ndarray, float]:
+def rasterio_chip(folder: Path, scene, chip, method: Resampling, offset: int = 0) -> tuple[np.ndarray, float]:
     """The chip as read here with rasterio alone: every band's window of the scene grid (the 20 m
     ones by a resampled window read with ``method``), invalid where 0 (L2A NO_DATA) or the file's
     nodata, filled with the band means, the edges padded by replicating the last row and column; and
@@ -83,7 +87,7 @@ def rasterio_chip(folder: Path, scene, chip, method: Resampling) -> tuple[np.nda
             window = Window((x - t.c) / t.a, (y - t.f) / t.e, chip.width * grid.a / t.a, chip.height * grid.e / t.e)
             raw = src.read(1, window=window, out_shape=(chip.height, chip.width), resampling=method)
             invalid[k] = (raw == 0) | ((raw == src.nodata) if src.nodata is not None else False)
-            values[k] = raw
+            values[k] = raw.astype(np.float32) - offset
     fraction = float(invalid.any(axis=0).mean())
     values = np.where(invalid, np.asarray(DEMO.band_means, np.float32)[:, None, None], values)
     padded = np.pad(values, ((0, 0), (0, size - chip.height), (0, size - chip.width)), mode="edge")
@@ -122,6 +126,18 @@ def test_nearest_upsampling_equals_rasterio_nearest_read_exactly(tmp_path, edge)
             raw = numpy_nearest(folder, band, scene, chip)
             valid = raw != 0
             assert np.array_equal(ours[k, : chip.height, : chip.width][valid], raw[valid].astype(np.float32)), chip
+
+
+def test_nearest_with_a_declared_offset_converts_every_band(tmp_path):
+    """Baseline 04.00's BOA_ADD_OFFSET: the repeated bands are converted before their repetition, the
+    others after; every value is DN − 1000 all the same."""
+    folder = s2_folder(tmp_path, offset=1000)
+    scene = open_scene(folder, DEMO, NEAREST)
+    assert {s.conversion.bias for s in scene.sources} == {-1000.0}
+    for chip in scene.chips():
+        ours, fraction = read_chip(scene, chip)
+        expected, expected_fraction = rasterio_chip(folder, scene, chip, Resampling.nearest, offset=1000)
+        assert np.array_equal(ours, expected) and fraction == expected_fraction, chip
 
 
 def test_nearest_keeps_a_declared_nodata_value_out_as_before(tmp_path):
