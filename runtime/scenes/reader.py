@@ -265,7 +265,8 @@ def _invalid(scene: Scene, group: ReadGroup, raw: np.ndarray, floating: bool | N
     floating = raw.dtype.kind == "f" if floating is None else floating
     maybe = floating and not np.isfinite(raw.sum(dtype=np.float64))
     maybe = maybe or any(v is not None and not np.isnan(v) and (raw[k] == v).any() for k, v in enumerate(nodata))
-    maybe = maybe or bool(s2 and raw[s2].min() <= 0)
+    # every band at once where all are S2 (a list index would copy the group first)
+    maybe = maybe or bool(s2 and (raw.min() if len(s2) == len(raw) else min(raw[k].min() for k in s2)) <= 0)
     if not maybe:
         return None
     mask = ~np.isfinite(raw) if floating else np.zeros(raw.shape, bool)
