@@ -135,19 +135,21 @@ def timed(scene: Scene, threads: int, how: str) -> tuple[float, float]:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"Chip reads on {report['cpu']} ({report['cores']} cores{', shared with other work' if report['shared'] else ''}), "
-             f"GDAL {report['gdal']}, commit {short_commit(report['commit'])}, {report['date']}. S2 L2A tile of "
-             f"{report['size']}² px at 10 m ({report['chips']} chips of {report['chip_size']}²), one DEFLATE COG per band; "
-             f"{report['rounds']} interleaved rounds per tile layout; chips/s are medians over rounds, a ratio the median "
-             "of each round's ratio to GDAL's decode of the same windows at their native resolution.", "",
-             "| COG tiles | threads | GDAL decode (chips/s) | runtime, nearest | ratio (CPU time) | runtime, bilinear | "
-             "ratio (CPU time) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    shared = ", shared with other work" if report["shared"] else ""
+    head = (f"Chip reads on {report['cpu']} ({report['cores']} cores{shared}), GDAL {report['gdal']}, commit "
+            f"{short_commit(report['commit'])}, {report['date']}. S2 L2A tile of {report['size']}² px at 10 m "
+            f"({report['chips']} chips of {report['chip_size']}²), one DEFLATE COG per band; {report['rounds']} "
+            "interleaved rounds per tile layout; chips/s are medians over rounds, a ratio the median of each round's "
+            "ratio to GDAL's decode of the same windows at their native resolution.")  # fmt: skip
+    columns = ("| COG tiles | threads | GDAL decode (chips/s) | runtime, nearest | ratio (CPU time) | runtime, bilinear | "
+               "ratio (CPU time) |")  # fmt: skip
+    lines = [head, "", columns, "|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
         lines.append(f"| {row['block']}² | {row['threads']} | {row['gdal']:.1f} | {row['nearest']:.1f} | "
                      f"{row['nearest_ratio']:.2f}× ({row['nearest_cpu_ratio']:.2f}×) | {row['bilinear']:.1f} | "
                      f"{row['bilinear_ratio']:.2f}× ({row['bilinear_cpu_ratio']:.2f}×) |")  # fmt: skip
-    lines += ["", "Ratio: wall-clock chips/s against GDAL's; in brackets, chips per CPU second of the reading threads "
-              "against GDAL's (steadier where other processes share the cores)."]  # fmt: skip
+    lines += ["", ("Ratio: wall-clock chips/s against GDAL's; in brackets, chips per CPU second of the reading "
+                   "threads against GDAL's (steadier where other processes share the cores).")]  # fmt: skip
     return "\n".join(lines)
 
 

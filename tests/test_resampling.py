@@ -226,7 +226,7 @@ def engine_with(path: Path, resampling: str | None) -> Path:
 
 def clay_run(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "clay.runtime.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+                          timeout=600, check=False)  # fmt: skip
 
 
 def test_clay_run_applies_says_and_records_the_resampling(tmp_path):
