@@ -247,8 +247,9 @@ def repeat_into(target: np.ndarray, values: np.ndarray, k: int, row: int = 0, co
 
 
 def _read_warped(scene: Scene, group: ReadGroup, chip: Chip) -> tuple[np.ndarray, np.ndarray | None]:
-    """Through a float32 WarpedVRT (the scene's resampling) whose nodata is NaN: what the source marks invalid (its
-    nodata, mask band or alpha) is left out of the resampling, and what it cannot cover is NaN."""
+    """Through a float32 WarpedVRT (resampled by the scene's method) whose nodata is NaN: what the
+    source marks invalid (its nodata, mask band or alpha) is left out of the resampling, and what it
+    cannot cover is NaN."""
     values = band_reader(scene, group, warp=True).read(list(group.indexes), window=chip.window)
     mask = np.isnan(values)
     return values, mask if mask.any() else None
@@ -280,9 +281,9 @@ def _invalid(scene: Scene, group: ReadGroup, raw: np.ndarray, floating: bool | N
 
 def band_reader(scene: Scene, group: ReadGroup, warp: bool):
     """This thread's open reader for a group's file: the file itself, or a float32 WarpedVRT onto the
-    scene's grid (resampled by the scene's method) whose nodata is NaN. The warp's source nodata is the file's own, else 0 for
-    a group of Sentinel-2 bands (their NO_DATA). The least recently used handles are closed beyond
-    :data:`HANDLES_PER_THREAD`."""
+    scene's grid (resampled by the scene's method) whose nodata is NaN. The warp's source nodata is
+    the file's own, else 0 for a group of Sentinel-2 bands (their NO_DATA). The least recently used
+    handles are closed beyond :data:`HANDLES_PER_THREAD`."""
     handles: OrderedDict | None = getattr(_local, "handles", None)
     if handles is None:
         handles = _local.handles = OrderedDict()
