@@ -293,3 +293,25 @@ def test_nearest_from_a_20m_stack_whose_bands_are_not_consecutive_in_the_engine(
         expected = np.where(invalid, np.asarray(DEMO.band_means, np.float32)[:, None, None], values)
         expected = np.pad(expected, ((0, 0), (0, 512 - chip.height), (0, 512 - chip.width)), mode="edge")
         assert np.array_equal(ours, expected), chip
+
+
+def test_a_warped_band_is_warped_by_the_same_method(tmp_path):
+    """B11 in a neighbouring UTM zone goes through GDAL's warper: with nearest, every value it gives
+    is one the file stores (bilinear makes new ones), and the outputs say "warped nearest"."""
+    from pyproj import Transformer
+
+    folder = s2_folder(tmp_path, size=(300, 300), holes=False)
+    with rasterio.open(folder / "B11.tif") as src:
+        left, top = Transformer.from_crs("EPSG:32633", "EPSG:32634", always_xy=True).transform(src.bounds.left - 500,
+                                                                                            src.bounds.top + 500)  # fmt: skip
+    stored = np.random.default_rng(7).integers(1, 12000, (400, 400)).astype(np.uint16)  # 8 km: covers the scene
+    write_stack(folder / "B11.tif", stored[None], Affine(20, 0, left - 1500, 0, -20, top + 1500), "EPSG:32634", [None],
+                tags={"date": "2021-06-01"})  # fmt: skip
+    k = S2_BANDS.index("B11")
+    for method in ("nearest", "bilinear"):
+        scene = open_scene(folder, DEMO, RunOptions(resampling=method))
+        assert scene.applied["resampling"][f"warped {method}"] == ["B11"]
+        values, fraction = read_chip(scene, scene.chips()[0])
+        assert fraction == 0.0
+        new = ~np.isin(values[k], stored.astype(np.float32))
+        assert not new.any() if method == "nearest" else new.mean() > 0.5, method
