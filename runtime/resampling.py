@@ -48,6 +48,6 @@ def choose_resampling(recorded: str | None, override: str | None) -> tuple[str, 
         said = f"the engine's {recorded}" if recorded else "the engine records none"
         return override, f"--resampling {override} (RunOptions.resampling; {said})"
     if recorded is not None:
-        return recorded, "the engine's metadata (the resampling its weights were trained with)"
+        return recorded, "as the engine's metadata records for its weights"
     return UNRECORDED_DEFAULT, ("the engine's metadata does not record the resampling its weights expect (exported "
                                 f"before the field existed): {UNRECORDED_DEFAULT}, as before")  # fmt: skip
