@@ -17,6 +17,8 @@ from pathlib import Path
 from clay.runtime.bands import BAND_MEANS, BAND_STDS, CHIP_SIZE, GROUP_NAMES, PATCH_SIZE, bands_of_groups
 from clay.runtime.formats import ArtifactFormat
 from clay.runtime.metadata import EngineMetadata, package_versions
+from clay.runtime.resampling import CLAY_V0 as CLAY_V0_RESAMPLING
+from clay.runtime.resampling import RUNTIME_READER, check_resampling
 from clay.training.checkpoint import (
     DEMO_GROUPS,
     DEMO_WEIGHTS,
@@ -61,9 +63,10 @@ def resolve_weights(options: ExportOptions) -> ExportOptions:
     return replace(options, checkpoint=DEMO_WEIGHTS, groups=options.groups or DEMO_GROUPS)
 
 
-def load_model(options: ExportOptions) -> tuple[ClayMAE, str, str, str, tuple[str, ...] | None]:
+def load_model(options: ExportOptions) -> tuple[ClayMAE, str, str, str, tuple[str, ...] | None, tuple[str, str]]:
     """The model to export and its provenance: (model, checkpoint label, sha256, weights description,
-    the band groups the weights were trained on, or ``None`` where the checkpoint does not say)."""
+    the band groups the weights were trained on, or ``None`` where the checkpoint does not say, and
+    the resampling they expect with why, :func:`trained_resampling`)."""
     if options.checkpoint is not None:
         try:
             model = load_clay_mae(options.checkpoint, options.size)
@@ -72,10 +75,34 @@ def load_model(options: ExportOptions) -> tuple[ClayMAE, str, str, str, tuple[st
             raise ExportError(str(exc)) from None
         description = stored.get("description") if isinstance(stored.get("description"), str) else None
         return (model, options.checkpoint.name, file_sha256(options.checkpoint),
-                description or f"checkpoint {options.checkpoint.name}", trained_groups(stored))  # fmt: skip
+                description or f"checkpoint {options.checkpoint.name}", trained_groups(stored),
+                trained_resampling(stored, options.resampling))  # fmt: skip
     size = get_size(options.size or "tiny").name
     return (random_clay_mae(size, seed=0), "", "",
-            f"random initialisation (seed 0) of '{size}': for speed tests only, not a trained model", None)  # fmt: skip
+            f"random initialisation (seed 0) of '{size}': for speed tests only, not a trained model", None,
+            trained_resampling(None, options.resampling))  # fmt: skip
+
+
+def trained_resampling(stored: object, override: str | None = None) -> tuple[str, str]:
+    """The resampling the weights saw bands brought onto the chip grid with (``nearest`` or
+    ``bilinear``, see :mod:`clay.runtime.resampling` for the sources) and why, for the engine
+    metadata: ``clay-export --resampling`` when given; else what the checkpoint records
+    (``hyper_parameters.resampling``); else ``bilinear`` for weights trained through this runtime's
+    reader (the demo weights and clay-train's checkpoints, which record their ``groups``); else
+    (the published Clay v0 file, bare state dicts, random weights) Clay v0's ``nearest``.
+    Raises :class:`ExportError` for a recorded value this runtime cannot read."""
+    if override is not None:
+        return override, "--resampling"
+    hyper = stored.get("hyper_parameters") if isinstance(stored, dict) else None
+    if isinstance(hyper, dict) and hyper.get("resampling") is not None:
+        try:
+            check_resampling(hyper["resampling"], "the checkpoint's resampling")
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
+        return hyper["resampling"], "recorded in the checkpoint"
+    if trained_groups(stored) is not None:
+        return RUNTIME_READER, "trained through this runtime's reader (demo weights, clay-train)"
+    return CLAY_V0_RESAMPLING, "Clay v0's datacubes: stackstac.stack's default"
 
 
 def trained_groups(stored: object) -> tuple[str, ...] | None:
@@ -101,7 +128,8 @@ def default_groups(options: ExportOptions, trained: tuple[str, ...] | None) -> t
 
 
 def export_summary(model: ClayMAE, options: ExportOptions, weights: str, sha: str,
-                   trained: tuple[str, ...] | None) -> tuple[list[str], list[str]]:  # fmt: skip
+                   trained: tuple[str, ...] | None,
+                   resampling: tuple[str, str] | None = None) -> tuple[list[str], list[str]]:  # fmt: skip
     """What an export holds, in lines for the user (weights, bands, groups, outputs), and warnings:
     band groups the weights were never trained on embed through untrained (initial) weights."""
     bands = check.band_names(options.groups)
@@ -113,6 +141,9 @@ def export_summary(model: ClayMAE, options: ExportOptions, weights: str, sha: st
         f"input: {len(bands)} bands ({' '.join(bands)}) in groups {', '.join(options.groups)}; output: {outputs}",
         "trained on groups: " + (", ".join(trained) if trained is not None else "not recorded in the checkpoint"),
     ]
+    if resampling is not None:
+        lines.append(f"resampling the weights expect: {resampling[0]} ({resampling[1]}); clay-run reads with it "
+                     "unless --resampling says otherwise")  # fmt: skip
     never = [g for g in options.groups if trained is not None and g not in trained]
     warnings = [f"warning: the weights were never trained on {', '.join(never)} (only on {', '.join(trained)}): "
                 "their patch embeddings are still the random initialisation, so what the engine makes of those "
@@ -120,7 +151,8 @@ def export_summary(model: ClayMAE, options: ExportOptions, weights: str, sha: st
     return lines, warnings
 
 
-def make_metadata(model: ClayMAE, options: ExportOptions, precision: str, checkpoint: str, sha: str, weights: str) -> EngineMetadata:
+def make_metadata(model: ClayMAE, options: ExportOptions, precision: str, checkpoint: str, sha: str, weights: str,
+                  resampling: str | None = None) -> EngineMetadata:  # fmt: skip
     bands = bands_of_groups(options.groups)
     outputs = ("embedding", "patch_embeddings") if options.patch_embeddings else ("embedding",)
     return EngineMetadata(
@@ -140,6 +172,7 @@ def make_metadata(model: ClayMAE, options: ExportOptions, precision: str, checkp
         weights=weights,
         exporter=f"clay-export {package_versions().get('clay-runtime', '')}".strip(),
         versions=package_versions(),
+        resampling=resampling,
     )
 
 
@@ -210,16 +243,16 @@ def export_artifacts(options: ExportOptions, log: Callable[[str], None] = print)
         return export_v15(options, encoder, checkpoint, sha, weights, log)
     report = ExportReport()
     options = resolve_weights(options)
-    model, checkpoint, sha, weights, trained = load_model(options)
+    model, checkpoint, sha, weights, trained, resampling = load_model(options)
     groups_line = ""
     if not options.groups:  # a checkpoint without --groups
         options, groups_line = default_groups(options, trained)
-    report.summary, report.notes = export_summary(model, options, weights, sha, trained)
+    report.summary, report.notes = export_summary(model, options, weights, sha, trained, resampling)
     if groups_line:
         report.summary.append(groups_line)
     stage = staging_dir(options.out)
     try:
-        job = BuildJob(model.encoder, options, stage, lambda fmt: make_metadata(model, options, fmt.precision, checkpoint, sha, weights),
+        job = BuildJob(model.encoder, options, stage, lambda fmt: make_metadata(model, options, fmt.precision, checkpoint, sha, weights, resampling[0]),
                        log, report.seconds)  # fmt: skip
         built = _build(job, options.formats, report)
         if options.check:

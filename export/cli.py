@@ -9,6 +9,7 @@ import click
 from clay.runtime.bands import GROUP_NAMES, parse_groups
 from clay.runtime.console import setup_logging
 from clay.runtime.formats import FORMATS
+from clay.runtime.resampling import RESAMPLING
 from clay.runtime.sensors import CONVENTION_HELP, CONVENTIONS, SENSORS, SensorError, parse_sensors
 from clay.training.sizes import SIZES, V15_SIZES
 
@@ -62,8 +63,12 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
               help="Also write a Triton model repository here: clay_trt (a plan built by standard TensorRT) and clay_onnx "
                    "(the ONNX Runtime CUDA artifact, else the float32 graph), each with its config.pbtxt; for Clay v1.5 "
                    "one pair per sensor, named clay_v1_5_<sensor>_trt and _onnx (sentinel-2-l2a: clay_v1_5_sentinel_2_l2a_onnx).")
-def main(checkpoint, size, random_weights, out, groups, sensors, chip_size, convention, fp16, int8_cpu, bf16_cpu, patch_embeddings, batch,
-         compute_capability, timing_cache, no_check, triton_repository) -> None:  # fmt: skip
+@click.option("--resampling", type=click.Choice(RESAMPLING), default=None,
+              help="The resampling the weights were trained with (bands off the chip grid brought onto it), recorded in "
+                   "the engine for clay-run. Default: the checkpoint's record, else bilinear for the demo weights and "
+                   "clay-train checkpoints (this runtime's reader), else nearest (Clay v0: stackstac's default).")
+def main(checkpoint, size, random_weights, out, groups, sensors, chip_size, convention, fp16, int8_cpu, bf16_cpu,
+         patch_embeddings, batch, compute_capability, timing_cache, no_check, triton_repository, resampling) -> None:  # fmt: skip
     """Export the Clay encoder with its normalisation folded in: raw pixels, lon/lat and date in.
 
     Unless --no-check, every artifact is compared with eager PyTorch fp32 on generated chips and on a
@@ -91,6 +96,7 @@ def main(checkpoint, size, random_weights, out, groups, sensors, chip_size, conv
             batch=BatchProfile.parse(batch), compute_capability=parse_targets(compute_capability),
             timing_cache=timing_cache, check=not no_check,
             triton_repository=triton_repository, sensors=sensor_names, chip_size=chip_size, convention=convention,
+            resampling=resampling,
         )  # fmt: skip
         if timing_cache is not None:
             timing_cache.parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ class ExportOptions:
     sensors: tuple[str, ...] = ()
     chip_size: int | None = None
     convention: str = "training"
+    resampling: str | None = None  # what the weights expect; None: from the checkpoint (artifacts.trained_resampling)
 
     @property
     def formats(self) -> tuple[ArtifactFormat, ...]:

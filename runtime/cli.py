@@ -23,6 +23,7 @@ from .formats import describe_formats
 from .metadata import EngineMetadata
 from .options import DEFAULT_HTTP_TIMEOUT, EDGE_MODES, RASTER_DTYPES, SAR_UNITS, RunOptions, cpu_count
 from .outputs.lock import hold_folders
+from .resampling import RESAMPLING, choose_resampling
 from .outputs.publish import OutputError, ScenePaths
 from .pipeline import SceneJob, SceneResult
 from .ray_job import RayJobError, RunCounts, ray_cluster, run_on_ray
@@ -154,6 +155,11 @@ class RayProgress:
               help="Subtract this from every scene's S2 DNs (e.g. 0 or 1000), overriding what each scene declares. "
                    "Default: per scene, from its metadata (GDAL scale/offset, BOA_ADD_OFFSET, processing baseline "
                    "04.00+ → 1000), to the engine's harmonised DNs (no +1000 offset); nothing declared: none removed.")
+@click.option("--resampling", type=click.Choice(RESAMPLING), default=None,
+              help="How bands off the scene's grid (S2's 20 m bands, S1, the DEM) are resampled onto it. Default: as "
+                   "the engine's metadata says its weights were trained (Clay v0: nearest; the demo weights: bilinear; "
+                   "an engine that does not say: bilinear). Nearest from an aligned grid k times coarser reads the "
+                   "band at its own resolution and repeats each pixel k×k. Recorded in the outputs' metadata.")
 @click.option("--resume", is_flag=True, help="Skip scenes whose outputs are complete (their chip file, and patch file "
                                             "and patch raster when asked for, published); clear what a killed run left.")
 @click.option("--keep-going", is_flag=True, help="When a scene fails, finish the others and list the failures at the end "
@@ -174,14 +180,15 @@ class RayProgress:
                    "per CPU), the same files. Connects to RAY_ADDRESS when set, else starts a local Ray. Implies "
                    "--keep-going; --readers does not apply. Needs the ray extra.")
 def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, edge, max_nodata, date_text,
-         patch_embeddings, patch_raster, raster_dtype, sar_units, s2_offset, resume, keep_going, http_timeout, threads,
+         patch_embeddings, patch_raster, raster_dtype, sar_units, s2_offset, resampling, resume, keep_going, http_timeout, threads,
          combine, use_ray) -> None:  # fmt: skip
     """Embed GeoTIFF SCENES with a Clay engine into GeoParquet.
 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
     given together or found in one folder (sub-folders too: an S2 and an S1 product side by side;
     other files there, such as visual.tif or SCL.tif, are ignored and listed); they are resampled
-    bilinearly onto the grid of the finest file holding S2 bands (ground distance) while reading. A
+    onto the grid of the finest file holding S2 bands (ground distance) while reading, as the
+    engine's weights were trained (nearest or bilinear, see --resampling). A
     folder of multi-band files gives one scene per file. A SCENE may also be a GDAL-readable URI (/vsis3/...,
     s3://..., https://...), a STAC Item (.json file or URL; its band assets, dates, scale/offset
     and S2 offset convention as the Item declares them), an ItemCollection (one scene per Item,
@@ -213,8 +220,8 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
     try:
         options = RunOptions(batch_size=batch_size, edge=edge, max_nodata=max_nodata, patch_embeddings=patch_embeddings,
                              patch_raster=patch_raster, raster_dtype=raster_dtype, date=date, sar_units=sar_units,
-                             s2_offset=s2_offset, readers=readers, keep_going=keep_going or use_ray, resume=resume,
-                             http_timeout=http_timeout)  # fmt: skip
+                             s2_offset=s2_offset, resampling=resampling, readers=readers, keep_going=keep_going or use_ray,
+                             resume=resume, http_timeout=http_timeout)  # fmt: skip
     except ValueError as exc:
         sys.exit(f"clay-run: {exc}")
     failures: list[tuple[str, str]] = []
@@ -268,7 +275,8 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
     with ClayEmbedder(engine_path, backend, threads, options) as embedder:
         if embedder.engine.fallback:
             click.echo(f"clay-run: {embedder.engine.fallback}", err=True)
-        click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}", err=True)
+        click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}"
+                   f"{resampling_note(embedder.metadata, options)}", err=True)  # fmt: skip
         check_patch_embeddings(embedder.metadata, options.needs_patches, options.patch_request(cli=True))
         jobs = plan_jobs(scene_files, targets, options, created)
         start = time.perf_counter()
@@ -281,6 +289,13 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
                 f"time in: {stages} ({embedder.options.reader_count} reader threads)")  # fmt: skip
 
 
+def resampling_note(metadata: EngineMetadata, options: RunOptions) -> str:
+    """The end of the engine line: how bands off a scene's grid are resampled, and why (each scene's
+    outputs record it too)."""
+    method, why = choose_resampling(metadata.resampling, options.resampling)
+    return f"; resampling: {method} ({why})"
+
+
 def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_files: list[SceneFiles], targets: list[Path],
                  options: RunOptions, failures: list, preview: Path | None, created: list[Path]) -> None:  # fmt: skip
     """``--ray``: the scenes opened on this machine (the driver), then the job on Ray Data
@@ -291,7 +306,8 @@ def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_fil
         startup = time.perf_counter() - started
         if engine.fallback:
             click.echo(f"clay-run: {engine.fallback}", err=True)
-        click.echo(f"clay-run: ray: {cluster.describe()}; engine {engine.name} on {engine.description}", err=True)
+        click.echo(f"clay-run: ray: {cluster.describe()}; engine {engine.name} on {engine.description}"
+                   f"{resampling_note(engine.metadata, options)}", err=True)  # fmt: skip
         check_patch_embeddings(engine.metadata, options.needs_patches, options.patch_request(cli=True))
         jobs = open_jobs(engine.metadata, plan_jobs(scene_files, targets, options, created), options, failures)
         chips = sum(len(scene.chips(options.edge)) for scene, _ in jobs)

@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from .bands import INPUT_UNITS
+from .resampling import check_resampling
 
 #: The newest metadata format this runtime reads. Clay v0 artifacts are written as format 1 (what
 #: they always were); Clay v1.5 artifacts as format 2, so that a runtime from before v1.5 refuses them
@@ -67,6 +68,9 @@ class EngineMetadata:
     # The units ``pixels`` expects (clay.runtime.bands.INPUT_UNITS); artifacts from before this field
     # were exported for the same units.
     input_units: dict[str, str] = field(default_factory=lambda: dict(INPUT_UNITS))
+    # How the weights saw bands resampled onto the chip grid ("nearest" | "bilinear", see
+    # clay.runtime.resampling for the sources); None: exported before this field, read bilinear as before.
+    resampling: str | None = None
     format_version: int = V0_FORMAT_VERSION
     # Which Clay: "clay-v0" (artifacts from before this field are v0) or "clay-v1.5".
     model: str = "clay-v0"
@@ -126,6 +130,10 @@ class EngineMetadata:
                 continue
             value = record[f.name]
             values[f.name] = tuple(value) if isinstance(value, list) else value
+        try:
+            check_resampling(values.get("resampling"), "the artifact's resampling")
+        except ValueError as exc:
+            raise MetadataError(str(exc)) from None
         return cls(**values)
 
     @classmethod

@@ -8,6 +8,7 @@ from datetime import date as Date
 
 from .errors import SceneError
 from .metadata import EngineMetadata
+from .resampling import check_resampling
 
 #: How the chip grid treats a scene's right and bottom remainders (``--edge``; the rule is
 #: :func:`clay.runtime.scenes.grid.chip_starts`): defined here, with the run's other choices.
@@ -39,7 +40,10 @@ class RunOptions:
     ``date`` overrides the files' acquisition date; ``sar_units`` says whether VH/VV hold linear
     power or dB (``auto``: the band's unit metadata, else a mostly negative band is refused);
     ``s2_offset``, when set, is subtracted from every scene's S2 DNs instead of the offset each
-    scene's metadata declares (``None``: per scene, see :mod:`clay.runtime.scenes.units`). ``readers`` is the
+    scene's metadata declares (``None``: per scene, see :mod:`clay.runtime.scenes.units`). ``resampling``
+    (``nearest`` | ``bilinear``) overrides how bands off the scene's grid are resampled onto it
+    (``None``: as the engine's metadata says its weights were trained, see
+    :mod:`clay.runtime.resampling`). ``readers`` is the
     number of chip-reader threads (default: one per core). ``keep_going`` finishes the other scenes
     when one fails; ``resume`` skips scenes whose outputs are complete. ``patch_raster`` also writes
     each scene's patch vectors as a Cloud-Optimized GeoTIFF of ``raster_dtype``
@@ -58,6 +62,7 @@ class RunOptions:
     date: Date | None = None
     sar_units: str = "auto"
     s2_offset: float | None = None
+    resampling: str | None = None
     readers: int | None = None
     keep_going: bool = False
     resume: bool = False
@@ -72,6 +77,7 @@ class RunOptions:
             raise ValueError(FLOAT16_REFUSED)
         if self.sar_units not in SAR_UNITS:
             raise ValueError(f"sar_units must be one of {', '.join(SAR_UNITS)}, not {self.sar_units!r}")
+        check_resampling(self.resampling)
         if not 0 <= self.max_nodata <= 1:
             raise ValueError(f"max_nodata must be between 0 and 1, not {self.max_nodata}")
         if not self.http_timeout >= 1:  # curl counts whole seconds; NaN is refused too

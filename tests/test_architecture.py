@@ -153,7 +153,7 @@ def test_chip_grid_is_pure_and_covers_remainders():
 #: Each part of ``clay.runtime`` and the parts it may import (issue 31). The contract every part
 #: shares sits at the top of the package, below everything; the pipeline, the Python API,
 #: ``clay-run`` and the Ray job sit on top of the parts.
-CONTRACT = {"bands", "sensors", "metadata", "formats", "options", "timing", "console", "errors"}
+CONTRACT = {"bands", "sensors", "metadata", "formats", "options", "timing", "console", "errors", "resampling"}
 MAY_IMPORT = {
     "contract": {"contract"},
     "demo": {"demo"},

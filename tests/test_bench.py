@@ -158,3 +158,19 @@ def test_ablation_times_every_lever_against_both_baselines(tmp_path):
     assert data["vnni_check"]["gops"] > 0
     for row in data["results"]:
         assert row["ratio_vs_best_eager"] and row["ratio_vs_baseline"]
+
+
+def test_read_benchmark_writes_every_tile_layout_and_thread_count(tmp_path):
+    """``python -m clay.benchmarks.reads``: a row per COG tile size and thread count, each with the
+    three rates and both ratios from the same rounds (no speed is asserted: that is the benchmark's)."""
+    result = run_module("clay.benchmarks.reads", "--size", "1024", "--block", "256", "--block", "512", "--threads", "1",
+                        "--rounds", "2", "--out", tmp_path, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "reads-s2-cog.json").read_text())
+    assert [(row["block"], row["threads"]) for row in report["rows"]] == [(256, 1), (512, 1)]
+    for row in report["rows"]:
+        rounds = row["per_round"]
+        assert all(len(rounds[how]) == 2 for how in ("gdal", "nearest", "bilinear"))
+        ratios = sorted(a / g for a, g in zip(rounds["nearest"], rounds["gdal"]))
+        assert row["nearest_ratio"] == pytest.approx(sum(ratios) / 2)  # the median of two rounds' ratios
+    assert "| 256² | 1 |" in (tmp_path / "reads-s2-cog.md").read_text()

@@ -135,6 +135,7 @@ def test_metadata_round_trips(exported, checkpoint):
         assert meta.outputs == ("embedding", "patch_embeddings") and meta.has_patch_embeddings
         assert meta.checkpoint_sha256 == file_sha256(checkpoint)
         assert "torch" in meta.versions and "onnx" in meta.versions
+        assert meta.resampling == "nearest"  # a checkpoint in the published layout that records no groups: Clay v0
 
 
 def test_s2_only_subset_engine_equals_eager_on_those_groups(checkpoint, tmp_path):
@@ -214,8 +215,16 @@ def test_export_says_what_it_exported_and_warns_of_groups_the_weights_never_trai
     assert any(line.startswith("clay-export: weights: demo weights") and "Clay 'tiny'" in line for line in lines)
     assert "clay-export: input: 4 bands (B02 B03 B04 DEM) in groups rgb, dem; output: embedding [B, 256]" in lines
     assert "clay-export: trained on groups: rgb, rededge, nir, swir, sar" in lines
+    assert any(line.startswith("clay-export: resampling the weights expect: bilinear (trained through this runtime's reader")
+               for line in lines)  # fmt: skip
+    assert read_metadata(tmp_path / "demo" / "clay.onnx").resampling == "bilinear"
     warnings = [line for line in lines if "warning: the weights were never trained on dem " in line]
     assert len(warnings) == 1 and "--groups" in warnings[0]
     result = clay_export("--checkpoint", str(checkpoint), "--out", str(tmp_path / "ckpt"), "--no-check")
     assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
     assert "clay-export: trained on groups: not recorded in the checkpoint" in result.stderr
+    assert "clay-export: resampling the weights expect: nearest (Clay v0's datacubes: stackstac.stack's default)" in result.stderr
+    assert read_metadata(tmp_path / "ckpt" / "clay.onnx").resampling == "nearest"
+    result = clay_export("--checkpoint", str(checkpoint), "--out", str(tmp_path / "said"), "--no-check", "--resampling", "bilinear")
+    assert result.returncode == 0 and "resampling the weights expect: bilinear (--resampling)" in result.stderr, result.stderr
+    assert read_metadata(tmp_path / "said" / "clay.onnx").resampling == "bilinear"

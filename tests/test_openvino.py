@@ -180,7 +180,9 @@ def test_clay_run_engine_line_says_what_ran_and_why(demo_export, tmp_path):
         assert line.startswith(f"clay-run: engine {BF16.file_name} on openvino-cpu (tiny, bf16") and "has AMX" in line
     else:
         assert line.startswith(f"clay-run: engine {INT8.file_name} on onnx-cpu (tiny, int8")
-        assert line.endswith(f"; auto: {cpu.model} has no AMX (amx_bf16), so int8 on ONNX Runtime")
+        # then how bands off the grid are resampled: the demo weights' bilinear, as their engine records
+        assert line.endswith(f"; auto: {cpu.model} has no AMX (amx_bf16), so int8 on ONNX Runtime; resampling: bilinear "
+                             "(as the engine's metadata records for its weights)")  # fmt: skip
 
 
 def test_the_openvino_engine_imports_no_torch(demo_export):

@@ -109,7 +109,10 @@ def test_s2_per_band_folder_runs_on_an_s2_engine(s2_engine, tmp_path):
     assert np.isfinite(np.stack(table["embeddings"].to_numpy(zero_copy_only=False))).all()
     footprint = footprint_wgs84(T48QUE / "B02.tif")
     assert all(footprint.contains(from_wkb(g)) for g in table["geometry"].to_pylist())
-    assert json.loads(table.schema.metadata[b"clay:preprocessing"])["resampling"]["resampled bilinear"] == ["B05", "B06", "B07", "B8A", "B11", "B12"]
+    resampling = json.loads(table.schema.metadata[b"clay:preprocessing"])["resampling"]
+    # A checkpoint in the published layout that records no groups is taken for Clay v0: nearest.
+    assert json.loads(table.schema.metadata[b"clay:engine"])["resampling"] == resampling["method"] == "nearest"
+    assert resampling["resampled nearest (native pixels repeated 2×2)"] == ["B05", "B06", "B07", "B8A", "B11", "B12"]
 
 
 def test_ssl4eo_s2_and_s1_in_db_on_another_grid(s2_s1_engine, tmp_path):

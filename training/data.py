@@ -47,6 +47,7 @@ from clay.runtime.bands import (
 )
 from clay.runtime.errors import SceneError
 from clay.runtime.options import RunOptions
+from clay.runtime.resampling import RUNTIME_READER
 from clay.runtime.scenes.discovery import discover_scenes
 from clay.runtime.scenes.grid import Chip
 from clay.runtime.scenes.inputs import SceneFiles
@@ -78,6 +79,9 @@ class ChipInputs:
     chip_size: int = CHIP_SIZE
     patch_size: int = PATCH_SIZE
     input_units: dict[str, str] = field(default_factory=lambda: dict(INPUT_UNITS))
+    # Training reads chips as the demo weights and earlier clay-train checkpoints were trained:
+    # bilinear (clay.runtime.resampling.RUNTIME_READER), so that clay-export records what they saw.
+    resampling: str | None = RUNTIME_READER
 
     @classmethod
     def of_groups(cls, groups: Sequence[str], chip_size: int = CHIP_SIZE) -> ChipInputs:

@@ -24,13 +24,17 @@ from rasterio.windows import Window
 from ..errors import SceneError, first_line
 from .grid import Chip
 from .remote import http_env, is_remote, remote_problem, stalled_hint
-from .scene import ReadGroup, Scene
-from .units import check_values
+from .scene import ReadGroup, Scene, repeat_factor
+from .units import Conversion, check_values
 
 #: GDAL's block cache: each block is read once per chip, so the default (5 % of RAM) is pure
 #: overhead here; bounding it kept a 10980² scene at 0.5 GB of RSS instead of 1.8 GB.
 GDAL_CACHE_MB = 128
 HANDLES_PER_THREAD = 32
+
+#: Stored types whose every value float32 holds exactly: read straight into the chip's float32 buffer
+#: (a nodata value compares equal after the conversion). int32 and float64 are not (2^24 and beyond).
+EXACT_IN_FLOAT32 = frozenset({"uint8", "int8", "uint16", "int16", "float32"})
 
 _local = threading.local()
 
@@ -79,17 +83,22 @@ def _read_chip(scene: Scene, chip: Chip, out: np.ndarray | None) -> tuple[np.nda
     data = out[:, : chip.height, : chip.width]
     invalid: np.ndarray | None = None
     for group in scene.read_groups:  # on-grid groups first: their invalid pixels steer the resampled ones
+        positions = _positions(group)
         try:
-            values, mask = _read_group(scene, group, chip, nodata_seen=invalid is not None)
+            if group.mode == "repeat":  # repeated straight into the chip: one pass, no intermediate
+                values, mask = None, _read_repeated(scene, group, chip, data, positions)
+            else:  # on-grid bands consecutive in the chip: read into it (GDAL converts on the way)
+                target = data[positions] if group.mode == "direct" and isinstance(positions, slice) else None
+                values, mask = _read_group(scene, group, chip, nodata_seen=invalid is not None, target=target)
         except RasterioError as exc:
             window = f"rows {chip.row}-{chip.row + chip.height}, cols {chip.col}-{chip.col + chip.width}"
             raise SceneError(f"{group.path}: read failed at {window} ({_read_failure(scene, group, exc)})") from None
-        positions = _positions(group)
         if mask is not None:
             if invalid is None:
                 invalid = np.zeros(data.shape, bool)
             invalid[positions] = mask
-        data[positions] = values
+        if values is not None:
+            data[positions] = values
     _convert(scene, data)
     for k, source in enumerate(scene.sources):
         if source.check:  # undeclared units, a removed offset: confirmed on the values (one pass, no extra read)
@@ -118,19 +127,24 @@ def _read_failure(scene: Scene, group: ReadGroup, exc: RasterioError) -> str:
 
 def _convert(scene: Scene, data: np.ndarray) -> None:
     """Each band's stored values → Clay units, in place (invalid pixels too: they are filled after,
-    so overflow there is of no consequence)."""
+    so overflow there is of no consequence). Repeated bands were converted before their repetition
+    (:func:`_read_repeated`: a ``k``²-th of the pixels, the same operations on each value)."""
+    for k, source in enumerate(scene.sources):
+        if source.mode != "repeat":
+            convert_band(source.conversion, data[k])
+
+
+def convert_band(conversion: Conversion, band: np.ndarray) -> None:
+    """One band's float32 values → Clay units, in place (``gain``, ``bias``, then dB → linear)."""
+    if conversion.identity:
+        return
     with np.errstate(over="ignore", invalid="ignore"):
-        for k, source in enumerate(scene.sources):
-            conversion = source.conversion
-            if conversion.identity:
-                continue
-            band = data[k]
-            if conversion.gain != 1.0:
-                band *= np.float32(conversion.gain)
-            if conversion.bias != 0.0:
-                band += np.float32(conversion.bias)
-            if conversion.from_db:
-                np.power(np.float32(10.0), band / np.float32(10.0), out=band)
+        if conversion.gain != 1.0:
+            band *= np.float32(conversion.gain)
+        if conversion.bias != 0.0:
+            band += np.float32(conversion.bias)
+        if conversion.from_db:
+            np.power(np.float32(10.0), band / np.float32(10.0), out=band)
 
 
 def _positions(group: ReadGroup) -> slice | list[int]:
@@ -141,18 +155,25 @@ def _positions(group: ReadGroup) -> slice | list[int]:
     return list(group.positions)
 
 
-def _read_group(scene: Scene, group: ReadGroup, chip: Chip, nodata_seen: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_group(scene: Scene, group: ReadGroup, chip: Chip, nodata_seen: bool = False,
+                target: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:  # fmt: skip
     """A group's values on the chip's window and, where any is invalid, the invalid mask (else ``None``).
 
-    A resampled window read blends nodata into its neighbours, so it is kept only where the chip
-    shows no nodata: none in the on-grid bands read before it (``nodata_seen``; S2's 10 m and 20 m
-    bands share their nodata areas) and none in its own result (a nodata area two source pixels
+    ``target``: the group's float32 view of the chip, for an on-grid group; where every band's stored
+    type is exact in float32 (:data:`EXACT_IN_FLOAT32`) the values are read straight into it and
+    ``None`` is returned in their place (no intermediate array, no numpy pass to convert them).
+
+    A bilinear resampled window read blends nodata into its neighbours, so it is kept only where the
+    chip shows no nodata: none in the on-grid bands read before it (``nodata_seen``; S2's 10 m and
+    20 m bands share their nodata areas) and none in its own result (a nodata area two source pixels
     wide leaves its value there). Otherwise the chip is read through the warper, which leaves
-    nodata out of the kernel."""
+    nodata out of the kernel. A nearest one blends nothing (every value is a stored one), so its
+    invalid pixels are found on its values, as on-grid bands' are."""
     indexes = list(group.indexes)
     window = chip.window
-    if group.mode == "resample":  # a coarser file in the same CRS: GDAL resamples the window bilinearly
-        if nodata_seen:
+    if group.mode == "resample":  # a coarser file in the same CRS: GDAL resamples the window
+        nearest = scene.resampling == "nearest"
+        if nodata_seen and not nearest:
             return _read_warped(scene, group, chip)
         handle = band_reader(scene, group, warp=False)
         source = group.source_transform
@@ -160,15 +181,23 @@ def _read_group(scene: Scene, group: ReadGroup, chip: Chip, nodata_seen: bool = 
         fractional = Window((x - source.c) / source.a, (y - source.f) / source.e,
                             window.width * scene.transform.a / source.a, window.height * scene.transform.e / source.e)  # fmt: skip
         values = handle.read(indexes, window=fractional, out_shape=(len(indexes), chip.height, chip.width),
-                             resampling=Resampling.bilinear, out_dtype="float32")  # fmt: skip
-        if _invalid(scene, group, values) is not None:
+                             resampling=Resampling[scene.resampling], out_dtype=None if nearest else "float32")  # fmt: skip
+        invalid = _invalid(scene, group, values)
+        if nearest:
+            return values, invalid
+        if invalid is not None:
             return _read_warped(scene, group, chip)
         return values, None
     if group.mode == "warp":
         return _read_warped(scene, group, chip)
     handle = band_reader(scene, group, warp=False)
-    values = handle.read(indexes, window=window)  # the file's own dtype
-    mask = _invalid(scene, group, values)
+    stored = {handle.dtypes[i - 1] for i in indexes}
+    written = target is not None and stored <= EXACT_IN_FLOAT32
+    if written:  # every stored value kept exactly, so nodata and S2 zeros are found on the float32 ones
+        values = handle.read(indexes, window=window, out=target)
+    else:
+        values = handle.read(indexes, window=window)  # the file's own dtype
+    mask = _invalid(scene, group, values, floating=any(np.dtype(d).kind == "f" for d in stored))
     masked = [k for k, p in enumerate(group.positions) if scene.sources[p].mask == "mask"]
     if masked:
         unmasked = handle.read_masks([indexes[k] for k in masked], window=window) == 0
@@ -181,27 +210,85 @@ def _read_group(scene: Scene, group: ReadGroup, chip: Chip, nodata_seen: bool = 
         if transparent.any():
             mask = np.zeros(values.shape, bool) if mask is None else mask
             mask[alpha] |= transparent
-    return values, mask
+    return (None if written else values), mask
+
+
+def _read_repeated(scene: Scene, group: ReadGroup, chip: Chip, data: np.ndarray,
+                   positions: slice | list[int]) -> np.ndarray | None:  # fmt: skip
+    """Nearest resampling from a grid ``k`` times coarser than the scene's and aligned with it
+    (:func:`clay.runtime.scenes.scene.repeat_factor`): the source pixels under the chip read at their
+    native resolution, their invalid pixels found there (a ``k``²-th of the work), then each pixel
+    repeated ``k`` × ``k`` into ``data[positions]`` (``data``: the chip's float32 ``[C, chip.height,
+    chip.width]``). Equal to GDAL's nearest resampled read of the same window (scene pixel ``i``
+    takes source pixel ``(i + offset) // k``), at the cost of decoding the native window instead of
+    resampling it. Returns the group's invalid mask ``[len(positions), chip.height, chip.width]``, or
+    ``None`` where every pixel is valid."""
+    source, grid = group.source_transform, scene.transform
+    k = repeat_factor(source, grid)
+    # The chip's first pixel counted from the source grid's origin, in scene pixels (whole numbers:
+    # repeat_factor checked the offsets).
+    col = chip.col + round((grid.c - source.c) / grid.a)
+    row = chip.row + round((grid.f - source.f) / grid.e)
+    first_col, first_row = col // k, row // k
+    native = Window(first_col, first_row, (col + chip.width - 1) // k + 1 - first_col,
+                    (row + chip.height - 1) // k + 1 - first_row)  # fmt: skip
+    values = band_reader(scene, group, warp=False).read(list(group.indexes), window=native)
+    invalid = _invalid(scene, group, values)  # on the stored values, before any conversion
+    conversions = [scene.sources[p].conversion for p in group.positions]
+    if not all(c.identity for c in conversions):  # converted before the repetition: a k²-th of the work
+        values = values.astype(np.float32)
+        for conversion, band in zip(conversions, values):
+            convert_band(conversion, band)
+    phase = (row - first_row * k, col - first_col * k)
+    if isinstance(positions, slice):
+        repeat_into(data[positions], values, k, *phase)
+    else:
+        for target, source in zip(positions, values):
+            repeat_into(data[target][None], source[None], k, *phase)
+    if invalid is None:
+        return None
+    mask = np.empty((len(group.positions), chip.height, chip.width), bool)
+    repeat_into(mask, invalid, k, *phase)
+    return mask
+
+
+def repeat_into(target: np.ndarray, values: np.ndarray, k: int, row: int = 0, col: int = 0) -> None:
+    """Nearest upsampling by an integer factor, written into ``target`` ``[C, H, W]`` (any dtype,
+    any strides: a view of the chip): ``target[:, r, c] = values[:, (r + row) // k, (c + col) // k]``,
+    where ``row``, ``col`` (``0 <= row, col < k``) is where the target's first pixel falls inside its
+    source pixel. ``values`` ``[C, h, w]`` must reach ``(H - 1 + row) // k`` and ``(W - 1 + col) // k``.
+    One strided assignment per phase (``k``² of them): every target pixel is written once, the dtype
+    converted on the way, with no intermediate array."""
+    height, width = target.shape[1:]
+    for i in range(min(k, height)):
+        first_row, rows = (i + row) // k, len(range(i, height, k))
+        for j in range(min(k, width)):
+            first_col, cols = (j + col) // k, len(range(j, width, k))
+            target[:, i::k, j::k] = values[:, first_row : first_row + rows, first_col : first_col + cols]
 
 
 def _read_warped(scene: Scene, group: ReadGroup, chip: Chip) -> tuple[np.ndarray, np.ndarray | None]:
-    """Through a bilinear float32 WarpedVRT whose nodata is NaN: what the source marks invalid (its
-    nodata, mask band or alpha) is left out of the resampling, and what it cannot cover is NaN."""
+    """Through a float32 WarpedVRT (resampled by the scene's method) whose nodata is NaN: what the
+    source marks invalid (its nodata, mask band or alpha) is left out of the resampling, and what it
+    cannot cover is NaN."""
     values = band_reader(scene, group, warp=True).read(list(group.indexes), window=chip.window)
     mask = np.isnan(values)
     return values, mask if mask.any() else None
 
 
-def _invalid(scene: Scene, group: ReadGroup, raw: np.ndarray) -> np.ndarray | None:
+def _invalid(scene: Scene, group: ReadGroup, raw: np.ndarray, floating: bool | None = None) -> np.ndarray | None:
     """Per band and pixel, whether a stored value is nodata, NaN or an S2 zero; ``None`` (cheap checks
-    first) when none is. On a 2-core machine every pass over a chip is taken from the engine."""
+    first) when none is. On a 2-core machine every pass over a chip is taken from the engine.
+    ``floating``: whether the stored type is (integers read into float32 cannot be NaN: no pass
+    looks for it); ``None``: ``raw``'s own type says."""
     sources = [scene.sources[p] for p in group.positions]
     nodata = [s.nodata if s.mask == "nodata" else None for s in sources]
     s2 = [k for k, s in enumerate(sources) if s.s2]
-    floating = raw.dtype.kind == "f"
+    floating = raw.dtype.kind == "f" if floating is None else floating
     maybe = floating and not np.isfinite(raw.sum(dtype=np.float64))
     maybe = maybe or any(v is not None and not np.isnan(v) and (raw[k] == v).any() for k, v in enumerate(nodata))
-    maybe = maybe or bool(s2 and raw[s2].min() <= 0)
+    # every band at once where all are S2 (a list index would copy the group first)
+    maybe = maybe or bool(s2 and (raw.min() if len(s2) == len(raw) else min(raw[k].min() for k in s2)) <= 0)
     if not maybe:
         return None
     mask = ~np.isfinite(raw) if floating else np.zeros(raw.shape, bool)
@@ -214,17 +301,18 @@ def _invalid(scene: Scene, group: ReadGroup, raw: np.ndarray) -> np.ndarray | No
 
 
 def band_reader(scene: Scene, group: ReadGroup, warp: bool):
-    """This thread's open reader for a group's file: the file itself, or a bilinear float32 WarpedVRT
-    onto the scene's grid whose nodata is NaN. The warp's source nodata is the file's own, else 0 for
-    a group of Sentinel-2 bands (their NO_DATA). The least recently used handles are closed beyond
-    :data:`HANDLES_PER_THREAD`."""
+    """This thread's open reader for a group's file: the file itself, or a float32 WarpedVRT onto the
+    scene's grid (resampled by the scene's method) whose nodata is NaN. The warp's source nodata is
+    the file's own, else 0 for a group of Sentinel-2 bands (their NO_DATA). The least recently used
+    handles are closed beyond :data:`HANDLES_PER_THREAD`."""
     handles: OrderedDict | None = getattr(_local, "handles", None)
     if handles is None:
         handles = _local.handles = OrderedDict()
     src_nodata = _warp_source_nodata(scene, group) if warp else None
     src_alpha = next((scene.sources[p].alpha for p in group.positions if scene.sources[p].mask == "alpha"), None)
     key = (str(group.path),
-           (scene.crs.to_wkt(), scene.transform, scene.width, scene.height, src_nodata, src_alpha) if warp else None)  # fmt: skip
+           (scene.crs.to_wkt(), scene.transform, scene.width, scene.height, src_nodata, src_alpha, scene.resampling)
+           if warp else None)  # fmt: skip
     if key in handles:
         handles.move_to_end(key)
         return handles[key][-1]
@@ -235,7 +323,7 @@ def band_reader(scene: Scene, group: ReadGroup, warp: bool):
         if wrapped is not None:
             extra["src_crs"] = wrapped
         vrt = WarpedVRT(dataset, crs=scene.crs, transform=scene.transform, width=scene.width, height=scene.height,
-                        resampling=Resampling.bilinear, src_nodata=src_nodata, nodata=np.nan, dtype="float32",
+                        resampling=Resampling[scene.resampling], src_nodata=src_nodata, nodata=np.nan, dtype="float32",
                         **extra)  # fmt: skip
         handles[key] = (dataset, vrt)
     else:

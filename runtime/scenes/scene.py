@@ -26,6 +26,7 @@ from shapely.geometry import box
 from ..bands import BAND_NAMES, DATE_ALIASES, S2_BANDS, date_aliases
 from ..errors import SceneError, first_line
 from ..options import DEFAULT_HTTP_TIMEOUT, RunOptions
+from ..resampling import choose_resampling
 from . import geometry
 from .dates import DatedFile, file_date
 from .discovery import discover_scenes, is_item_path
@@ -56,6 +57,7 @@ class SceneInputs(Protocol):
     chip_size: int  # px
     patch_size: int  # px
     input_units: dict[str, str]  # what each band's values mean (clay.runtime.bands.INPUT_UNITS)
+    resampling: str | None  # how the weights saw bands resampled (clay.runtime.resampling); None: not recorded
 
 
 @dataclass(frozen=True)
@@ -66,16 +68,20 @@ class BandSource:
     path: Path
     index: int  # 1-based band index in the file
     band: str
-    mode: str  # "direct" (on the scene grid), "resample" (coarser grid, resampled window) or "warp"
+    # "direct" (on the scene grid), "repeat" (nearest from a grid an integer multiple of the scene's,
+    # aligned: read at native resolution, each pixel repeated), "resample" (coarser grid, resampled
+    # window) or "warp"
+    mode: str
     nodata: float | None
     mask: str  # "none", "nodata", "mask" or "alpha" (see clay.runtime.scenes.headers.mask_kind)
     s2: bool  # Sentinel-2 L2A: a stored 0 is nodata (its NO_DATA value) whatever the file declares
     conversion: Conversion = Conversion()
     alpha: int | None = None  # the file's alpha band (mask "alpha")
     check: str | None = None  # what clay.runtime.scenes.units.check_values confirms on every chip
-    # "resample": the file's grid differs from the scene's only by pixel size and origin (same CRS,
-    # north-up, covering the scene): a bilinear resampled windowed read gives the WarpedVRT's values
-    # (identical on the demo scene's 20 m bands) at a seventh of the cost.
+    # "resample" and "repeat": the file's grid differs from the scene's only by pixel size and origin
+    # (same CRS, north-up, covering the scene): a bilinear resampled windowed read gives the
+    # WarpedVRT's values (identical on the demo scene's 20 m bands) at a seventh of the cost; a nearest
+    # one, on an integer multiple of the scene's grid, is a native read whose pixels are repeated.
     source_transform: rasterio.Affine | None = None
 
 
@@ -107,6 +113,7 @@ class Scene:
     patch_size: int
     applied: dict = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    resampling: str = "bilinear"  # how "resample" and "warp" bands are brought onto the grid (clay.runtime.resampling)
     multipart: bool = False  # the footprint crosses the antimeridian (or holds a pole)
     ignored: tuple[Path | str, ...] = ()  # files (STAC assets) beside the scene's bands that are not bands of the engine
     source_url: str | None = None  # what its rows' source_url says (a STAC Item's self link); None: the path
@@ -125,7 +132,8 @@ class Scene:
         made = [ReadGroup(path, tuple(positions), tuple(self.sources[p].index for p in positions), mode,
                           self.sources[positions[0]].source_transform)
                 for (path, mode), positions in groups.items()]  # fmt: skip
-        return tuple(sorted(made, key=lambda g: g.mode == "resample"))  # the reader needs on-grid groups first
+        # The reader needs on-grid groups first (a bilinear window read steers by their nodata).
+        return tuple(sorted(made, key=lambda g: g.mode == "resample"))
 
     def chips(self, edge: str = "shift") -> list[Chip]:
         """The chip grid, row-major (see :func:`clay.runtime.scenes.grid.chip_grid`)."""
@@ -210,6 +218,7 @@ def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
         date_note["model_encoding"] = "; ".join(aliases.values())
         warnings += [f"{DATE_ALIASES[kind]} (per scene: date.model_encoding in the outputs' clay:preprocessing)"
                      for kind in aliases]  # fmt: skip
+    method, chosen_by = choose_resampling(engine.resampling, options.resampling)
     readers, units, modes, masks = [], {}, {}, {}
     for band in wanted:
         path, index = sources[band]
@@ -218,17 +227,18 @@ def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
         if converted.warning:  # named after the scene, so that per-band files say it once
             warnings.append(converted.warning.replace(str(header.path), str(scene.path), 1))
         units.setdefault(converted.note, []).append(band)
-        mode = _mode(header, index, reference)
+        mode = _mode(header, index, reference, method)
         if mode != "direct":
-            modes.setdefault("resampled bilinear" if mode == "resample" else "warped bilinear", []).append(band)
+            modes.setdefault(_mode_note(mode, method, header, reference), []).append(band)
         mask = header.masks[index - 1]
         if mask != "none" or band in S2_BANDS:
             masks.setdefault(_mask_note(header, index, band), []).append(band)
         readers.append(BandSource(path, index, band, mode, header.nodata[index - 1], mask, band in S2_BANDS,
                                   converted.conversion, header.alpha, converted.check,
-                                  header.transform if mode == "resample" else None))  # fmt: skip
+                                  header.transform if mode in ("resample", "repeat") else None))  # fmt: skip
     applied["units"] = {note: bands for note, bands in units.items()}
-    applied["resampling"] = modes
+    # The method and why, then each way of reading a band off the grid with the bands read so.
+    applied["resampling"] = {"method": method, "chosen_by": chosen_by, **modes}
     applied["invalid_pixels"] = masks
     applied["input_units"] = dict(engine.input_units)
     if scene.assets:
@@ -246,7 +256,7 @@ def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
         path=scene.path, name=scene.name, crs=reference.crs, transform=reference.transform, width=reference.width,
         height=reference.height, date=day, sources=tuple(readers),
         fill_values=np.asarray(engine.band_means, dtype=np.float32), chip_size=engine.chip_size,
-        patch_size=engine.patch_size, applied=applied, multipart=multipart, ignored=ignored,
+        patch_size=engine.patch_size, applied=applied, resampling=method, multipart=multipart, ignored=ignored,
         http_timeout=options.http_timeout,
     )  # fmt: skip
     lead = scene.declared(sources[wanted[0]][0])
@@ -371,14 +381,47 @@ def scene_date(scene: SceneFiles, used: list[Header], override: Date | None) -> 
     return chosen.date, note, warning
 
 
-def _mode(header: Header, index: int, reference: Header) -> str:
+def _mode(header: Header, index: int, reference: Header, method: str) -> str:
+    """How a band is brought onto the reference grid (see :attr:`BandSource.mode`)."""
     same = (header.crs, header.transform, header.width, header.height) == (
         reference.crs, reference.transform, reference.width, reference.height)  # fmt: skip
     if same:
         return "direct"
     if header.masks[index - 1] not in ("mask", "alpha") and _resamples_by_window(header, reference):
+        if method == "nearest" and repeat_factor(header.transform, reference.transform) is not None:
+            return "repeat"
         return "resample"
     return "warp"
+
+
+def _mode_note(mode: str, method: str, header: Header, reference: Header) -> str:
+    """How a band was brought onto the grid, in the words of the outputs' ``clay:preprocessing``."""
+    if mode == "repeat":
+        k = repeat_factor(header.transform, reference.transform)
+        return f"resampled nearest (native pixels repeated {k}×{k})"
+    return f"resampled {method}" if mode == "resample" else f"warped {method}"
+
+
+#: How far (in scene pixels) a pixel size ratio or an origin offset may be from an integer and still
+#: count as one: float rounding of geotransforms written by GDAL and by STAC's proj:transform.
+ALIGNED_PX = 1e-6
+
+
+def repeat_factor(source: rasterio.Affine, scene: rasterio.Affine) -> int | None:
+    """``k`` where a north-up grid's pixels are exactly ``k`` × ``k`` of the scene grid's and its
+    pixel edges fall on the scene's (origin offset a whole number of scene pixels), else ``None``.
+    Then the nearest-resampled value of scene pixel ``i`` is source pixel ``(i + offset) // k``: a
+    scene pixel's centre ``(i + offset + 0.5) / k`` is at least ``0.5 / k`` from a source edge, so
+    no rounding decides it. Both transforms must be north-up (``b == d == 0``), as
+    :func:`_resamples_by_window` checks."""
+    ratio_x, ratio_y = source.a / scene.a, source.e / scene.e
+    k = round(ratio_x)
+    if k < 1 or abs(ratio_x - k) > ALIGNED_PX or abs(ratio_y - k) > ALIGNED_PX:
+        return None
+    offset_x, offset_y = (scene.c - source.c) / scene.a, (scene.f - source.f) / scene.e
+    if abs(offset_x - round(offset_x)) > ALIGNED_PX or abs(offset_y - round(offset_y)) > ALIGNED_PX:
+        return None
+    return k
 
 
 def _mask_note(header: Header, index: int, band: str) -> str:
