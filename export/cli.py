@@ -40,7 +40,8 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
               help="Directory the artifacts are written into.")
 @click.option("--groups", default=None,
               help=f"Band groups the engine takes ({','.join(GROUP_NAMES)}); the pixels input holds only their "
-                   "bands, in spec order. Default: all six, or the demo weights' S2 groups when they are used.")
+                   "bands, in spec order. Default: the groups the checkpoint records it was trained on (clay-train's "
+                   "checkpoints), else all six (the published Clay v0 file); the demo weights' S2 groups when they are used.")
 @click.option("--sensor", "sensors", default=None,
               help="Clay v1.5: the sensors to export, comma-separated metadata.yaml names (" + ", ".join(SENSORS) + "); "
                    "one artifact set each, in OUT/<sensor>/. Default: sentinel-2-l2a.")
@@ -52,7 +53,8 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
 @click.option("--fp16", is_flag=True, help="Also write " + _written_by("--fp16") + ".")
 @click.option("--int8-cpu", is_flag=True, help="Also write " + _written_by("--int8-cpu") + ".")
 @click.option("--bf16-cpu", is_flag=True, help="Also write " + _written_by("--bf16-cpu") + " (needs the openvino extra).")
-@click.option("--patch-embeddings", is_flag=True, help="Add the patch_embeddings [B, G, 16, 16, dim] output.")
+@click.option("--patch-embeddings", is_flag=True, help="Add the patch_embeddings output: [B, G, 16, 16, dim] for Clay v0 (one per band group, 512 px "
+                   "chips), [B, 1, S/8, S/8, dim] for Clay v1.5 (S: --chip-size).")
 @click.option("--batch", default="1:8:32", show_default=True, help="TensorRT optimisation profile MIN:OPT:MAX.")
 @click.option("--compute-capability", default="ampere+", show_default=True,
               help=f"GPUs the plan is built for: {TARGET_HELP}. TensorRT-RTX has no 9.0 (H100/H200).")

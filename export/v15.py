@@ -101,6 +101,7 @@ def make_metadata_v15(encoder: EncoderV15, sensor: Sensor, options: ExportOption
         band_wavelengths=sensor.wavelengths,
         gsd=sensor.gsd,
         preprocessing=preprocessing(sensor, options.convention),
+        resampling=options.resampling,  # only where clay-export --resampling says it: v1.5's pipeline's is not established
     )
 
 

@@ -79,6 +79,9 @@ def scene_source(scene, name: str | None = None) -> Iterator:
     block (named ``name`` where given, e.g. the product's file name, from which a date can be read);
     an open rasterio dataset is read by its name (its ``/vsimem/`` path for a ``MemoryFile``);
     anything else is passed on as it is."""
+    if name is not None and not isinstance(scene, (bytes, bytearray, memoryview)):
+        raise ValueError("name= gives bytes the file name they had; a path or a dataset has its own (for a "
+                         "rasterio.MemoryFile: MemoryFile(data, filename=...))")  # fmt: skip
     if isinstance(scene, (bytes, bytearray, memoryview)):
         from rasterio.io import MemoryFile
 

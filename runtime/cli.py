@@ -23,10 +23,10 @@ from .formats import describe_formats
 from .metadata import EngineMetadata
 from .options import DEFAULT_HTTP_TIMEOUT, EDGE_MODES, RASTER_DTYPES, SAR_UNITS, RunOptions, cpu_count
 from .outputs.lock import hold_folders
-from .resampling import RESAMPLING, choose_resampling
 from .outputs.publish import OutputError, ScenePaths
 from .pipeline import SceneJob, SceneResult
 from .ray_job import RayJobError, RunCounts, ray_cluster, run_on_ray
+from .resampling import RESAMPLING, choose_resampling
 from .scenes.dates import parse_date
 from .scenes.discovery import discover_scenes
 from .scenes.inputs import SceneFiles
@@ -118,7 +118,8 @@ class RayProgress:
 @click.argument("scenes", nargs=-1)  # strings: pathlib would fold the // of https:// URIs
 @click.option("--engine", "engine_path", type=click.Path(path_type=Path),
               help="An artifact written by clay-export, or its output folder (the artifact for the backend is "
-                   f"picked): {describe_formats()}. 'demo': the bundled demo engine.")
+                   f"picked): {describe_formats()}. 'demo': the bundled demo engine (unless a file or folder named demo is "
+                   "in the working directory).")
 @click.option("--demo", is_flag=True,
               help="Embed the bundled real Sentinel-2 scene with the bundled demo engine (S2-only, int8, "
                    "demo weights — not Clay v0) and draw the preview. No SCENE or --engine needed.")

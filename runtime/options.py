@@ -69,6 +69,13 @@ class RunOptions:
     http_timeout: float = DEFAULT_HTTP_TIMEOUT
 
     def __post_init__(self) -> None:
+        if isinstance(self.date, str):  # RunOptions(date="2020-02-23"), as --date takes it
+            try:
+                object.__setattr__(self, "date", Date.fromisoformat(self.date.strip()[:10]))
+            except ValueError:
+                raise ValueError(f"date must be a datetime.date or YYYY-MM-DD, not {self.date!r}") from None
+        elif self.date is not None and not isinstance(self.date, Date):
+            raise ValueError(f"date must be a datetime.date or YYYY-MM-DD, not {type(self.date).__name__}")
         if self.edge not in EDGE_MODES:
             raise ValueError(f"edge must be one of {', '.join(EDGE_MODES)}, not {self.edge!r}")
         if self.raster_dtype not in RASTER_DTYPES:

@@ -49,5 +49,6 @@ def choose_resampling(recorded: str | None, override: str | None) -> tuple[str, 
         return override, f"--resampling {override} (RunOptions.resampling; {said})"
     if recorded is not None:
         return recorded, "as the engine's metadata records for its weights"
-    return UNRECORDED_DEFAULT, ("the engine's metadata does not record the resampling its weights expect (exported "
-                                f"before the field existed): {UNRECORDED_DEFAULT}, as before")  # fmt: skip
+    return UNRECORDED_DEFAULT, ("the engine's metadata does not record the resampling its weights expect (an engine "
+                                "exported before the field existed, or a Clay v1.5 engine exported without "
+                                f"--resampling: v1.5's is not established): {UNRECORDED_DEFAULT}")  # fmt: skip

@@ -63,3 +63,20 @@ def test_a_scene_as_bytes_or_an_open_dataset_embeds_as_its_file(tmp_path):
         np.testing.assert_array_equal(np.stack(table["embeddings"].to_numpy(zero_copy_only=False)), expected)
     assert from_bytes["source_url"][0].as_py().startswith("/vsimem/") and from_bytes["source_url"][0].as_py().endswith(PRODUCT)
     assert from_open_file["source_url"][0].as_py() == from_file["source_url"][0].as_py()
+
+
+def test_run_options_take_a_date_as_clay_run_does_and_name_a_wrong_one(tmp_path):
+    from datetime import date
+
+    from clay.runtime import ClayEmbedder, RunOptions
+
+    assert RunOptions(date="2020-02-23").date == date(2020, 2, 23)
+    for wrong in ("23/02/2020", 20200223):
+        with pytest.raises(ValueError, match="date must be a datetime.date or YYYY-MM-DD"):
+            RunOptions(date=wrong)
+    path = write_scene(tmp_path / "undated.tif", 520, 520, dtype="uint16", bands=S2_BANDS, with_date_tag=False)
+    with ClayEmbedder(DEMO_ENGINE) as embedder, rasterio.open(path) as dataset:
+        table = embedder.embed_scene(dataset, RunOptions(date="2020-02-23"))
+        assert table["date"][0].as_py() == date(2020, 2, 23)
+        with pytest.raises(ValueError, match="name= gives bytes the file name they had"):
+            embedder.embed_scene(dataset, name=PRODUCT)

@@ -440,6 +440,10 @@ class ChipDataModule(L.LightningDataModule):
             kind = "scenes" if self.scenes is not None else "chip files"
             raise ChipError(f"{what}: no usable {kind} (see the warnings above)")
         log.info("chips: %d for training, %d for validation", len(train), len(val))
+        if held_out is None and val:  # split here: say what was held out (a few names), as it may be half the data
+            names = ", ".join(chip.name for chip in val[:3]) + (f" and {len(val) - 3} more" if len(val) > 3 else "")
+            log.warning("held out for validation: %d of %d (%s); choose with --data.val_scenes / --data.val_dir",
+                        len(val), len(usable), names)  # fmt: skip
         if not val:
             more = "--data.val_scenes or more scenes" if self.scenes is not None else "--data.val_dir or more files"
             log.warning("no validation chips (give %s): val/loss is not computed, so checkpoints keep only the "

@@ -7,6 +7,8 @@ checkpoints has exactly the published layout (``model.encoder...``) and loads wi
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 from clay.runtime.bands import GROUP_NAMES, parse_groups
@@ -15,6 +17,8 @@ from torch import Tensor
 from .checkpoint import CheckpointError, init_from_state, read_clay_state
 from .model import ClayMAE
 from .sizes import get_size
+
+log = logging.getLogger("clay.training")
 
 
 class ClayPretraining(L.LightningModule):
@@ -71,6 +75,7 @@ class ClayPretraining(L.LightningModule):
                                       "checkpoint's")  # fmt: skip
             self.model = ClayMAE(inferred.name, mask_ratio=mask_ratio)
             init_from_state(self.model, state, init_from)
+            log.warning("weights from %s (Clay '%s'): a new run, optimizer and step fresh", init_from, inferred.name)
         self.hparams["size"] = self.model.size.name  # what was built, where size was left to the weights
 
     def _step(self, batch: dict | None, stage: str) -> Tensor | None:
