@@ -15,6 +15,7 @@ from clay.runtime.bands import GROUP_NAMES
 from clay.runtime.console import setup_logging
 from clay.runtime.engines.choice import available_backends, open_engine
 from clay.runtime.metadata import package_versions
+from clay.training.sizes import V15_SIZES
 from clay.training.synthetic import make_chips, write_scene
 
 from . import backends as contenders
@@ -25,6 +26,7 @@ from .report import DEFAULT_OUT, git_commit, write_outputs
 
 ALL_BACKENDS = ("eager-fp32-clay", "eager-fp32-sdpa", "eager-bf16-sdpa", "compiled-bf16-sdpa", "eager-fp16-sdpa",
                 "compiled-fp16-sdpa", *ARTIFACT_CONTENDERS, *OPENVINO_GRAPH_CONTENDERS)  # fmt: skip
+V0_BENCH_SIZES = ("tiny", "small")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,7 +34,9 @@ ALL_BACKENDS = ("eager-fp32-clay", "eager-fp32-sdpa", "eager-bf16-sdpa", "compil
               help="clay-v1.5: the v1.5 encoder for sentinel-2-l2a (256-px chips), random weights, eager PyTorch "
                    "(the official code path) against its artifacts; writes bench-v1.5-SIZE.* with km²/s too. "
                    "--checkpoint, --engines and --scene are for clay-v0.")
-@click.option("--size", type=click.Choice(["tiny", "small"]), default="tiny", show_default=True)
+@click.option("--size", type=click.Choice(list(dict.fromkeys([*V0_BENCH_SIZES, *V15_SIZES]))), default="tiny",
+              show_default=True,
+              help=f"Encoder size: {', '.join(V0_BENCH_SIZES)} for clay-v0; {', '.join(V15_SIZES)} for clay-v1.5.")
 @click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, help="Batch sizes (repeatable; default 1 2).")
 @click.option("--backends", "names", default=",".join(ALL_BACKENDS), show_default=True,
               help="Comma-separated backends; eager-fp32-clay (the baseline) is always measured.")
@@ -68,6 +72,8 @@ def main(model, size, batches, names, repeats, threads, checkpoint, engines, sce
     unknown = wanted - set(ALL_BACKENDS)
     if unknown:
         sys.exit(f"clay-bench: unknown backend(s) {', '.join(sorted(unknown))}; known: {', '.join(ALL_BACKENDS)}")
+    if model == "clay-v0" and size not in V0_BENCH_SIZES:
+        sys.exit(f"clay-bench: --size {size} is a Clay v1.5 size; clay-v0 is benchmarked at {', '.join(V0_BENCH_SIZES)}")
     if model == "clay-v1.5":
         if checkpoint or engines or scene:
             sys.exit("clay-bench: --checkpoint, --engines and --scene are for --model clay-v0 so far")

@@ -48,3 +48,18 @@ def test_bench_v15_reports_chips_and_area_per_second(tmp_path):
         assert row["km2_per_s_median"] == pytest.approx(row["chips_per_s_median"] * 2.56**2)
     assert rows["onnx-cpu-int8"]["cosine_min"] >= 0.99
     assert (out / "bench-v1.5-tiny.md").read_text().startswith("Clay v1.5 `tiny` encoder (sentinel-2-l2a, 256 px chips)")
+
+
+def test_bench_takes_every_v15_size_and_refuses_them_for_v0():
+    """--size offers v1.5's base and large (clay-bench --model clay-v1.5 --size large is the issue's
+    measurement); with clay-v0 they are refused in one line. Both checked before any model is built."""
+    from click.testing import CliRunner
+
+    from clay.benchmarks.cli import main
+
+    runner = CliRunner()
+    v15 = runner.invoke(main, ["--model", "clay-v1.5", "--size", "large", "--scene", "x"])
+    assert v15.exit_code != 0 and "Invalid value for '--size'" not in v15.output
+    assert "--scene are for --model clay-v0" in str(v15.exception) + v15.output
+    v0 = runner.invoke(main, ["--model", "clay-v0", "--size", "large"])
+    assert v0.exit_code != 0 and "clay-v0 is benchmarked at tiny, small" in str(v0.exception) + v0.output
