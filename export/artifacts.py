@@ -42,7 +42,7 @@ from clay.training.sizes import get_size
 
 from . import check
 from .builders import BuildJob
-from .common import ExportError, ExportReport, RefusedInput, staging_dir
+from .common import ExportError, ExportReport, RefusedInput, check_built, staging_dir
 from .common import build_formats as _build
 from .onnx_export import INPUT_NAMES
 from .options import ExportOptions
@@ -276,21 +276,5 @@ def _check(job: BuildJob, built: list[tuple[Path, ArtifactFormat]], report: Expo
     """Polygraphy runs every built artifact on the same chips; any chip below its format's bound fails the export."""
     groups = job.options.groups
     feeds = check.check_feeds(groups)
-    expected = check.eager_reference(job.encoder, groups, feeds, job.options.patch_embeddings)
-    for path, fmt in built:
-        skipped = check.unchecked_reason(path, fmt)
-        if skipped:
-            report.notes.append(f"{path.name} is not checked against eager fp32 here: {skipped}")
-            continue
-        scores = check.check_artifact(path, fmt, feeds, expected)
-        report.scores.extend(scores)
-        for s in scores:
-            job.log(s.line())
-    failed = [s for s in report.scores if not s.passed]
-    if failed:
-        worst = failed[0]
-        raise ExportError(
-            f"{worst.artifact} {worst.output}: min cosine {worst.min_cosine:.6f} is below {worst.bound}"
-            + ("" if worst.finite else " (non-finite values)") + "; nothing was written"
-        )
+    check_built(job, built, feeds, check.eager_reference(job.encoder, groups, feeds, job.options.patch_embeddings), report)
 

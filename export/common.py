@@ -57,3 +57,27 @@ def build_formats(job: BuildJob, formats: tuple[ArtifactFormat, ...], report: Ex
         built.append((written[0], fmt))
         report.artifacts += written
     return built
+
+
+def check_built(job: BuildJob, built: list[tuple[Path, ArtifactFormat]], feeds, expected, report: ExportReport,
+                label: str = "") -> None:  # fmt: skip
+    """Every built artifact run on the same ``feeds`` against the eager fp32 ``expected`` outputs
+    (Polygraphy, or the runtime's engine where it has no runner); an artifact that cannot run here
+    is a note; any chip below its format's bound fails the export (``label``: the artifact's place,
+    e.g. a v1.5 sensor's folder, in the message)."""
+    for path, fmt in built:
+        skipped = check.unchecked_reason(path, fmt)
+        if skipped:
+            report.notes.append(f"{path.name} is not checked against eager fp32 here: {skipped}")
+            continue
+        scores = check.check_artifact(path, fmt, feeds, expected)
+        report.scores.extend(scores)
+        for s in scores:
+            job.log(s.line())
+    failed = [s for s in report.scores if not s.passed]
+    if failed:
+        worst = failed[0]
+        raise ExportError(
+            f"{label}{worst.artifact} {worst.output}: min cosine {worst.min_cosine:.6f} is below {worst.bound}"
+            + ("" if worst.finite else " (non-finite values)") + "; nothing was written"
+        )

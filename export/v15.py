@@ -34,9 +34,8 @@ from clay.runtime.sensors import (
 from clay.training.model_v15 import CHIP_SIZE, EncoderV15
 from clay.training.synthetic import make_chips
 
-from . import check
 from .builders import BuildJob
-from .common import ExportError, ExportReport, RefusedInput, staging_dir
+from .common import ExportError, ExportReport, RefusedInput, check_built, staging_dir
 from .common import build_formats as _build
 from .graph_v15 import InferenceEncoderV15
 from .onnx_export import INPUT_NAMES
@@ -217,19 +216,4 @@ def _check_v15(job: BuildJob, sensor: Sensor, built, report: ExportReport) -> No
     options = job.options
     feeds = check_feeds_v15(sensor, options.chip_size or CHIP_SIZE)
     expected = eager_reference_v15(job.encoder, sensor, options.convention, feeds, options.patch_embeddings)
-    for path, fmt in built:
-        skipped = check.unchecked_reason(path, fmt)
-        if skipped:
-            report.notes.append(f"{path.name} is not checked against eager fp32 here: {skipped}")
-            continue
-        scores = check.check_artifact(path, fmt, feeds, expected)
-        report.scores.extend(scores)
-        for s in scores:
-            job.log(s.line())
-    failed = [s for s in report.scores if not s.passed]
-    if failed:
-        worst = failed[0]
-        raise ExportError(
-            f"{sensor.name}/{worst.artifact} {worst.output}: min cosine {worst.min_cosine:.6f} is below {worst.bound}"
-            + ("" if worst.finite else " (non-finite values)") + "; nothing was written"
-        )
+    check_built(job, built, feeds, expected, report, label=f"{sensor.name}/")

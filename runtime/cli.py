@@ -202,6 +202,7 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
     are applied per scene and recorded in the outputs' metadata. The summary line says where the time went.
     """
     quiet_known_warnings()
+    _SAID.clear()  # once per run: main() may run several times in one process (tests, the Ray driver's caller)
     if use_ray:
         require_extra("clay-run --ray", "ray")
     try:

@@ -424,6 +424,19 @@ def test_what_a_warp_cannot_fill_is_nodata_not_zero_elevation(s2_dem_engine, tmp
     assert fractions[(0, 512)] == pytest.approx(1.0, abs=0.01) and fractions[(512, 512)] == pytest.approx(1.0, abs=0.01)
 
 
+def assert_b12_warped_whole(embedder, folder: Path, whole: Path) -> None:
+    """The folder (B12 in another CRS than the other bands) reads whole: B12 is the one band warped
+    (by the engine's method, issue 35), no pixel is nodata, and the embeddings are those of the same
+    bands written in one stack on the scene's grid."""
+    warped = embedder.embed_scene(folder, RunOptions(max_nodata=1.0))
+    plain = embedder.embed_scene(whole, RunOptions(max_nodata=1.0))
+    resampling = preprocessing(warped)["resampling"]
+    assert {k: v for k, v in resampling.items() if k.startswith(("warped", "resampled"))} == {
+        f"warped {resampling['method']}": ["B12"]}
+    assert warped["nodata_fraction"].to_pylist() == [0.0, 0.0]
+    assert cosines(embeddings(warped), embeddings(plain)).min() >= 0.9999
+
+
 def test_a_band_in_lonlat_past_180_is_warped_whole_onto_a_scene_across_180(s2_embedder, tmp_path):
     """Nine S2 bands in EPSG:32660 across 180° at 65° N and B12 in EPSG:4326 from 179.8° to 180.2°
     (a geographic grid past 180°, as GDAL writes one there): GDAL's warper maps the scene's pixels
@@ -445,13 +458,7 @@ def test_a_band_in_lonlat_past_180_is_warped_whole_onto_a_scene_across_180(s2_em
     lons = np.asarray(lons) % 360
     assert 179.8 < lons.min() and lons.max() < 180.2 and 64.94 < min(lats) and max(lats) < 65.02
     whole = write_stack(tmp_path / "whole.tif", cube, transform, "EPSG:32660", S2, tags={"date": "2021-07-01"})
-    warped = s2_embedder.embed_scene(tmp_path / "scene", RunOptions(max_nodata=1.0))
-    plain = s2_embedder.embed_scene(whole, RunOptions(max_nodata=1.0))
-    resampling = preprocessing(warped)["resampling"]  # B12 warped, by the engine's method (issue 35)
-    assert {k: v for k, v in resampling.items() if k.startswith(("warped", "resampled"))} == {
-        f"warped {resampling['method']}": ["B12"]}
-    assert warped["nodata_fraction"].to_pylist() == [0.0, 0.0]
-    assert cosines(embeddings(warped), embeddings(plain)).min() >= 0.9999
+    assert_b12_warped_whole(s2_embedder, tmp_path / "scene", whole)
 
 
 def test_a_band_across_180_overlaps_a_lonlat_scene_past_180(s2_embedder, tmp_path):
@@ -469,13 +476,7 @@ def test_a_band_across_180_overlaps_a_lonlat_scene_past_180(s2_embedder, tmp_pat
     write_stack(tmp_path / "scene" / "b12.tif", np.full((1, 300, 1200), 1800, np.uint16), Affine(20, 0, x, 0, -20, y),
                 "EPSG:32660", ["B12"], tags={"date": "2021-07-01"})  # fmt: skip
     whole = write_stack(tmp_path / "whole.tif", cube, transform, "EPSG:4326", S2, tags={"date": "2021-07-01"})
-    warped = s2_embedder.embed_scene(tmp_path / "scene", RunOptions(max_nodata=1.0))
-    plain = s2_embedder.embed_scene(whole, RunOptions(max_nodata=1.0))
-    resampling = preprocessing(warped)["resampling"]  # B12 warped, by the engine's method (issue 35)
-    assert {k: v for k, v in resampling.items() if k.startswith(("warped", "resampled"))} == {
-        f"warped {resampling['method']}": ["B12"]}
-    assert warped["nodata_fraction"].to_pylist() == [0.0, 0.0]
-    assert cosines(embeddings(warped), embeddings(plain)).min() >= 0.9999
+    assert_b12_warped_whole(s2_embedder, tmp_path / "scene", whole)
 
 
 # --- units and scale ----------------------------------------------------------------------------------
