@@ -45,6 +45,8 @@ def prepare_output_folder(folder: Path) -> list[Path]:
     any pixel is read. Returns the folders this call created, outermost first, so that a run that
     then fails before writing anything can remove them (:func:`remove_if_empty`). Raises
     :class:`OutputError` naming the folder."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: --out names an existing file; give a directory (new or existing)")
     missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -287,8 +287,9 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
         draw_preview(preview, results, embedder.metadata, embedder.engine.path.name)
         ignored_files(results)
         stages = embedder.clock.summary() or "nothing ran"
+        threads = embedder.options.reader_count
         summary(results, targets, wall, embedder.engine.backend,
-                f"time in: {stages} ({embedder.options.reader_count} reader threads)")  # fmt: skip
+                f"time in: {stages} ({threads} reader thread{'s' if threads != 1 else ''})")  # fmt: skip
 
 
 def resampling_note(metadata: EngineMetadata, options: RunOptions) -> str:

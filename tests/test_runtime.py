@@ -234,6 +234,8 @@ def test_bad_engines_and_outputs_are_one_line(engine, tmp_path):
     blocker.write_text("")
     result = clay_run(scene, "--engine", engine, "--out", blocker / "dir")
     assert result.returncode != 0 and "not writable" in result.stderr and "Traceback" not in result.stderr
+    result = clay_run(scene, "--engine", engine, "--out", blocker)  # an existing file is no output folder
+    assert result.returncode != 0 and "names an existing file" in result.stderr and blocker.read_text() == ""
     result = clay_run(scene, "--engine", engine, "--date", "23/02/2020")
     assert result.returncode != 0 and "expected YYYY-MM-DD" in result.stderr
 
