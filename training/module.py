@@ -44,7 +44,8 @@ class ClayPretraining(L.LightningModule):
         betas: AdamW betas.
         t_0: Steps of the first cosine cycle (CosineAnnealingWarmRestarts' T_0).
         t_mult: Growth of each later cycle (T_mult).
-        eta_min_factor: The schedule's floor as a multiple of lr (the release: 10).
+        eta_min_factor: CosineAnnealingWarmRestarts' eta_min as a multiple of lr (the release: 10,
+            which makes it a ceiling the schedule rises to, not a floor; below 1 it is the floor).
     """
 
     def __init__(
