@@ -112,6 +112,22 @@ def test_validation_takes_a_usable_file_and_groups_may_be_a_comma_list(tmp_path,
     assert "no validation chips" not in caplog.text and "z-nodate.tif: no acquisition date" in caplog.text
 
 
+def test_files_that_all_fall_into_validation_still_train(tmp_path, caplog):
+    """The split by name could put every usable file into validation (one scene whose name hashes
+    there; any scene at --data.val_fraction 1.0): clay-train then said "no usable scenes"."""
+    from clay.runtime.bands import S2_BANDS
+
+    write_chip(tmp_path / "only.tif", bands=S2_BANDS, dtype="uint16")
+    data = ChipDataModule(str(tmp_path), val_fraction=1.0, groups="rgb,rededge,nir,swir", batch_size=1)
+    with caplog.at_level(logging.WARNING):
+        data.setup("fit")
+    assert sum(len(d.files) for d in data.train_sets.values()) == 1 and "no validation chips" in caplog.text
+    write_chip(tmp_path / "second.tif", bands=S2_BANDS, dtype="uint16", seed=1)
+    data = ChipDataModule(str(tmp_path), val_fraction=1.0, groups="rgb,rededge,nir,swir", batch_size=1)
+    data.setup("fit")
+    assert sum(len(d.files) for d in data.train_sets.values()) == 1 and len(data.val_set.files) == 1
+
+
 def test_small_image_is_padded_like_the_runtime_and_its_padding_left_out_of_the_loss(tmp_path):
     from clay.runtime.bands import S2_BANDS
 

@@ -70,10 +70,13 @@ LIGHTNING_ADVISORIES = (
 
 
 class _NoTips(logging.Filter):
-    """Lightning's advertisements for its cloud services (litlogger, litmodels): not about the run."""
+    """Lightning's advertisements for its cloud services (litlogger, litmodels), and its reports of
+    accelerators the machine lacks ("TPU available: False, using: 0 TPU cores"): not about the run.
+    The GPU line stays: whether a GPU was used is."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        message = str(record.msg)
+        return not (message.startswith("💡 Tip") or message.startswith(("TPU available: False", "HPU available: False")))
 
 
 #: Options taking several paths, as clay-run takes scenes: ``--data.scenes A B C``. jsonargparse

@@ -435,6 +435,10 @@ class ChipDataModule(L.LightningDataModule):
                 (val if is_validation_file(chip.name, self.val_fraction, self.seed) else train).append(chip)
             if not val and len(train) > 1:
                 val = [train.pop()]
+            elif not train:  # the split put every file into validation: training comes first
+                train, val = val, []
+                if len(train) > 1:
+                    val = [train.pop()]
         if not train:
             what = " ".join(map(str, self.scenes)) if self.scenes is not None else self.data_dir
             kind = "scenes" if self.scenes is not None else "chip files"
