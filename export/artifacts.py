@@ -136,11 +136,15 @@ def export_summary(model: ClayMAE, options: ExportOptions, weights: str, sha: st
     outputs = f"embedding [B, {model.size.dim}]"
     if options.patch_embeddings:
         outputs += f" and patch_embeddings [B, {len(options.groups)}, 16, 16, {model.size.dim}]"
+    # where the groups are the ones trained on (the default), clay-export has said so with the groups:
+    # the same list again read as a second fact
+    same = trained is not None and tuple(trained) == tuple(options.groups)
     lines = [
         f"weights: {weights} (Clay '{model.size.name}'" + (f", sha256 {sha[:12]}…)" if sha else ")"),
         f"input: {len(bands)} bands ({' '.join(bands)}) in groups {', '.join(options.groups)}; output: {outputs}",
-        "trained on groups: " + (", ".join(trained) if trained is not None else "not recorded in the checkpoint"),
     ]
+    if not same:
+        lines.append("trained on groups: " + (", ".join(trained) if trained is not None else "not recorded in the checkpoint"))
     if resampling is not None:
         lines.append(f"resampling the weights expect: {resampling[0]} ({resampling[1]}); clay-run reads with it "
                      "unless --resampling says otherwise")  # fmt: skip
