@@ -30,7 +30,7 @@ from .engines.base import Engine
 from .errors import SceneError, first_line
 from .metadata import EngineMetadata
 from .options import RunOptions, check_patch_embeddings
-from .outputs.geoparquet import SceneOutput, file_metadata, row_columns, warm_up
+from .outputs.geoparquet import SceneOutput, file_metadata, row_columns, scene_grid, warm_up
 from .outputs.patch_raster import PatchRasterWriter
 from .outputs.publish import OutputError, ScenePaths
 from .scenes.geometry import patch_polygons
@@ -401,7 +401,8 @@ def scene_identity(scene: Scene, metadata: EngineMetadata) -> tuple[str, dict[st
     """What every file of a scene carries, whichever way it was run: its ``source_url`` and the
     key-value metadata (engine, scene CRS, preprocessing)."""
     source = scene.source_url or str(scene.path.resolve())  # a STAC Item's self link, else the file or folder
-    return source, file_metadata(metadata, scene.crs.to_string(), scene.applied)
+    grid = scene_grid(scene.transform, scene.width, scene.height)
+    return source, file_metadata(metadata, scene.crs.to_string(), scene.applied, grid)
 
 
 def open_output(paths: ScenePaths, scene: Scene, source: str, extra: dict[str, str], dim: int, options: RunOptions,
