@@ -124,7 +124,9 @@ def _patch_raster(path: Path) -> RunCells:
         raise ChangeError(f"{path}: not a clay-run patch raster (no {RASTER_TAG} tag)")
     engine = _engine(tags.get(ENGINE_TAG), path)
     if count != engine["dim"]:
-        raise ChangeError(f"{path}: {count} bands, but its engine's embeddings have {engine['dim']} dimensions")
+        raise ChangeError(
+            f"{path}: {count} bands, but its engine's embeddings have {engine['dim']} dimensions"
+        )
     if crs is None:
         raise ChangeError(f"{path}: the raster has no CRS")
     layout = json.loads(tags[RASTER_TAG])
@@ -158,7 +160,9 @@ def _patch_rows(path: Path) -> RunCells:
         table = table.filter(keep)
     dates = sorted({d.isoformat() for d in table["date"].to_pylist() if d is not None})
     if len(dates) > 1:
-        raise ChangeError(f"{path}: rows of several dates ({', '.join(dates)}); one run of one scene is one date")
+        raise ChangeError(
+            f"{path}: rows of several dates ({', '.join(dates)}); one run of one scene is one date"
+        )
     sources = table["source_url"].unique().to_pylist()
     patch = int(engine["patch_size"])
     cells = place_rows(table, CellGrid.of(Affine.from_gdal(*scene["geotransform"]), scene["width"], scene["height"], patch),
@@ -178,12 +182,16 @@ def place_rows(table, grid: CellGrid, chip_size: int, dim: int) -> np.ndarray:
     cols = np.asarray(table["col"]).astype(np.int64)
     chip_rows = np.asarray(table["chip_row"]).astype(np.int64)
     chip_cols = np.asarray(table["chip_col"]).astype(np.int64)
-    vectors = np.stack(table["embeddings"].to_numpy(zero_copy_only=False)) if len(rows) else np.zeros((0, dim))
+    vectors = (
+        np.stack(table["embeddings"].to_numpy(zero_copy_only=False)) if len(rows) else np.zeros((0, dim))
+    )
     cells = np.full((grid.height, grid.width, dim), np.nan, np.float32)
     best = np.full((grid.height, grid.width), np.inf, np.float32)
     side = chip_size // grid.cell
     order = np.lexsort((chip_cols, chip_rows))
-    starts = np.flatnonzero(np.r_[True, np.diff(chip_rows[order]) != 0] | np.r_[True, np.diff(chip_cols[order]) != 0])
+    starts = np.flatnonzero(
+        np.r_[True, np.diff(chip_rows[order]) != 0] | np.r_[True, np.diff(chip_cols[order]) != 0]
+    )
     for first, stop in zip(starts, [*starts[1:], len(order)]):
         members = order[first:stop]
         r0, c0 = int(chip_rows[members[0]]), int(chip_cols[members[0]])

@@ -61,8 +61,12 @@ def change(inputs: list[str], out: Path, quicklook: Path, reference: str | None 
 @click.option("--reference", default=None, metavar="NAME",
               help="The run the others are compared with: an input as given, its file name, or its date "
                    "(default: the first).")  # fmt: skip
-@click.option("--quicklook", type=click.Path(path_type=Path), default=None,
-              help="The PNG quicklook (default: --out with .png).")
+@click.option(
+    "--quicklook",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The PNG quicklook (default: --out with .png).",
+)
 def main(inputs: tuple[str, ...], out: Path, reference: str | None, quicklook: Path | None) -> None:
     """Per-cell cosine distance between clay-run outputs of one place at different dates.
 
@@ -92,7 +96,9 @@ def main(inputs: tuple[str, ...], out: Path, reference: str | None, quicklook: P
         valid = values[np.isfinite(values)]
         summary = (f"median {np.median(valid):.4f}, max {valid.max():.4f} over {valid.size} cells"
                    if valid.size else "no cell valid in both runs")  # fmt: skip
-        click.echo(f"clay-change: {run.label} ({run.date}) from {ref.label} ({ref.date}): {summary}", err=True)
+        click.echo(
+            f"clay-change: {run.label} ({run.date}) from {ref.label} ({ref.date}): {summary}", err=True
+        )
     click.echo(f"clay-change: wrote {out} and {quicklook}", err=True)
 
 

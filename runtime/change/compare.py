@@ -35,9 +35,13 @@ def grid_differences(a: RunCells, b: RunCells) -> list[str]:
     if not ga.transform.almost_equals(gb.transform, precision=side * GRID_TOLERANCE):
         if (ga.transform.a, ga.transform.b, ga.transform.d, ga.transform.e) != (gb.transform.a, gb.transform.b,
                                                                                  gb.transform.d, gb.transform.e):  # fmt: skip
-            found.append(f"cell size {ga.transform.a:g} x {ga.transform.e:g} vs {gb.transform.a:g} x {gb.transform.e:g}")
+            found.append(
+                f"cell size {ga.transform.a:g} x {ga.transform.e:g} vs {gb.transform.a:g} x {gb.transform.e:g}"
+            )
         if (ga.transform.c, ga.transform.f) != (gb.transform.c, gb.transform.f):
-            found.append(f"origin ({ga.transform.c:.3f}, {ga.transform.f:.3f}) vs ({gb.transform.c:.3f}, {gb.transform.f:.3f})")
+            found.append(
+                f"origin ({ga.transform.c:.3f}, {ga.transform.f:.3f}) vs ({gb.transform.c:.3f}, {gb.transform.f:.3f})"
+            )
     if (ga.width, ga.height) != (gb.width, gb.height):
         found.append(f"size {ga.width} x {ga.height} vs {gb.width} x {gb.height} cells")
     return found
@@ -62,4 +66,6 @@ def check_comparable(runs: list[RunCells]) -> None:
         if grid or record:
             parts = ([f"grid: {'; '.join(grid)}"] if grid else []) + record
             advice = "re-run clay-run on one grid with one engine; clay-change does not resample"
-            raise ChangeError(f"{first.path} and {other.path} cannot be compared: {'; '.join(parts)} ({advice})")
+            raise ChangeError(
+                f"{first.path} and {other.path} cannot be compared: {'; '.join(parts)} ({advice})"
+            )

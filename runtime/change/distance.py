@@ -24,7 +24,9 @@ from .cells import RunCells
 #: Rows of cells compared at a time: a raster is never read whole (16 rows × 343 cells × 768
 #: dimensions × 8 bytes = 34 MB a run).
 STRIPE = 64
-MEASURE = "cosine distance per cell: 1 - a.b / (|a| |b|), 0 same direction, 2 opposite; NaN: nodata in either run"
+MEASURE = (
+    "cosine distance per cell: 1 - a.b / (|a| |b|), 0 same direction, 2 opposite; NaN: nodata in either run"
+)
 
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -71,9 +73,10 @@ class ChangeMap:
 
     def tags(self) -> dict[str, str]:
         runs = [self.reference, *self.others]
+        record = {"measure": MEASURE, "reference": describe_run(self.reference),
+                  "bands": [describe_run(r) for r in self.others]}  # fmt: skip
         return {
-            "CLAY_CHANGE": json.dumps({"measure": MEASURE, "reference": describe_run(self.reference),
-                                       "bands": [describe_run(r) for r in self.others]}),  # fmt: skip
+            "CLAY_CHANGE": json.dumps(record),
             "CLAY_REFERENCE_DATE": self.reference.date,
             "CLAY_DATES": ",".join(r.date for r in runs),
             "CLAY_SCENES": json.dumps([r.source_url for r in runs]),
@@ -110,4 +113,3 @@ def write_cog(change: ChangeMap, path: Path) -> Path:
                 raise
         publish(partial, path)
     return path
-

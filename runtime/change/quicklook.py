@@ -52,7 +52,9 @@ def render_quicklook(change: ChangeMap, png: Path) -> Path:
     ph, pw = height * zoom, width * zoom
     top = scale_top(change.values)
     canvas_width = max(bands * pw + (bands + 1) * GAP, 480)
-    canvas = Image.new("RGB", (canvas_width, HEADER + ph + 3 * GAP + BAR_HEIGHT + 2 * TITLE_LINE + 4), BACKGROUND)
+    canvas = Image.new(
+        "RGB", (canvas_width, HEADER + ph + 3 * GAP + BAR_HEIGHT + 2 * TITLE_LINE + 4), BACKGROUND
+    )
     draw = ImageDraw.Draw(canvas)
     reference = change.reference
     title = (f"cosine distance of patch embeddings from {reference.date} ({reference.label}); "
