@@ -57,9 +57,10 @@ def render_quicklook(change: ChangeMap, png: Path) -> Path:
     )
     draw = ImageDraw.Draw(canvas)
     reference = change.reference
-    title = (f"cosine distance of patch embeddings from {reference.date} ({reference.label}); "
-             f"{reference.engine.get('model', 'clay-v0')} {reference.engine.get('model_size')}, "
-             f"{reference.engine.get('precision')}; {height} x {width} cells").translate(GLYPHLESS)  # fmt: skip
+    engine = reference.engine
+    title = (f"cosine distance of patch embeddings from {reference.date} ({reference.label}); {height} x {width} "
+             f"cells; {engine.get('model', 'clay-v0')} {engine.get('model_size')} engine ({engine.get('precision')}), "
+             f"{engine.get('weights')}").translate(GLYPHLESS)  # fmt: skip
     for k, line in enumerate(title_lines(title, canvas.width - 2 * GAP, draw.textlength)):
         draw.text((GAP, 4 + k * TITLE_LINE), line, fill=(255, 255, 255))
     for k in range(bands):
