@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,21 @@ def test_the_geoparquet_files_carry_the_items_provenance(run):
         assert meta["emb:dimensions"] == "256"
     with rasterio.open(run / f"{ITEM_ID}.patches.tif") as src:
         assert src.tags()["PROCESSING_DATETIME"] == item["properties"]["processing:datetime"]
+
+
+def test_a_resumed_run_catalogues_the_scenes_it_skipped_from_their_files(run, tmp_path):
+    """Records are built from the published files: a ``--resume`` run that embeds nothing writes the
+    same Items, with the processing time the files recorded when they were made."""
+    before = {p.name: json.loads(p.read_text()) for p in run.glob("*.item.json")}
+    out = tmp_path / "copy"
+    shutil.copytree(run, out)
+    for path in out.glob("*.json"):
+        path.unlink()
+    result = subprocess.run([sys.executable, "-m", "clay.runtime.cli", str(DEMO_SCENE), "--engine", str(DEMO_ENGINE),
+                             "--out", str(out), "--patch-embeddings", "--patch-raster", "--raster-dtype", "int8",
+                             "--resume", "--stac"], capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert result.returncode == 0 and "is complete, skipped (--resume)" in result.stderr, result.stderr
+    after = json.loads((out / "T48QUE-20200223.item.json").read_text())
+    assert after["properties"] == before["T48QUE-20200223.item.json"]["properties"]
+    assert after["assets"] == before["T48QUE-20200223.item.json"]["assets"]
+    assert errors(json.loads((out / "collection.json").read_text())) == []
