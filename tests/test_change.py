@@ -170,7 +170,7 @@ def test_a_time_series_gives_one_band_per_date_from_the_named_reference(runs, tm
                                     f"cosine distance 2020-02-23 ({a8.name}) from 2020-03-04 ({b.name})")  # fmt: skip
         first, second = got.read(1), got.read(2)
     np.testing.assert_allclose(first, numpy_distance(read_vectors(b), read_vectors(a)), rtol=0, atol=2e-6)
-    np.testing.assert_allclose(second, first, rtol=0, atol=2e-6)  # patch rows of the same run as the raster
+    np.testing.assert_allclose(second, first, rtol=0, atol=2e-6)  # patch rows of another run of the same scene
     assert clay_change(a, b, "--reference", "2021-01-01", "--out", tmp_path / "x.tif").returncode == 1
 
 
