@@ -84,7 +84,7 @@ def main(inputs: tuple[str, ...], out: Path, reference: str | None, quicklook: P
         raise click.UsageError("--out and --quicklook must not be one of the inputs")
     try:
         result = change(list(inputs), out, quicklook, reference)
-    except (ChangeError, OutputError) as exc:
+    except (ChangeError, OutputError, OSError) as exc:
         sys.exit(f"clay-change: {exc}")
     except KeyboardInterrupt:
         sys.exit("clay-change: interrupted; nothing written")

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..outputs.preview import BACKGROUND, GLYPHLESS, TITLE_LINE, title_lines
-from ..outputs.publish import partial_path, publish
+from ..outputs.publish import naming, partial_path, publish
 from .distance import ChangeMap
 
 INFERNO = np.array([
@@ -78,5 +78,9 @@ def render_quicklook(change: ChangeMap, png: Path) -> Path:
     note = f"scale: 0 to the 99th percentile of all dates ({top:.3g}); above it: top colour; grey: nodata"
     draw.text((GAP, below + TITLE_LINE), note.translate(GLYPHLESS), fill=(160, 160, 160))
     partial = partial_path(png)
-    canvas.save(partial, format="PNG")
-    return publish(partial, png)
+    with naming(png):
+        try:
+            canvas.save(partial, format="PNG")
+            return publish(partial, png)
+        finally:
+            partial.unlink(missing_ok=True)  # gone once published; else what a failed save left
