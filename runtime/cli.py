@@ -24,6 +24,7 @@ from .metadata import EngineMetadata
 from .options import DEFAULT_HTTP_TIMEOUT, EDGE_MODES, RASTER_DTYPES, SAR_UNITS, RunOptions, cpu_count
 from .outputs.lock import hold_folders
 from .outputs.publish import OutputError, ScenePaths
+from .outputs.stac_records import COLLECTION_FILE, write_catalogue
 from .pipeline import SceneJob, SceneResult
 from .ray_job import RayJobError, RunCounts, ray_cluster, run_on_ray
 from .resampling import RESAMPLING, choose_resampling
@@ -176,13 +177,16 @@ class RayProgress:
               help="Embed every STAC Item given (arguments, ItemCollections, manifest lines) as one scene: an S2 item, "
                    "an S1 item and a DEM item of one place, each band from exactly one of them, on the finest S2 grid "
                    "with the S2 date. Without it each Item is a scene of its own.")
+@click.option("--stac", is_flag=True,
+              help="Also catalogue the outputs in STAC (Embedding extension, emb:): <scene>.item.json beside each "
+                   "scene's files and collection.json in each output folder, hrefs relative to them.")
 @click.option("--ray", "use_ray", is_flag=True,
               help="Run on Ray Data: chip reads in CPU tasks, the engine in a pool of actors (one per GPU, else one "
                    "per CPU), the same files. Connects to RAY_ADDRESS when set, else starts a local Ray. Implies "
                    "--keep-going; --readers does not apply. Needs the ray extra.")
 def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, edge, max_nodata, date_text,
          patch_embeddings, patch_raster, raster_dtype, sar_units, s2_offset, resampling, resume, keep_going, http_timeout, threads,
-         combine, use_ray) -> None:  # fmt: skip
+         combine, stac, use_ray) -> None:  # fmt: skip
     """Embed GeoTIFF SCENES with a Clay engine into GeoParquet.
 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
@@ -243,6 +247,8 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
                 run_with_ray(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
             else:
                 run_here(engine_path, backend, threads, scene_files, targets, options, failures, preview, created)
+            if stac:
+                catalogue(targets, options)
     except EngineUnavailable as exc:  # the engine cannot run on this machine: exit 2, as for a missing extra
         click.echo(f"clay-run: {exc}", err=True)
         sys.exit(2)
@@ -250,7 +256,7 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
         sys.exit(f"clay-run: {exc}")
     except KeyboardInterrupt:
         sys.exit("clay-run: interrupted; finished scenes are kept, rerun with --resume to continue")
-    except Exception as exc:  # noqa: BLE001 - a bug of ours is still one line for the user, with its kind
+    except Exception as exc:
         if os.environ.get("CLAY_DEBUG"):
             raise
         sys.exit(f"clay-run: internal error ({type(exc).__name__}: {first_line(exc)}); rerun with CLAY_DEBUG=1 "
@@ -290,6 +296,16 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
         threads = embedder.options.reader_count
         summary(results, targets, wall, embedder.engine.backend,
                 f"time in: {stages} ({threads} reader thread{'s' if threads != 1 else ''})")  # fmt: skip
+
+
+def catalogue(targets: list[Path], options: RunOptions) -> None:
+    """``--stac``: the STAC Items and Collection of every published scene of the run (resumed ones too)."""
+    scenes = [ScenePaths.for_chip_file(t, options.patch_embeddings, options.patch_raster) for t in targets]
+    parameters = {"edge": options.edge, "max_nodata": options.max_nodata, "raster_dtype": options.raster_dtype
+                  if options.patch_raster else None}  # fmt: skip
+    written = write_catalogue(scenes, parameters)
+    collections = [p for p in written if p.name == COLLECTION_FILE]
+    click.echo(f"clay-run: STAC: {len(written) - len(collections)} Item(s) and {', '.join(map(str, collections))}", err=True)
 
 
 def resampling_note(metadata: EngineMetadata, options: RunOptions) -> str:

@@ -30,9 +30,10 @@ from .engines.base import Engine
 from .errors import SceneError, first_line
 from .metadata import EngineMetadata
 from .options import RunOptions, check_patch_embeddings
-from .outputs.geoparquet import SceneOutput, file_metadata, row_columns, warm_up
+from .outputs.geoparquet import SceneOutput, file_metadata, row_columns, scene_grid, warm_up
 from .outputs.patch_raster import PatchRasterWriter
 from .outputs.publish import OutputError, ScenePaths
+from .outputs.stac_records import provenance_metadata
 from .scenes.geometry import patch_polygons
 from .scenes.grid import Chip, patch_cells
 from .scenes.inputs import SceneFiles
@@ -399,9 +400,12 @@ def _write_rows(state: _SceneState, kept: list, outputs: dict[str, np.ndarray], 
 
 def scene_identity(scene: Scene, metadata: EngineMetadata) -> tuple[str, dict[str, str]]:
     """What every file of a scene carries, whichever way it was run: its ``source_url`` and the
-    key-value metadata (engine, scene CRS, preprocessing)."""
+    key-value metadata (engine, scene CRS, preprocessing, the scene's grid, and the provenance its STAC Item
+    carries: :func:`clay.runtime.outputs.stac_records.provenance_metadata`)."""
     source = scene.source_url or str(scene.path.resolve())  # a STAC Item's self link, else the file or folder
-    return source, file_metadata(metadata, scene.crs.to_string(), scene.applied)
+    grid = scene_grid(scene.transform, scene.width, scene.height)
+    extra = file_metadata(metadata, scene.crs.to_string(), scene.applied, grid)
+    return source, {**extra, **provenance_metadata(metadata, source, scene.applied)}
 
 
 def open_output(paths: ScenePaths, scene: Scene, source: str, extra: dict[str, str], dim: int, options: RunOptions,

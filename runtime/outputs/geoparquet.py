@@ -76,12 +76,24 @@ def patch_schema(dim: int, extra_metadata: dict[str, str], multipart: bool = Fal
     return pa.schema(fields, metadata=base.metadata)
 
 
-def file_metadata(engine: EngineMetadata, scene_crs: str, applied: dict) -> dict[str, str]:
-    return {
+def scene_grid(transform, width: int, height: int) -> dict:
+    """The scene's pixel grid as recorded under ``clay:scene_grid``: its geotransform (GDAL order:
+    x0, pixel width, row rotation, y0, column rotation, pixel height; in ``clay:scene_crs``) and size
+    in pixels. With each row's ``row``/``col`` it places the row's pixels exactly (``clay-change``
+    rebuilds the patch raster's cells from it)."""
+    return {"geotransform": [float(v) for v in transform.to_gdal()], "width": int(width), "height": int(height)}
+
+
+def file_metadata(engine: EngineMetadata, scene_crs: str, applied: dict, grid: dict | None = None) -> dict[str, str]:
+    """The key-value metadata of a scene's files (and its patch raster's tags); ``grid``: :func:`scene_grid`."""
+    record = {
         "clay:engine": json.dumps(engine.to_dict()),
         "clay:scene_crs": scene_crs,
         "clay:preprocessing": json.dumps(applied),
     }
+    if grid is not None:
+        record["clay:scene_grid"] = json.dumps(grid)
+    return record
 
 
 def embeddings_column(vectors: np.ndarray) -> pa.FixedSizeListArray:

@@ -84,3 +84,11 @@ def fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def publish(partial: Path, path: Path) -> Path:
+    """Make a complete ``partial`` file durable under ``path``: fsync it, rename it, fsync the folder."""
+    fsync(partial)
+    os.replace(partial, path)
+    fsync(path.parent)
+    return path
