@@ -171,6 +171,20 @@ def fetch(url: str, timeout: float = DEFAULT_HTTP_TIMEOUT, byte_range: str | Non
                 raise OSError(f"larger than {limit >> 20} MB")
 
 
+def remote_size(url: str, timeout: float = DEFAULT_HTTP_TIMEOUT) -> int | None:
+    """The size in bytes of the file at ``url``, asked of its server with a one-byte range request
+    (the total of its ``Content-Range``; a server that ignores ranges: its ``Content-Length``),
+    within ``timeout`` as :func:`fetch`; ``None`` when the server says neither. Raises as
+    :func:`fetch` does."""
+    request = urllib.request.Request(url, headers={**user_headers(), "Range": "bytes=0-0"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
+        if response.status == 206 and total.isdigit():
+            return int(total)
+        length = response.headers.get("Content-Length")
+        return int(length) if response.status == 200 and length and length.isdigit() else None
+
+
 def describe_fetch_error(exc: BaseException, timeout: float) -> str:
     """A failed :func:`fetch` in one line: the HTTP status and its hint, or the network's reason."""
     if isinstance(exc, urllib.error.HTTPError):
