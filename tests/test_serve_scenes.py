@@ -1,7 +1,7 @@
 """``POST /scene`` of clay-serve: a whole GeoTIFF in, the rows clay-run writes for it out.
 
 One clay-serve (the demo engine) on 127.0.0.1, started and stopped by the module, with small limits
-(8 MiB scenes, one worker, one waiting) and one allowed URL prefix on a loopback file server
+(12 MiB scenes, one worker, one waiting) and one allowed URL prefix on a loopback file server
 (``tests.range_server``), also started and stopped here. What clay-run writes is computed in this
 process by clay-run itself (``clay.runtime.cli.main``) on the same file.
 """
@@ -31,14 +31,14 @@ if importlib.util.find_spec("kserve") is None:
 import shapely  # noqa: E402
 from clay.benchmarks.serve_load import running_server  # noqa: E402
 from clay.runtime.cli import main as clay_run  # noqa: E402
-from clay.runtime.demo import DEMO_ENGINE  # noqa: E402
+from clay.runtime.demo import DEMO_ENGINE, DEMO_SCENE  # noqa: E402
 from clay.runtime.engines.choice import read_engine_metadata  # noqa: E402
 from clay.training.synthetic import write_scene  # noqa: E402
 
 from tests.test_remote_reads import Server  # noqa: E402 - the loopback range server, as those tests run it
 
 BANDS = read_engine_metadata(DEMO_ENGINE).bands
-LIMIT_MB = 8
+LIMIT_MB = 12
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +147,29 @@ def test_an_upload_answers_the_rows_clay_run_writes(server, scenes, clay_run_row
         {**rows, "geometry": shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))}, patches
     )
     assert table["chip_row"].to_pylist() == patches["chip_row"].to_pylist()
+
+
+def test_a_scenes_band_files_uploaded_together_are_one_scene_as_clay_run_reads_a_folder(server, tmp_path):
+    """The demo scene's ten band files in one multipart body: the rows clay-run writes for the folder."""
+    out = tmp_path / "demo.parquet"
+    with pytest.raises(SystemExit) as done:
+        clay_run([str(DEMO_SCENE), "--engine", str(DEMO_ENGINE), "--out", str(out)])
+    assert not done.value.code, done.value.code
+    expected = pq.read_table(out)
+    boundary = uuid.uuid4().hex
+    parts = [(f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{path.name}\"\r\n"
+              "Content-Type: image/tiff\r\n\r\n").encode() + path.read_bytes() + b"\r\n"
+             for path in sorted(Path(DEMO_SCENE).glob("*.tif"))]  # fmt: skip
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    status, _, content = post(server["http"], "?name=T48QUE-20200223&format=parquet", body,
+                              {"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    assert status == 200, content[:300]
+    table = pq.read_table(io.BytesIO(content))
+    assert table["source_url"].to_pylist() == ["T48QUE-20200223"] * table.num_rows == ["T48QUE-20200223"] * 9
+    rows = {name: table[name].to_pylist() for name in ("row", "col", "date", "embeddings")}
+    assert_same_rows(
+        {**rows, "geometry": shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))}, expected
+    )
 
 
 def test_a_url_under_an_allowed_prefix_answers_the_same_rows_and_others_are_403(server, clay_run_rows):

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 from prometheus_client import Counter, Gauge, Histogram
 
 from ..api import ClayEmbedder
@@ -71,13 +72,14 @@ ROWS = ("chips", "patches")
 #: The query parameters ``POST /scene`` takes, and what each is (also the 400's list).
 PARAMETERS = {
     "url": "an http(s) GeoTIFF or STAC Item under a --allow-url prefix, instead of a body",
-    "name": "the file name a body had (its date may be read from it; default upload.tif)",
+    "name": "the body's file name, or the folder name of several uploaded files (a date may be read from it)",
     "date": "YYYY-MM-DD, overrides the file's tags (clay-run --date)",
     "sar_units": "/".join(SAR_UNITS), "s2_offset": "a number (clay-run --s2-offset)",
     "resampling": "/".join(RESAMPLING), "edge": "/".join(EDGE_MODES), "max_nodata": "0..1",
     "rows": "/".join(ROWS), "format": "/".join(FORMATS),
 }  # fmt: skip
 DEFAULT_NAME = "upload.tif"
+DEFAULT_FOLDER = "upload"  # several files: one scene folder
 #: How much of a chunked body past the limit is read (and dropped) before the 413 is answered.
 DRAIN_BYTES = 16 << 20
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -122,7 +124,7 @@ class SceneRequest:
     rows: str
     media_type: str
     url: str | None
-    name: str
+    name: str | None
 
 
 def parse_request(query: Mapping[str, str], accept: str | None, base: RunOptions, limits: SceneLimits,
@@ -163,7 +165,7 @@ def parse_request(query: Mapping[str, str], accept: str | None, base: RunOptions
     if url is not None:
         check_url(url, limits.allow_urls)
     return SceneRequest(
-        options, rows, media_type(query.get("format"), accept), url, safe_name(query.get("name"))
+        options, rows, media_type(query.get("format"), accept), url, safe_name(query.get("name", "")) or None
     )
 
 
@@ -186,11 +188,11 @@ def media_type(format_: str | None, accept: str | None) -> str:
     )
 
 
-def safe_name(name: str | None) -> str:
-    """A client's file name as a bare name of safe characters (never a path on the server)."""
-    base = posixpath.basename((name or "").replace("\\", "/")).strip()
-    base = _SAFE_NAME.sub("_", base).lstrip(".")
-    return base[:200] or DEFAULT_NAME
+def safe_name(name: str) -> str:
+    """A client's file name as a bare name of safe characters (never a path on the server, never
+    hidden); empty when nothing is left."""
+    base = posixpath.basename(name.replace("\\", "/")).strip()
+    return _SAFE_NAME.sub("_", base).lstrip(".")[:200]
 
 
 def url_allowed(url: str, prefixes: tuple[str, ...]) -> bool:
@@ -262,14 +264,20 @@ class SceneService:
                                    self.embedder.metadata)  # fmt: skip
             body = None
             if wanted.url is None:
-                body = folder / "body"
+                body = folder / "body"  # beside in/, where the scene is unpacked under the client's names
                 await self.receive(request, body)
             content, media = await loop.run_in_executor(self.workers, self.embed, wanted, body,
                                                         request.headers.get("content-type", ""), folder)  # fmt: skip
         except Refusal as refusal:
             SCENE_REQUESTS.labels("invalid" if refusal.status < 500 else "failed").inc()
-            log.error("refused a scene: %s", refusal.message)
+            log.error(
+                "%s: %s", "refused a scene" if refusal.status < 500 else "scene failed", refusal.message
+            )
             return JSONResponse({"error": refusal.message}, status_code=refusal.status)
+        except ClientDisconnect:  # gone while its body was arriving: no one to answer
+            SCENE_REQUESTS.labels("disconnected").inc()
+            log.error("refused a scene: the client disconnected before its body was sent")
+            return Response(status_code=400)
         finally:
             self.admitted -= 1
             SCENES_ADMITTED.set(self.admitted)
@@ -321,45 +329,80 @@ class SceneService:
         except Refusal:
             raise
         except SceneError as exc:  # clay-run's words, the file named as the client named it
-            raise Refusal(422, str(exc).replace(f"{folder}/", "")) from None
+            raise Refusal(422, str(exc).replace(f"{folder / 'in'}/", "")) from None
         except EngineError as exc:
             raise Refusal(500, f"the engine failed: {first_line(exc)}") from None
         except Exception as exc:  # a bug of ours is still one line for the client
             log.exception("scene failed")
             raise Refusal(500, f"internal error ({type(exc).__name__}: {first_line(exc)})") from None
 
-    def unpack(self, body: Path, content_type: str, name: str, folder: Path) -> tuple[Path, str]:
-        """The scene file: the body itself (renamed to ``name``), or the one file of a
-        ``multipart/form-data`` body (named by its part's file name)."""
+    def unpack(self, body: Path, content_type: str, name: str | None, folder: Path) -> tuple[Path, str]:
+        """The scene under ``folder/in/``: the body itself (a GeoTIFF named ``name``), or the files of a
+        ``multipart/form-data`` body: one GeoTIFF (named by its part's file name), or several (a
+        scene's band files, ``B02.tif``...) as one scene folder named ``name``, as ``clay-run`` takes a
+        folder. Returns the scene's path and its name."""
+        inside = folder / "in"
+        inside.mkdir()
         if not content_type.lower().startswith("multipart/form-data"):
-            scene = folder / name
-            body.rename(scene)
-            return scene, name
+            name = name or DEFAULT_NAME
+            body.rename(inside / name)
+            return inside / name, name
+        uploads = self.form_files(body, content_type, folder)
+        try:
+            if not uploads:
+                raise Refusal(
+                    400,
+                    "the multipart/form-data body holds no file; send a GeoTIFF (or a scene's band files)",
+                )
+            if len(uploads) == 1:
+                given = uploads[0].file_name
+                name = safe_name(given.decode("utf-8", "replace") if given else "") or name or DEFAULT_NAME
+                scene, targets = inside / name, [inside / name]
+            else:
+                name = name or DEFAULT_FOLDER
+                scene = inside / name
+                scene.mkdir()
+                targets = [
+                    scene / safe_name((u.file_name or b"").decode("utf-8", "replace")) for u in uploads
+                ]
+                repeated = sorted({t.name for t in targets if targets.count(t) > 1 or t == scene})
+                if repeated:
+                    raise Refusal(
+                        400,
+                        f"the multipart/form-data files need distinct names (file names: {', '.join(repeated) or 'none'})",
+                    )
+            for upload, target in zip(uploads, targets):
+                upload.file_object.seek(0)
+                with target.open("wb") as out:
+                    shutil.copyfileobj(upload.file_object, out, 1 << 20)
+        finally:
+            for upload in uploads:
+                upload.close()
+            body.unlink()
+        return scene, name
+
+    @staticmethod
+    def form_files(body: Path, content_type: str, folder: Path) -> list:
+        """The file parts of a ``multipart/form-data`` body (python-multipart ``File`` objects, spooled
+        under ``folder/parts/``); its other fields are ignored."""
         from python_multipart import FormParser
         from python_multipart.multipart import parse_options_header
 
+        (folder / "parts").mkdir()
         kind, params = parse_options_header(content_type)
-        files = []
-        parser = FormParser(kind.decode("latin-1"), None, files.append, boundary=params.get(b"boundary"),
-                            config={"UPLOAD_DIR": str(folder)})  # fmt: skip
+        files: list = []
         try:
+            parser = FormParser(kind.decode("latin-1"), None, files.append, boundary=params.get(b"boundary"),
+                                config={"UPLOAD_DIR": str(folder / "parts")})  # fmt: skip
             with body.open("rb") as stream:
                 while chunk := stream.read(1 << 20):
                     parser.write(chunk)
             parser.finalize()
         except Exception as exc:  # noqa: BLE001 - python-multipart's errors: a malformed form
-            raise Refusal(400, f"multipart/form-data body cannot be read ({first_line(exc)})") from None
-        if len(files) != 1:
-            raise Refusal(400, f"multipart/form-data body holds {len(files)} files; send one GeoTIFF")
-        upload = files[0]
-        name = safe_name(upload.file_name.decode("utf-8", "replace") if upload.file_name else name)
-        scene = folder / name
-        upload.file_object.seek(0)
-        with scene.open("wb") as out:
-            shutil.copyfileobj(upload.file_object, out, 1 << 20)
-        upload.close()
-        body.unlink()
-        return scene, name
+            for upload in files:
+                upload.close()
+            raise Refusal(400, f"the multipart/form-data body cannot be read ({first_line(exc)})") from None
+        return files
 
     def remote_scene(self, url: str, options: RunOptions) -> SceneFiles:
         """The files of ``url`` (a GeoTIFF, or a STAC Item's band assets), each under an allowed
