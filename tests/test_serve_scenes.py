@@ -14,6 +14,7 @@ import io
 import json
 import re
 import shutil
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -36,6 +37,9 @@ from clay.runtime.engines.choice import read_engine_metadata  # noqa: E402
 from clay.training.synthetic import write_scene  # noqa: E402
 
 from tests.test_remote_reads import Server  # noqa: E402 - the loopback range server, as those tests run it
+from tests.test_stac import s2_item_folder  # noqa: E402 - an Earth Search Item beside its band files
+
+ITEM = "S2B_48QUE_20230501_0_L2A"
 
 BANDS = read_engine_metadata(DEMO_ENGINE).bands
 LIMIT_MB = 12
@@ -52,12 +56,27 @@ def scenes(tmp_path_factory) -> Path:
     (folder / "other").mkdir()
     shutil.copy(folder / "scene.tif", folder / "allowed" / "scene.tif")
     shutil.copy(folder / "scene.tif", folder / "other" / "scene.tif")
+    s2_item_folder(folder / "allowed", ITEM)  # allowed/<id>/<id>.json: self link on earth-search.aws...
     return folder
 
 
 @pytest.fixture(scope="module")
 def server(scenes):
     files = Server(scenes)
+    folder = scenes / "allowed" / ITEM
+    document = json.loads((folder / f"{ITEM}.json").read_text())  # relative asset hrefs (./B02.tif...)
+    served = f"{files.base}/allowed/{ITEM}/served.json"
+    document["links"] = [link for link in document["links"] if link["rel"] != "self"] + [
+        {"rel": "self", "href": served}
+    ]
+    (folder / "served.json").write_text(json.dumps(document))  # its assets: served beside it
+    hrefs = {key: asset["href"].removeprefix("./") for key, asset in document["assets"].items()}
+    for key, asset in document["assets"].items():  # the same Item with its files outside the prefix
+        asset["href"] = f"{files.base}/other/{hrefs[key]}"
+    (folder / "foreign.json").write_text(json.dumps(document))
+    for key, asset in document["assets"].items():  # ...and on the server's own disk
+        asset["href"] = str(folder / hrefs[key])
+    (folder / "local.json").write_text(json.dumps(document))
     try:
         with running_server(DEMO_ENGINE, "--max-scene-mb", str(LIMIT_MB), "--scene-workers", "1", "--scene-queue", "1",
                             "--allow-url", f"{files.base}/allowed/") as running:  # fmt: skip
@@ -187,6 +206,30 @@ def test_a_url_under_an_allowed_prefix_answers_the_same_rows_and_others_are_403(
                     f"{server['files']}/allowed-not/scene.tif", "file:///etc/passwd"):  # fmt: skip
         status, _, content = post(server["http"], f"?url={refused}")
         assert status == 403 and "may read" in error_line(status, content), (refused, content)
+
+
+def test_a_stac_item_url_answers_clay_runs_rows_and_assets_outside_the_prefixes_are_403(server, tmp_path):
+    url = f"{server['files']}/allowed/{ITEM}/served.json"
+    out = tmp_path / "item.parquet"
+    with pytest.raises(SystemExit) as done:
+        clay_run([url, "--engine", str(DEMO_ENGINE), "--out", str(out)])
+    assert not done.value.code, done.value.code
+    expected = pq.read_table(out)
+    status, _, content = post(
+        server["http"], f"?url={url}", headers={"Accept": "application/vnd.apache.parquet"}
+    )
+    assert status == 200, content[:300]
+    table = pq.read_table(io.BytesIO(content))
+    assert table["source_url"].to_pylist() == expected["source_url"].to_pylist() == [url] * table.num_rows
+    assert table.schema.metadata[b"clay:preprocessing"] == expected.schema.metadata[b"clay:preprocessing"]
+    assert np.array_equal(np.stack(table["embeddings"].to_numpy(zero_copy_only=False)),
+                          np.stack(expected["embeddings"].to_numpy(zero_copy_only=False)))  # fmt: skip
+    assert table["geometry"].equals(expected["geometry"]) and table["date"].equals(expected["date"])
+    # the same Item with its files outside the allowed prefix, or on the server's disk: never read
+    status, _, content = post(server["http"], f"?url={server['files']}/allowed/{ITEM}/foreign.json")
+    assert status == 403 and f"its file {server['files']}/other/" in error_line(status, content)
+    status, _, content = post(server["http"], f"?url={server['files']}/allowed/{ITEM}/local.json")
+    assert status == 403 and f"its file {Path(tempfile.gettempdir())}" in error_line(status, content)
 
 
 def test_an_oversized_upload_is_a_413_in_one_line(server):
