@@ -305,3 +305,32 @@ def test_two_concurrent_callers_both_get_their_rows_and_a_third_beyond_the_queue
     assert admitted(server["http"]) == 0
     first, second = ([f["properties"]["embeddings"] for f in body["features"]] for _, body in answers)
     assert len(first) == 4 and np.array_equal(np.float32(first), np.float32(second))
+
+
+def test_url_prefixes_names_and_accept_are_read_strictly():
+    """No server: what --allow-url lets through, what a client's file name becomes, which format an
+    Accept header gets."""
+    from clay.runtime.serve.scenes import GEOJSON, PARQUET, Refusal, media_type, safe_name, url_allowed
+
+    prefixes = ("https://data.example.com/cogs/", "http://127.0.0.1:8000/allowed")
+    for url in ("https://data.example.com/cogs/a.tif", "https://DATA.example.com/cogs/x/y.json",
+                "http://127.0.0.1:8000/allowed/scene.tif", "http://127.0.0.1:8000/allowed"):  # fmt: skip
+        assert url_allowed(url, prefixes), url
+    for url in ("https://data.example.com/cogs-other/a.tif", "https://data.example.com.evil.net/cogs/a.tif",
+                "https://data.example.com@evil.net/cogs/a.tif", "https://user:pw@data.example.com/cogs/a.tif",
+                "https://data.example.com:8443/cogs/a.tif", "http://data.example.com/cogs/a.tif",
+                "https://data.example.com/cogs/../secret.tif", "https://data.example.com/cogs/%2e%2e/secret.tif",
+                "http://127.0.0.1:8001/allowed/scene.tif", "http://127.0.0.1/allowed/scene.tif",
+                "file:///etc/passwd", "/vsicurl/https://data.example.com/cogs/a.tif", "s3://cogs/a.tif",
+                "https://data.example.com:notaport/cogs/a.tif"):  # fmt: skip
+        assert not url_allowed(url, prefixes), url
+    assert safe_name("../../etc/passwd") == "passwd" and safe_name("C:\\scenes\\S2 A.tif") == "S2_A.tif"
+    assert safe_name(".hidden.tif") == "hidden.tif" and safe_name("..") == ""
+    assert (
+        media_type(None, None) == media_type(None, "*/*") == media_type(None, "application/json") == GEOJSON
+    )
+    assert media_type(None, "application/vnd.apache.parquet, application/geo+json") == PARQUET
+    assert media_type("geojson", "application/vnd.apache.parquet") == GEOJSON  # format= wins
+    with pytest.raises(Refusal) as refused:
+        media_type(None, "text/csv")
+    assert refused.value.status == 406
