@@ -258,7 +258,20 @@ def test_an_undated_upload_is_a_422_with_clay_runs_words(server, scenes, tmp_pat
     status, _, content = post(server["http"], "?name=undated.tif", (scenes / "undated.tif").read_bytes())
     assert status == 422 and "clay-run: " + error_line(status, content) == said
     status, _, content = post(server["http"], "?name=junk.tif", b"not a GeoTIFF")
-    assert status == 422 and error_line(status, content).startswith("junk.tif: ")
+    assert status == 422 and error_line(status, content).startswith("junk.tif: not a readable GeoTIFF")
+    # GDAL opens a file by its content: a VRT (or a STAC Item) uploaded would read what it names
+    vrt = (
+        f'<VRTDataset rasterXSize="1" rasterYSize="1"><VRTRasterBand dataType="Byte" band="1"><SimpleSource>'
+        f"<SourceFilename>{scenes / 'scene.tif'}</SourceFilename></SimpleSource></VRTRasterBand></VRTDataset>"
+    )
+    status, _, content = post(server["http"], "?name=scene.tif", vrt.encode())
+    assert status == 422 and error_line(status, content).startswith("scene.tif: not a readable GeoTIFF")
+    for name in ("item.json", "scenes.txt", "scene.vrt"):
+        status, _, content = post(server["http"], f"?name={name}", (scenes / "scene.tif").read_bytes())
+        assert (
+            status == 400
+            and error_line(status, content) == f"{name}: uploads are GeoTIFFs named .tif or .tiff"
+        )
     for query, words in (("?date=23/02/2020", "date=23/02/2020: expected YYYY-MM-DD"), ("?rows=tokens", "rows must be"),
                          ("?sar_units=dbm", "sar_units must be"), ("?patches=1", "unknown parameter(s) patches"),
                          ("?format=csv", "format must be"), ("", "no scene")):  # fmt: skip

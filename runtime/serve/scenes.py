@@ -52,7 +52,7 @@ from ..options import EDGE_MODES, SAR_UNITS, RunOptions, check_patch_embeddings
 from ..resampling import RESAMPLING
 from ..scenes.dates import parse_date
 from ..scenes.inputs import GdalPath, SceneFiles
-from ..scenes.remote import describe_fetch_error, http_url, remote_size
+from ..scenes.remote import describe_fetch_error, http_url, remote_size_and_start
 from ..scenes.scene import as_scene_files
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,12 @@ PARAMETERS = {
 }  # fmt: skip
 DEFAULT_NAME = "upload.tif"
 DEFAULT_FOLDER = "upload"  # several files: one scene folder
+#: An uploaded file must be a TIFF (classic or BigTIFF, either byte order) named ``.tif``/``.tiff``: GDAL
+#: opens a file by its content, and a VRT (XML) named scene.tif would read any path or URL it names.
+UPLOAD_SUFFIXES = (".tif", ".tiff")
+TIFF_STARTS = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+#: A remote band file may also be JPEG 2000 (Earth Search's ``*-jp2`` assets): a JP2 box or a codestream.
+JP2_STARTS = (b"\0\0\0\x0cjP  ", b"\xff\x4f\xff\x51")
 #: How much of a chunked body past the limit is read (and dropped) before the 413 is answered.
 DRAIN_BYTES = 16 << 20
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -346,6 +352,7 @@ class SceneService:
         if not content_type.lower().startswith("multipart/form-data"):
             name = name or DEFAULT_NAME
             body.rename(inside / name)
+            check_upload(inside / name, inside)
             return inside / name, name
         uploads = self.form_files(body, content_type, folder)
         try:
@@ -375,6 +382,7 @@ class SceneService:
                 upload.file_object.seek(0)
                 with target.open("wb") as out:
                     shutil.copyfileobj(upload.file_object, out, 1 << 20)
+                check_upload(target, inside)
         finally:
             for upload in uploads:
                 upload.close()
@@ -415,9 +423,14 @@ class SceneService:
                 raise Refusal(403, f"url={url}: its file {path} is not under a prefix this server may read "
                                    f"(--allow-url: {', '.join(self.limits.allow_urls)})")  # fmt: skip
             try:
-                size = remote_size(href, options.http_timeout)
+                size, start = remote_size_and_start(href, options.http_timeout)
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 raise Refusal(422, f"{path}: {describe_fetch_error(exc, options.http_timeout)}") from None
+            if not start.startswith(TIFF_STARTS + JP2_STARTS):
+                raise Refusal(
+                    422,
+                    f"{path}: not a GeoTIFF (nor a JPEG 2000 band file); this server reads no other format",
+                )
             if size is None:
                 raise Refusal(422, f"{path}: its server does not say its size (Content-Range or Content-Length), so "
                                    f"the limit of {self.limits.max_bytes} bytes cannot be checked")  # fmt: skip
@@ -426,6 +439,17 @@ class SceneService:
                 raise Refusal(413, f"url={url}: {total} bytes or more, larger than this server's limit of "
                                    f"{self.limits.max_bytes} bytes ({self.limits.meaning()})")  # fmt: skip
         return files
+
+
+def check_upload(path: Path, inside: Path) -> None:
+    """Refuse an uploaded file that is not named as a GeoTIFF (400) or does not start as a TIFF does
+    (422: GDAL would open it by its content, whatever its name)."""
+    shown = path.relative_to(inside).as_posix()
+    if path.suffix.lower() not in UPLOAD_SUFFIXES:
+        raise Refusal(400, f"{shown}: uploads are GeoTIFFs named {' or '.join(UPLOAD_SUFFIXES)}")
+    with path.open("rb") as file:
+        if not file.read(4).startswith(TIFF_STARTS):
+            raise Refusal(422, f"{shown}: not a readable GeoTIFF (it does not start as a TIFF file does)")
 
 
 def encode(table: pa.Table, media: str) -> bytes:
