@@ -202,6 +202,8 @@ def test_a_url_under_an_allowed_prefix_answers_the_same_rows_and_others_are_403(
     assert_same_rows(
         {**rows, "geometry": shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))}, chips
     )
+    status, _, content = post(server["http"], f"?url={url}", b"II*\0")
+    assert status == 400 and error_line(status, content) == "a scene is the body or url=, not both"
     for refused in (f"{server['files']}/other/scene.tif", f"{server['files']}/allowed/../other/scene.tif",
                     f"{server['files']}/allowed-not/scene.tif", "file:///etc/passwd"):  # fmt: skip
         status, _, content = post(server["http"], f"?url={refused}")

@@ -269,6 +269,11 @@ class SceneService:
             wanted = parse_request(dict(request.query_params), request.headers.get("accept"), self.base, self.limits,
                                    self.embedder.metadata)  # fmt: skip
             body = None
+            has_body = (
+                request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+            )
+            if wanted.url is not None and has_body:
+                raise Refusal(400, "a scene is the body or url=, not both")
             if wanted.url is None:
                 body = folder / "body"  # beside in/, where the scene is unpacked under the client's names
                 await self.receive(request, body)
