@@ -276,7 +276,8 @@ def test_an_undated_upload_is_a_422_with_clay_runs_words(server, scenes, tmp_pat
         )
     for query, words in (("?date=23/02/2020", "date=23/02/2020: expected YYYY-MM-DD"), ("?rows=tokens", "rows must be"),
                          ("?sar_units=dbm", "sar_units must be"), ("?patches=1", "unknown parameter(s) patches"),
-                         ("?format=csv", "format must be"), ("", "no scene")):  # fmt: skip
+                         ("?format=csv", "format must be"), ("?s2_offset=nan", "s2_offset=nan: not a finite number"),
+        ("?max_nodata=half", "max_nodata=half: not a number"), ("?date=2020-01-01&date=2021-01-01", "more than once: date"), ("", "no scene")):  # fmt: skip
         status, _, content = post(server["http"], query, b"" if not query else b"x")
         assert status == 400 and words in error_line(status, content), (query, content)
     status, _, content = post(

@@ -23,6 +23,8 @@ import asyncio
 import dataclasses
 import io
 import logging
+import math
+import os
 import posixpath
 import re
 import shutil
@@ -148,13 +150,18 @@ def parse_request(query: Mapping[str, str], accept: str | None, base: RunOptions
             fields["date"] = parse_date(query["date"])  # as clay-run --date reads it, and in its words
         except ValueError:
             raise Refusal(400, f"date={query['date']}: expected YYYY-MM-DD") from None
-    try:
-        for key in ("sar_units", "resampling", "edge"):
-            if key in query:
-                fields[key] = query[key]
-        for key in ("s2_offset", "max_nodata"):
-            if key in query:
+    for key in ("sar_units", "resampling", "edge"):
+        if key in query:
+            fields[key] = query[key]
+    for key in ("s2_offset", "max_nodata"):
+        if key in query:
+            try:
                 fields[key] = float(query[key])
+            except ValueError:
+                raise Refusal(400, f"{key}={query[key]}: not a number") from None
+            if not math.isfinite(fields[key]):
+                raise Refusal(400, f"{key}={query[key]}: not a finite number")
+    try:
         options = dataclasses.replace(base, **fields)
     except ValueError as exc:
         raise Refusal(400, first_line(exc)) from None
@@ -266,6 +273,11 @@ class SceneService:
         loop = asyncio.get_running_loop()
         folder = Path(tempfile.mkdtemp(prefix="clay-serve-scene-"))
         try:
+            repeated = sorted(
+                {k for k, _ in request.query_params.multi_items() if len(request.query_params.getlist(k)) > 1}
+            )
+            if repeated:
+                raise Refusal(400, f"parameter(s) given more than once: {', '.join(repeated)}")
             wanted = parse_request(dict(request.query_params), request.headers.get("accept"), self.base, self.limits,
                                    self.embedder.metadata)  # fmt: skip
             body = None
@@ -344,7 +356,9 @@ class SceneService:
         except EngineError as exc:
             raise Refusal(500, f"the engine failed: {first_line(exc)}") from None
         except Exception as exc:  # a bug of ours is still one line for the client
-            log.exception("scene failed")
+            log.error(
+                "scene failed: internal error", exc_info=bool(os.environ.get("CLAY_DEBUG"))
+            )  # as clay-run
             raise Refusal(500, f"internal error ({type(exc).__name__}: {first_line(exc)})") from None
 
     def unpack(self, body: Path, content_type: str, name: str | None, folder: Path) -> tuple[Path, str]:
