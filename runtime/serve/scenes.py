@@ -43,8 +43,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.requests import ClientDisconnect
 from prometheus_client import Counter, Gauge, Histogram
+from starlette.requests import ClientDisconnect
 
 from ..api import ClayEmbedder
 from ..engines.base import EngineError
