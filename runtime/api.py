@@ -104,11 +104,14 @@ class ClayEmbedder:
     """A loaded Clay engine, the chip readers and the scene pipeline around it.
 
     ``engine_path``: an engine file or export folder, or ``"demo"`` for the bundled demo engine
-    (where no file or folder of that name exists)."""
+    (where no file or folder of that name exists); or an :class:`Engine` already open (a service
+    that also runs it on chips: ``clay-serve``), which stays the caller's to close (``backend``
+    and ``threads`` are then not used)."""
 
-    def __init__(self, engine_path: str | Path, backend: str = "auto", threads: int | None = None,
+    def __init__(self, engine_path: str | Path | Engine, backend: str = "auto", threads: int | None = None,
                  options: RunOptions | None = None) -> None:  # fmt: skip
-        self.engine: Engine = open_engine(resolve_engine(engine_path), backend, threads)
+        self._owns_engine = not isinstance(engine_path, Engine)
+        self.engine: Engine = open_engine(resolve_engine(engine_path), backend, threads) if self._owns_engine else engine_path
         self.options = options or RunOptions()
         self.clock = StageClock()
         self._readers: ChipReaders | None = None
@@ -121,12 +124,13 @@ class ClayEmbedder:
         self.close()
 
     def close(self) -> None:
-        """Stop the reader threads and free the engine."""
+        """Stop the reader threads and free the engine (unless it was given open)."""
         with self._lock:
             if self._readers is not None:
                 self._readers.close()
                 self._readers = None
-        self.engine.close()
+        if self._owns_engine:
+            self.engine.close()
 
     @property
     def metadata(self) -> EngineMetadata:

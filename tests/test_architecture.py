@@ -164,7 +164,8 @@ MAY_IMPORT = {
     "pipeline": {"contract", "scenes", "engines", "outputs", "pipeline"},
     "api": {"contract", "demo", "scenes", "engines", "outputs", "pipeline", "api"},
     "ray_job": {"contract", "scenes", "engines", "outputs", "pipeline", "ray_job"},
-    "serve": {"contract", "engines", "api", "serve"},  # chips through engines or the API, never the reader
+    # chips through engines or the API, never the reader; a URL's files listed and sized (scenes) before the API reads them
+    "serve": {"contract", "scenes", "engines", "api", "serve"},
     "cli": {"contract", "demo", "scenes", "engines", "outputs", "pipeline", "api", "ray_job", "cli"},
     "change": {"contract", "scenes", "outputs", "change"},  # clay-change: on the outputs, never the engines
 }

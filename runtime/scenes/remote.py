@@ -171,6 +171,23 @@ def fetch(url: str, timeout: float = DEFAULT_HTTP_TIMEOUT, byte_range: str | Non
                 raise OSError(f"larger than {limit >> 20} MB")
 
 
+def remote_size_and_start(
+    url: str, timeout: float = DEFAULT_HTTP_TIMEOUT, start: int = 16
+) -> tuple[int | None, bytes]:
+    """The size in bytes of the file at ``url`` and its first ``start`` bytes, in one range request
+    (the size: the total of its ``Content-Range``; from a server that ignores ranges, its
+    ``Content-Length``; ``None`` when it says neither), within ``timeout`` as :func:`fetch`. Raises
+    as :func:`fetch` does."""
+    request = urllib.request.Request(url, headers={**user_headers(), "Range": f"bytes=0-{start - 1}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        head = response.read(start)
+        total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
+        if response.status == 206 and total.isdigit():
+            return int(total), head
+        length = response.headers.get("Content-Length")
+        return (int(length) if response.status == 200 and length and length.isdigit() else None), head
+
+
 def describe_fetch_error(exc: BaseException, timeout: float) -> str:
     """A failed :func:`fetch` in one line: the HTTP status and its hint, or the network's reason."""
     if isinstance(exc, urllib.error.HTTPError):

@@ -26,7 +26,17 @@ from ..engines.choice import BACKENDS, open_engine
 @click.option("--max-delay-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="How long a batch waits for more requests after its first one.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for ONNX Runtime.")
-def main(engine_path, backend, host, http_port, grpc_port, max_batch, max_delay_ms, threads) -> None:
+@click.option("--max-scene-mb", type=click.FloatRange(min=0, min_open=True), default=512, show_default=True,
+              help="POST /scene: the largest scene, in MiB: an upload, or a URL's files together (413 above it).")
+@click.option("--scene-workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="POST /scene: scenes embedded at once (each on its own thread, all on the one engine).")
+@click.option("--scene-queue", type=click.IntRange(min=0), default=4, show_default=True,
+              help="POST /scene: scenes that may wait for a worker (uploading or queued); one more is a 503.")
+@click.option("--allow-url", "allow_urls", multiple=True, metavar="PREFIX",
+              help="POST /scene?url=: an http(s) prefix (https://host/path/) under which GeoTIFFs and STAC Items (and "
+                   "their assets) may be read; repeat for several. None: the server reads no URL.")
+def main(engine_path, backend, host, http_port, grpc_port, max_batch, max_delay_ms, threads, max_scene_mb,
+         scene_workers, scene_queue, allow_urls) -> None:  # fmt: skip
     """Serve a Clay engine as model 'clay' on the Open Inference Protocol (KServe v2): the API NVIDIA
     Triton, KServe and Seldon MLServer speak, so tritonclient (HTTP or gRPC) calls it as it calls
     Triton serving clay-export's artifacts.
@@ -35,10 +45,22 @@ def main(engine_path, backend, host, http_port, grpc_port, max_batch, max_delay_
     (degrees), date FP32 [-1, 3] (year, month, day); output embedding FP32 [-1, dim] (and
     patch_embeddings where the engine has them). Health: /v2/health/live, /v2/health/ready;
     metadata: /v2/models/clay; Prometheus metrics: /metrics on the HTTP port.
+
+    Whole scenes: POST /scene with a GeoTIFF as the body (or multipart/form-data), or ?url= under an
+    --allow-url prefix, answers the rows clay-run writes for it (chips; rows=patches: patch rows) as
+    GeoJSON or GeoParquet (format=geojson|parquet, or the Accept header). Per request, as clay-run's
+    options: name (the body's file name, for its date), date, sar_units, s2_offset, resampling, edge,
+    max_nodata. A scene clay-run refuses is a 422 with clay-run's words; over --max-scene-mb a 413;
+    beyond --scene-workers + --scene-queue a 503.
     """
     require_extra("clay-serve", "serve")
     setup_logging("clay-serve")
+    from .scenes import SceneLimits, url_allowed
     from .service import ServeOptions, serve
+
+    for prefix in allow_urls:  # a prefix no URL can be under (not http(s), credentials, no host) is a typo
+        if not url_allowed(prefix, (prefix,)):
+            raise click.BadParameter(f"{prefix}: an http(s) URL prefix such as https://host/path/", param_hint="--allow-url")
 
     try:
         engine = open_engine(engine_path, backend, threads)
@@ -49,7 +71,8 @@ def main(engine_path, backend, host, http_port, grpc_port, max_batch, max_delay_
         if problem:
             engine.close()
             sys.exit(f"clay-serve: cannot listen on {host}:{port} ({problem})")
-    options = ServeOptions(host, http_port, grpc_port, max_batch, max_delay_ms)
+    scenes = SceneLimits(round(max_scene_mb * (1 << 20)), scene_workers, scene_queue, tuple(allow_urls))
+    options = ServeOptions(host, http_port, grpc_port, max_batch, max_delay_ms, scenes)
     click.echo(f"clay-serve: {engine.path.name} on {engine.describe()}; model 'clay' on http://{host}:{http_port} "
                f"and grpc {host}:{grpc_port}, batches of up to {max_batch} within {max_delay_ms:g} ms", err=True)  # fmt: skip
     try:

@@ -6,7 +6,8 @@ Measured on this project's machine before each fix (see the README's serving sec
 - its gRPC message limit is 8 MiB, while one 13-band chip is 13.6 MB: raised to the request limit.
 - its HTTP binary-tensor decoder turns every input into a Python list and back (0.9 s per 13.6 MB
   chip): :func:`decode_binary_requests` keeps the bytes and reads them with ``np.frombuffer``.
-- it accepts any HTTP body size: :class:`BodyLimit` answers 413 before reading an oversize body.
+- it accepts any HTTP body size: :class:`BodyLimit` answers 413 before reading an oversize body
+  (chips by ``--max-batch``, scenes by ``--max-scene-mb``).
 - an engine failure must reach clients as HTTP 500 / gRPC INTERNAL with its reason:
   :class:`EngineFailure` and :func:`engine_failure_response`.
 
@@ -102,18 +103,22 @@ class BodyLimit:
     """ASGI middleware: 413 with one line for a body larger than ``limit`` bytes, before reading it.
 
     ``meaning`` says what the limit stands for (e.g. "at most 8 chips of 13 bands per request:
-    --max-batch 8"); ``on_refusal`` is called with the message (the server logs and counts it like
-    any refused request)."""
+    --max-batch 8"); ``paths`` gives a path of its own its own ``(limit, meaning)`` (``POST /scene``'s
+    scenes); ``on_refusal`` is called with the message (the server logs and counts it like any
+    refused request)."""
 
-    def __init__(self, app, limit: int, meaning: str, on_refusal: Callable[[str], None]) -> None:
+    def __init__(self, app, limit: int, meaning: str, on_refusal: Callable[[str], None],
+                 paths: dict[str, tuple[int, str]] | None = None) -> None:  # fmt: skip
         self.app, self.limit, self.meaning, self.on_refusal = app, limit, meaning, on_refusal
+        self.paths = paths or {}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
+            limit, meaning = self.paths.get(scope.get("path", ""), (self.limit, self.meaning))
             length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and int(length) > self.limit:
+            if length is not None and length.isdigit() and int(length) > limit:
                 message = (f"request body of {int(length)} bytes is larger than this server's limit of "
-                           f"{self.limit} bytes ({self.meaning})")  # fmt: skip
+                           f"{limit} bytes ({meaning})")  # fmt: skip
                 self.on_refusal(message)
                 await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
                 return

@@ -5,7 +5,8 @@ Model ``clay`` takes the exported graph's inputs — ``pixels`` FP32 [-1, C, 512
 ``patch_embeddings`` where the engine has them): the same names and shapes as Triton serving the
 ONNX or TensorRT artifact, so one client works against both. Concurrent requests are batched
 (:mod:`clay.runtime.serve.batching`). A bad request is a 4xx with one line and the server keeps serving;
-an engine failure is a 5xx with its reason.
+an engine failure is a 5xx with its reason. Whole scenes go through ``POST /scene``
+(:mod:`clay.runtime.serve.scenes`), on the same engine.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import sys
 import time
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from prometheus_client import Counter, Histogram
 
+from ..api import ClayEmbedder
 from ..engines.base import Engine, all_finite
 from ..errors import first_line
 from .batching import DynamicBatcher
@@ -36,6 +38,7 @@ finally:
     sys.argv = _argv
 
 from . import kserve_fixes  # noqa: E402 - after kserve, whose argv parsing is kept away above
+from .scenes import SCENE_PATH, SceneLimits, SceneService
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class ServeOptions:
     grpc_port: int = 8081
     max_batch: int = 8
     max_delay_ms: float = 5.0
+    scenes: SceneLimits = field(default_factory=SceneLimits)
 
 
 class BadRequest(ValueError):
@@ -169,7 +173,8 @@ def model_metadata(engine: Engine, options: ServeOptions) -> dict:
                        "patch_size": meta.patch_size, "dim": meta.dim, "model_size": meta.model_size,
                        "precision": meta.precision, "weights": meta.weights, "checkpoint": meta.checkpoint,
                        "checkpoint_sha256": meta.checkpoint_sha256, "max_batch_per_request": options.max_batch,
-                       "max_request_bytes": request_limit(engine, options.max_batch)},
+                       "max_request_bytes": request_limit(engine, options.max_batch),
+                       "max_scene_bytes": options.scenes.max_bytes},
     }  # fmt: skip
 
 
@@ -201,13 +206,18 @@ def serve(engine: Engine, options: ServeOptions) -> None:
     app = model_server.app
     bands = len(engine.metadata.bands)
     app.add_middleware(kserve_fixes.BodyLimit, limit=limit, on_refusal=refused,
-                       meaning=f"at most {options.max_batch} chips of {bands} bands per request: --max-batch {options.max_batch}")  # fmt: skip
+                       meaning=f"at most {options.max_batch} chips of {bands} bands per request: --max-batch {options.max_batch}",
+                       paths={SCENE_PATH: (options.scenes.max_bytes, options.scenes.meaning())})  # fmt: skip
     app.add_exception_handler(kserve_fixes.EngineFailure, kserve_fixes.engine_failure_response)
     metadata = model_metadata(engine, options)
 
     @app.get(f"/v2/models/{MODEL_NAME}")  # added before KServe's own route, so it answers first
     async def clay_metadata() -> dict:
         return metadata
+
+    embedder = ClayEmbedder(engine)  # the same engine: its calls are serialised with the batcher's
+    scenes = SceneService(embedder, options.scenes)
+    scenes.install(app)
 
     server = kserve.ModelServer(http_port=options.http_port, grpc_port=options.grpc_port, workers=1,
                                 enable_latency_logging=False)  # fmt: skip
@@ -218,4 +228,8 @@ def serve(engine: Engine, options: ServeOptions) -> None:
         asyncio.set_event_loop(asyncio.new_event_loop())  # KServe's set-up asks for the current loop
     except ImportError:
         pass
-    server.start([ClayModel(engine, options)])
+    try:
+        server.start([ClayModel(engine, options)])
+    finally:
+        scenes.close()
+        embedder.close()  # its reader threads; the engine stays the caller's
