@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import dataclass
 from datetime import date as Date
@@ -85,6 +87,8 @@ class RunOptions:
         if self.sar_units not in SAR_UNITS:
             raise ValueError(f"sar_units must be one of {', '.join(SAR_UNITS)}, not {self.sar_units!r}")
         check_resampling(self.resampling)
+        if self.s2_offset is not None and not math.isfinite(self.s2_offset):  # NaN would blank every S2 chip
+            raise ValueError(f"s2_offset must be a finite number of DNs, not {self.s2_offset}")
         if not 0 <= self.max_nodata <= 1:
             raise ValueError(f"max_nodata must be between 0 and 1, not {self.max_nodata}")
         if not self.http_timeout >= 1:  # curl counts whole seconds; NaN is refused too

@@ -74,6 +74,9 @@ def test_run_options_take_a_date_as_clay_run_does_and_name_a_wrong_one(tmp_path)
     for wrong in ("23/02/2020", 20200223):
         with pytest.raises(ValueError, match="date must be a datetime.date or YYYY-MM-DD"):
             RunOptions(date=wrong)
+    for wrong in (float("nan"), float("inf")):  # NaN DNs would blank every S2 chip
+        with pytest.raises(ValueError, match="s2_offset must be a finite number"):
+            RunOptions(s2_offset=wrong)
     path = write_scene(tmp_path / "undated.tif", 520, 520, dtype="uint16", bands=S2_BANDS, with_date_tag=False)
     with ClayEmbedder(DEMO_ENGINE) as embedder, rasterio.open(path) as dataset:
         table = embedder.embed_scene(dataset, RunOptions(date="2020-02-23"))
