@@ -244,6 +244,7 @@ class SceneOutput:
             raise
 
     def abort(self) -> None:
+        self.deferred = []
         for writer in (self.chips, self.patches, self.raster):
             if writer is not None:
                 writer.abort()

@@ -62,6 +62,21 @@ class Archive:
             self._units = normalise(np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32))
         return self._units
 
+    def unit_vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        """``[len(rows), dim]`` float32 unit vectors of some rows, reading only their files' embeddings
+        when the whole archive's are not loaded (a query's rows, when an index answers)."""
+        rows = np.asarray(rows, np.int64)
+        if self._units is not None or not len(rows):
+            return self.unit_vectors()[rows] if len(rows) else np.zeros((0, self.dim), np.float32)
+        files = np.asarray(self.rows["file"])
+        starts = np.searchsorted(files, np.arange(len(self.files)))  # rows are in file order
+        out = np.empty((len(rows), self.dim), np.float32)
+        for number in np.unique(files[rows]):
+            mine = np.flatnonzero(files[rows] == number)
+            column = pq.read_table(self.files[number], columns=["embeddings"])["embeddings"]
+            out[mine] = embeddings(column, self.dim)[rows[mine] - starts[number]]
+        return normalise(out)
+
 
 def embeddings(column: pa.ChunkedArray, dim: int) -> np.ndarray:
     """A fixed-size-list column as ``[n, dim]`` float32 (no copy per row)."""

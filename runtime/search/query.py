@@ -106,7 +106,7 @@ def make_query(archive: Archive, points: Sequence[tuple[float, float]] = (), ids
         raise SearchError("nothing to search for: give a point, an id or a vector")
     rows = np.concatenate([*(rows_at_point(archive, lon, lat) for lon, lat in points), rows_of_ids(archive, list(ids))])
     rows = np.unique(rows)
-    units = archive.unit_vectors()[rows]
+    units = archive.unit_vectors_of(rows)
     asked = ", ".join([*(f"point {lon:g}, {lat:g}" for lon, lat in points), *ids])
     return Query(normalise(units.mean(axis=0)), rows, asked)  # unit: scores are cosines
 
