@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -234,3 +235,21 @@ def test_bad_queries_are_one_line_and_exit_1(demo, generated, tmp_path):
                          text=True, timeout=120)  # fmt: skip
     assert ran.returncode == 1 and ran.stderr.strip().splitlines() == [
         "clay-search: the vector has 3 values; the archive's clay-v0 embeddings have 256"]
+
+
+def test_exact_search_runs_without_lancedb(demo):
+    """The plain install has no search extra: --mode exact needs none of it (--mode index says which
+    extra to install, tests/test_architecture.py)."""
+    code = (
+        "import sys, importlib.abc\n"
+        "class Blocker(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('lancedb', 'lance', 'torch'):\n"
+        "            raise ImportError(name + ' blocked by the test')\n"
+        "sys.meta_path.insert(0, Blocker())\n"
+        "from clay.runtime.search.cli import main\n"
+        f"main([{str(demo / 'a')!r}, '--id', 'demo:0:0', '-k', '2'])\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert len(ran.stdout.strip().splitlines()) == 3 and "demo:" in ran.stdout
