@@ -1,6 +1,6 @@
 """What clay-search costs and finds: ``python -m clay.benchmarks.search [--rows 10000 --rows 1000000]``.
 
-Generated vectors (``dim`` 1024: Clay v1.5's width; v0's is 768), clustered as embeddings of a
+Generated vectors (``dim`` 1024: the published Clay v1.5's width; the published Clay v0's is 768), clustered as embeddings of a
 scene archive are (``rows / 100`` centres, Gaussian spread, unit-normalised), for each size:
 
 - **build**: seconds to write the LanceDB table and train its IVF-PQ index (:mod:`clay.runtime.search.index`);

@@ -86,7 +86,11 @@ class LanceIndex:
                 current = None
         if current is None or any(current.get(k) != v for k, v in wanted.items()):
             log(f"building the index of {self.rows} rows in {self.folder}")
-            self.built_s = self._build(archive, wanted)
+            try:
+                self.built_s = self._build(archive, wanted)
+            except OSError as exc:  # a read-only output folder, a full disk
+                raise SearchError(f"{self.folder}: cannot write the index ({exc.strerror or exc}); "
+                                  "give another folder with --index") from None  # fmt: skip
         self.table = lancedb.connect(self.folder / "db").open_table(TABLE)
         self.indexed = self.rows >= MIN_INDEX_ROWS
         self.nprobes = max(MIN_NPROBES, math.ceil(NPROBE_FRACTION * partitions(self.rows)))
