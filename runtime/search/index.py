@@ -3,11 +3,12 @@
 Both return candidates best first as (row numbers of the archive, cosine scores). The approximate
 index is LanceDB (what Clay's own tutorial uses), IVF-PQ over the rows' unit vectors with cosine
 distance, its answers re-ranked on the full vectors (``refine_factor``). Its parameters, chosen by
-measurement (``clay-bench``-free script ``benchmarks/search.py``, figures in the README): √n IVF
+measurement (``python -m clay.benchmarks.search``, figures in the README): √n IVF
 partitions (at most n / 256), a PQ sub-vector per 8 dimensions, :data:`NPROBE_FRACTION` of the partitions
-probed (at least :data:`MIN_NPROBES`), :data:`REFINE_FACTOR`. On 10⁴ clustered 1024-dim rows,
-20 probes of 100 partitions with refine 10 gave recall@10 0.954, 50 probes 0.994 (nprobes 10 without
-refine: 0.35). Below :data:`MIN_INDEX_ROWS` rows no index is trained (PQ needs 256 rows per
+probed (at least :data:`MIN_NPROBES`), :data:`REFINE_FACTOR`. At 10⁶ clustered 1024-dim rows
+(benchmarks/results/search.md) 20, 50, 100 and 500 probes of 1 000 partitions gave recall@10 0.730,
+0.886, 0.956 and 0.998: half the partitions keeps recall well above 0.95 on a query set where a
+tenth was borderline. Below :data:`MIN_INDEX_ROWS` rows no index is trained (PQ needs 256 rows per
 codebook and IVF a few per partition): LanceDB then scans every row, so the answer is exact.
 
 The index lives in a folder (``--index``; by default ``.clay-search/<kind>`` in the first input's
