@@ -41,7 +41,7 @@ def demo(tmp_path_factory) -> Path:
 
 
 def write_generated(path: Path, vectors: np.ndarray, origin: tuple[float, float], model: str = "clay-v0",
-                    overlap: np.ndarray | None = None) -> Path:  # fmt: skip
+                    overlap: np.ndarray | None = None, weights: str = "0f1e") -> Path:  # fmt: skip
     """Rows as clay-run writes chips: one 0.01° square per vector on a grid from ``origin`` (lon, lat)."""
     count, dim = vectors.shape
     side = int(np.ceil(np.sqrt(count)))
@@ -49,7 +49,7 @@ def write_generated(path: Path, vectors: np.ndarray, origin: tuple[float, float]
     polygons = [shapely.box(origin[0] + 0.01 * c, origin[1] - 0.01 * (r + 1), origin[0] + 0.01 * (c + 1), origin[1] - 0.01 * r)
                 for r, c in zip(rows, cols)]  # fmt: skip
     overlap = np.zeros(count, bool) if overlap is None else overlap
-    metadata = {"clay:engine": json.dumps({"model": model, "dim": dim})}
+    metadata = {"clay:engine": json.dumps({"model": model, "dim": dim, "checkpoint_sha256": weights})}
     writer = AtomicParquetWriter(path, chip_schema(dim, metadata))
     writer.write(row_columns(str(path), date(2024, 5, 1), vectors, polygons, row=(rows * 512).tolist(), col=(cols * 512).tolist(),
                              nodata_fraction=[0.0] * count, overlap=overlap, overlap_fraction=overlap.astype(np.float32)))  # fmt: skip
@@ -230,6 +230,11 @@ def test_bad_queries_are_one_line_and_exit_1(demo, generated, tmp_path):
     assert run_cli(demo / "a", "--point", "nowhere").exit_code == 2  # a usage error, as click gives
     with pytest.raises(SearchError, match="search one model at a time"):
         open_archive([generated, other])
+    retrained = tmp_path / "retrained"  # the same model and width from other weights: not comparable either
+    retrained.mkdir()
+    write_generated(retrained / "r.parquet", np.ones((4, DIM), np.float32), (0.0, 0.0), weights="9a8b")
+    with pytest.raises(SearchError, match=r"clay-v0 \(32-dim, weights 0f1e\), .* is clay-v0 \(32-dim, weights 9a8b\)"):
+        open_archive([generated, retrained])
     # the installed command, as a user runs it: the line and the status, no traceback
     ran = subprocess.run([shutil.which("clay-search"), str(demo / "a"), "--vector", "1,2,3"], check=False, capture_output=True,
                          text=True, timeout=120)  # fmt: skip

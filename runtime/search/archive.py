@@ -111,8 +111,10 @@ def output_files(inputs: list[Path], kind: str) -> list[Path]:
     return sorted(dict.fromkeys(p.resolve() for p in found))
 
 
-def describe(path: Path) -> tuple[str, str, int]:
-    """A file's (kind, model, dim), from its schema and ``clay:engine`` metadata."""
+def describe(path: Path) -> tuple[str, str, int, str]:
+    """A file's (kind, model, dim, weights), from its schema and ``clay:engine`` metadata (weights:
+    the checkpoint's SHA-256, so that two checkpoints of one model and width are not mixed either;
+    the precisions exported from one checkpoint share it)."""
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowInvalid) as exc:
@@ -122,7 +124,7 @@ def describe(path: Path) -> tuple[str, str, int]:
         raise SearchError(f"{path}: not a clay-run output (no clay:engine metadata or embeddings column)")
     engine = json.loads(record)
     kind = "patches" if "chip_row" in schema.names else "chips"
-    return kind, str(engine.get("model", "clay-v0")), int(engine["dim"])
+    return kind, str(engine.get("model", "clay-v0")), int(engine["dim"]), str(engine.get("checkpoint_sha256", ""))
 
 
 def scene_names(files: list[Path]) -> list[str]:
@@ -152,12 +154,14 @@ def open_archive(inputs: list[str | Path], kind: str = "chips") -> Archive:
         raise SearchError("chip and patch files together: search one kind at a time (--patches for patch files)")
     if kinds != {kind}:
         raise SearchError(f"{files[0]}: a {kinds.pop()} file, not {kind} (--patches for patch files)")
-    models = {(d[1], d[2]): path for path, d in described.items()}
+    models = {d[1:]: path for path, d in described.items()}
     if len(models) > 1:
-        (m1, d1), (m2, d2) = list(models)[:2]
-        raise SearchError(f"{models[m1, d1]} is {m1} ({d1}-dim), {models[m2, d2]} is {m2} ({d2}-dim): "
-                          "search one model at a time")  # fmt: skip
-    (model, dim), = models
+        (m1, d1, w1), (m2, d2, w2) = list(models)[:2]
+        weights = f", weights {w1[:12] or '?'}" if (m1, d1) == (m2, d2) else ""
+        other = f", weights {w2[:12] or '?'}" if weights else ""
+        raise SearchError(f"{models[m1, d1, w1]} is {m1} ({d1}-dim{weights}), {models[m2, d2, w2]} is {m2} "
+                          f"({d2}-dim{other}): search one model at a time")  # fmt: skip
+    ((model, dim, _),) = models
     tables = []
     for number, (path, name) in enumerate(zip(files, scene_names(files))):
         table = pq.read_table(path, columns=[c for c in (*COLUMNS, "overlap") if c in pq.read_schema(path).names])
