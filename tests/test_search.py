@@ -25,6 +25,8 @@ from clay.runtime.search import SearchError, open_archive, search
 from clay.runtime.search.cli import main
 from click.testing import CliRunner
 
+from .test_outputs import validate
+
 DIM = 32  # the generated archive's
 TOLERANCE = 1e-3  # footprints sharing more than this share of the smaller area are the same ground
 
@@ -200,6 +202,8 @@ def test_the_command_prints_a_table_and_writes_geoparquet_or_geojson(demo, tmp_p
     table = pq.read_table(tmp_path / "top.parquet")
     geo = json.loads(table.schema.metadata[b"geo"])
     assert geo["primary_column"] == "geometry" and table.num_rows == 3
+    outcomes = validate(tmp_path / "top.parquet")  # geoparquet-validator: conformant, the bbox covering declared
+    assert "fail" not in outcomes.values() and outcomes["/conf/covering/bbox-paths"] == "pass", outcomes
     assert [line.split()[-1] for line in lines[1:]] == table["id"].to_pylist()
     assert run_cli(demo / "a", "--patches", "--id", "demo:544:544", "-k", "3", "--out", tmp_path / "top.geojson").exit_code == 0
     features = json.loads((tmp_path / "top.geojson").read_text())["features"]
