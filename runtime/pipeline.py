@@ -488,6 +488,8 @@ def _finish(state: _SceneState, engine: Engine, options: RunOptions) -> SceneRes
             state.output = None
         except OutputError as exc:
             state.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a held-back row (SceneOutput.defer) that cannot be made fails this scene only
+            state.error = f"{state.job.path}: cannot write its rows ({type(exc).__name__}: {first_line(exc)})"
     _drop_output(state)
     job = state.job
     result = SceneResult(job.path, job.name, None if state.error else job.paths, state.done, state.skipped,
