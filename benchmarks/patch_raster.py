@@ -50,6 +50,8 @@ MEMORY_PROBE = textwrap.dedent("""
     from rasterio.crs import CRS
     from rasterio.transform import Affine
     from clay.runtime.scenes.grid import chip_grid
+    from clay.runtime.outputs.overlap import GroundClaims
+    from clay.runtime.outputs.patch_grid import CellGrid
     from clay.runtime.outputs.patch_raster import PatchRasterWriter
     from clay.runtime.scenes.reader import gdal_env
     from clay.runtime.scenes.scene import Scene
@@ -64,10 +66,11 @@ MEMORY_PROBE = textwrap.dedent("""
     with gdal_env():  # GDAL as clay-run configures its writer thread
         base = rss("VmRSS")
         start = time.perf_counter()
-        writer = PatchRasterWriter(folder / "s.patches.tif", scene, dim, dtype, {})
         chips = chip_grid(height, width, 512)
+        claims = GroundClaims(CellGrid.of(scene.transform, width, height, 32), chips, 512)
+        writer = PatchRasterWriter(folder / "s.patches.tif", scene, dim, dtype, {}, claims)
         for k in range(0, len(chips), 2):
-            writer.write(chips[k : k + 2], vectors[: len(chips[k : k + 2])])
+            writer.write([claims.claim(c) for c in chips[k : k + 2]], vectors[: len(chips[k : k + 2])])
         written, streamed = rss("VmHWM") - base, time.perf_counter() - start
         writer.commit()
     print(json.dumps({"written_mb": written, "published_mb": rss("VmHWM") - base, "chips": len(chips),

@@ -26,6 +26,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "bench": ("torch", "einops", "onnx", "onnxsim", "polygraphy", "matplotlib"),
     "serve": ("kserve", "prometheus_client", "fastapi", "grpc", "orjson"),
     "ray": ("ray", "pandas", "fsspec"),  # ray[data]: Ray Data needs pandas and fsspec beside ray
+    "search": ("lancedb",),
 }
 MISSING_EXTRA_EXIT = 2
 DISTRIBUTION = "clay-runtime"

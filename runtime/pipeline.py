@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ from .errors import SceneError, first_line
 from .metadata import EngineMetadata
 from .options import RunOptions, check_patch_embeddings
 from .outputs.geoparquet import SceneOutput, file_metadata, row_columns, scene_grid, warm_up
+from .outputs.overlap import GroundClaims
+from .outputs.patch_grid import CellGrid
 from .outputs.patch_raster import PatchRasterWriter
 from .outputs.publish import OutputError, ScenePaths
 from .outputs.stac_records import provenance_metadata
@@ -413,12 +416,14 @@ def open_output(paths: ScenePaths, scene: Scene, source: str, extra: dict[str, s
     """A scene's writers (its GeoParquet files and, when ``paths.raster`` is set, its patch raster
     of ``options.raster_dtype``), for the local pipeline and the Ray job alike. The raster's tags
     carry the GeoParquet files' key-value metadata, the source and the date."""
+    claims = GroundClaims(CellGrid.of(scene.transform, scene.width, scene.height, scene.patch_size),
+                          scene.chips(options.edge), scene.chip_size)  # fmt: skip
     raster = None
     if paths.raster is not None:
         tags = {**extra, "clay:source_url": source, "clay:date": scene.date.isoformat()}
-        raster = PatchRasterWriter(paths.raster, scene, dim, options.raster_dtype, tags, clock)
+        raster = PatchRasterWriter(paths.raster, scene, dim, options.raster_dtype, tags, claims, clock)
     try:
-        return SceneOutput(paths, dim, extra, scene.multipart, raster)
+        return SceneOutput(paths, dim, extra, claims, scene.multipart, raster)
     except BaseException:
         if raster is not None:
             raster.abort()
@@ -437,22 +442,44 @@ def write_chip_rows(output: SceneOutput, scene: Scene, source: str, chips: list[
     """Chips of one scene, in the order given, as rows of its chip file, and their patches as rows
     of its patch file and cells of its patch raster when it has them (``patch_means`` from
     :func:`group_means`). The one place rows are made, for the local pipeline and the Ray job alike,
-    so both write the same files."""
+    so both write the same files. ``chips`` must come in grid order, every kept chip once: their
+    cells are claimed by the patch raster's rule (:mod:`clay.runtime.outputs.overlap`), and a chip's
+    rows wait for the scene's commit while a later chip could still take one of its cells."""
+    claimed = [output.claims.claim(chip) for chip in chips]
+    if output.raster is not None:
+        output.raster.write(claimed, patch_means)
+    settled = [output.claims.settled(chip) for chip in chips]
+    for now in (True, False):
+        picked = [k for k, done in enumerate(settled) if done == now]
+        if picked:
+            write = partial(_write_settled_rows, output, scene, source, [chips[k] for k in picked],
+                            [fractions[k] for k in picked], embeddings[picked],
+                            None if patch_means is None else patch_means[picked])  # fmt: skip
+            if now:
+                write()
+            else:
+                output.defer(write)
+
+
+def _write_settled_rows(output: SceneOutput, scene: Scene, source: str, chips: list[Chip], fractions: list[float],
+                        embeddings: np.ndarray, patch_means: np.ndarray | None) -> None:  # fmt: skip
+    """The rows of chips whose cells no later chip can take (their overlap columns are final)."""
+    covered = np.array([output.claims.chip_overlap(c) for c in chips], np.float32)
     output.chips.write(row_columns(
         source, scene.date, embeddings, [scene.chip_polygon(c) for c in chips], scene.multipart, scene.item_id,
         row=[c.row for c in chips], col=[c.col for c in chips], nodata_fraction=fractions,
+        overlap=covered > 0, overlap_fraction=covered,
     ))  # fmt: skip
     if output.patches is not None:
         for chip, grid in zip(chips, patch_means):
             cells = patch_cells(chip, scene.chip_size, scene.patch_size)
-            vectors = grid[[c.i for c in cells], [c.j for c in cells]]
+            i, j = [c.i for c in cells], [c.j for c in cells]
             output.patches.write(row_columns(
-                source, scene.date, vectors, patch_polygons(scene.transform, scene.crs, chip, cells, scene.patch_size),
+                source, scene.date, grid[i, j], patch_polygons(scene.transform, scene.crs, chip, cells, scene.patch_size),
                 scene.multipart, scene.item_id, row=[c.row for c in cells], col=[c.col for c in cells],
                 chip_row=[chip.row] * len(cells), chip_col=[chip.col] * len(cells),
+                overlap=output.claims.patch_overlap(chip, i, j),
             ))  # fmt: skip
-    if output.raster is not None:
-        output.raster.write(chips, patch_means)
 
 
 def _finish(state: _SceneState, engine: Engine, options: RunOptions) -> SceneResult:
@@ -465,6 +492,8 @@ def _finish(state: _SceneState, engine: Engine, options: RunOptions) -> SceneRes
             state.output = None
         except OutputError as exc:
             state.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a held-back row (SceneOutput.defer) that cannot be made fails this scene only
+            state.error = f"{state.job.path}: cannot write its rows ({type(exc).__name__}: {first_line(exc)})"
     _drop_output(state)
     job = state.job
     result = SceneResult(job.path, job.name, None if state.error else job.paths, state.done, state.skipped,

@@ -80,6 +80,7 @@ def test_the_runtime_runs_the_demo_with_torch_training_and_export_unimportable(t
         ("clay.export", "clay-export", "export", ("torch", "onnx"), ["--help"]),
         ("clay.benchmarks", "clay-bench", "bench", ("matplotlib",), ["--help"]),
         ("clay.runtime.serve.cli", "clay-serve", "serve", ("kserve",), ["--engine", "engine.onnx"]),
+        ("clay.runtime.search.cli", "clay-search", "search", ("lancedb",), ["--mode", "index", "--id", "a:0:0", "out"]),
     ],
 )
 def test_a_console_script_without_its_extra_says_which_to_install(entry, command, extra, blocked, args):
@@ -99,7 +100,8 @@ def test_console_scripts_point_at_the_guarded_entry_points():
     for command, entry in (("clay-train", "clay.training:main"), ("clay-export", "clay.export:main"),
                            ("clay-bench", "clay.benchmarks:main"), ("clay-run", "clay.runtime.cli:main"),
                            ("clay-serve", "clay.runtime.serve.cli:main"),
-                           ("clay-change", "clay.runtime.change.cli:main")):  # fmt: skip
+                           ("clay-change", "clay.runtime.change.cli:main"),
+                           ("clay-search", "clay.runtime.search.cli:main")):  # fmt: skip
         assert f'{command} = "{entry}"' in text
 
 
@@ -166,6 +168,7 @@ MAY_IMPORT = {
     "ray_job": {"contract", "scenes", "engines", "outputs", "pipeline", "ray_job"},
     # chips through engines or the API, never the reader; a URL's files listed and sized (scenes) before the API reads them
     "serve": {"contract", "scenes", "engines", "api", "serve"},
+    "search": {"contract", "outputs", "search"},  # reads outputs only: no scene, no engine
     "cli": {"contract", "demo", "scenes", "engines", "outputs", "pipeline", "api", "ray_job", "cli"},
     "change": {"contract", "scenes", "outputs", "change"},  # clay-change: on the outputs, never the engines
 }
@@ -261,7 +264,7 @@ def test_every_runtime_module_belongs_to_a_part():
     """A module added at the top of clay.runtime must be placed: contract, or one of the parts on top."""
     unplaced = [m for m in module_files(ROOT, ("runtime",)) if runtime_part(m) not in (None, *MAY_IMPORT)]
     assert not unplaced, f"place these in CONTRACT or MAY_IMPORT: {unplaced}"
-    for part in ("scenes", "engines", "outputs", "serve", "change"):
+    for part in ("scenes", "engines", "outputs", "serve", "change", "search"):
         init = ROOT / "runtime" / part / "__init__.py"
         assert init.is_file() and ast.get_docstring(ast.parse(init.read_text())), f"{part}/ says what lives there"
 

@@ -163,6 +163,72 @@ def test_the_rasters_crs_and_transform_put_each_cell_centre_inside_its_patch_pol
     assert gaps.max() < 1e-8, gaps.max()  # inside or on the edge (a tie), to a millimetre
 
 
+def grid_ordered(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows in grid order (chips row-major, then their patches row-major): the order the rule's ties
+    follow, whatever order the file holds them in."""
+    order = np.lexsort((columns["col"], columns["row"], columns["chip_col"], columns["chip_row"]))
+    return {name: values[order] for name, values in columns.items()}
+
+
+@pytest.mark.parametrize("scene", ["demo", "rotated", "rotated-padded", "geographic"])
+def test_patch_rows_without_overlap_are_exactly_the_patches_the_raster_shows(runs, scene):
+    """``WHERE NOT overlap`` on the patch file takes each cell once: its rows are the patches that the
+    rule (computed here from the rows' positions alone) gives at least one cell, and the raster holds
+    their vectors. On a scene whose size is no multiple of the chip size (all four here)."""
+    result = runs(scene)
+    table = pq.read_table(result.patches)
+    assert table.schema.field("overlap").type == "bool" and table["overlap"].null_count == 0
+    assert b"patch raster" in table.schema.field("overlap").metadata[b"description"]
+    patches = grid_ordered({**table_arrays(result.patches), "overlap": np.asarray(table["overlap"])})
+    opened = result.opened
+    assert opened.width % 512 and opened.height % 512
+    owner = expected_owner(patches, opened.width, opened.height)
+    shown = np.zeros(len(patches["row"]), bool)
+    shown[owner[owner >= 0]] = True
+    assert np.array_equal(~patches["overlap"], shown)
+    # one row per cell: every cell's patch is a row without overlap, and each such row's cells are
+    # adjacent (a shifted patch may hold the last full cell and the clipped one past it)
+    cells_per_row = np.bincount(owner[owner >= 0], minlength=len(shown))[shown]
+    assert cells_per_row.min() == 1 and cells_per_row.max() <= 4, np.bincount(cells_per_row)
+    values, nodata = read_cells(result.raster)
+    assert np.array_equal(values[~nodata], patches["embeddings"][owner[~nodata]])
+    if scene != "rotated-padded":  # shifted chips: some rows overlap, the aligned chips' never
+        aligned = (patches["chip_row"] % 512 == 0) & (patches["chip_col"] % 512 == 0)
+        assert patches["overlap"].any() and not patches["overlap"][aligned].any()
+    else:
+        assert not patches["overlap"].any()
+
+
+@pytest.mark.parametrize("scene", ["demo", "rotated"])
+def test_chip_rows_overlap_by_the_fraction_of_their_cells_another_chip_holds(runs, scene):
+    """A chip's ``overlap_fraction`` is the share of the cells whose centre it contains that the rule
+    gives to another chip's patches; on "rotated" the chip (0, 512) was skipped, so the shifted
+    chips beside it hold part of its ground and overlap less than where their neighbour is kept."""
+    result = runs(scene)
+    chips_table = pq.read_table(result.output)
+    patches = grid_ordered(table_arrays(result.patches))
+    opened = result.opened
+    owner = expected_owner(patches, opened.width, opened.height)
+    height, width = owner.shape
+    centre_r = (CELL * np.arange(height) + np.minimum(CELL * np.arange(height) + CELL, opened.height)) / 2
+    centre_c = (CELL * np.arange(width) + np.minimum(CELL * np.arange(width) + CELL, opened.width)) / 2
+    fractions = np.asarray(chips_table["overlap_fraction"])
+    for row, col, fraction, flag in zip(chips_table["row"].to_pylist(), chips_table["col"].to_pylist(), fractions,
+                                        chips_table["overlap"].to_pylist()):  # fmt: skip
+        bottom, right = min(row + 512, opened.height), min(col + 512, opened.width)
+        inside = ((centre_r >= row) & (centre_r <= bottom))[:, None] & ((centre_c >= col) & (centre_c <= right))[None, :]
+        mine = (patches["chip_row"] == row) & (patches["chip_col"] == col)
+        others = inside & ~np.isin(owner, np.flatnonzero(mine))
+        assert fraction == pytest.approx(others.sum() / inside.sum(), abs=1e-6)
+        assert flag == (fraction > 0)
+        if row % 512 == 0 and col % 512 == 0:
+            assert fraction == 0
+    assert (fractions > 0).any()
+    if scene == "rotated":  # the shifted chip (0, 588) holds cells of the skipped (0, 512); (188, 588) cannot
+        by_origin = dict(zip(zip(chips_table["row"].to_pylist(), chips_table["col"].to_pylist()), fractions))
+        assert by_origin[0, 588] < by_origin[188, 588]
+
+
 def test_int8_dequantises_through_gdal_rasterio_and_rioxarray_to_cosine_099(runs):
     float32, _ = read_cells(runs("demo").raster)
     result = runs("demo", "int8")

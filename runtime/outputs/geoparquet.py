@@ -3,7 +3,9 @@
 Rows follow the published Clay embeddings schema (``source_url``, ``date``, ``embeddings``,
 ``geometry`` in OGC:CRS84) plus ``item_id`` (the STAC Item the scene came from; null for files),
 ``row``, ``col`` and ``nodata_fraction`` (chips) or ``chip_row``,
-``chip_col`` (patches), and a ``bbox`` covering column (xmin, ymin, xmax, ymax) declared in the
+``chip_col`` (patches), ``overlap`` (both; chips also ``overlap_fraction``: whether, and how much of,
+the row's ground another kept row holds by the patch raster's one-patch-per-cell rule, so that
+``WHERE NOT overlap`` takes each piece of ground once; see :mod:`clay.runtime.outputs.overlap`), and a ``bbox`` covering column (xmin, ymin, xmax, ymax) declared in the
 GeoParquet metadata, whose row-group statistics let readers skip what a query does not touch. A
 bbox never has xmin > xmax (a row cut at ±180° spans −180…180), so no reader's filter misses a row.
 
@@ -29,6 +31,7 @@ import shapely
 
 from ..metadata import EngineMetadata
 from ..scenes.geometry import bounding_boxes
+from .overlap import GroundClaims
 from .publish import ScenePaths, fsync, naming, partial_path
 
 GEOPARQUET_VERSION = "1.1.0"
@@ -38,6 +41,23 @@ ROW_GROUP_ROWS = 65_536
 ROW_GROUP_BYTES = 128 << 20
 BBOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
 BBOX_TYPE = pa.struct([(name, pa.float64()) for name in BBOX_FIELDS])
+#: The overlap columns' descriptions, in each field's metadata (``description``) for readers.
+OVERLAP_DESCRIPTION = {
+    "chips": "True when another kept chip's patches hold some of this chip's 32 px cells (the patch raster's "
+             "rule: each cell to the nearest kept patch containing its centre, ties to the first in grid order); "
+             "False for every chip on the chip-size grid. WHERE NOT overlap takes each cell of ground once.",
+    "patches": "True when this patch holds no cell of the patch raster (each cell went to a nearer, or earlier, "
+               "patch of another kept chip); the rows with overlap False are the patches the raster shows. "
+               "WHERE NOT overlap takes each cell of ground once.",
+    "overlap_fraction": "The fraction (0-1) of this chip's 32 px cells (those whose centre it contains) that "
+                        "another kept chip's patches hold; overlap is overlap_fraction > 0.",
+}  # fmt: skip
+
+
+def overlap_field(name: str, kind: str) -> pa.Field:
+    description = OVERLAP_DESCRIPTION[kind if name == "overlap" else name]
+    kind_type = pa.bool_() if name == "overlap" else pa.float32()
+    return pa.field(name, kind_type, nullable=False, metadata={"description": description})
 
 
 def geo_metadata(multipart: bool = False) -> str:
@@ -63,6 +83,8 @@ def chip_schema(dim: int, extra_metadata: dict[str, str], multipart: bool = Fals
         pa.field("row", pa.int32()),
         pa.field("col", pa.int32()),
         pa.field("nodata_fraction", pa.float32()),
+        overlap_field("overlap", "chips"),
+        overlap_field("overlap_fraction", "chips"),
         pa.field("bbox", BBOX_TYPE),
     ]
     return pa.schema(fields, metadata={"geo": geo_metadata(multipart), **extra_metadata})
@@ -72,7 +94,8 @@ def patch_schema(dim: int, extra_metadata: dict[str, str], multipart: bool = Fal
     """One row per 32 × 32 px patch: the patch tokens' mean over the engine's band groups."""
     base = chip_schema(dim, extra_metadata, multipart)
     fields = [base.field(n) for n in ("source_url", "item_id", "date", "embeddings", "geometry", "row", "col")]
-    fields += [pa.field("chip_row", pa.int32()), pa.field("chip_col", pa.int32()), base.field("bbox")]
+    fields += [pa.field("chip_row", pa.int32()), pa.field("chip_col", pa.int32()), overlap_field("overlap", "patches"),
+               base.field("bbox")]
     return pa.schema(fields, metadata=base.metadata)
 
 
@@ -187,12 +210,16 @@ class AtomicParquetWriter:
 class SceneOutput:
     """A scene's writers: the patch raster and patch file are published first and the chip file
     last, and a failure of any leaves no file of the scene under a final name. ``raster`` is the
-    scene's :class:`clay.runtime.outputs.patch_raster.PatchRasterWriter` when ``paths.raster`` is set."""
+    scene's :class:`clay.runtime.outputs.patch_raster.PatchRasterWriter` when ``paths.raster`` is set;
+    ``claims`` plays the patch raster's rule over the kept chips for the overlap columns, and
+    :meth:`defer` holds back the rows whose overlap a later chip may still change until :meth:`commit`."""
 
-    def __init__(self, paths: ScenePaths, dim: int, extra_metadata: dict[str, str], multipart: bool = False,
-                 raster=None) -> None:  # fmt: skip
+    def __init__(self, paths: ScenePaths, dim: int, extra_metadata: dict[str, str], claims: GroundClaims,
+                 multipart: bool = False, raster=None) -> None:  # fmt: skip
         self.paths = paths
         self.raster = raster
+        self.claims = claims
+        self.deferred: list = []
         self.chips = self.patches = None
         try:
             self.chips = AtomicParquetWriter(paths.chips, chip_schema(dim, extra_metadata, multipart))
@@ -207,7 +234,15 @@ class SceneOutput:
         """Whether rows need the chips' patch vectors (a patch file or a patch raster)."""
         return self.patches is not None or self.raster is not None
 
+    def defer(self, write_rows) -> None:
+        """Call ``write_rows()`` (which writes rows through :attr:`chips` and :attr:`patches`) on
+        :meth:`commit`, after the scene's last chip, instead of now."""
+        self.deferred.append(write_rows)
+
     def commit(self) -> None:
+        for write_rows in self.deferred:
+            write_rows()
+        self.deferred = []
         published: list[Path] = []
         try:
             for writer in (self.raster, self.patches, self.chips):
@@ -221,6 +256,7 @@ class SceneOutput:
             raise
 
     def abort(self) -> None:
+        self.deferred = []
         for writer in (self.chips, self.patches, self.raster):
             if writer is not None:
                 writer.abort()

@@ -43,10 +43,10 @@ from rasterio.shutil import copy as gdal_copy
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from ..scenes.grid import Chip
 from ..scenes.scene import Scene
 from ..timing import NullClock, StageClock
-from .patch_grid import CellGrid, Claim, Level, block_size, chip_claim, overview_levels
+from .overlap import GroundClaims
+from .patch_grid import Claim, Level, block_size, overview_levels
 from .publish import fsync, naming, partial_path, staging_path
 
 #: int8 rasters: the stored code of nodata, and of a band's mid-range value; codes span
@@ -148,18 +148,17 @@ class PatchRasterWriter:
     chips arrive (grid order decides ties), :meth:`commit` to publish, :meth:`abort` to leave
     nothing. Write errors are an :class:`~clay.runtime.outputs.publish.OutputError` naming the file."""
 
-    def __init__(self, path: Path, scene: Scene, dim: int, dtype: str, tags: dict[str, str],
+    def __init__(self, path: Path, scene: Scene, dim: int, dtype: str, tags: dict[str, str], claims: GroundClaims,
                  clock: StageClock | None = None) -> None:  # fmt: skip
         if dtype not in ITEM:
             raise ValueError(f"patch rasters are written as {' or '.join(ITEM)}, not {dtype!r}")
         self.path, self.dim, self.dtype, self.crs = path, dim, dtype, scene.crs
-        self.grid = CellGrid.of(scene.transform, scene.width, scene.height, scene.patch_size)
+        self.claims = claims  # which patch holds each cell: shared with the rows' overlap columns
+        self.grid = claims.grid
         self.block = block_size(dim, np.dtype(ITEM[dtype][0]).itemsize, self.grid)
         self.levels = overview_levels(self.grid, self.block)
         self.tags = {tag_name(k): v for k, v in {**tags, "clay:raster": json.dumps(self.describe())}.items()}
         self.clock = clock or NullClock()
-        # distance² between each cell's centre and its patch's (inf: no patch yet)
-        self.best = np.full((self.grid.height, self.grid.width), np.inf, np.float32)
         self.low = np.full(dim, np.inf, np.float32)  # per band, over the values written (int8's range)
         self.high = np.full(dim, -np.inf, np.float32)
         self.staging = staging_path(path)
@@ -187,19 +186,17 @@ class PatchRasterWriter:
             )
         return record
 
-    def write(self, chips: list[Chip], patch_means: np.ndarray) -> None:
-        """``patch_means [B, 16, 16, dim]`` (the chips' patch vectors, group means) into the cells each chip claims."""
+    def write(self, claimed: list[tuple[Claim, np.ndarray] | None], patch_means: np.ndarray) -> None:
+        """``patch_means [B, 16, 16, dim]`` (the chips' patch vectors, group means) into the cells each
+        chip won: ``claimed``, what :meth:`GroundClaims.claim` returned for each chip, in grid order."""
         with self.clock.timed("patch raster"), naming(self.path, GDAL_ERRORS):
-            for chip, patches in zip(chips, patch_means):
-                claim = chip_claim(chip, self.grid)
-                if claim is not None:
-                    self._write_claim(claim, patches)
+            for won, patches in zip(claimed, patch_means):
+                if won is not None:
+                    self._write_claim(*won, patches)
 
-    def _write_claim(self, claim: Claim, patches: np.ndarray) -> None:
+    def _write_claim(self, claim: Claim, wins: np.ndarray, patches: np.ndarray) -> None:
         h, w = claim.distance2.shape
         r0, c0 = claim.row0, claim.col0
-        current = self.best[r0 : r0 + h, c0 : c0 + w]
-        wins = claim.distance2 < current
         if not wins.any():
             return
         values = patches[claim.i][:, claim.j].astype(np.float32)  # [h, w, dim]
@@ -208,7 +205,6 @@ class PatchRasterWriter:
         np.maximum(self.high, won.max(axis=0), out=self.high)
         if not wins.all():  # keep the cells a nearer patch already holds
             values = np.where(wins[..., None], values, self.raw[0].read(r0, c0, h, w))
-        np.minimum(current, claim.distance2, out=current)
         self.raw[0].write(values, r0, c0)
         for level, raw in zip(self.levels, self.raw[1:]):
             rows, cols = Level.within(level.rows, r0, r0 + h), Level.within(level.cols, c0, c0 + w)
@@ -220,7 +216,7 @@ class PatchRasterWriter:
         partial = partial_path(self.path)
         with self.clock.timed("patch raster"), naming(partial, GDAL_ERRORS):
             quant = quantisation(self.low, self.high) if self.dtype == "int8" else None
-            written = np.isfinite(self.best)
+            written = self.claims.written
             masks = [written] + [written[np.ix_(lv.rows, lv.cols)] for lv in self.levels]
             factors = [1] + [level.factor for level in self.levels]
             names = [self._convert(raw, mask, quant, f) for raw, mask, f in zip(self.raw, masks, factors)]
