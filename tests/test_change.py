@@ -138,6 +138,9 @@ def test_patch_rows_give_the_rasters_distances_and_the_overlap_column_is_honoure
         table = pq.read_table(source)
         overlap = pa.array(mark(np.asarray(table["row"]), np.asarray(table["col"]), np.asarray(table["chip_row"]),
                                 np.asarray(table["chip_col"])), pa.bool_())  # fmt: skip
+        # clay-run writes the column: the test's marking replaces it (files of older runs lack it)
+        if "overlap" in table.column_names:
+            table = table.drop_columns(["overlap"])
         pq.write_table(table.append_column("overlap", overlap), target)
         return target
 
