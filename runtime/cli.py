@@ -17,7 +17,7 @@ from .api import ClayEmbedder, check_patch_embeddings, prepare_output_folder, re
 from .console import quiet_known_warnings, require_extra
 from .demo import DEMO_ENGINE, DEMO_SCENE, resolve_engine
 from .engines.base import EngineError, EngineUnavailable
-from .engines.choice import BACKENDS
+from .engines.choice import BACKENDS, sensor_keys
 from .errors import SceneError, first_line
 from .formats import describe_formats
 from .metadata import EngineMetadata
@@ -31,6 +31,7 @@ from .scenes.dates import parse_date
 from .scenes.discovery import discover_scenes
 from .scenes.inputs import SceneFiles
 from .scenes.scene import Scene, open_scene
+from .sensors import SENSORS
 
 DEMO_STORY = (
     "The picture shows the Sentinel-2 scene (left) beside the embeddings as colour: the first three "
@@ -161,6 +162,11 @@ class RayProgress:
                    "the engine's metadata says its weights were trained (Clay v0: nearest; the demo weights: bilinear; "
                    "an engine that does not say: bilinear). Nearest from an aligned grid k times coarser reads the "
                    "band at its own resolution and repeats each pixel k×k. Recorded in the outputs' metadata.")
+@click.option("--sensor", default=None, metavar="NAME",
+              help="Clay v1.5: the sensor of every scene (" + ", ".join(SENSORS) + "), instead of what each scene's STAC "
+                   "Item, product names or band names say. With an engine folder of several sensors, each scene is "
+                   "embedded by its sensor's artifact; a scene of another sensor, or one whose sensor cannot be told "
+                   "(two possible, or none), is refused in one line.")
 @click.option("--resume", is_flag=True, help="Skip scenes whose outputs are complete (their chip file, and patch file "
                                             "and patch raster when asked for, published); clear what a killed run left.")
 @click.option("--keep-going", is_flag=True, help="When a scene fails, finish the others and list the failures at the end "
@@ -181,8 +187,8 @@ class RayProgress:
                    "per CPU), the same files. Connects to RAY_ADDRESS when set, else starts a local Ray. Implies "
                    "--keep-going; --readers does not apply. Needs the ray extra.")
 def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, edge, max_nodata, date_text,
-         patch_embeddings, patch_raster, raster_dtype, sar_units, s2_offset, resampling, resume, keep_going, http_timeout, threads,
-         combine, use_ray) -> None:  # fmt: skip
+         patch_embeddings, patch_raster, raster_dtype, sar_units, s2_offset, resampling, sensor, resume, keep_going, http_timeout,
+         threads, combine, use_ray) -> None:  # fmt: skip
     """Embed GeoTIFF SCENES with a Clay engine into GeoParquet.
 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
@@ -223,7 +229,7 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
         options = RunOptions(batch_size=batch_size, edge=edge, max_nodata=max_nodata, patch_embeddings=patch_embeddings,
                              patch_raster=patch_raster, raster_dtype=raster_dtype, date=date, sar_units=sar_units,
                              s2_offset=s2_offset, resampling=resampling, readers=readers, keep_going=keep_going or use_ray,
-                             resume=resume, http_timeout=http_timeout)  # fmt: skip
+                             resume=resume, http_timeout=http_timeout, sensor=sensor)  # fmt: skip
     except ValueError as exc:
         sys.exit(f"clay-run: {exc}")
     failures: list[tuple[str, str]] = []
@@ -277,6 +283,9 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
     with ClayEmbedder(engine_path, backend, threads, options) as embedder:
         if embedder.engine.fallback:
             click.echo(f"clay-run: {embedder.engine.fallback}", err=True)
+        if embedder.sensors:
+            click.echo(f"clay-run: engine folder {engine_path}: Clay v1.5 artifacts for {', '.join(embedder.sensors)}; "
+                       "each scene is embedded by its sensor's", err=True)  # fmt: skip
         click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}"
                    f"{resampling_note(embedder.metadata, options)}", err=True)  # fmt: skip
         check_patch_embeddings(embedder.metadata, options.needs_patches, options.patch_request(cli=True))
@@ -302,6 +311,9 @@ def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_fil
                  options: RunOptions, failures: list, preview: Path | None, created: list[Path]) -> None:  # fmt: skip
     """``--ray``: the scenes opened on this machine (the driver), then the job on Ray Data
     (:mod:`clay.runtime.ray_job`); Ray's start-up is reported apart from the run's speed."""
+    if sensor_keys(Path(engine_path)) and len(sensor_keys(Path(engine_path))) > 1:
+        raise EngineError(f"{engine_path}: --ray runs one artifact set; give one sensor's folder "
+                          f"({', '.join(sensor_keys(Path(engine_path)))})")  # fmt: skip
     started = time.perf_counter()
     with ray_cluster() as cluster:
         engine = cluster.engine(engine_path, backend, threads)
@@ -424,8 +436,10 @@ def report(results: Iterable[SceneResult], options: RunOptions, failures: list) 
         if result.error:
             failures.append((result.name, result.error))
             continue
+        sensor = (result.opened.applied.get("sensor") or {}) if result.opened is not None else {}
+        said = f" [{sensor['name']}, bands {' '.join(sensor['bands_used'])}; {sensor['told_by']}]" if sensor else ""
         click.echo(f"clay-run: {result.name}: {result.chips_done} chips, {result.chips_skipped} skipped "
-                   f"(nodata > {options.max_nodata:g}) → {result.output}", err=True)  # fmt: skip
+                   f"(nodata > {options.max_nodata:g}) → {result.output}{said}", err=True)  # fmt: skip
     return done
 
 

@@ -436,7 +436,7 @@ def write_chip_rows(output: SceneOutput, scene: Scene, source: str, chips: list[
     so both write the same files."""
     output.chips.write(row_columns(
         source, scene.date, embeddings, [scene.chip_polygon(c) for c in chips], scene.multipart, scene.item_id,
-        row=[c.row for c in chips], col=[c.col for c in chips], nodata_fraction=fractions,
+        output.model, output.sensor, row=[c.row for c in chips], col=[c.col for c in chips], nodata_fraction=fractions,
     ))  # fmt: skip
     if output.patches is not None:
         for chip, grid in zip(chips, patch_means):
@@ -444,7 +444,7 @@ def write_chip_rows(output: SceneOutput, scene: Scene, source: str, chips: list[
             vectors = grid[[c.i for c in cells], [c.j for c in cells]]
             output.patches.write(row_columns(
                 source, scene.date, vectors, patch_polygons(scene.transform, scene.crs, chip, cells, scene.patch_size),
-                scene.multipart, scene.item_id, row=[c.row for c in cells], col=[c.col for c in cells],
+                scene.multipart, scene.item_id, output.model, output.sensor, row=[c.row for c in cells], col=[c.col for c in cells],
                 chip_row=[chip.row] * len(cells), chip_col=[chip.col] * len(cells),
             ))  # fmt: skip
     if output.raster is not None:

@@ -13,6 +13,11 @@ Sources of the values ``clay-export`` records:
   ``stackstac.stack`` for S2, S1 and the DEM with no ``resampling=`` argument; stackstac's default is
   ``resampling: Resampling = Resampling.nearest`` (gjoseph92/stackstac ``stackstac/stack.py``,
   ``def stack``). So the 20 m bands, S1 and the DEM reached the model nearest-resampled onto 10 m.
+- Clay v1.5's published weights: ``nearest``. Their chips were cut by Clay-foundation/stacchip
+  ``stacchip/chipper.py`` (``Chipper.get_pixels_for_asset``: each asset read with
+  ``src.read(window=..., out_shape=(count, chip_size, chip_size), resampling=Resampling.nearest)``,
+  an asset on a grid an integer factor coarser than the item's finest repeated onto it; called by
+  ``stacchip/processors/prechip.py`` ``get_chip``). ``clay-export`` records it for v1.5 engines.
 - The bundled demo weights and every ``clay-train`` checkpoint: ``bilinear``, the resampling of this
   runtime's reader when they were trained (they read chips through it).
 - An engine exported before the field existed: :data:`UNRECORDED_DEFAULT` (bilinear, the runtime's
@@ -28,6 +33,8 @@ RESAMPLING = ("nearest", "bilinear")
 UNRECORDED_DEFAULT = "bilinear"
 #: Clay v0's published weights: nearest (see the module docstring for the source).
 CLAY_V0 = "nearest"
+#: Clay v1.5's published weights: nearest (stacchip's chipper, see the module docstring).
+CLAY_V15 = "nearest"
 #: Weights trained through this runtime's reader (the demo weights, ``clay-train`` checkpoints).
 RUNTIME_READER = "bilinear"
 

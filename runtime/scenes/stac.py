@@ -240,7 +240,7 @@ def _item_facts(item, where: Path | GdalPath | None) -> ItemFacts:
         harmonised = text in _TRUE
     baseline = props.get("s2:processing_baseline")
     return ItemFacts(item.id, source, item.collection_id, when.date(), field_name, harmonised,
-                     None if baseline is None else str(baseline))  # fmt: skip
+                     None if baseline is None else str(baseline), props.get("platform"), props.get("constellation"))  # fmt: skip
 
 
 def _missions(item) -> tuple[bool, bool, bool]:
