@@ -74,8 +74,10 @@ def sensor_candidates(scene: SceneFiles, override: str | None = None) -> tuple[l
     if override is not None:
         if override not in SENSORS:
             raise SceneError(f"--sensor {override}: unknown; Clay v1.5 knows: {', '.join(SENSORS)}")
-        if products and override not in products:
-            other = next(iter(products.values()))
+        # each file is the product its nearest name says (a Landsat file in an S2-named folder is Landsat's)
+        nearest = [found[0] for path in scene.files if scene.declared(path) is None for found in [products_in(path)] if found]
+        other = next((p for p in nearest if p.sensor and p.sensor != override), None)
+        if other is not None:
             raise SceneError(f"{scene.path}: --sensor {override}, but its names say it is a {other.kind} "
                              f"({other.name}: {other.sensor}); not embedded as {override}")  # fmt: skip
         return [override], "--sensor"
