@@ -24,6 +24,7 @@ pytest.importorskip("onnxruntime")
 
 import pyarrow.parquet as pq  # noqa: E402
 import rasterio  # noqa: E402
+import yaml  # noqa: E402
 from pyproj import Transformer  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
 
@@ -31,21 +32,14 @@ from clay.export.artifacts import ExportOptions, export_artifacts  # noqa: E402
 
 from .official_clay import lightning_checkpoint, official_embedding_encoder, official_tiny_mae  # noqa: E402
 
-#: Clay-foundation/model configs/metadata.yaml, copied here by hand (band order, mean, std,
-#: wavelength µm; gsd m) so that the expected values do not come from the runtime's own table.
-TABLE = {
-    "sentinel-2-l2a": (10.0, {
-        "blue": (1105.0, 1809.0, 0.493), "green": (1355.0, 1757.0, 0.56), "red": (1552.0, 1888.0, 0.665),
-        "rededge1": (1887.0, 1870.0, 0.704), "rededge2": (2422.0, 1732.0, 0.74), "rededge3": (2630.0, 1697.0, 0.783),
-        "nir": (2743.0, 1742.0, 0.842), "nir08": (2785.0, 1648.0, 0.865), "swir16": (2388.0, 1470.0, 1.61),
-        "swir22": (1835.0, 1379.0, 2.19)}),
-    "landsat-c2l2-sr": (30.0, {
-        "red": (13705.0, 9578.0, 0.65), "green": (13310.0, 9408.0, 0.56), "blue": (12474.0, 10144.0, 0.48),
-        "nir08": (17801.0, 8277.0, 0.86), "swir16": (14615.0, 5300.0, 1.6), "swir22": (12701.0, 4522.0, 2.2)}),
-    "naip": (1.0, {"red": (110.16, 47.23, 0.65), "green": (115.41, 39.82, 0.56), "blue": (98.15, 35.43, 0.48),
-                   "nir": (139.04, 49.86, 0.842)}),
-    "sentinel-1-rtc": (10.0, {"vv": (-12.113, 8.314, 3.5), "vh": (-18.673, 8.017, 4.0)}),
-}  # fmt: skip
+#: Clay-foundation/model's configs/metadata.yaml (the copy in tests/data): sensor → (gsd m, band →
+#: (mean, std, wavelength µm)) in its band order, read here so the expected values do not come from
+#: the runtime's own table.
+_YAML = yaml.safe_load((Path(__file__).parent / "data" / "clay-v1.5" / "metadata.yaml").read_text())
+TABLE = {name: (float(_YAML[name]["gsd"]), {band: (float(_YAML[name]["bands"]["mean"][band]), float(_YAML[name]["bands"]["std"][band]),
+                                                   float(_YAML[name]["bands"]["wavelength"][band]))
+                                            for band in _YAML[name]["band_order"]})
+         for name in ("sentinel-2-l2a", "landsat-c2l2-sr", "naip", "sentinel-1-rtc")}  # fmt: skip
 S2_FILES = {"blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05", "rededge2": "B06", "rededge3": "B07",
             "nir": "B08", "nir08": "B8A", "swir16": "B11", "swir22": "B12"}  # fmt: skip
 S2_20M = {"rededge1", "rededge2", "rededge3", "nir08", "swir16", "swir22"}
@@ -221,7 +215,9 @@ def test_each_sensors_scene_equals_the_official_embedder(engine, official_mae, t
     got, table = one_embedding(next((tmp_path / "out").glob("*.parquet")))
     grid = min(Path(scene).glob("*")) if Path(scene).is_dir() else scene  # B02.tif, …_SR_B2.TIF, vh.tif: the finest grid
     expected = official(official_mae, sensor, names, chip, centre_lonlat(grid), datetime.date.fromisoformat(day))
-    assert cosine(got, expected) >= 0.9999, (product, cosine(got, expected))
+    # the issue's bound is 0.9999; fp32 gives ~1 - 1e-12, and the tighter bound is what catches a wrong
+    # resampling of S2's 20 m bands (bilinear instead of the training's nearest: 0.99993 on this scene)
+    assert cosine(got, expected) >= 0.999999, (product, cosine(got, expected))
     assert table.column("model").to_pylist() == ["clay-v1.5"] and table.column("sensor").to_pylist() == [sensor]
     meta = table.schema.metadata
     assert (meta[b"clay:model"], meta[b"clay:sensor"]) == (b"clay-v1.5", sensor.encode())
