@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .demo import resolve_engine
-from .engines.base import Engine, all_finite
+from .engines.base import Engine, EngineError, all_finite
 from .engines.choice import SCENE_SENSOR, open_engine, sensor_artifacts
 from .errors import SceneError
 from .metadata import EngineMetadata
@@ -124,6 +124,10 @@ class ClayEmbedder:
             self._engines[default] = self.engine
         else:
             self.engine = open_engine(path, backend, threads)
+            if self.options.sensor is not None and self.engine.metadata.model != "clay-v1.5":
+                self.engine.close()
+                raise EngineError(f"{path}: sensor {self.options.sensor} (--sensor) names a Clay v1.5 sensor; this is a "
+                                  f"{self.engine.metadata.model} engine")  # fmt: skip
         self.clock = StageClock()
         self._readers: ChipReaders | None = None
         self._lock = threading.Lock()

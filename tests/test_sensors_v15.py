@@ -224,7 +224,7 @@ def test_each_sensors_scene_equals_the_official_embedder(engine, official_mae, t
     record = json.loads(meta[b"clay:preprocessing"])["sensor"]
     assert record["name"] == sensor and record["gsd_model_m"] == TABLE[sensor][0]
     if product == "s2-subset":
-        assert record["bands_used"] == ["B02", "B03", "B04", "B08"] and "B05" in record["bands_missing"]
+        assert record["bands_used"] == ["B02", "B03", "B04", "B08"] and "B05" in record["sensor_bands_not_used"]
         assert json.loads(meta[b"clay:engine"])["bands"] == ["B02", "B03", "B04", "B08"]
     if product == "naip":
         assert record["scene_pixel_m"] == pytest.approx(0.6, abs=0.01)
@@ -385,3 +385,33 @@ def test_a_file_declaring_another_scale_is_brought_to_the_products_stored_values
     assert 1000 * conversion.gain + conversion.bias == pytest.approx((1000 * 1e-4 + 0.2) / 2.75e-5)
     with pytest.raises(SceneError, match="cannot be recovered"):
         stored_conversion(read_header(path), 1, "red", "naip")
+
+
+def test_a_landsat_stac_item_is_embedded_by_the_landsat_artifact(engine, official_mae, tmp_path):
+    """A Planetary Computer ``landsat-c2-l2`` Item (asset keys blue…swir22 with eo:bands common names,
+    raster:bands declaring the product's scale 2.75e-5 and offset -0.2): its assets are Landsat's bands
+    (not Sentinel-2's), its sensor is told by the collection, and the embedding equals the official one."""
+    folder, chip, names = landsat_product(tmp_path)
+    product = "LC08_L2SP_129048_20230501_20230509_02_T1"
+    with rasterio.open(folder / f"{product}_SR_B2.TIF") as src:
+        bounds, transform, crs = src.bounds, src.transform, src.crs
+    feature = {
+        "type": "Feature", "stac_version": "1.0.0", "id": product, "collection": "landsat-c2-l2",
+        "geometry": None, "bbox": None, "links": [],
+        "properties": {"datetime": "2023-05-01T03:50:00Z", "platform": "landsat-8", "proj:epsg": crs.to_epsg()},
+        "assets": {key: {"href": f"./{product}_{LANDSAT_FILES[key]}.TIF", "roles": ["data"],
+                         "eo:bands": [{"name": LANDSAT_FILES[key].replace("SR_", "OLI_"), "common_name": key}],
+                         "raster:bands": [{"nodata": 0, "data_type": "uint16", "scale": 2.75e-5, "offset": -0.2}]}
+                   for key in names},
+    }  # fmt: skip
+    item = folder / "item.json"
+    item.write_text(json.dumps(feature))
+    assert bounds and transform  # the files' grid is what the Item's assets point at
+    result = clay_run(item, "--engine", engine, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    got, table = one_embedding(tmp_path / "out" / f"{product}.parquet")
+    expected = official(official_mae, "landsat-c2l2-sr", names, chip, centre_lonlat(folder / f"{product}_SR_B2.TIF"),
+                        datetime.date(2023, 5, 1))  # fmt: skip
+    assert cosine(got, expected) >= 0.999999
+    record = json.loads(table.schema.metadata[b"clay:preprocessing"])["sensor"]
+    assert (record["name"], record["told_by"]) == ("landsat-c2l2-sr", "STAC collection landsat-c2-l2")

@@ -99,6 +99,9 @@ class SceneFiles:
     assets: tuple[AssetFacts, ...] = ()  # what STAC Items declare about the files, one per file
     problem: str | None = None  # why the scene cannot be opened, found before it is (a bad STAC Item)
     sensor_note: str | None = None  # Clay v1.5: how the scene's sensor was told (clay.runtime.scenes.sensing)
+    # A STAC Item of a Clay v1.5 sensor whose bands Clay v0 does not have (Landsat...): why a Clay v0
+    # engine refuses it (its assets hold that sensor's bands, not Clay v0's)
+    v0_problem: str | None = None
 
     @property
     def name(self) -> str:

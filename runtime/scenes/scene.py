@@ -193,6 +193,8 @@ def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
         raise SceneError(scene.problem)
     wanted = tuple(engine.bands)
     sensor = v15_sensor(engine)
+    if scene.v0_problem and (not sensor or INPUT_RULES[sensor].v0_units):
+        raise SceneError(scene.v0_problem)
     rule = INPUT_RULES[sensor] if sensor else None
     if sensor:
         scene = check_sensor(scene, sensor, options.sensor)
@@ -360,7 +362,8 @@ def sensor_names(header: Header, sensor: str) -> Header:
 def sensor_record(scene: SceneFiles, engine: SceneInputs, sensor: str, reference: Header,
                   headers: dict) -> tuple[str | None, dict]:  # fmt: skip
     """What the outputs record of a Clay v1.5 scene's sensor (its name, how it was told, the bands
-    used and the sensor's bands the scene lacks, the gsd the model sees beside the scene's own pixel
+    used and the sensor's bands not used: the scene lacks them, or the engine's artifact for the
+    scene's bands does not take them), the gsd the model sees beside the scene's own pixel
     size) and a warning where that pixel size is outside what the sensor's training data held."""
     across, down = ground_pixel_edges(reference)
     pixel = float(np.sqrt(across * down))
@@ -370,7 +373,7 @@ def sensor_record(scene: SceneFiles, engine: SceneInputs, sensor: str, reference
         "name": sensor,
         "told_by": scene.sensor_note or "the engine's artifact",
         "bands_used": list(engine.bands),
-        "bands_missing": [b for b in SENSORS[sensor].bands if b not in engine.bands],
+        "sensor_bands_not_used": [b for b in SENSORS[sensor].bands if b not in engine.bands],  # absent, or no artifact takes them
         "gsd_model_m": gsd,
         "gsd_source": "the sensor's metadata.yaml gsd, as the v1.5 weights were trained (folded into the engine)",
         "scene_pixel_m": round(pixel, 3),

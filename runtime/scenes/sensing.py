@@ -30,7 +30,7 @@ from ..errors import SceneError
 from ..metadata import EngineMetadata
 from ..sensors import INPUT_RULES, SENSORS, band_for_label
 from .headers import read_header
-from .inputs import SceneFiles
+from .inputs import ItemFacts, SceneFiles
 from .products import products_in
 
 #: STAC collection ids → sensor (Earth Search v1, Planetary Computer, USGS landsatlook, LP DAAC CMR).
@@ -103,16 +103,28 @@ def scene_sensor(scene: SceneFiles, override: str | None = None) -> tuple[str, s
     return candidates[0], told_by
 
 
+def item_sensor(item: ItemFacts) -> str | None:
+    """The sensor a STAC Item declares: its collection id, else its platform or constellation."""
+    told = _item_told(item)
+    return told[0] if told else None
+
+
+def _item_told(item: ItemFacts) -> tuple[str, str] | None:
+    sensor = COLLECTIONS.get((item.collection or "").lower())
+    if sensor:
+        return sensor, f"STAC collection {item.collection}"
+    for value in (item.platform, item.constellation):
+        for pattern, name in PLATFORMS:
+            if value and pattern.match(str(value)):
+                return name, f"STAC platform {value}"
+    return None
+
+
 def _declared(scene: SceneFiles) -> tuple[str, str] | None:
     for asset in scene.assets:
-        item = asset.item
-        sensor = COLLECTIONS.get((item.collection or "").lower())
-        if sensor:
-            return sensor, f"STAC collection {item.collection}"
-        for value in (item.platform, item.constellation):
-            for pattern, name in PLATFORMS:
-                if value and pattern.match(str(value)):
-                    return name, f"STAC platform {value}"
+        told = _item_told(asset.item)
+        if told:
+            return told
     return None
 
 
