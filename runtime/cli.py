@@ -142,10 +142,12 @@ class RayProgress:
               help="Skip (and count) chips with a larger nodata fraction; nodata is filled with band means.")
 @click.option("--date", "date_text", default=None, help="Acquisition date YYYY-MM-DD (overrides the file's tags).")
 @click.option("--patch-embeddings", is_flag=True,
-              help="Also write <scene>.patches.parquet: one row per 32-px patch (engine exported with them).")
+              help="Also write <scene>.patches.parquet: one row per patch of the engine (Clay v0: 32 px, v1.5: 8 px; engine "
+                   "exported with them).")
 @click.option("--patch-raster", is_flag=True,
               help="Also write <scene>.patches.tif: the patch embeddings as a Cloud-Optimized GeoTIFF, one pixel per "
-                   "32-px cell of the scene's grid, one band per dimension (engine exported with --patch-embeddings).")
+                   "patch-sized cell of the scene's grid (Clay v0: 32 px, v1.5: 8 px), one band per dimension (engine exported "
+                   "with --patch-embeddings).")
 @click.option("--raster-dtype", type=click.Choice(RASTER_DTYPES), default="float32", show_default=True,
               help="Type of --patch-raster's cells: float32 (as computed, nodata NaN) or int8 (8-bit codes with a per-band "
                    "scale and offset that GDAL, rasterio and rioxarray apply, stored as unsigned bytes that every GDAL "

@@ -286,7 +286,7 @@ INPUT_RULES: dict[str, InputRule] = {
     "satellogic-MSI-L1D": InputRule(
         "Satellogic L1D digital numbers as stored", "metadata.yaml (named with --sensor only)",
         _WIDE, None, None, (0.5, 1.5), {b: (b,) for b in SENSORS["satellogic-MSI-L1D"].bands}),
-}
+}  # fmt: skip
 
 
 def band_for_label(sensor: str, label: str | None) -> str | None:

@@ -43,7 +43,14 @@ TABLE = {name: (float(_YAML[name]["gsd"]), {band: (float(_YAML[name]["bands"]["m
 S2_FILES = {"blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05", "rededge2": "B06", "rededge3": "B07",
             "nir": "B08", "nir08": "B8A", "swir16": "B11", "swir22": "B12"}  # fmt: skip
 S2_20M = {"rededge1", "rededge2", "rededge3", "nir08", "swir16", "swir22"}
-LANDSAT_FILES = {"blue": "SR_B2", "green": "SR_B3", "red": "SR_B4", "nir08": "SR_B5", "swir16": "SR_B6", "swir22": "SR_B7"}
+LANDSAT_FILES = {
+    "blue": "SR_B2",
+    "green": "SR_B3",
+    "red": "SR_B4",
+    "nir08": "SR_B5",
+    "swir16": "SR_B6",
+    "swir22": "SR_B7",
+}
 SENSORS = ("sentinel-2-l2a", "sentinel-2-l2a+B02+B03+B04+B08", "landsat-c2l2-sr", "naip", "sentinel-1-rtc")
 SIZE = 256  # the engine's chip size: one chip per scene
 
@@ -58,7 +65,9 @@ def engine(official_mae, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("v15sensors")
     ckpt = lightning_checkpoint(official_mae, folder / "clay-v1.5-tiny.ckpt")
     out = folder / "engine"
-    export_artifacts(ExportOptions(out=out, checkpoint=ckpt, sensors=SENSORS, check=False), log=lambda _: None)
+    export_artifacts(
+        ExportOptions(out=out, checkpoint=ckpt, sensors=SENSORS, check=False), log=lambda _: None
+    )
     return out
 
 
@@ -211,20 +220,34 @@ def test_each_sensors_scene_equals_the_official_embedder(engine, official_mae, t
               "s1": "sentinel-1-rtc"}[product]  # fmt: skip
     result = clay_run(scene, "--engine", engine, "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
-    day = {"s2": "2020-02-23", "s2-subset": "2020-02-23", "landsat": "2023-05-01", "naip": "2022-05-11", "s1": "2023-01-01"}[product]
+    day = {
+        "s2": "2020-02-23",
+        "s2-subset": "2020-02-23",
+        "landsat": "2023-05-01",
+        "naip": "2022-05-11",
+        "s1": "2023-01-01",
+    }[product]
     got, table = one_embedding(next((tmp_path / "out").glob("*.parquet")))
-    grid = min(Path(scene).glob("*")) if Path(scene).is_dir() else scene  # B02.tif, …_SR_B2.TIF, vh.tif: the finest grid
-    expected = official(official_mae, sensor, names, chip, centre_lonlat(grid), datetime.date.fromisoformat(day))
+    grid = (
+        min(Path(scene).glob("*")) if Path(scene).is_dir() else scene
+    )  # B02.tif, …_SR_B2.TIF, vh.tif: the finest grid
+    expected = official(
+        official_mae, sensor, names, chip, centre_lonlat(grid), datetime.date.fromisoformat(day)
+    )
     # the issue's bound is 0.9999; fp32 gives ~1 - 1e-12, and the tighter bound is what catches a wrong
     # resampling of S2's 20 m bands (bilinear instead of the training's nearest: 0.99993 on this scene)
     assert cosine(got, expected) >= 0.999999, (product, cosine(got, expected))
-    assert table.column("model").to_pylist() == ["clay-v1.5"] and table.column("sensor").to_pylist() == [sensor]
+    assert table.column("model").to_pylist() == ["clay-v1.5"] and table.column("sensor").to_pylist() == [
+        sensor
+    ]
     meta = table.schema.metadata
     assert (meta[b"clay:model"], meta[b"clay:sensor"]) == (b"clay-v1.5", sensor.encode())
     record = json.loads(meta[b"clay:preprocessing"])["sensor"]
     assert record["name"] == sensor and record["gsd_model_m"] == TABLE[sensor][0]
     if product == "s2-subset":
-        assert record["bands_used"] == ["B02", "B03", "B04", "B08"] and "B05" in record["sensor_bands_not_used"]
+        assert (
+            record["bands_used"] == ["B02", "B03", "B04", "B08"] and "B05" in record["sensor_bands_not_used"]
+        )
         assert json.loads(meta[b"clay:engine"])["bands"] == ["B02", "B03", "B04", "B08"]
     if product == "naip":
         assert record["scene_pixel_m"] == pytest.approx(0.6, abs=0.01)
@@ -266,12 +289,18 @@ def assert_refused(result: subprocess.CompletedProcess, out: Path, *words: str) 
 
 
 def test_landsat_files_in_a_folder_named_like_an_s2_product_are_refused(engine, tmp_path):
-    folder, _, _ = landsat_product(tmp_path, "S2B_MSIL2A_20230501T033539_N0509_R061_T47QUE_20230501T075350.SAFE")
+    folder, _, _ = landsat_product(
+        tmp_path, "S2B_MSIL2A_20230501T033539_N0509_R061_T47QUE_20230501T075350.SAFE"
+    )
     out = tmp_path / "out"
     assert_refused(clay_run(folder, "--engine", engine, "--out", out), out, "two sensors possible", "sentinel-2-l2a",
                    "landsat-c2l2-sr", "--sensor")  # fmt: skip
     assert_refused(clay_run(folder, "--engine", engine, "--out", out, "--sensor", "sentinel-2-l2a"), out,
                    "--sensor sentinel-2-l2a", "Landsat 8 Collection product")  # fmt: skip
+    # the user who knows better says so: each file is what its own name says
+    result = clay_run(folder, "--engine", engine, "--out", out, "--sensor", "landsat-c2l2-sr")
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(next(out.glob("*.parquet"))).column("sensor").to_pylist() == ["landsat-c2l2-sr"]
 
 
 def test_naip_given_sensor_sentinel_2_is_refused(engine, tmp_path):
@@ -301,7 +330,10 @@ def test_one_run_over_a_manifest_of_s2_landsat_and_naip_writes_each_with_its_sen
     result = clay_run(manifest, "--engine", engine, "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     written = {p.name: pq.read_table(p) for p in (tmp_path / "out").glob("*.parquet")}
-    sensors = {name: (t.column("sensor")[0].as_py(), t.schema.metadata[b"clay:sensor"].decode()) for name, t in written.items()}
+    sensors = {
+        name: (t.column("sensor")[0].as_py(), t.schema.metadata[b"clay:sensor"].decode())
+        for name, t in written.items()
+    }
     assert sensors == {
         "S2B_48QUE_20200223_0_L2A.parquet": ("sentinel-2-l2a", "sentinel-2-l2a"),
         "LC08_L2SP_129048_20230501_20230509_02_T1.parquet": ("landsat-c2l2-sr", "landsat-c2l2-sr"),
@@ -335,8 +367,10 @@ def test_product_names_say_their_sensor(name, sensor):
 def test_products_clay_v15_was_not_trained_on_are_refused_for_it():
     from clay.runtime.scenes.products import products_in
 
-    for name, words in (("LE07_L2SP_129048_20200501_20200509_02_T1_SR_B3.TIF", "Landsat 8/9 OLI"),
-                        ("S2A_MSIL1C_20230501T033539_N0509_R061_T47QUE_20230501T075350.SAFE", "not Level-1C")):
+    for name, words in (
+        ("LE07_L2SP_129048_20200501_20200509_02_T1_SR_B3.TIF", "Landsat 8/9 OLI"),
+        ("S2A_MSIL1C_20230501T033539_N0509_R061_T47QUE_20230501T075350.SAFE", "not Level-1C"),
+    ):
         (product,) = products_in(Path("/data") / name)
         assert product.sensor is None and words in product.v1_5_refused
 
@@ -350,9 +384,14 @@ def test_band_names_that_two_sensors_share_are_two_sensors_possible(tmp_path):
 
     files = [write(tmp_path / f"{b}.tif", [np.ones((8, 8))], "EPSG:32648", (0.0, 80.0), 10.0, "uint16")
              for b in ("B02", "B03", "B04")]  # fmt: skip
-    with pytest.raises(SceneError, match=r"two sensors possible: sentinel-2-l2a and landsat-c2l2-sr .*--sensor"):
+    with pytest.raises(
+        SceneError, match=r"two sensors possible: sentinel-2-l2a and landsat-c2l2-sr .*--sensor"
+    ):
         scene_sensor(SceneFiles(tmp_path, tuple(files)))
-    assert scene_sensor(SceneFiles(tmp_path, tuple(files)), "landsat-c2l2-sr") == ("landsat-c2l2-sr", "--sensor")
+    assert scene_sensor(SceneFiles(tmp_path, tuple(files)), "landsat-c2l2-sr") == (
+        "landsat-c2l2-sr",
+        "--sensor",
+    )
     files.append(write(tmp_path / "B08.tif", [np.ones((8, 8))], "EPSG:32648", (0.0, 80.0), 10.0, "uint16"))
     assert scene_sensor(SceneFiles(tmp_path, tuple(files)))[0] == "sentinel-2-l2a"
     with pytest.raises(SceneError, match="no Clay v1.5 sensor recognised"):
@@ -363,9 +402,17 @@ def test_band_names_that_two_sensors_share_are_two_sensors_possible(tmp_path):
 def test_sensor_specs_and_subsets():
     from clay.runtime.sensors import SensorError, parse_sensors, sensor_spec
 
-    assert parse_sensors("naip, sentinel-2-l2a:B08+B02+B03+B04,naip") == ("naip", "sentinel-2-l2a+B02+B03+B04+B08")
+    assert parse_sensors("naip, sentinel-2-l2a:B08+B02+B03+B04,naip") == (
+        "naip",
+        "sentinel-2-l2a+B02+B03+B04+B08",
+    )
     sub = sensor_spec("sentinel-2-l2a+B04+B02")
-    assert (sub.bands, sub.wavelengths, sub.means, sub.gsd) == (("B02", "B04"), (0.493, 0.665), (1105.0, 1552.0), 10.0)
+    assert (sub.bands, sub.wavelengths, sub.means, sub.gsd) == (
+        ("B02", "B04"),
+        (0.493, 0.665),
+        (1105.0, 1552.0),
+        10.0,
+    )
     assert sensor_spec("sentinel-2-l2a+" + "+".join(sub.subset(("B02",)).bands)).key == "sentinel-2-l2a+B02"
     with pytest.raises(SensorError, match="sentinel-2-l2a has no band"):
         sensor_spec("sentinel-2-l2a+VV")

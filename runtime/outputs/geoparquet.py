@@ -74,7 +74,8 @@ def chip_schema(dim: int, extra_metadata: dict[str, str], multipart: bool = Fals
 
 
 def patch_schema(dim: int, extra_metadata: dict[str, str], multipart: bool = False) -> pa.Schema:
-    """One row per 32 × 32 px patch: the patch tokens' mean over the engine's band groups."""
+    """One row per patch (the engine's patch size: Clay v0 32 × 32 px, v1.5 8 × 8 px): the patch tokens'
+    mean over the engine's band groups (v1.5: one group)."""
     base = chip_schema(dim, extra_metadata, multipart)
     fields = [base.field(n) for n in ("source_url", "item_id", "model", "sensor", "date", "embeddings", "geometry", "row", "col")]
     fields += [pa.field("chip_row", pa.int32()), pa.field("chip_col", pa.int32()), base.field("bbox")]

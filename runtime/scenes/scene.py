@@ -332,7 +332,7 @@ def _sensor_products(scene: SceneFiles, headers: dict, sensor: str) -> tuple[dic
     for path, header in list(headers.items()):
         if scene.declared(path) is not None:
             continue
-        for product in products_in(path):
+        for product in products_in(path)[:1]:  # what the file is: its nearest name (sensing.py weighs the others)
             if product.v1_5_refused:
                 raise SceneError(f"{path}: a {product.kind} ({product.name}): {product.v1_5_refused}")
             if product.sensor and product.sensor != sensor:

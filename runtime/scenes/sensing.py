@@ -75,7 +75,13 @@ def sensor_candidates(scene: SceneFiles, override: str | None = None) -> tuple[l
         if override not in SENSORS:
             raise SceneError(f"--sensor {override}: unknown; Clay v1.5 knows: {', '.join(SENSORS)}")
         # each file is the product its nearest name says (a Landsat file in an S2-named folder is Landsat's)
-        nearest = [found[0] for path in scene.files if scene.declared(path) is None for found in [products_in(path)] if found]
+        nearest = [
+            found[0]
+            for path in scene.files
+            if scene.declared(path) is None
+            for found in [products_in(path)]
+            if found
+        ]
         other = next((p for p in nearest if p.sensor and p.sensor != override), None)
         if other is not None:
             raise SceneError(f"{scene.path}: --sensor {override}, but its names say it is a {other.kind} "
@@ -99,7 +105,9 @@ def scene_sensor(scene: SceneFiles, override: str | None = None) -> tuple[str, s
         raise SceneError(f"{scene.path}: no Clay v1.5 sensor recognised (no STAC Item, product name or band name of "
                          f"{', '.join(SENSORS)}){HINT}")  # fmt: skip
     if len(candidates) > 1:
-        raise SceneError(f"{scene.path}: two sensors possible: {candidates[0]} and {candidates[1]} ({told_by}){HINT}")
+        raise SceneError(
+            f"{scene.path}: two sensors possible: {candidates[0]} and {candidates[1]} ({told_by}){HINT}"
+        )
     return candidates[0], told_by
 
 
@@ -159,7 +167,9 @@ def scene_bands(scene: SceneFiles, sensor: str) -> tuple[str, ...]:
     return tuple(b for b in SENSORS[sensor].bands if b in found)
 
 
-def choose_artifact(scene: SceneFiles, artifacts: Mapping[str, EngineMetadata], override: str | None = None) -> Choice:
+def choose_artifact(
+    scene: SceneFiles, artifacts: Mapping[str, EngineMetadata], override: str | None = None
+) -> Choice:
     """The artifact set of an engine folder (key → its metadata) that embeds ``scene``: its sensor's
     set with the most bands that the scene all has. :class:`SceneError` in one line when the engine
     has none for the sensor, or none for the bands the scene has."""
@@ -167,7 +177,9 @@ def choose_artifact(scene: SceneFiles, artifacts: Mapping[str, EngineMetadata], 
     return artifact_for(scene, sensor, told_by, artifacts)
 
 
-def artifact_for(scene: SceneFiles, sensor: str, told_by: str, artifacts: Mapping[str, EngineMetadata]) -> Choice:
+def artifact_for(
+    scene: SceneFiles, sensor: str, told_by: str, artifacts: Mapping[str, EngineMetadata]
+) -> Choice:
     """The artifact set for a scene of ``sensor`` (see :func:`choose_artifact`)."""
     mine = {key: meta for key, meta in artifacts.items() if meta.sensor == sensor}
     if not mine:
