@@ -66,7 +66,8 @@ def engine(official_mae, tmp_path_factory) -> Path:
     ckpt = lightning_checkpoint(official_mae, folder / "clay-v1.5-tiny.ckpt")
     out = folder / "engine"
     export_artifacts(
-        ExportOptions(out=out, checkpoint=ckpt, sensors=SENSORS, check=False), log=lambda _: None
+        ExportOptions(out=out, checkpoint=ckpt, sensors=SENSORS, check=False, patch_embeddings=True),
+        log=lambda _: None,
     )
     return out
 
@@ -327,9 +328,15 @@ def test_one_run_over_a_manifest_of_s2_landsat_and_naip_writes_each_with_its_sen
     naip, _, _ = naip_image(tmp_path / "c")
     manifest = tmp_path / "scenes.txt"
     manifest.write_text(f"{s2}\n{landsat}\n{naip}\n")
-    result = clay_run(manifest, "--engine", engine, "--out", tmp_path / "out")
+    result = clay_run(manifest, "--engine", engine, "--out", tmp_path / "out", "--patch-raster")
     assert result.returncode == 0, result.stderr
-    written = {p.name: pq.read_table(p) for p in (tmp_path / "out").glob("*.parquet")}
+    written = {p.name: pq.read_table(p) for p in (tmp_path / "out").glob("*[!s].parquet")}
+    # patch rasters follow the engine's 8-px patches on each scene's own grid: 80 m, 240 m, 4.8 m cells
+    for stem, cell in (("S2B_48QUE_20200223_0_L2A", 80.0), ("LC08_L2SP_129048_20230501_20230509_02_T1", 240.0),
+                       ("m_3807537_ne_18_060_20220511", 4.8)):  # fmt: skip
+        with rasterio.open(tmp_path / "out" / f"{stem}.patches.tif") as src:
+            assert src.res == pytest.approx((cell, cell)) and (src.width, src.height) == (32, 32)
+            assert src.tags()["CLAY_SENSOR"] == written[f"{stem}.parquet"].schema.metadata[b"clay:sensor"].decode()
     sensors = {
         name: (t.column("sensor")[0].as_py(), t.schema.metadata[b"clay:sensor"].decode())
         for name, t in written.items()
