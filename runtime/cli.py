@@ -305,7 +305,7 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
 def resampling_note(metadata: EngineMetadata, options: RunOptions) -> str:
     """The end of the engine line: how bands off a scene's grid are resampled, and why (each scene's
     outputs record it too)."""
-    method, why = choose_resampling(metadata.resampling, options.resampling)
+    method, why = choose_resampling(metadata.resampling, options.resampling, metadata.model)
     return f"; resampling: {method} ({why})"
 
 

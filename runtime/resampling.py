@@ -45,17 +45,19 @@ def check_resampling(value: str | None, what: str = "resampling") -> None:
         raise ValueError(f"{what} must be one of {', '.join(RESAMPLING)}, not {value!r}")
 
 
-def choose_resampling(recorded: str | None, override: str | None) -> tuple[str, str]:
+def choose_resampling(recorded: str | None, override: str | None, model: str = "clay-v0") -> tuple[str, str]:
     """The method a scene is read with and why, for the outputs' metadata.
 
     ``recorded``: the engine's ``resampling`` field (``None``: exported before it existed);
-    ``override``: ``--resampling`` / ``RunOptions.resampling`` (``None``: none given).
+    ``override``: ``--resampling`` / ``RunOptions.resampling`` (``None``: none given); ``model``: the
+    engine's (a Clay v1.5 engine exported before v1.5's was recorded is read as v1.5 was trained).
     """
     if override is not None:
         said = f"the engine's {recorded}" if recorded else "the engine records none"
         return override, f"--resampling {override} (RunOptions.resampling; {said})"
     if recorded is not None:
         return recorded, "as the engine's metadata records for its weights"
+    if model == "clay-v1.5":
+        return CLAY_V15, f"a Clay v1.5 engine that records none: {CLAY_V15}, as v1.5's training chips (stacchip's chipper)"
     return UNRECORDED_DEFAULT, ("the engine's metadata does not record the resampling its weights expect (an engine "
-                                "exported before the field existed, or a Clay v1.5 engine exported without "
-                                f"--resampling: v1.5's is not established): {UNRECORDED_DEFAULT}")  # fmt: skip
+                                f"exported before the field existed): {UNRECORDED_DEFAULT}")  # fmt: skip

@@ -469,3 +469,13 @@ def test_a_landsat_stac_item_is_embedded_by_the_landsat_artifact(engine, officia
     assert cosine(got, expected) >= 0.999999
     record = json.loads(table.schema.metadata[b"clay:preprocessing"])["sensor"]
     assert (record["name"], record["told_by"]) == ("landsat-c2l2-sr", "STAC collection landsat-c2-l2")
+
+
+def test_a_v15_engine_that_records_no_resampling_is_read_nearest_as_v15_was_trained():
+    """Engines exported before v1.5's resampling was recorded (issue 36) are read nearest, as stacchip's
+    chipper made the training chips; v0 engines that record none stay bilinear."""
+    from clay.runtime.resampling import choose_resampling
+
+    assert choose_resampling(None, None, "clay-v1.5")[0] == "nearest"
+    assert choose_resampling(None, None, "clay-v0")[0] == "bilinear"
+    assert choose_resampling(None, "bilinear", "clay-v1.5")[0] == "bilinear"

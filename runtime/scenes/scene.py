@@ -238,7 +238,7 @@ def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
         date_note["model_encoding"] = "; ".join(aliases.values())
         warnings += [f"{DATE_ALIASES[kind]} (per scene: date.model_encoding in the outputs' clay:preprocessing)"
                      for kind in aliases]  # fmt: skip
-    method, chosen_by = choose_resampling(engine.resampling, options.resampling)
+    method, chosen_by = choose_resampling(engine.resampling, options.resampling, getattr(engine, "model", "clay-v0"))
     readers, units, modes, masks = [], {}, {}, {}
     for band in wanted:
         path, index = sources[band]
