@@ -479,3 +479,10 @@ def test_a_v15_engine_that_records_no_resampling_is_read_nearest_as_v15_was_trai
     assert choose_resampling(None, None, "clay-v1.5")[0] == "nearest"
     assert choose_resampling(None, None, "clay-v0")[0] == "bilinear"
     assert choose_resampling(None, "bilinear", "clay-v1.5")[0] == "bilinear"
+
+
+def test_a_band_subset_given_the_full_sensors_artifact_says_which_export_takes_it(engine, tmp_path):
+    folder, _, _ = s2_product(tmp_path, ("blue", "green", "red", "nir"))
+    out = tmp_path / "out"
+    assert_refused(clay_run(folder, "--engine", engine / "sentinel-2-l2a", "--out", out), out,
+                   "lacks sentinel-2-l2a band(s) B05", "clay-export --sensor sentinel-2-l2a+B02+B03+B04+B08")  # fmt: skip

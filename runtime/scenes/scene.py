@@ -204,6 +204,7 @@ def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
         headers, product = _sensor_products(scene, headers, sensor)
         product_note = product.v1_5_note if product else None
         headers = {path: h if scene.declared(path) else sensor_names(h, sensor) for path, h in headers.items()}
+        _check_subset(scene, headers, sensor, wanted)
     else:
         headers, product_note = _products(scene, headers)
         product = None
@@ -306,6 +307,19 @@ def check_sensor(scene: SceneFiles, sensor: str, override: str | None) -> SceneF
         how = told_by if candidates == [sensor] else f"the engine's artifact ({sensor})"
         scene = replace(scene, sensor_note=how)
     return scene
+
+
+def _check_subset(scene: SceneFiles, headers: dict, sensor: str, wanted: tuple[str, ...]) -> None:
+    """A scene with some of the sensor's bands but not all the artifact takes: one line that says
+    which, and the ``clay-export --sensor`` of an artifact set for the bands it has (Clay v1.5 takes
+    any subset, but each subset's weights are folded into its own artifacts)."""
+    present = {name for h in headers.values() for name in h.names if name}
+    have = [b for b in SENSORS[sensor].bands if b in present]
+    missing = [b for b in wanted if b not in present]
+    if have and missing:
+        raise SceneError(f"{scene.path}: lacks {sensor} band(s) {', '.join(missing)} that this artifact takes (the scene "
+                         f"has {', '.join(have)}); Clay v1.5 takes any subset: export an artifact set for these bands with "
+                         f"clay-export --sensor {'+'.join((sensor, *have))}")  # fmt: skip
 
 
 def v15_sensor(engine: SceneInputs) -> str:
