@@ -207,7 +207,10 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
     description or file name: B02…B12, VH, VV, DEM; extra bands are ignored) and a sensing date
     (acquisition tags, a product name, a YYYYMMDD date in a file or folder name, the TIFF DateTime
     last, or --date). Masks, nodata, GDAL scale/offset, units and each scene's S2 offset convention
-    are applied per scene and recorded in the outputs' metadata. The summary line says where the time went.
+    are applied per scene and recorded in the outputs' metadata. With a Clay v1.5 engine folder, each
+    scene's sensor (its STAC Item, product names, band names, or --sensor) picks the artifact set that
+    embeds it, and its bands are that sensor's (Landsat SR_B2…, NAIP red/green/blue/NIR…). The summary
+    line says where the time went.
     """
     quiet_known_warnings()
     _SAID.clear()  # once per run: main() may run several times in one process (tests, the Ray driver's caller)
