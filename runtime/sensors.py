@@ -201,8 +201,10 @@ def metadata_values(lon: float, lat: float, day: Date, convention: str = "traini
 #   ``out_shape`` read: an integer factor, each native pixel repeated);
 # - sources: Sentinel-2 L2A from Earth Search v1's ``sentinel-2-l2a`` collection, 2018-2023
 #   (``sentinel_2_processor.py`` STAC_API, ``random.sample(range(2018, 2024), 2)``), whose COGs of
-#   processing baseline 04.00+ have the +1000 offset removed (``earthsearch:boa_offset_applied``):
-#   harmonised DNs, as metadata.yaml's blue mean 1105 (below Clay v0's 1369) says too; Landsat 8/9
+#   processing baseline 04.00+ have the +1000 offset removed (``earthsearch:boa_offset_applied``;
+#   Element84's word: cirrus-geo/cirrus-earth-search issue 21, 2022-02-27; the property is sometimes
+#   false on COGs whose offset was removed all the same: cirrus-earth-search issue 33, Element84/earth-search
+#   issues 24, 66, 71): harmonised DNs, as metadata.yaml's blue mean 1105 (below Clay v0's 1369) says too; Landsat 8/9
 #   Collection 2 L1 and L2 from USGS landsatlook (``landsat_processor.py``, ``LANDSAT_8``/``LANDSAT_9``):
 #   the stored uint16 DNs (SR: reflectance = DN · 2.75e-5 − 0.2, metadata.yaml means ~13 000);
 #   NAIP 4-band uint8 COGs (``naip_processor.py``, ``rgbir_cog``; means ~110); Sentinel-1 RTC from
