@@ -25,10 +25,9 @@ pytest.importorskip("onnxruntime")
 import pyarrow.parquet as pq  # noqa: E402
 import rasterio  # noqa: E402
 import yaml  # noqa: E402
+from clay.export.artifacts import ExportOptions, export_artifacts  # noqa: E402
 from pyproj import Transformer  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
-
-from clay.export.artifacts import ExportOptions, export_artifacts  # noqa: E402
 
 from .official_clay import lightning_checkpoint, official_embedding_encoder, official_tiny_mae  # noqa: E402
 
@@ -336,7 +335,10 @@ def test_one_run_over_a_manifest_of_s2_landsat_and_naip_writes_each_with_its_sen
                        ("m_3807537_ne_18_060_20220511", 4.8)):  # fmt: skip
         with rasterio.open(tmp_path / "out" / f"{stem}.patches.tif") as src:
             assert src.res == pytest.approx((cell, cell)) and (src.width, src.height) == (32, 32)
-            assert src.tags()["CLAY_SENSOR"] == written[f"{stem}.parquet"].schema.metadata[b"clay:sensor"].decode()
+            assert (
+                src.tags()["CLAY_SENSOR"]
+                == written[f"{stem}.parquet"].schema.metadata[b"clay:sensor"].decode()
+            )
     sensors = {
         name: (t.column("sensor")[0].as_py(), t.schema.metadata[b"clay:sensor"].decode())
         for name, t in written.items()
@@ -486,3 +488,29 @@ def test_a_band_subset_given_the_full_sensors_artifact_says_which_export_takes_i
     out = tmp_path / "out"
     assert_refused(clay_run(folder, "--engine", engine / "sentinel-2-l2a", "--out", out), out,
                    "lacks sentinel-2-l2a band(s) B05", "clay-export --sensor sentinel-2-l2a+B02+B03+B04+B08")  # fmt: skip
+
+
+def test_the_python_api_serves_every_sensor_of_the_folder(engine, tmp_path):
+    """ClayEmbedder on the folder: embed_scene opens each scene against its sensor's artifact (the same
+    vector as clay-run), and RunOptions(sensor=...) names the artifact embed() runs."""
+    from clay.runtime.api import ClayEmbedder
+    from clay.runtime.options import RunOptions
+
+    naip, _, _ = naip_image(tmp_path)
+    landsat, _, _ = landsat_product(tmp_path)
+    result = clay_run(naip, "--engine", engine, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    by_cli, _ = one_embedding(tmp_path / "out" / "m_3807537_ne_18_060_20220511.parquet")
+    with ClayEmbedder(engine, backend="onnx-cpu") as embedder:
+        assert embedder.metadata.sensor == "sentinel-2-l2a"  # embed()'s default artifact
+        table = embedder.embed_scene(naip)
+        assert embedder.embed_scene(landsat).column("sensor").to_pylist() == ["landsat-c2l2-sr"]
+    assert table.column("sensor").to_pylist() == ["naip"]
+    assert cosine(np.array(table.column("embeddings")[0].as_py()), by_cli) >= 0.999999
+    with ClayEmbedder(engine, backend="onnx-cpu", options=RunOptions(sensor="naip")) as embedder:
+        assert embedder.metadata.sensor == "naip" and embedder.metadata.bands == (
+            "red",
+            "green",
+            "blue",
+            "nir",
+        )

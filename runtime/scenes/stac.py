@@ -50,9 +50,9 @@ from ..options import DEFAULT_HTTP_TIMEOUT
 from ..sensors import INPUT_RULES, band_for_label
 from .dates import DatedFile
 from .headers import Header
-from .sensing import item_sensor
 from .inputs import AssetFacts, GdalPath, ItemFacts, SceneFiles, scene_path
 from .remote import describe_fetch_error, fetch
+from .sensing import item_sensor
 
 #: STAC ``eo`` common names (and Earth Search's asset keys) of the Sentinel-2 bands Clay takes.
 #: ``rededge`` names four bands and ``coastal``/``nir09`` none of Clay's: they match nothing.
