@@ -44,7 +44,10 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
                    "checkpoints), else all six (the published Clay v0 file); the demo weights' S2 groups when they are used.")
 @click.option("--sensor", "sensors", default=None,
               help="Clay v1.5: the sensors to export, comma-separated metadata.yaml names (" + ", ".join(SENSORS) + "); "
-                   "one artifact set each, in OUT/<sensor>/. Default: sentinel-2-l2a.")
+                   "one artifact set each, in OUT/<sensor>/. NAME+BAND+BAND... exports a band subset of the sensor "
+                   "(sentinel-2-l2a+B02+B03+B04+B08, in OUT/sentinel-2-l2a+B02+B03+B04+B08/): Clay v1.5's patch-embedding "
+                   "weights depend on which bands are present, so each subset is its own artifact set, and clay-run picks "
+                   "per scene the largest set whose bands the scene has. Default: sentinel-2-l2a.")
 @click.option("--chip-size", type=int, default=None,
               help="Clay v1.5: chip side in pixels, a multiple of 8 (default 256, the size v1.5 was trained on).")
 @click.option("--conventions", "convention", type=click.Choice(CONVENTIONS), default="training", show_default=True,

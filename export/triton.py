@@ -23,6 +23,7 @@ from clay.runtime.engines.choice import read_engine_metadata
 from clay.runtime.engines.tensorrt_plan import STANDARD, PlanBuild
 from clay.runtime.formats import format_named
 from clay.runtime.metadata import EngineMetadata
+from clay.runtime.sensors import SENSORS
 
 from .tensorrt_build import BatchProfile
 
@@ -51,11 +52,13 @@ def config_text(name: str, platform: str, metadata: EngineMetadata, batch: Batch
 def model_prefix(metadata: EngineMetadata) -> str:
     """The Triton model names' stem: ``clay`` for Clay v0 (``clay_onnx``, ``clay_trt``, as always);
     ``clay_v1_5_<sensor>`` for a Clay v1.5 sensor's artifacts (``clay_v1_5_sentinel_2_l2a_onnx``), so
-    that one repository serves every sensor an export holds."""
+    that one repository serves every sensor an export holds; a band subset's adds its bands
+    (``clay_v1_5_sentinel_2_l2a_B02_B03_B04_B08_onnx``)."""
     if metadata.model == "clay-v0":
         return "clay"
-    return "clay_" + "_".join(part for part in (metadata.model.removeprefix("clay-"), metadata.sensor) if part).replace(
-        "-", "_").replace(".", "_")  # fmt: skip
+    subset = metadata.sensor in SENSORS and tuple(metadata.bands) != SENSORS[metadata.sensor].bands
+    parts = (metadata.model.removeprefix("clay-"), metadata.sensor, *(metadata.bands if subset else ()))
+    return "clay_" + "_".join(part for part in parts if part).replace("-", "_").replace(".", "_")
 
 
 def write_repository(artifacts: Path, repository: Path, batch: BatchProfile,

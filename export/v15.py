@@ -20,16 +20,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from clay.runtime.bands import INPUT_UNITS
+from clay.runtime.bands import BAND_NAMES, INPUT_UNITS
 from clay.runtime.metadata import V15_FORMAT_VERSION, EngineMetadata, package_versions
+from clay.runtime.resampling import CLAY_V15
 from clay.runtime.sensors import (
     CONVENTION_HELP,
     CONVENTIONS,
+    INPUT_RULES,
     SAR_DB,
     SAR_FLOOR,
     Sensor,
     metadata_values,
-    sensor_named,
+    sensor_spec,
 )
 from clay.training.model_v15 import CHIP_SIZE, EncoderV15
 from clay.training.synthetic import make_chips
@@ -75,7 +77,8 @@ def preprocessing(sensor: Sensor, convention: str) -> dict:
 def make_metadata_v15(encoder: EncoderV15, sensor: Sensor, options: ExportOptions, precision: str,
                       checkpoint: str, sha: str, weights: str) -> EngineMetadata:  # fmt: skip
     outputs = ("embedding", "patch_embeddings") if options.patch_embeddings else ("embedding",)
-    units = dict(INPUT_UNITS) if sensor.name in ("sentinel-2-l2a", "sentinel-1-rtc") else {"pixels": "the sensor's raw values, as metadata.yaml's means"}
+    rule = INPUT_RULES[sensor.name]
+    units = dict(INPUT_UNITS) if rule.v0_units else {"pixels": f"{rule.units} (as v1.5 was trained: {rule.source})"}
     return EngineMetadata(
         model_size=encoder.size.name,
         dim=encoder.dim,
@@ -100,7 +103,7 @@ def make_metadata_v15(encoder: EncoderV15, sensor: Sensor, options: ExportOption
         band_wavelengths=sensor.wavelengths,
         gsd=sensor.gsd,
         preprocessing=preprocessing(sensor, options.convention),
-        resampling=options.resampling,  # only where clay-export --resampling says it: v1.5's pipeline's is not established
+        resampling=options.resampling or CLAY_V15,  # stacchip's chipper: nearest (clay.runtime.resampling)
     )
 
 
@@ -108,10 +111,8 @@ def check_feeds_v15(sensor: Sensor, chip_size: int, count: int = 3, seed: int = 
     """Plausible raw chips of ``sensor`` plus one of physically plausible extremes (the sensor's
     largest DN on half the chip; SAR: linear power 1000 and 0, which the graph floors to 1e-10)."""
     pixels, lonlat, date = make_chips(count, seed=seed, size=chip_size)
-    if sensor.name == "sentinel-2-l2a":
-        raw = pixels[:, :10]
-    elif sensor.name == "sentinel-1-rtc":
-        raw = pixels[:, [11, 10]]  # make_chips' VV (11), VH (10): the sensor's order is vv, vh
+    if all(b in BAND_NAMES for b in sensor.bands):  # S2 and S1 (a subset too): make_chips' realistic values
+        raw = pixels[:, [BAND_NAMES.index(b) for b in sensor.bands]]
     else:
         rng = np.random.default_rng(seed)
         means, stds = np.asarray(sensor.means, np.float32), np.asarray(sensor.stds, np.float32)
@@ -161,7 +162,7 @@ def export_v15(options: ExportOptions, encoder: EncoderV15, checkpoint: str, sha
     problem = v15_options_problem(options)
     if problem:
         raise RefusedInput(problem)
-    sensors = [sensor_named(name) for name in (options.sensors or ("sentinel-2-l2a",))]
+    sensors = [sensor_spec(name) for name in (options.sensors or ("sentinel-2-l2a",))]
     chip = options.chip_size or CHIP_SIZE
     report = ExportReport()
     report.summary = [
@@ -169,30 +170,30 @@ def export_v15(options: ExportOptions, encoder: EncoderV15, checkpoint: str, sha
         f"chips {chip} x {chip} px, patch {encoder.patch_size}; conventions: {options.convention}; "
         f"output: embedding [B, {encoder.dim}] (CLS token)"
         + (f" and patch_embeddings [B, 1, {chip // 8}, {chip // 8}, {encoder.dim}]" if options.patch_embeddings else ""),
-        *(f"{s.name}: {len(s.bands)} bands ({' '.join(s.bands)}), gsd {s.gsd:g} m" for s in sensors),
+        *(f"{s.key}: {len(s.bands)} bands ({' '.join(s.bands)}), gsd {s.gsd:g} m" for s in sensors),
     ]  # fmt: skip
     stage = staging_dir(options.out)
     try:
         staged: list[tuple[Sensor, list[Path]]] = []
         for sensor in sensors:
-            folder = stage / sensor.name
+            folder = stage / sensor.key
             folder.mkdir()
             part = ExportReport()
             job = BuildJob(
                 encoder, options, folder,
                 lambda fmt, s=sensor: make_metadata_v15(encoder, s, options, fmt.precision, checkpoint, sha, weights),
-                lambda line, s=sensor: log(f"{s.name}: {line}"), report.seconds,
+                lambda line, s=sensor: log(f"{s.key}: {line}"), report.seconds,
                 module_factory=lambda s=sensor, **kw: InferenceEncoderV15(encoder, s, chip, options.convention,
                                                                           options.patch_embeddings, **kw),
             )  # fmt: skip
             built = _build(job, options.formats, part)
             if options.check:
                 _check_v15(job, sensor, built, part)
-            report.notes += [f"{sensor.name}: {note}" for note in part.notes]
+            report.notes += [f"{sensor.key}: {note}" for note in part.notes]
             report.scores += part.scores
             staged.append((sensor, part.artifacts))
         for sensor, paths in staged:
-            target = options.out / sensor.name
+            target = options.out / sensor.key
             target.mkdir(exist_ok=True)
             for path in paths:
                 os.replace(path, target / path.name)
@@ -204,7 +205,7 @@ def export_v15(options: ExportOptions, encoder: EncoderV15, checkpoint: str, sha
 
         try:
             for sensor in sensors:
-                report.artifacts += write_repository(options.out / sensor.name, options.triton_repository, options.batch,
+                report.artifacts += write_repository(options.out / sensor.key, options.triton_repository, options.batch,
                                                      report.notes.append)  # fmt: skip
         except OSError as exc:
             raise ExportError(f"{options.triton_repository}: cannot write the Triton repository ({exc.strerror or exc})") from None
@@ -216,4 +217,4 @@ def _check_v15(job: BuildJob, sensor: Sensor, built, report: ExportReport) -> No
     options = job.options
     feeds = check_feeds_v15(sensor, options.chip_size or CHIP_SIZE)
     expected = eager_reference_v15(job.encoder, sensor, options.convention, feeds, options.patch_embeddings)
-    check_built(job, built, feeds, expected, report, label=f"{sensor.name}/")
+    check_built(job, built, feeds, expected, report, label=f"{sensor.key}/")

@@ -20,6 +20,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .demo import resolve_engine
-from .engines.base import Engine, all_finite
-from .engines.choice import open_engine
+from .engines.base import Engine, EngineError, all_finite
+from .engines.choice import SCENE_SENSOR, open_engine, sensor_artifacts
 from .errors import SceneError
 from .metadata import EngineMetadata
 from .options import RunOptions, check_patch_embeddings
@@ -37,6 +38,8 @@ from .outputs.publish import OutputError, ScenePaths
 from .pipeline import ChipReaders, Progress, SceneJob, SceneResult, run_scenes
 from .scenes.inputs import SceneFiles
 from .scenes.scene import Scene, as_scene_files, open_scene
+from .scenes.sensing import choose_artifact
+from .sensors import SENSORS
 from .timing import StageClock
 
 
@@ -106,16 +109,47 @@ class ClayEmbedder:
     ``engine_path``: an engine file or export folder, or ``"demo"`` for the bundled demo engine
     (where no file or folder of that name exists); or an :class:`Engine` already open (a service
     that also runs it on chips: ``clay-serve``), which stays the caller's to close (``backend``
-    and ``threads`` are then not used)."""
+    and ``threads`` are then not used). A Clay v1.5 export folder of several sensors
+    (``clay-export --sensor a,b,...``) serves them all: each scene is embedded by the artifact of its
+    sensor and bands (:mod:`clay.runtime.scenes.sensing`; ``options.sensor`` names the sensor of
+    every scene), opened when a scene first needs it; :attr:`engine` and :meth:`embed` are the
+    artifact of ``options.sensor``, else Sentinel-2 L2A's, else the folder's only one."""
 
     def __init__(self, engine_path: str | Path | Engine, backend: str = "auto", threads: int | None = None,
                  options: RunOptions | None = None) -> None:  # fmt: skip
-        self._owns_engine = not isinstance(engine_path, Engine)
-        self.engine: Engine = open_engine(resolve_engine(engine_path), backend, threads) if self._owns_engine else engine_path
         self.options = options or RunOptions()
+        self._owns_engine = not isinstance(engine_path, Engine)
+        path = resolve_engine(engine_path) if self._owns_engine else engine_path.path
+        self._folder, self._backend, self._threads = Path(path), backend, threads
+        self.sensors = sensor_artifacts(self._folder, backend) if self._owns_engine and Path(path).is_dir() else {}
+        self._engines: dict[str, Engine] = {}
+        if not self._owns_engine:
+            self.engine: Engine = engine_path
+        elif self.sensors:
+            default = next((k for k in (self.options.sensor, SCENE_SENSOR) if k in self.sensors), sorted(self.sensors)[0])
+            self.engine = open_engine(self._folder / default, backend, threads)
+            self._engines[default] = self.engine
+        else:
+            self.engine = open_engine(path, backend, threads)
+            if self.options.sensor is not None and self.engine.metadata.model != "clay-v1.5":
+                self.engine.close()
+                raise EngineError(f"{path}: sensor {self.options.sensor} (--sensor) names a Clay v1.5 sensor; this is a "
+                                  f"{self.engine.metadata.model} engine")  # fmt: skip
         self.clock = StageClock()
         self._readers: ChipReaders | None = None
         self._lock = threading.Lock()
+
+    def engine_for(self, key: str) -> Engine:
+        """The engine of one artifact set of a Clay v1.5 folder of sensors (opened once)."""
+        with self._lock:
+            if key not in self._engines:
+                self._engines[key] = open_engine(self._folder / key, self._backend, self._threads)
+            return self._engines[key]
+
+    def _choose(self, files: SceneFiles, options: RunOptions) -> tuple[str, SceneFiles]:
+        """The artifact set (key) that embeds a scene, and the scene with how its sensor was told."""
+        choice = choose_artifact(files, self.sensors, options.sensor)
+        return choice.key, replace(files, sensor_note=choice.told_by)
 
     def __enter__(self) -> ClayEmbedder:
         return self
@@ -129,8 +163,9 @@ class ClayEmbedder:
             if self._readers is not None:
                 self._readers.close()
                 self._readers = None
-        if self._owns_engine:
-            self.engine.close()
+        for engine in {id(e): e for e in (self.engine, *self._engines.values())}.values():
+            if self._owns_engine or engine is not self.engine:
+                engine.close()
 
     @property
     def metadata(self) -> EngineMetadata:
@@ -171,8 +206,13 @@ class ClayEmbedder:
         """Validate a scene against the engine (bands, grid, units, date) without reading a chip. A
         scene is a path or URI as ``clay-run`` takes it (a GeoTIFF, a folder, a STAC Item's .json),
         :class:`SceneFiles`, or a ``pystac.Item`` (several Items as one scene:
-        :func:`clay.runtime.scenes.stac.scene_from_items`)."""
-        return open_scene(scene, self.metadata, options or self.options)
+        :func:`clay.runtime.scenes.stac.scene_from_items`). With a Clay v1.5 folder of sensors, against
+        the artifact of the scene's sensor and bands."""
+        options = options or self.options
+        if not self.sensors:
+            return open_scene(scene, self.metadata, options)
+        key, files = self._choose(as_scene_files(scene, options.http_timeout), options)
+        return open_scene(files, self.engine_for(key).metadata, options)
 
     def embed_scenes(
         self, scenes: Iterable[SceneJob | tuple[Scene | SceneFiles | str | Path, ScenePaths]],
@@ -197,7 +237,30 @@ class ClayEmbedder:
             jobs = [job for job in given if not (options.resume and job.paths.complete())]
             for job in jobs:
                 job.paths.clear_partials()
-            yield from run_scenes(self.engine, jobs, options, self.readers, progress, self.clock, on_open)
+            if not self.sensors:
+                yield from run_scenes(self.engine, jobs, options, self.readers, progress, self.clock, on_open)
+                return
+            groups: dict[str, list[SceneJob]] = {}
+            for job in jobs:
+                try:
+                    key, scene = self._job_key(job, options)
+                except SceneError as exc:
+                    if not options.keep_going:
+                        raise
+                    yield SceneResult(job.path, job.name, None, 0, 0, 0.0, self.engine.backend, str(exc))
+                    continue
+                groups.setdefault(key, []).append(SceneJob(scene, job.paths))
+            for key, group in groups.items():  # one pipeline per artifact set, scenes in their order within it
+                yield from run_scenes(self.engine_for(key), group, options, self.readers, progress, self.clock, on_open)
+
+    def _job_key(self, job: SceneJob, options: RunOptions) -> tuple[str, Scene | SceneFiles]:
+        """The artifact set a job's scene goes to: chosen for its files, or that of an opened scene."""
+        if isinstance(job.scene, Scene):
+            sensor = job.scene.applied.get("sensor", {}).get("name")
+            if sensor is None:
+                raise SceneError(f"{job.path}: opened for a Clay v0 engine; give its files to this Clay v1.5 engine folder")
+            return SENSORS[sensor].subset(job.scene.bands).key, job.scene
+        return self._choose(job.scene, options)
 
     def embed_scene_to(self, scene: str | Path | SceneFiles | InMemoryScene, output: str | Path,
                        options: RunOptions | None = None, name: str | None = None) -> SceneResult:  # fmt: skip

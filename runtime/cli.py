@@ -17,7 +17,7 @@ from .api import ClayEmbedder, check_patch_embeddings, prepare_output_folder, re
 from .console import quiet_known_warnings, require_extra
 from .demo import DEMO_ENGINE, DEMO_SCENE, resolve_engine
 from .engines.base import EngineError, EngineUnavailable
-from .engines.choice import BACKENDS
+from .engines.choice import BACKENDS, sensor_keys
 from .errors import SceneError, first_line
 from .formats import describe_formats
 from .metadata import EngineMetadata
@@ -32,6 +32,7 @@ from .scenes.dates import parse_date
 from .scenes.discovery import discover_scenes
 from .scenes.inputs import SceneFiles
 from .scenes.scene import Scene, open_scene
+from .sensors import SENSORS
 
 DEMO_STORY = (
     "The picture shows the Sentinel-2 scene (left) beside the embeddings as colour: the first three "
@@ -142,10 +143,12 @@ class RayProgress:
               help="Skip (and count) chips with a larger nodata fraction; nodata is filled with band means.")
 @click.option("--date", "date_text", default=None, help="Acquisition date YYYY-MM-DD (overrides the file's tags).")
 @click.option("--patch-embeddings", is_flag=True,
-              help="Also write <scene>.patches.parquet: one row per 32-px patch (engine exported with them).")
+              help="Also write <scene>.patches.parquet: one row per patch of the engine (Clay v0: 32 px, v1.5: 8 px; engine "
+                   "exported with them).")
 @click.option("--patch-raster", is_flag=True,
               help="Also write <scene>.patches.tif: the patch embeddings as a Cloud-Optimized GeoTIFF, one pixel per "
-                   "32-px cell of the scene's grid, one band per dimension (engine exported with --patch-embeddings).")
+                   "patch-sized cell of the scene's grid (Clay v0: 32 px, v1.5: 8 px), one band per dimension (engine exported "
+                   "with --patch-embeddings).")
 @click.option("--raster-dtype", type=click.Choice(RASTER_DTYPES), default="float32", show_default=True,
               help="Type of --patch-raster's cells: float32 (as computed, nodata NaN) or int8 (8-bit codes with a per-band "
                    "scale and offset that GDAL, rasterio and rioxarray apply, stored as unsigned bytes that every GDAL "
@@ -162,6 +165,11 @@ class RayProgress:
                    "the engine's metadata says its weights were trained (Clay v0: nearest; the demo weights: bilinear; "
                    "an engine that does not say: bilinear). Nearest from an aligned grid k times coarser reads the "
                    "band at its own resolution and repeats each pixel k×k. Recorded in the outputs' metadata.")
+@click.option("--sensor", default=None, metavar="NAME",
+              help="Clay v1.5: the sensor of every scene (" + ", ".join(SENSORS) + "), instead of what each scene's STAC "
+                   "Item, product names or band names say. With an engine folder of several sensors, each scene is "
+                   "embedded by its sensor's artifact; a scene of another sensor, or one whose sensor cannot be told "
+                   "(two possible, or none), is refused in one line.")
 @click.option("--resume", is_flag=True, help="Skip scenes whose outputs are complete (their chip file, and patch file "
                                             "and patch raster when asked for, published); clear what a killed run left.")
 @click.option("--keep-going", is_flag=True, help="When a scene fails, finish the others and list the failures at the end "
@@ -185,8 +193,8 @@ class RayProgress:
                    "per CPU), the same files. Connects to RAY_ADDRESS when set, else starts a local Ray. Implies "
                    "--keep-going; --readers does not apply. Needs the ray extra.")
 def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, edge, max_nodata, date_text,
-         patch_embeddings, patch_raster, raster_dtype, sar_units, s2_offset, resampling, resume, keep_going, http_timeout, threads,
-         combine, stac, use_ray) -> None:  # fmt: skip
+         patch_embeddings, patch_raster, raster_dtype, sar_units, s2_offset, resampling, sensor, resume, keep_going, http_timeout,
+         threads, combine, stac, use_ray) -> None:  # fmt: skip
     """Embed GeoTIFF SCENES with a Clay engine into GeoParquet.
 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
@@ -203,7 +211,10 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
     description or file name: B02…B12, VH, VV, DEM; extra bands are ignored) and a sensing date
     (acquisition tags, a product name, a YYYYMMDD date in a file or folder name, the TIFF DateTime
     last, or --date). Masks, nodata, GDAL scale/offset, units and each scene's S2 offset convention
-    are applied per scene and recorded in the outputs' metadata. The summary line says where the time went.
+    are applied per scene and recorded in the outputs' metadata. With a Clay v1.5 engine folder, each
+    scene's sensor (its STAC Item, product names, band names, or --sensor) picks the artifact set that
+    embeds it, and its bands are that sensor's (Landsat SR_B2…, NAIP red/green/blue/NIR…). The summary
+    line says where the time went.
     """
     quiet_known_warnings()
     _SAID.clear()  # once per run: main() may run several times in one process (tests, the Ray driver's caller)
@@ -227,7 +238,7 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
         options = RunOptions(batch_size=batch_size, edge=edge, max_nodata=max_nodata, patch_embeddings=patch_embeddings,
                              patch_raster=patch_raster, raster_dtype=raster_dtype, date=date, sar_units=sar_units,
                              s2_offset=s2_offset, resampling=resampling, readers=readers, keep_going=keep_going or use_ray,
-                             resume=resume, http_timeout=http_timeout)  # fmt: skip
+                             resume=resume, http_timeout=http_timeout, sensor=sensor)  # fmt: skip
     except ValueError as exc:
         sys.exit(f"clay-run: {exc}")
     failures: list[tuple[str, str]] = []
@@ -283,6 +294,9 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
     with ClayEmbedder(engine_path, backend, threads, options) as embedder:
         if embedder.engine.fallback:
             click.echo(f"clay-run: {embedder.engine.fallback}", err=True)
+        if embedder.sensors:
+            click.echo(f"clay-run: engine folder {engine_path}: Clay v1.5 artifacts for {', '.join(embedder.sensors)}; "
+                       "each scene is embedded by its sensor's", err=True)  # fmt: skip
         click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}"
                    f"{resampling_note(embedder.metadata, options)}", err=True)  # fmt: skip
         check_patch_embeddings(embedder.metadata, options.needs_patches, options.patch_request(cli=True))
@@ -311,7 +325,7 @@ def catalogue(targets: list[Path], options: RunOptions) -> None:
 def resampling_note(metadata: EngineMetadata, options: RunOptions) -> str:
     """The end of the engine line: how bands off a scene's grid are resampled, and why (each scene's
     outputs record it too)."""
-    method, why = choose_resampling(metadata.resampling, options.resampling)
+    method, why = choose_resampling(metadata.resampling, options.resampling, metadata.model)
     return f"; resampling: {method} ({why})"
 
 
@@ -319,6 +333,9 @@ def run_with_ray(engine_path: Path, backend: str, threads: int | None, scene_fil
                  options: RunOptions, failures: list, preview: Path | None, created: list[Path]) -> None:  # fmt: skip
     """``--ray``: the scenes opened on this machine (the driver), then the job on Ray Data
     (:mod:`clay.runtime.ray_job`); Ray's start-up is reported apart from the run's speed."""
+    if sensor_keys(Path(engine_path)) and len(sensor_keys(Path(engine_path))) > 1:
+        raise EngineError(f"{engine_path}: --ray runs one artifact set; give one sensor's folder "
+                          f"({', '.join(sensor_keys(Path(engine_path)))})")  # fmt: skip
     started = time.perf_counter()
     with ray_cluster() as cluster:
         engine = cluster.engine(engine_path, backend, threads)
@@ -441,8 +458,10 @@ def report(results: Iterable[SceneResult], options: RunOptions, failures: list) 
         if result.error:
             failures.append((result.name, result.error))
             continue
+        sensor = (result.opened.applied.get("sensor") or {}) if result.opened is not None else {}
+        said = f" [{sensor['name']}, bands {' '.join(sensor['bands_used'])}; {sensor['told_by']}]" if sensor else ""
         click.echo(f"clay-run: {result.name}: {result.chips_done} chips, {result.chips_skipped} skipped "
-                   f"(nodata > {options.max_nodata:g}) → {result.output}", err=True)  # fmt: skip
+                   f"(nodata > {options.max_nodata:g}) → {result.output}{said}", err=True)  # fmt: skip
     return done
 
 

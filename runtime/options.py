@@ -11,6 +11,7 @@ from datetime import date as Date
 from .errors import SceneError
 from .metadata import EngineMetadata
 from .resampling import check_resampling
+from .sensors import SENSORS
 
 #: How the chip grid treats a scene's right and bottom remainders (``--edge``; the rule is
 #: :func:`clay.runtime.scenes.grid.chip_starts`): defined here, with the run's other choices.
@@ -69,6 +70,9 @@ class RunOptions:
     keep_going: bool = False
     resume: bool = False
     http_timeout: float = DEFAULT_HTTP_TIMEOUT
+    # Clay v1.5: every scene's sensor (clay.runtime.sensors name) instead of what its STAC Item,
+    # product names or band names say (clay.runtime.scenes.sensing); None: per scene.
+    sensor: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.date, str):  # RunOptions(date="2020-02-23"), as --date takes it
@@ -89,6 +93,8 @@ class RunOptions:
         check_resampling(self.resampling)
         if self.s2_offset is not None and not math.isfinite(self.s2_offset):  # NaN would blank every S2 chip
             raise ValueError(f"s2_offset must be a finite number of DNs, not {self.s2_offset}")
+        if self.sensor is not None and self.sensor not in SENSORS:
+            raise ValueError(f"sensor must be one of Clay v1.5's: {', '.join(SENSORS)}, not {self.sensor!r}")
         if not 0 <= self.max_nodata <= 1:
             raise ValueError(f"max_nodata must be between 0 and 1, not {self.max_nodata}")
         if not self.http_timeout >= 1:  # curl counts whole seconds; NaN is refused too

@@ -467,7 +467,7 @@ def _write_settled_rows(output: SceneOutput, scene: Scene, source: str, chips: l
     covered = np.array([output.claims.chip_overlap(c) for c in chips], np.float32)
     output.chips.write(row_columns(
         source, scene.date, embeddings, [scene.chip_polygon(c) for c in chips], scene.multipart, scene.item_id,
-        row=[c.row for c in chips], col=[c.col for c in chips], nodata_fraction=fractions,
+        output.model, output.sensor, row=[c.row for c in chips], col=[c.col for c in chips], nodata_fraction=fractions,
         overlap=covered > 0, overlap_fraction=covered,
     ))  # fmt: skip
     if output.patches is not None:
@@ -476,7 +476,7 @@ def _write_settled_rows(output: SceneOutput, scene: Scene, source: str, chips: l
             i, j = [c.i for c in cells], [c.j for c in cells]
             output.patches.write(row_columns(
                 source, scene.date, grid[i, j], patch_polygons(scene.transform, scene.crs, chip, cells, scene.patch_size),
-                scene.multipart, scene.item_id, row=[c.row for c in cells], col=[c.col for c in cells],
+                scene.multipart, scene.item_id, output.model, output.sensor, row=[c.row for c in cells], col=[c.col for c in cells],
                 chip_row=[chip.row] * len(cells), chip_col=[chip.col] * len(cells),
                 overlap=output.claims.patch_overlap(chip, i, j),
             ))  # fmt: skip

@@ -124,11 +124,11 @@ def test_sar_in_db_and_tutorial_conventions_at_another_chip_size(v15_ckpt, tmp_p
     meta = read_metadata(out / "sentinel-1-rtc" / "clay.onnx")
     assert (meta.chip_size, meta.bands, meta.preprocessing["conventions"]) == (64, ("VV", "VH"), "tutorials")
     assert meta.preprocessing["location_values"].startswith("[sin lat")
-    assert meta.resampling is None  # v1.5's pipeline's resampling is not established: recorded only where said
+    assert meta.resampling == "nearest"  # stacchip's chipper (clay.runtime.resampling.CLAY_V15), unless said
     training = tmp_path / "s1-training"
     export_artifacts(ExportOptions(out=training, checkpoint=v15_ckpt, sensors=("sentinel-1-rtc",), chip_size=64,
-                                   check=False, resampling="nearest"), log=lambda _: None)  # fmt: skip
-    assert read_metadata(training / "sentinel-1-rtc" / "clay.onnx").resampling == "nearest"  # clay-export --resampling
+                                   check=False, resampling="bilinear"), log=lambda _: None)  # fmt: skip
+    assert read_metadata(training / "sentinel-1-rtc" / "clay.onnx").resampling == "bilinear"  # clay-export --resampling
     pixels = np.full((1, 2, 64, 64), 0.05, np.float32)
     lonlat, date = np.array([[100.0, 10.0]], np.float32), np.array([[2021, 6, 1]], np.float32)
     a = run(out / "sentinel-1-rtc" / "clay.onnx", pixels, lonlat, date)[0]
@@ -292,14 +292,14 @@ def test_a_triton_repository_holds_one_model_per_sensor(v15_ckpt, tmp_path):
 
 
 def test_a_scene_without_the_engines_sensor_bands_is_one_line(engine, tmp_path):
-    """A Landsat v1.5 engine on S2 files: refused in one line naming the missing bands, without v0's
-    --groups hint (which would export a v0 engine); an unnamed 13-band stack is not taken as the
-    engine's bands."""
+    """A Landsat v1.5 engine on S2 files: refused in one line saying the band names are Sentinel-2's
+    (B02-B07 are Landsat's numbers too, but B08-B12 are not), without v0's --groups hint (which
+    would export a v0 engine); an unnamed 13-band stack is not taken as the engine's bands."""
     from clay.training.synthetic import write_scene
 
     named = write_scene(tmp_path / "named.tif", 64, 64, seed=1)
     unnamed = write_scene(tmp_path / "unnamed.tif", 64, 64, seed=1, band_descriptions=False)
-    for scene, message in ((named, "lacks band(s) red, green, blue, nir08, swir16, swir22"),
+    for scene, message in ((named, "a sentinel-2-l2a scene (band names B02, B03"),
                            (unnamed, "13 bands without band descriptions; this engine's bands (red, green")):
         result = subprocess.run([sys.executable, "-m", "clay.runtime.cli", str(scene), "--engine",
                                  str(engine / "landsat-c2l2-sr"), "--out", str(tmp_path / "out")],

@@ -83,13 +83,15 @@ def auto_order(present: list[str], cpu: CpuInfo) -> list[str]:
 
 
 def open_engine(path: str | Path, backend: str = "auto", threads: int | None = None,
-                runtime_cache: str | Path | None = None, cpu: CpuInfo | None = None) -> Engine:  # fmt: skip
+                runtime_cache: str | Path | None = None, cpu: CpuInfo | None = None,
+                sensor: str | None = None) -> Engine:  # fmt: skip
     """Load an engine: a file, or an export folder (the artifact the backend should run, by the
     format table). ``auto`` takes the fastest backend present that the artifact is made for; from a
     folder, it passes over a plan that cannot run here and says why in the engine's ``fallback``, and
     on the CPU decides by ``cpu`` (default: this machine's, from ``/proc/cpuinfo``) between OpenVINO's
     bf16 and ONNX Runtime's int8 artifacts (:func:`auto_order`); the engine's ``choice`` says why.
     ``runtime_cache``: the file a TensorRT-RTX plan keeps its runtime cache in (default: beside it).
+    ``sensor``: for a Clay v1.5 folder of several sensors, whose artifacts (:func:`sensor_folder`).
 
     Raises :class:`EngineUnavailable` (one line) when the engine cannot run on this machine, and
     :class:`EngineError` when the file itself is unusable.
@@ -101,7 +103,7 @@ def open_engine(path: str | Path, backend: str = "auto", threads: int | None = N
     cpu = cpu or cpu_info()
     order = auto_order(present, cpu)
     fallback = None
-    folder = sensor_folder(path) if path.is_dir() else None
+    folder = sensor_folder(path, sensor) if path.is_dir() else None
     if folder is not None:
         path, fallback = _artifact_in_folder(folder, backend, present, cpu)
     metadata = read_engine_metadata(path)
@@ -149,21 +151,49 @@ def cpu_choice(backend: str, precision: str, cpu: CpuInfo, present: list[str], f
     return f"auto: {cpu.model} has AMX (amx_bf16) but {why}, so {precision} on ONNX Runtime"
 
 
-#: The sensor whose artifacts a Clay v1.5 engine folder offers the runtime: it reads Sentinel-2
-#: scenes only so far (choosing the sensor per scene is the next step, issue 37).
+#: The sensor whose artifacts a Clay v1.5 engine folder offers where one artifact is opened for chips
+#: (``ClayEmbedder.embed``, ``clay-serve``) and no sensor is named: Sentinel-2 L2A where the folder has
+#: it. Scenes pick their own (:mod:`clay.runtime.scenes.sensing`).
 SCENE_SENSOR = "sentinel-2-l2a"
 
 
-def sensor_folder(folder: Path) -> Path:
-    """The folder whose artifacts to run: ``folder`` itself, or, for a Clay v1.5 export folder (one
-    sub-folder per sensor, ``clay-export --sensor``), its :data:`SCENE_SENSOR` sub-folder."""
-    sensors = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name in SENSORS)
-    if not sensors or any(pick_artifact(folder, b) for b in RUNTIME_BACKENDS):
+def sensor_keys(folder: Path) -> list[str]:
+    """The artifact sets of a Clay v1.5 engine folder (one sub-folder per sensor or band subset,
+    ``clay-export --sensor``), by folder name (:attr:`clay.runtime.sensors.Sensor.key`), sorted; empty
+    for any other folder (a folder of artifacts itself, a Clay v0 export)."""
+    if not folder.is_dir() or any(pick_artifact(folder, b) for b in RUNTIME_BACKENDS):
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.split("+")[0] in SENSORS)
+
+
+def sensor_folder(folder: Path, prefer: str | None = None) -> Path:
+    """The folder whose artifacts to run: ``folder`` itself, or, for a Clay v1.5 export folder, the
+    sub-folder of ``prefer`` (a sensor name or key) where it has it, else :data:`SCENE_SENSOR`'s, else
+    its only one; several and none of these: :class:`EngineError` naming them."""
+    keys = sensor_keys(folder)
+    if not keys:
         return folder
-    if SCENE_SENSOR in sensors:
-        return folder / SCENE_SENSOR
-    raise EngineError(f"{folder}: a Clay v1.5 engine folder for {', '.join(sensors)}; scenes are read as {SCENE_SENSOR} "
-                      f"so far, which it has no artifacts for (name a sensor's folder, e.g. {folder / sensors[0]})")  # fmt: skip
+    for wanted in (prefer, SCENE_SENSOR):
+        if wanted in keys:
+            return folder / wanted
+    if len(keys) == 1:
+        return folder / keys[0]
+    raise EngineError(f"{folder}: a Clay v1.5 engine folder for {', '.join(keys)}; name the sensor (--sensor, "
+                      f"RunOptions(sensor=...)) or one sensor's folder, e.g. {folder / keys[0]}")  # fmt: skip
+
+
+def sensor_artifacts(folder: Path, backend: str = "auto") -> dict[str, EngineMetadata]:
+    """Each artifact set of a Clay v1.5 engine folder (key → the metadata of the artifact ``backend``
+    would run, or of its fp32 one), for choosing per scene; empty for any other folder."""
+    found = {}
+    for key in sensor_keys(folder):
+        sub = folder / key
+        artifact = next((pick_artifact(sub, b) for b in ([backend] if backend != "auto" else RUNTIME_BACKENDS)
+                         if pick_artifact(sub, b)), None)  # fmt: skip
+        if artifact is None:
+            raise EngineError(f"{sub}: no artifact in this folder (see clay-export --help)")
+        found[key] = read_engine_metadata(artifact)
+    return found
 
 
 def _artifact_in_folder(folder: Path, backend: str, present: list[str], cpu: CpuInfo) -> tuple[Path, str | None]:

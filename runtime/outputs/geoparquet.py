@@ -2,6 +2,9 @@
 
 Rows follow the published Clay embeddings schema (``source_url``, ``date``, ``embeddings``,
 ``geometry`` in OGC:CRS84) plus ``item_id`` (the STAC Item the scene came from; null for files),
+``model`` and ``sensor`` (the Clay that made the row, ``clay-v0`` or ``clay-v1.5``, and for v1.5 the
+sensor whose artifact embedded the scene; null for v0: the file metadata's ``clay:model`` and
+``clay:sensor`` say the same, so that a directory mixing runs cannot be read as one kind),
 ``row``, ``col`` and ``nodata_fraction`` (chips) or ``chip_row``,
 ``chip_col`` (patches), ``overlap`` (both; chips also ``overlap_fraction``: whether, and how much of,
 the row's ground another kept row holds by the patch raster's one-patch-per-cell rule, so that
@@ -77,6 +80,8 @@ def chip_schema(dim: int, extra_metadata: dict[str, str], multipart: bool = Fals
     fields = [
         pa.field("source_url", pa.string()),
         pa.field("item_id", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("sensor", pa.string()),
         pa.field("date", pa.date32()),
         pa.field("embeddings", pa.list_(pa.float32(), dim)),
         pa.field("geometry", pa.binary()),
@@ -91,9 +96,10 @@ def chip_schema(dim: int, extra_metadata: dict[str, str], multipart: bool = Fals
 
 
 def patch_schema(dim: int, extra_metadata: dict[str, str], multipart: bool = False) -> pa.Schema:
-    """One row per 32 × 32 px patch: the patch tokens' mean over the engine's band groups."""
+    """One row per patch (the engine's patch size: Clay v0 32 × 32 px, v1.5 8 × 8 px): the patch tokens'
+    mean over the engine's band groups (v1.5: one group)."""
     base = chip_schema(dim, extra_metadata, multipart)
-    fields = [base.field(n) for n in ("source_url", "item_id", "date", "embeddings", "geometry", "row", "col")]
+    fields = [base.field(n) for n in ("source_url", "item_id", "model", "sensor", "date", "embeddings", "geometry", "row", "col")]
     fields += [pa.field("chip_row", pa.int32()), pa.field("chip_col", pa.int32()), overlap_field("overlap", "patches"),
                base.field("bbox")]
     return pa.schema(fields, metadata=base.metadata)
@@ -110,6 +116,8 @@ def scene_grid(transform, width: int, height: int) -> dict:
 def file_metadata(engine: EngineMetadata, scene_crs: str, applied: dict, grid: dict | None = None) -> dict[str, str]:
     """The key-value metadata of a scene's files (and its patch raster's tags); ``grid``: :func:`scene_grid`."""
     record = {
+        "clay:model": engine.model,
+        "clay:sensor": engine.sensor,
         "clay:engine": json.dumps(engine.to_dict()),
         "clay:scene_crs": scene_crs,
         "clay:preprocessing": json.dumps(applied),
@@ -140,12 +148,13 @@ def geometry_columns(polygons, multipart: bool = False) -> dict[str, pa.Array]:
 
 
 def row_columns(source: str, day: Date, embeddings: np.ndarray, polygons, multipart: bool = False,
-                item_id: str | None = None, **columns) -> dict:  # fmt: skip
+                item_id: str | None = None, model: str = "clay-v0", sensor: str | None = None, **columns) -> dict:  # fmt: skip
     """The columns of a batch of rows (chips or patches): what every row shares (``item_id``: the
-    scene's STAC Item, ``None`` for files), the embeddings, the geometry with its bbox, and the file
-    kind's own integer columns (``row``, ``col``...)."""
+    scene's STAC Item, ``None`` for files; ``model``, ``sensor``: what made them), the embeddings, the
+    geometry with its bbox, and the file kind's own integer columns (``row``, ``col``...)."""
     count = len(embeddings)
-    return {"source_url": [source] * count, "item_id": [item_id] * count, "date": [day] * count,
+    return {"source_url": [source] * count, "item_id": [item_id] * count, "model": [model] * count,
+            "sensor": [sensor] * count, "date": [day] * count,
             "embeddings": embeddings_column(embeddings), **columns, **geometry_columns(polygons, multipart)}  # fmt: skip
 
 
@@ -220,6 +229,9 @@ class SceneOutput:
         self.raster = raster
         self.claims = claims
         self.deferred: list = []
+        # the model and sensor columns of every row (file_metadata's clay:model, clay:sensor; v0: no sensor)
+        self.model = extra_metadata.get("clay:model", "clay-v0")
+        self.sensor = extra_metadata.get("clay:sensor") or None
         self.chips = self.patches = None
         try:
             self.chips = AtomicParquetWriter(paths.chips, chip_schema(dim, extra_metadata, multipart))

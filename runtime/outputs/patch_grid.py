@@ -1,6 +1,7 @@
 """The cell grid of a patch raster and which patch each cell holds: pure functions of sizes, no I/O.
 
-**Grid.** One cell per 32 × 32 px of the scene's grid, anchored at the scene's origin: the scene's
+**Grid.** One cell per patch (the engine's patch size ``p``: 32 × 32 px for Clay v0, 8 × 8 for v1.5; 32 in
+what follows) of the scene's grid, anchored at the scene's origin: the scene's
 geotransform times ``Affine.scale(32)`` (so south-up, rotated and sheared grids hold), ⌈W/32⌉ ×
 ⌈H/32⌉ cells. The last column and row of cells reach past the scene's edge by the remainder.
 

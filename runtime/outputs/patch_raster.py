@@ -1,5 +1,5 @@
 """Patch embeddings as a raster: ``<scene>.patches.tif``, a Cloud-Optimized GeoTIFF that GDAL,
-rasterio, rioxarray, QGIS and TorchGeo read like any other image: one pixel per 32 × 32 px cell of
+rasterio, rioxarray, QGIS and TorchGeo read like any other image: one pixel per patch-sized cell (the engine's patch size: 32 × 32 px for Clay v0, 8 × 8 for v1.5) of
 the scene's grid, in the scene's CRS, one band per embedding dimension (``embedding_000``…), tiled,
 ZSTD-compressed, with nearest-neighbour overviews. Which patch each cell holds, and the overviews'
 cells: :mod:`clay.runtime.outputs.patch_grid`.

@@ -10,8 +10,8 @@ sensing time, not when a file was processed or copied. A date a catalogue declar
    ``DATATAKE_1_DATATAKE_SENSING_START``, ``PRODUCT_START_TIME``, ``datetime``…);
 2. a product name in the file's or its folders' names: Sentinel-2 and Sentinel-1 product names
    (``S2A_MSIL2A_20200223T032701_…``, ``S1A_IW_GRDH_1SDV_20200607T…``), Earth Search item ids
-   (``S2B_48QUE_20200223_0_L2A``), Landsat product ids (``LC08_L2SP_…_20200607_…``) and HLS names
-   (``HLS.S30.T48QUE.2020054T032659…``);
+   (``S2B_48QUE_20200223_0_L2A``), Landsat product ids (``LC08_L2SP_…_20200607_…``), HLS names
+   (``HLS.S30.T48QUE.2020054T032659…``) and NAIP image names (``m_3807537_ne_18_060_20220511``);
 3. a date written ``YYYYMMDD`` on its own in the file's or its folders' names (``s2l2a-20200604``,
    ``…_20200223.tif``), as people name what they download: taken, with a warning, since such a
    date may also be a processing or download date;
@@ -44,6 +44,8 @@ PRODUCT_NAMES: tuple[tuple[str, re.Pattern], ...] = (
     ("Earth Search item id", re.compile(r"S2[A-D]_\d{1,2}[A-Z]{3}_(\d{8})_\d+_L[12][AC]")),
     ("Landsat product id", re.compile(r"L[COTEM]0\d_L[12][A-Z]{2}_\d{6}_(\d{8})_\d{8}_\d{2}_[A-Z0-9]{2}")),
     ("HLS granule name", re.compile(r"HLS\.[LS]30\.T\d{2}[A-Z]{3}\.(\d{7})T\d{6}")),
+    # USDA FSA APFO NAIP quarter quads m_<quad>_<quarter>_<utm zone>_<resolution>_<image date>
+    ("NAIP image name", re.compile(r"(?<![A-Za-z0-9])m_\d{7}_(?:ne|nw|se|sw)_\d{2}_\d{3}_(\d{8})")),
 )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..bands import canonical_band_name
 from ..errors import SceneError
 from ..options import DEFAULT_HTTP_TIMEOUT
+from ..sensors import labels_any_sensor
 from .headers import band_count, names_clay_bands
 from .inputs import GdalPath, SceneFiles, scene_path
 from .products import band_label
@@ -108,4 +109,7 @@ def _discover(paths, manifests: bool, combine: bool, http_timeout: float) -> lis
 
 
 def _is_band_file(path: Path | GdalPath) -> bool:
-    return canonical_band_name(band_label(path)) is not None and band_count(path) == 1
+    """A single-band file whose name names a band: Clay v0's, or one of a Clay v1.5 sensor's
+    (``…_SR_B2.TIF``, ``red.tif``)."""
+    label = band_label(path)
+    return (canonical_band_name(label) is not None or labels_any_sensor(label)) and band_count(path) == 1

@@ -53,6 +53,10 @@ class Header:
     # each came from, for the notes recorded in the outputs (clay.runtime.scenes.stac.asset_header).
     declared: dict[str, str] = field(default_factory=dict)
     date: DatedFile | None = None  # the sensing date a catalogue declares for the file
+    # Each band's label as the file gives it: its description, or for a single-band file without one
+    # the band part of its name (products.band_label); "" where none. Clay v1.5 sensors other than
+    # Sentinel-2/1 name their bands by these (clay.runtime.sensors.band_for_label).
+    labels: tuple[str, ...] = ()
 
     def tag(self, key: str, domain: str = "") -> str | None:
         return self.tags.get(domain, {}).get(key)
@@ -113,16 +117,17 @@ def read_header(path: Path | GdalPath) -> Header:
             if problem:
                 raise SceneError(f"{path}: {problem}")
             alpha = next((i for i, c in enumerate(src.colorinterp, start=1) if c == ColorInterp.alpha), None)
-            names = tuple(canonical_band_name(d) if d and i != alpha else None
-                          for i, d in enumerate(src.descriptions, start=1))  # fmt: skip
+            labels = tuple(d if d and i != alpha else "" for i, d in enumerate(src.descriptions, start=1))
+            names = tuple(canonical_band_name(d) if d else None for d in labels)
             if src.count == 1 and names[0] is None:
                 names = (canonical_band_name(band_label(path)),)  # per-band products name the band in the file name
+                labels = labels if labels[0] else (band_label(path),)
             return Header(
                 path, src.crs, src.transform, src.width, src.height, src.count, names, tuple(src.dtypes),
                 tuple(src.nodatavals), tuple(mask_kind(f, alpha) for f in src.mask_flag_enums), tuple(src.scales),
                 tuple(src.offsets), tuple(u or "" for u in src.units),
                 {domain: src.tags(ns=domain) if domain else src.tags() for domain in TAG_DOMAINS},
-                tuple(src.tags(i) for i in range(1, src.count + 1)), bool(src.overviews(1)), alpha,
+                tuple(src.tags(i) for i in range(1, src.count + 1)), bool(src.overviews(1)), alpha, labels=labels,
             )  # fmt: skip
     except RasterioError as exc:
         if is_remote(path):  # the server's answer first: an expired URL is not a bad file

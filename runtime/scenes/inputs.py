@@ -98,6 +98,10 @@ class SceneFiles:
     label: str | None = None  # the scene's name where it is not the path's (a STAC Item's id)
     assets: tuple[AssetFacts, ...] = ()  # what STAC Items declare about the files, one per file
     problem: str | None = None  # why the scene cannot be opened, found before it is (a bad STAC Item)
+    sensor_note: str | None = None  # Clay v1.5: how the scene's sensor was told (clay.runtime.scenes.sensing)
+    # A STAC Item of a Clay v1.5 sensor whose bands Clay v0 does not have (Landsat...): why a Clay v0
+    # engine refuses it (its assets hold that sensor's bands, not Clay v0's)
+    v0_problem: str | None = None
 
     @property
     def name(self) -> str:
@@ -121,6 +125,8 @@ class ItemFacts:
     date_field: str  # "datetime", or "start_datetime" where datetime is null
     s2_harmonised: bool | None  # earthsearch:boa_offset_applied
     s2_baseline: str | None  # s2:processing_baseline
+    platform: str | None = None  # the Item's platform and constellation (which sensor: clay.runtime.scenes.sensing)
+    constellation: str | None = None
 
 
 @dataclass(frozen=True)

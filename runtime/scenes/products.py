@@ -37,12 +37,26 @@ _CLAY_V0 = "Clay v0 takes Sentinel-2 L2A bands, Sentinel-1 VV/VH and a DEM"
 @dataclass(frozen=True)
 class Product:
     """A product recognised in a name: what it is, the name it was read from, and, for Clay v0,
-    either why its files are refused (``refused``) or what is recorded when they are taken."""
+    either why its files are refused (``refused``) or what is recorded when they are taken;
+    ``sensor``: the Clay v1.5 sensor (:mod:`clay.runtime.sensors`) its files are (``None``: none).
+    ``v1_5_refused``: why a Clay v1.5 engine refuses it; ``v1_5_note``: what is recorded."""
 
     kind: str
     name: str
     refused: str | None = None
     note: str | None = None
+    sensor: str | None = None
+    v1_5_refused: str | None = None
+    v1_5_note: str | None = None
+
+
+#: HLS L30 v2.0 stores surface reflectance × 10 000 (scale 0.0001, no offset: HLS v2.0 user guide,
+#: table 6), where Landsat C2 L2 stores DN = (reflectance + 0.2) / 2.75e-5: recorded with its scale.
+HLS_L30_NOTE = ("HLS L30 v2.0: Landsat 8/9 OLI surface reflectance x 10000 (LaSRC, BRDF-normalised, on the S2 "
+                "MGRS grid), brought to Collection 2 Level-2 DNs; Clay v1.5 was trained on Collection 2 Level-2 SR")
+#: Clay v1.5 facts per product (v0's refusals above are unchanged): pattern index → (sensor, refused, note).
+#: Landsat: only 8/9 OLI (LC08/LC09: stacchip landsat_processor.py queries LANDSAT_8 and LANDSAT_9) whose
+#: band numbers are the table's; Level-2 SP/SR products → landsat-c2l2-sr, Level-1 → landsat-c2l1.
 
 
 #: (pattern, what the product is, why Clay v0 refuses it or None, the note recorded when accepted)
@@ -62,26 +76,73 @@ PRODUCTS: tuple[tuple[re.Pattern, str, str | None, str | None], ...] = (
 )  # fmt: skip
 
 
-def product_of(path) -> Product | None:
-    """The product named by the file's name or its three nearest folders (nearest first), or ``None``."""
-    parts = PurePosixPath(str(path).replace("\\", "/")).parts[-4:]
-    for part in reversed(parts):
+#: Products Clay v0 takes as they are (Sentinel-2 L2A, Sentinel-1 RTC) named here for Clay v1.5's
+#: sensor choice: ESA L2A product names, Earth Search ids (``S2B_10TFK_20210713_0_L2A``,
+#: ``S2A_T20HNJ_20240311T140636_L2A``), Planetary Computer's S1 RTC ids and OPERA RTC-S1 granules.
+V15_ONLY: tuple[tuple[re.Pattern, str, str], ...] = (
+    (re.compile(r"S2[A-D]_MSIL2A_\d{8}T\d{6}|S2[A-D]_(?:T?\d{1,2}[A-Z]{3})_\d{8}(?:T\d{6})?(?:_\d+)?_L2A"),
+     "Sentinel-2 Level-2A product", "sentinel-2-l2a"),
+    (re.compile(r"S1[A-D]_IW_GRD[HM]_1S[DS][VH]_\d{8}T\d{6}\w*_rtc|OPERA_L2_RTC-S1_", re.IGNORECASE),
+     "Sentinel-1 RTC product", "sentinel-1-rtc"),
+)  # fmt: skip
+
+
+def _v15(kind: str, match: re.Match) -> tuple[str | None, str | None, str | None]:
+    """(sensor, why Clay v1.5 refuses it, note) for a product of ``PRODUCTS``."""
+    if kind.startswith("Landsat"):
+        if match.group(1) != "C" or match.group(2) not in "89":
+            return None, ("Clay v1.5 was trained on Landsat 8/9 OLI (LC08, LC09) only; other Landsat instruments "
+                          "number their bands differently"), None  # fmt: skip
+        return ("landsat-c2l2-sr" if match.group(3) == "2" else "landsat-c2l1"), None, None
+    if kind.startswith("HLS L30"):
+        return "landsat-c2l2-sr", None, HLS_L30_NOTE
+    if kind.startswith("HLS S30"):
+        return "sentinel-2-l2a", None, HLS_S30_NOTE
+    if kind == "MODIS product":
+        return "modis", None, None
+    if kind == "NAIP image":
+        return "naip", None, None
+    return None, ("Clay v1.5 was trained on Sentinel-2 Level-2A, not Level-1C (process it with Sen2Cor, or use the "
+                  "L2A product)"), None  # fmt: skip
+
+
+def products_in(path) -> list[Product]:
+    """Every product named by the file's name and its three nearest folders, nearest first."""
+    found = []
+    for part in reversed(PurePosixPath(str(path).replace("\\", "/")).parts[-4:]):
         for pattern, kind, refused, note in PRODUCTS:
             match = pattern.search(part)
             if match:
-                if kind.startswith("Landsat"):
-                    kind = kind.format(num=match.group(2))
-                return Product(kind, part, refused, note)
-    return None
+                sensor, v15_refused, v15_note = _v15(kind, match)
+                kind = kind.format(num=match.group(2)) if kind.startswith("Landsat") else kind
+                found.append(Product(kind, part, refused, note, sensor, v15_refused, v15_note))
+                break
+        else:
+            for pattern, kind, sensor in V15_ONLY:
+                if pattern.search(part):
+                    found.append(Product(kind, part, None, None, sensor))
+                    break
+    return found
+
+
+def product_of(path) -> Product | None:
+    """The product Clay v0 reads the file as, named by its name or its three nearest folders (nearest
+    first; products Clay v0 takes as they are, S2 L2A and S1 RTC, are passed over), or ``None``."""
+    return next((p for p in products_in(path) if p.refused or p.note), None)
 
 
 #: HLS v2.0 file names end with the band: ``HLS.S30.T48QUE.2024060T033701.v2.0.B02.tif``.
 _HLS_FILE = re.compile(r"^HLS\.[LS]30\..*\.v\d+\.\d+\.([A-Za-z0-9]+)$")
 
 
+#: Landsat Collection 2 per-band files: ``LC08_L2SP_129048_20230501_20230509_02_T1_SR_B2.TIF``.
+_LANDSAT_FILE = re.compile(r"^L[COTEM]0\d_L[12][A-Z]{2}_\d{6}_\d{8}_\d{8}_\d{2}_[A-Z0-9]{2}_([A-Z0-9_]+)$")
+
+
 def band_label(path) -> str:
     """The part of a per-band file's name that names its band: the last field of an HLS file name
-    (``….v2.0.B02``), else the name without its suffix (``B02``, ``T48QUE_20200223_B02``)."""
+    (``….v2.0.B02``), what follows a Landsat product id (``…_T1_SR_B2`` → ``SR_B2``), else the name
+    without its suffix (``B02``, ``T48QUE_20200223_B02``)."""
     stem = PurePosixPath(str(path).replace("\\", "/")).stem
-    match = _HLS_FILE.match(stem)
+    match = _HLS_FILE.match(stem) or _LANDSAT_FILE.match(stem)
     return match.group(1) if match else stem

@@ -27,22 +27,27 @@ from ..bands import BAND_NAMES, DATE_ALIASES, S2_BANDS, date_aliases
 from ..errors import SceneError, first_line
 from ..options import DEFAULT_HTTP_TIMEOUT, RunOptions
 from ..resampling import choose_resampling
+from ..sensors import INPUT_RULES, SAR_DB, SENSORS, band_for_label
 from . import geometry
 from .dates import DatedFile, file_date
 from .discovery import discover_scenes, is_item_path
 from .grid import Chip, chip_grid
 from .headers import SUPPORTED_DTYPES, Header, band_sources, read_header
 from .inputs import GdalPath, SceneFiles, scene_path
-from .products import product_of
+from .products import HLS_L30_NOTE, HLS_S30_NOTE, Product, product_of, products_in
 from .remote import http_env
+from .sensing import sensor_candidates
 from .stac import asset_header, is_pystac_item, scene_from_items, stac_record
-from .units import Conversion, band_conversion
+from .units import Conversion, band_conversion, stored_conversion
 
 _GEOD = Geod(ellps="WGS84")
 #: Pixel sizes within this ratio count as equal when choosing the reference grid.
 SAME_SIZE = 1.01
 #: Clay v0's chips are 10 m; a scene outside this range of ground pixel sizes gets a warning.
 GSD_RANGE_M = (8.0, 12.5)
+#: HLS L30 v2.0's stored values: reflectance = DN * 0.0001 (HLS v2.0 user guide, table 6), where the
+#: granule's files declare nothing GDAL reads.
+HLS_L30_SCALE = (1e-4, 0.0)
 #: How a scene whose date cannot be read is given one (the end of its one-line error).
 DATE_HINT = "; pass --date YYYY-MM-DD (RunOptions(date=...) in Python)"
 
@@ -187,15 +192,31 @@ def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
     if scene.problem:
         raise SceneError(scene.problem)
     wanted = tuple(engine.bands)
+    sensor = v15_sensor(engine)
+    if scene.v0_problem and (not sensor or INPUT_RULES[sensor].v0_units):
+        raise SceneError(scene.v0_problem)
+    rule = INPUT_RULES[sensor] if sensor else None
+    if sensor:
+        scene = check_sensor(scene, sensor, options.sensor)
     files, unread = _files_to_read(scene, wanted)
-    headers, product_note = _products(scene, {path: scene_header(scene, path) for path in files})
+    headers = {path: scene_header(scene, path) for path in files}
+    if sensor:
+        headers, product = _sensor_products(scene, headers, sensor)
+        product_note = product.v1_5_note if product else None
+        headers = {path: h if scene.declared(path) else sensor_names(h, sensor) for path, h in headers.items()}
+        _check_subset(scene, headers, sensor, wanted)
+    else:
+        headers, product_note = _products(scene, headers)
+        product = None
     sources = band_sources(scene, list(headers.values()), wanted)
     used = list(dict.fromkeys(headers[sources[b][0]] for b in wanted))  # engine band order
+    allowed = rule.dtypes if rule else SUPPORTED_DTYPES
     for band in wanted:
         path, index = sources[band]
         dtype = headers[path].dtypes[index - 1]
-        if dtype not in SUPPORTED_DTYPES:
-            raise SceneError(f"{path}: band {band} has unsupported data type {dtype} (use {', '.join(SUPPORTED_DTYPES)})")
+        if dtype not in allowed:
+            kind = f" for {sensor}" if sensor else ""
+            raise SceneError(f"{path}: band {band} has unsupported data type {dtype}{kind} (use {', '.join(allowed)})")
     if len(used) == 1 and not any(used[0].names):  # band_sources took an unnamed 13-band stack in Clay's order
         applied_bands = (f"{used[0].path.name}: {used[0].count} bands without descriptions, taken in Clay's order "
                          f"({', '.join(BAND_NAMES)}); values checked per chip")  # fmt: skip
@@ -218,12 +239,15 @@ def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
         date_note["model_encoding"] = "; ".join(aliases.values())
         warnings += [f"{DATE_ALIASES[kind]} (per scene: date.model_encoding in the outputs' clay:preprocessing)"
                      for kind in aliases]  # fmt: skip
-    method, chosen_by = choose_resampling(engine.resampling, options.resampling)
+    method, chosen_by = choose_resampling(engine.resampling, options.resampling, getattr(engine, "model", "clay-v0"))
     readers, units, modes, masks = [], {}, {}, {}
     for band in wanted:
         path, index = sources[band]
         header = headers[path]
-        converted = band_conversion(header, index, band, options.sar_units, options.s2_offset, day)
+        if rule is None or rule.v0_units:
+            converted = band_conversion(header, index, band, options.sar_units, options.s2_offset, day)
+        else:
+            converted = stored_conversion(header, index, band, sensor, HLS_L30_SCALE if product and product.v1_5_note == HLS_L30_NOTE else None)
         if converted.warning:  # named after the scene, so that per-band files say it once
             warnings.append(converted.warning.replace(str(header.path), str(scene.path), 1))
         units.setdefault(converted.note, []).append(band)
@@ -255,16 +279,125 @@ def _open(scene: SceneFiles, engine: SceneInputs, options: RunOptions) -> Scene:
     result = Scene(
         path=scene.path, name=scene.name, crs=reference.crs, transform=reference.transform, width=reference.width,
         height=reference.height, date=day, sources=tuple(readers),
-        fill_values=np.asarray(engine.band_means, dtype=np.float32), chip_size=engine.chip_size,
+        fill_values=fill_values(engine, sensor), chip_size=engine.chip_size,
         patch_size=engine.patch_size, applied=applied, resampling=method, multipart=multipart, ignored=ignored,
         http_timeout=options.http_timeout,
     )  # fmt: skip
     lead = scene.declared(sources[wanted[0]][0])
     if lead is not None:
         result.source_url, result.item_id = lead.item.source, lead.item.id
-    gsd = gsd_warning(result, reference)
+    if sensor:
+        gsd, applied["sensor"] = sensor_record(scene, engine, sensor, reference, headers)
+    else:
+        gsd = gsd_warning(result, reference)
     result.warnings = tuple(dict.fromkeys(w for w in (gsd, *warnings) if w))
     return result
+
+
+def check_sensor(scene: SceneFiles, sensor: str, override: str | None) -> SceneFiles:
+    """A scene given to a Clay v1.5 artifact of ``sensor``: refused in one line where its STAC Item,
+    product names or band names say it is another sensor's (or ``override`` names another); the
+    scene with how its sensor was told (for the outputs)."""
+    candidates, told_by = sensor_candidates(scene, override)
+    if candidates and sensor not in candidates:
+        what = " or ".join(candidates)
+        raise SceneError(f"{scene.path}: a {what} scene ({told_by}); this engine's artifact is for {sensor}"
+                         + ("" if override else f" (name the sensor with --sensor if it is a {sensor} scene)"))  # fmt: skip
+    if scene.sensor_note is None:
+        how = told_by if candidates == [sensor] else f"the engine's artifact ({sensor})"
+        scene = replace(scene, sensor_note=how)
+    return scene
+
+
+def _check_subset(scene: SceneFiles, headers: dict, sensor: str, wanted: tuple[str, ...]) -> None:
+    """A scene with some of the sensor's bands but not all the artifact takes: one line that says
+    which, and the ``clay-export --sensor`` of an artifact set for the bands it has (Clay v1.5 takes
+    any subset, but each subset's weights are folded into its own artifacts)."""
+    present = {name for h in headers.values() for name in h.names if name}
+    have = [b for b in SENSORS[sensor].bands if b in present]
+    missing = [b for b in wanted if b not in present]
+    if have and missing:
+        raise SceneError(f"{scene.path}: lacks {sensor} band(s) {', '.join(missing)} that this artifact takes (the scene "
+                         f"has {', '.join(have)}); Clay v1.5 takes any subset: export an artifact set for these bands with "
+                         f"clay-export --sensor {'+'.join((sensor, *have))}")  # fmt: skip
+
+
+def v15_sensor(engine: SceneInputs) -> str:
+    """The Clay v1.5 sensor an engine's artifact was made for ("" for Clay v0 and the training reader)."""
+    sensor = getattr(engine, "sensor", "") or ""
+    return sensor if getattr(engine, "model", "clay-v0") == "clay-v1.5" and sensor in INPUT_RULES else ""
+
+
+def fill_values(engine: SceneInputs, sensor: str) -> np.ndarray:
+    """What invalid pixels are filled with, in the engine's input units: the band means (0 after
+    normalisation); for a sensor the engine takes in linear power and normalises in dB (S1 RTC), the
+    means' linear power, so that the graph's 10·log10 gives the mean back."""
+    means = np.asarray(engine.band_means, dtype=np.float64)
+    if sensor in SAR_DB:
+        means = 10.0 ** (means / 10.0)
+    return means.astype(np.float32)
+
+
+def _sensor_products(scene: SceneFiles, headers: dict, sensor: str) -> tuple[dict, Product | None]:
+    """Clay v1.5: a file whose name says it is a product of another sensor (or one v1.5 refuses) is
+    refused in one line; one of this sensor is taken, an HLS S30 granule's offset-free DNs declared
+    as for Clay v0. Returns the headers and the product the files are (``None``: none named)."""
+    found = None
+    for path, header in list(headers.items()):
+        if scene.declared(path) is not None:
+            continue
+        for product in products_in(path)[:1]:  # what the file is: its nearest name (sensing.py weighs the others)
+            if product.v1_5_refused:
+                raise SceneError(f"{path}: a {product.kind} ({product.name}): {product.v1_5_refused}")
+            if product.sensor and product.sensor != sensor:
+                raise SceneError(f"{path}: a {product.kind} ({product.name}), a {product.sensor} product: not embedded "
+                                 f"with a {sensor} artifact")  # fmt: skip
+            found = found or product
+        if found is not None and found.note == HLS_S30_NOTE:
+            tags = {**header.tags, "": {**header.tags.get("", {}), "BOA_OFFSET_APPLIED": "true"}}
+            headers[path] = replace(header, tags=tags, declared={**header.declared, "harmonised": "HLS S30 v2.0 product"})
+    return headers, found
+
+
+def sensor_names(header: Header, sensor: str) -> Header:
+    """The header with its bands named as ``sensor``'s (:func:`clay.runtime.sensors.band_for_label`);
+    a multi-band file without band descriptions takes the product's band order where it has one
+    (NAIP: red, green, blue, NIR)."""
+    names = tuple(band_for_label(sensor, label) for label in header.labels) if header.labels else ()
+    if not any(names) and header.count > 1 and not any(header.labels):
+        order = next((o for o in INPUT_RULES[sensor].order if len(o) == header.count), None)
+        if order is not None:
+            names = order
+    if not any(names):
+        return header  # nothing named for the sensor: band_sources says what is missing (or takes an unnamed v0 stack)
+    return replace(header, names=names)
+
+
+def sensor_record(scene: SceneFiles, engine: SceneInputs, sensor: str, reference: Header,
+                  headers: dict) -> tuple[str | None, dict]:  # fmt: skip
+    """What the outputs record of a Clay v1.5 scene's sensor (its name, how it was told, the bands
+    used and the sensor's bands not used: the scene lacks them, or the engine's artifact for the
+    scene's bands does not take them), the gsd the model sees beside the scene's own pixel
+    size) and a warning where that pixel size is outside what the sensor's training data held."""
+    across, down = ground_pixel_edges(reference)
+    pixel = float(np.sqrt(across * down))
+    low, high = INPUT_RULES[sensor].pixel_m
+    gsd = getattr(engine, "gsd", None)
+    record = {
+        "name": sensor,
+        "told_by": scene.sensor_note or "the engine's artifact",
+        "bands_used": list(engine.bands),
+        "sensor_bands_not_used": [b for b in SENSORS[sensor].bands if b not in engine.bands],  # absent, or no artifact takes them
+        "gsd_model_m": gsd,
+        "gsd_source": "the sensor's metadata.yaml gsd, as the v1.5 weights were trained (folded into the engine)",
+        "scene_pixel_m": round(pixel, 3),
+        "training_pixel_m": [low, high],
+    }
+    warning = None
+    if not low <= pixel <= high:
+        warning = (f"{scene.path}: pixels are about {pixel:.3g} m on the ground; Clay v1.5 saw {sensor} at {low:g}-{high:g} m "
+                   f"and takes it as gsd {gsd:g} m")  # fmt: skip
+    return warning, record
 
 
 def _products(scene: SceneFiles, headers: dict) -> tuple[dict, str | None]:

@@ -47,10 +47,12 @@ from urllib.parse import urljoin
 from ..bands import BAND_NAMES, S2_BANDS, SAR_BANDS, canonical_band_name
 from ..errors import SceneError, first_line
 from ..options import DEFAULT_HTTP_TIMEOUT
+from ..sensors import INPUT_RULES, band_for_label
 from .dates import DatedFile
 from .headers import Header
 from .inputs import AssetFacts, GdalPath, ItemFacts, SceneFiles, scene_path
 from .remote import describe_fetch_error, fetch
+from .sensing import item_sensor
 
 #: STAC ``eo`` common names (and Earth Search's asset keys) of the Sentinel-2 bands Clay takes.
 #: ``rededge`` names four bands and ``coastal``/``nir09`` none of Clay's: they match nothing.
@@ -134,7 +136,7 @@ def combine_items(scenes: list[SceneFiles]) -> SceneFiles:
         raise SceneError(f"--combine joins STAC Items into one scene; {plain[0].path} is not one")
     if len(scenes) == 1:
         return scenes[0]
-    problem = next((s.problem for s in scenes if s.problem), None)
+    problem = next((s.problem or s.v0_problem for s in scenes if s.problem or s.v0_problem), None)
     assets = tuple(a for s in scenes for a in s.assets)
     offered: dict[str, AssetFacts] = {}
     for asset in assets:
@@ -186,9 +188,50 @@ def _item_scene(item, where: Path | GdalPath | None, self_href: str | None = Non
     assets and what it declares about them."""
     where = _item_location(self_href, where)
     facts = _item_facts(item, where)
-    assets, ignored = _band_assets(item, facts, where)
+    v0_problem = None
+    try:
+        assets, ignored = _band_assets(item, facts, where)
+    except SceneError as exc:  # no Clay v0 band: an Item of a Clay v1.5 sensor has its own
+        sensor = item_sensor(facts)
+        if sensor is None or INPUT_RULES[sensor].v0_units:
+            raise
+        assets, ignored = _sensor_band_assets(item, facts, where, sensor)
+        v0_problem = str(exc)
     path = where if where is not None else scene_path(facts.source)
-    return SceneFiles(path, tuple(a.path for a in assets), tuple(ignored), _file_name(item.id), tuple(assets))
+    return SceneFiles(path, tuple(a.path for a in assets), tuple(ignored), _file_name(item.id), tuple(assets),
+                      v0_problem=v0_problem)  # fmt: skip
+
+
+def _sensor_band_assets(item, facts: ItemFacts, where, sensor: str) -> tuple[list[AssetFacts], list[str]]:
+    """The band assets of an Item of a Clay v1.5 sensor whose bands Clay v0 does not have (Landsat,
+    NAIP, MODIS...): each band named by the asset key, ``name`` or ``common_name`` as that sensor's
+    (:func:`clay.runtime.sensors.band_for_label`: Landsat's ``red`` is its red, not Sentinel-2's
+    B04), one asset per band (a band two assets offer is refused)."""
+    assets, ignored, seen = [], [], {}
+    for key, asset in item.assets.items():
+        roles = asset.roles or []
+        entries = _band_entries(asset)
+        if roles and "data" not in roles:
+            ignored.append(f"{item.id}:{key}")
+            continue
+        bands = []
+        for entry in entries:
+            labels = ([key] if len(entries) == 1 else []) + [entry.get("name"), entry.get("common_name") or entry.get("eo:common_name")]
+            found = {band_for_label(sensor, label) for label in labels if isinstance(label, str)} - {None}
+            if len(found) > 1:
+                raise SceneError(f"{item.id}: asset {key} names two {sensor} bands ({', '.join(sorted(found))})")
+            bands.append(found.pop() if found else None)
+        if not any(bands):
+            ignored.append(f"{item.id}:{key}")
+            continue
+        for band in filter(None, bands):
+            if band in seen:
+                raise SceneError(f"{item.id}: two assets offer {sensor}'s {band}: {seen[band]} and {key}")
+            seen[band] = key
+        assets.append(_asset_facts(item, facts, key, asset, tuple(bands), entries, where))
+    if not assets:
+        raise SceneError(f"{item.id}: no asset of this STAC Item is a band of {sensor} (assets: {', '.join(item.assets) or 'none'})")
+    return assets, ignored
 
 
 def _raw_self_href(feature) -> str | None:
@@ -240,7 +283,7 @@ def _item_facts(item, where: Path | GdalPath | None) -> ItemFacts:
         harmonised = text in _TRUE
     baseline = props.get("s2:processing_baseline")
     return ItemFacts(item.id, source, item.collection_id, when.date(), field_name, harmonised,
-                     None if baseline is None else str(baseline))  # fmt: skip
+                     None if baseline is None else str(baseline), props.get("platform"), props.get("constellation"))  # fmt: skip
 
 
 def _missions(item) -> tuple[bool, bool, bool]:

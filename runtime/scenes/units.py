@@ -33,6 +33,7 @@ import numpy as np
 
 from ..bands import S2_BANDS, SAR_BANDS
 from ..errors import SceneError
+from ..sensors import INPUT_RULES
 from .headers import Header
 
 #: Sentinel-2 L2A digital numbers are reflectance × this (the product's QUANTIFICATION_VALUE).
@@ -275,3 +276,33 @@ def check_values(path, band: str, check: str, values: np.ndarray, valid: np.ndar
             f"(reflectance × {S2_QUANTIFICATION:g}) Clay v0 expects; set the band's unit to 'reflectance' "
             f"(gdal_edit.py -units reflectance) or multiply it by {S2_QUANTIFICATION:g}"
         )
+
+
+def stored_conversion(header: Header, index: int, band: str, sensor: str, product: tuple[float, float] | None = None) -> Converted:
+    """How band ``index`` of a file of a Clay v1.5 sensor whose means are of the product's *stored*
+    values (Landsat C2 DNs, NAIP 8-bit values, MODIS DNs: :data:`clay.runtime.sensors.INPUT_RULES`)
+    becomes those values.
+
+    The declared GDAL/STAC scale and offset say what a stored value is (reflectance = raw · s + o):
+    the product's own (or none declared: the stored values are the product's, as the training read
+    them) → kept as they are; another (a file rescaled to reflectance, an HLS L30 granule: ``product``
+    gives what a product known by name stores when the file declares nothing) → brought back to the
+    product's: DN = (raw · s + o − O) / S. A sensor whose stored values are not reflectance (NAIP)
+    cannot be brought back from other units: refused in one line."""
+    rule = INPUT_RULES[sensor]
+    scale, offset = _declared(header, index)
+    by = _by(header, "scale", "GDAL")
+    if (scale, offset) == (1.0, 0.0) and product is not None:
+        scale, offset = product
+        by = "its product's documented"
+    if (scale, offset) == (1.0, 0.0):
+        return Converted(Conversion(), f"stored values taken as {sensor}'s: {rule.units}")
+    if rule.scale is None:
+        raise SceneError(f"{header.path}: {band}: {by} scale {scale:g} offset {offset:g}; Clay v1.5 takes {sensor}'s "
+                         f"stored values ({rule.units}), which cannot be recovered from rescaled ones")  # fmt: skip
+    if math.isclose(scale, rule.scale, rel_tol=1e-6) and math.isclose(offset, rule.offset, abs_tol=1e-9):
+        return Converted(Conversion(), f"{by} scale {scale:g} offset {offset:g} is {sensor}'s own: stored values "
+                                       f"kept ({rule.units})")  # fmt: skip
+    gain, bias = scale / rule.scale, (offset - rule.offset) / rule.scale
+    return Converted(Conversion(gain, bias), f"{by} scale {scale:g} offset {offset:g}: brought to {sensor}'s stored "
+                                             f"values, raw * {gain:g} {bias:+g} ({rule.units})")  # fmt: skip
