@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -86,6 +87,10 @@ def _cannot_listen(host: str, port: int) -> str | None:
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family) as probe:
+            # as the servers bind (uvicorn and grpc set SO_REUSEADDR): a port whose last connections
+            # are in TIME_WAIT (a server just stopped) is free to them, one with a listener is not
+            if os.name != "nt":
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as exc:
         return exc.strerror or str(exc)
