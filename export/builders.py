@@ -161,6 +161,6 @@ def build_openvino_int8(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
     source = job.path(format_named("fp32"))  # built first (table order): the explicit-attention graph
     pinned, quantised = build_int8_ir(source, job.path(fmt), metadata, feeds)
     synthetic = f"; bands {', '.join(generated)} generated (the demo scene has none)" if generated else ""
-    job.log(f"{fmt.file_name}: {quantised} int8 quantisers, calibrated on {len(feeds)} chips of the demo scene"
-            f"{synthetic}; {pinned} layers pinned to float32")  # fmt: skip
+    job.log(f"{fmt.file_name}: {quantised} int8 quantisers, calibrated on {len(feeds) - 1} chips of the demo scene and "
+            f"a saturated copy of one{synthetic}; {pinned} layers pinned to float32")  # fmt: skip
     return [job.path(fmt), ir_weights(job.path(fmt))]

@@ -27,6 +27,9 @@ from clay.training.synthetic import make_chips
 CALIBRATION_CHIPS = 8
 
 
+SATURATED_DN = 65535.0  # a 16-bit optical product's largest value (S2 L2A DNs)
+
+
 class NoCalibrationChips(ValueError):
     """The demo scene cannot give this engine's bands (a Clay v1.5 sensor other than Sentinel-2)."""
 
@@ -37,7 +40,7 @@ def demo_bands() -> set[str]:
 
 
 def calibration_feeds(metadata: EngineMetadata, count: int = CALIBRATION_CHIPS) -> tuple[list[dict[str, np.ndarray]], list[str]]:
-    """Up to ``count`` one-chip feeds ``{"pixels": [1, C, S, S], "lonlat": [1, 2], "date": [1, 3]}``
+    """Up to ``count`` one-chip feeds (and one more, the first with its upper half saturated) ``{"pixels": [1, C, S, S], "lonlat": [1, 2], "date": [1, 3]}``
     for an engine with ``metadata`` (its bands, band means, chip size), and the names of the bands
     that were generated rather than read (empty when the demo scene has them all)."""
     real = [b for b in metadata.bands if b in demo_bands()]
@@ -61,4 +64,10 @@ def calibration_feeds(metadata: EngineMetadata, count: int = CALIBRATION_CHIPS) 
     date = np.array([[day.year, day.month, day.day]], np.float32)
     feeds = [{"pixels": pixels[k : k + 1], "lonlat": np.array([scene.chip_centre(chip)], np.float32), "date": date}
              for k, chip in enumerate(chips)]  # fmt: skip
+    # and the first chip with its upper half saturated (16-bit maximum in the demo's optical bands), as
+    # the export check's extreme chip has it: without it the ranges fit clear land only, and a
+    # saturated chip (the check's, bright cloud, sun glint) clips (cosine 0.986 measured, v1.5 tiny)
+    saturated = feeds[0]["pixels"].copy()
+    saturated[:, index, : metadata.chip_size // 2] = SATURATED_DN
+    feeds.append(dict(feeds[0], pixels=saturated))
     return feeds, generated
