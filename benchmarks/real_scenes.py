@@ -154,10 +154,15 @@ def main(size: str, data: Path | None, batches: tuple[int, ...], artifact: str, 
             if groups not in exported:
                 folder = Path(tmp) / "-".join(groups)
                 click.echo(f"real-scenes: exporting {size} for {', '.join(groups)}…", err=True)
-                export_artifacts(ExportOptions(out=folder, checkpoint=ckpt, groups=groups, patch_embeddings=True,
-                                               check=False, **{option: True}), log=lambda _: None)  # fmt: skip
+                report = export_artifacts(ExportOptions(out=folder, checkpoint=ckpt, groups=groups, patch_embeddings=True,
+                                                        check=False, **{option: True}), log=lambda _: None)  # fmt: skip
                 exported[groups] = folder / fmt.file_name
+                for note in report.notes:  # e.g. no OpenVINO int8 IR for a DEM-only engine: nothing to calibrate on
+                    click.echo(f"real-scenes: {note}", err=True)
             path = exported[groups]
+            if not path.is_file():
+                click.echo(f"real-scenes: {scene.name}: no {fmt.file_name} for {', '.join(groups)}, skipped", err=True)
+                continue
             chips = real_chips(scene, open_engine(path, backend, threads).metadata)
             click.echo(f"real-scenes: {scene.name}: {len(chips[0])} chips, eager fp32…", err=True)
             reference = eager_backend(model, groups, "explicit", None, "cpu", patch_embeddings=True)(*chips)

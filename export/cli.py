@@ -55,7 +55,8 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
 @click.option("--bf16-cpu", is_flag=True, help="Also write " + _written_by("--bf16-cpu") + " (needs the openvino extra).")
 @click.option("--int8-openvino", is_flag=True,
               help="Also write " + _written_by("--int8-openvino") + " (needs the int8-openvino extra; calibration reads "
-                   "the bundled demo scene, so Clay v1.5 sensors other than sentinel-2-l2a get no such artifact).")
+                   "the bundled demo scene, so engines with none of its Sentinel-2 bands (Clay v0 sar or dem alone, Clay v1.5 "
+                   "sensors other than sentinel-2-l2a) get no such artifact).")
 @click.option("--patch-embeddings", is_flag=True, help="Add the patch_embeddings output: [B, G, 16, 16, dim] for Clay v0 (one per band group, 512 px "
                    "chips), [B, 1, S/8, S/8, dim] for Clay v1.5 (S: --chip-size).")
 @click.option("--batch", default="1:8:32", show_default=True, help="TensorRT optimisation profile MIN:OPT:MAX.")
