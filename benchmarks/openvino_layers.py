@@ -128,16 +128,16 @@ def main(size: str, batch: int, threads: int | None, rounds: int, engines: Path 
     peaks = {"int8": peak.int8_gops, "bf16": peak.bf16_gflops, "f32": peak.fp32_gflops}
     report = {"size": size, "batch": batch, "threads": threads, "rounds": rounds, "commit": git_commit(),
               "cpu": cpu_info().describe(), "peak": peak.__dict__, "class_flops": flops, "irs": {}}  # fmt: skip
-    lines = [f"Clay `{size}`, batch {batch}, {threads} threads, {cpu_info().describe()}, {rounds} interleaved rounds, "
-             f"OpenVINO per-layer counters (PERF_COUNT), INFERENCE_PRECISION_HINT bf16; commit "
-             f"{short_commit(report['commit'])}. Peaks modelled by clay-bench: {peak.assumption}.", ""]  # fmt: skip
-    for name in IRS:
+    lines = [(f"Clay `{size}`, batch {batch}, {threads} threads, {cpu_info().describe()}, {rounds} interleaved rounds, "
+              f"OpenVINO per-layer counters (PERF_COUNT), INFERENCE_PRECISION_HINT bf16; commit "
+              f"{short_commit(report['commit'])}. Peaks modelled by clay-bench: {peak.assumption}."), ""]  # fmt: skip
+    for name, fmt in IRS.items():
         wall = float(np.median(walls[name]))
         per_class = {k: float(np.median([c.get(k, 0.0) for c in classes[name]])) for k in {k for c in classes[name] for k in c}}
         counted = sum(per_class.values())
         report["irs"][name] = {"wall_s": walls[name], "classes_s": per_class}
-        lines += [f"**{IRS[name].file_name}**: {batch / wall:.3f} chips/s (median wall {wall:.3f} s per call; "
-                  f"the counters sum to {counted:.3f} s)", "",
+        lines += [(f"**{fmt.file_name}**: {batch / wall:.3f} chips/s (median wall {wall:.3f} s per call; "
+                   f"the counters sum to {counted:.3f} s)"), "",
                   "| op class | s per call | share | GOP/s (the family's FLOPs / its time) | % of that precision's modelled peak |", "|---|---|---|---|---|"]  # fmt: skip
         # a family's FLOPs over all its classes' time, shown on its largest class (the precision that ran most of it)
         family_of = {k: next((f for f in flops if k.startswith(f)), None) for k in per_class}

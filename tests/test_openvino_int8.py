@@ -42,7 +42,7 @@ pytest.importorskip("openvino", reason="the OpenVINO int8 path needs the [int8-o
 pytest.importorskip("nncf", reason="the OpenVINO int8 path needs the [int8-openvino] extra")
 torch = pytest.importorskip("torch", reason="the artifacts under test are exported with the [export] extra")
 
-from clay.export.artifacts import ExportOptions, export_artifacts  # noqa: E402
+from clay.export.artifacts import ExportOptions, export_artifacts
 
 
 @pytest.fixture(scope="module")
