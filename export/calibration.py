@@ -52,7 +52,9 @@ def calibration_feeds(metadata: EngineMetadata, count: int = CALIBRATION_CHIPS) 
     sub = replace(metadata, bands=tuple(real), band_means=tuple(metadata.band_means[i] for i in index),
                   band_stds=tuple(metadata.band_stds[i] for i in index))  # fmt: skip
     scene = open_scene(DEMO_SCENE, sub, RunOptions())
-    chips = scene.chips()[:count]
+    grid = scene.chips()
+    # spread over the scene (its fields, river, reservoir, villages), not the first row of small chips
+    chips = [grid[k] for k in sorted({round(x) for x in np.linspace(0, len(grid) - 1, min(count, len(grid)))})]
     pixels = np.zeros((len(chips), len(metadata.bands), metadata.chip_size, metadata.chip_size), np.float32)
     for k, chip in enumerate(chips):
         pixels[k, index] = read_chip(scene, chip)[0]
