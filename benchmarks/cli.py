@@ -98,7 +98,7 @@ def main(model, size, batches, names, repeats, threads, checkpoint, engines, sce
             gpu_engines = any(b in available_backends() for b in ("onnx-cuda", "tensorrt"))
             click.echo(f"clay-bench: exporting {size} artifacts…", err=True)
             export_artifacts(ExportOptions(out=folder, checkpoint=ckpt, groups=groups, fp16=gpu_engines, int8_cpu=True,
-                                           bf16_cpu=True, check=False),
+                                           bf16_cpu=True, int8_openvino=True, check=False),
                              log=lambda line: None)  # fmt: skip
         candidates = contenders.eager_backends(model, groups, device) + contenders.artifact_backends(folder, threads, wanted)
         candidates += [openvino_graph_backend(n, folder, threads) for n in OPENVINO_GRAPH_CONTENDERS if n in wanted]

@@ -1,7 +1,7 @@
 """The fastest CPU artifact on real data: per-chip and per-patch fidelity, and clay-run's speed.
 
-``python -m clay.benchmarks.real_scenes --size small --data ../shared/data`` exports the int8 CPU
-artifact once per set of band groups a real scene has (the same weights each time), cuts chips with
+``python -m clay.benchmarks.real_scenes --size small --data ../shared/data`` exports an int8 CPU
+artifact (``--artifact``: ONNX Runtime's, default, or OpenVINO's) once per set of band groups a real scene has (the same weights each time), cuts chips with
 the runtime's own reader (exactly what ``clay-run`` feeds the engine), and compares the artifact's
 chip and per-patch embeddings with eager fp32 PyTorch (Clay's explicit-softmax path) on those
 chips. Then ``clay-run``'s pipeline on the bundled demo scene against the engine alone, same chips,
@@ -43,7 +43,9 @@ KNOWN_SETTINGS = {
     "ssl4eo-s12-0000200": {"date": Date(2020, 6, 4), "sar_units": "db"},
     "dem-rome": {"date": Date(2020, 6, 1)},
 }
-INT8 = format_named("int8")  # the fastest CPU artifact, the one checked here
+#: The int8 CPU artifacts this benchmark can check: contender name → (format, backend, export option).
+ARTIFACTS = {"onnx-cpu-int8": (format_named("int8"), "onnx-cpu", "int8_cpu"),
+             "openvino-cpu-int8": (format_named("openvino-int8"), "openvino-cpu", "int8_openvino")}  # fmt: skip
 UNNAMED_BANDS = {"dem-rome": {"Rome-30m-DEM.tif": "DEM.tif"}}  # files not named as their band
 
 
@@ -105,8 +107,8 @@ def assembled_chips(metadata, data: Path, scratch: Path) -> tuple[np.ndarray, np
     return pixels, lonlat, date
 
 
-def fidelity(chips, reference, artifact: Path, threads: int) -> dict:
-    engine = open_engine(artifact, "onnx-cpu", threads)
+def fidelity(chips, reference, artifact: Path, threads: int, backend: str = "onnx-cpu") -> dict:
+    engine = open_engine(artifact, backend, threads)
     chip_ref, grid_ref = reference
     outputs = [engine.infer(*(a[i : i + 1] for a in chips)) for i in range(len(chips[0]))]
     chip_out = np.concatenate([o["embedding"] for o in outputs])
@@ -126,8 +128,10 @@ def fidelity(chips, reference, artifact: Path, threads: int) -> dict:
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
               help="A folder of real scene folders (e.g. ../shared/data); the bundled demo scene is always used.")
 @click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, help="End-to-end batch sizes (default 2 8).")
+@click.option("--artifact", type=click.Choice(list(ARTIFACTS)), default="onnx-cpu-int8", show_default=True,
+              help="Which int8 CPU artifact to check; openvino-cpu-int8 writes real-scenes-SIZE-openvino-cpu-int8.*")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_OUT, show_default=True)
-def main(size: str, data: Path | None, batches: tuple[int, ...], out: Path) -> None:
+def main(size: str, data: Path | None, batches: tuple[int, ...], artifact: str, out: Path) -> None:
     import torch
     from clay.training.model import random_clay_mae
 
@@ -135,6 +139,7 @@ def main(size: str, data: Path | None, batches: tuple[int, ...], out: Path) -> N
     threads = len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     model = random_clay_mae(size, seed=0)
+    fmt, backend, option = ARTIFACTS[artifact]
     rows, e2e = [], []
     with tempfile.TemporaryDirectory(prefix="clay-real-") as tmp:
         scenes = discover_scenes([DEMO_SCENE]) + (scenes_under(data, Path(tmp) / "linked") if data else [])
@@ -149,22 +154,27 @@ def main(size: str, data: Path | None, batches: tuple[int, ...], out: Path) -> N
             if groups not in exported:
                 folder = Path(tmp) / "-".join(groups)
                 click.echo(f"real-scenes: exporting {size} for {', '.join(groups)}…", err=True)
-                export_artifacts(ExportOptions(out=folder, checkpoint=ckpt, groups=groups, int8_cpu=True,
-                                               patch_embeddings=True, check=False), log=lambda _: None)  # fmt: skip
-                exported[groups] = folder / INT8.file_name
-            artifact = exported[groups]
-            chips = real_chips(scene, open_engine(artifact, "onnx-cpu", threads).metadata)
+                report = export_artifacts(ExportOptions(out=folder, checkpoint=ckpt, groups=groups, patch_embeddings=True,
+                                                        check=False, **{option: True}), log=lambda _: None)  # fmt: skip
+                exported[groups] = folder / fmt.file_name
+                for note in report.notes:  # e.g. no OpenVINO int8 IR for a DEM-only engine: nothing to calibrate on
+                    click.echo(f"real-scenes: {note}", err=True)
+            path = exported[groups]
+            if not path.is_file():
+                click.echo(f"real-scenes: {scene.name}: no {fmt.file_name} for {', '.join(groups)}, skipped", err=True)
+                continue
+            chips = real_chips(scene, open_engine(path, backend, threads).metadata)
             click.echo(f"real-scenes: {scene.name}: {len(chips[0])} chips, eager fp32…", err=True)
             reference = eager_backend(model, groups, "explicit", None, "cpu", patch_embeddings=True)(*chips)
-            rows.append({"scene": scene.name, "groups": list(groups), "artifact": INT8.file_name}
-                        | fidelity(chips, reference, artifact, threads))  # fmt: skip
+            rows.append({"scene": scene.name, "groups": list(groups), "artifact": fmt.file_name}
+                        | fidelity(chips, reference, path, threads, backend))  # fmt: skip
             if scene.path == DEMO_SCENE:
                 for batch in batches or (2, 8):
-                    engine = open_engine(artifact, "onnx-cpu", threads)
+                    engine = open_engine(path, backend, threads)
                     e2e.append(end_to_end(engine, [DEMO_SCENE], batch, label="bundled demo scene T48QUE"))
     report = {"size": size, "threads": threads, "commit": git_commit(), "weights": "random initialisation (seed 0)",
               "reference": "eager fp32 PyTorch, explicit softmax attention", "fidelity": rows, "end_to_end": e2e}  # fmt: skip
-    lines = [f"Clay `{size}`, {INT8.file_name} vs eager fp32 PyTorch on chips cut by the runtime from real scenes "
+    lines = [f"Clay `{size}`, {fmt.file_name} on {backend} vs eager fp32 PyTorch on chips cut by the runtime from real scenes "
              f"(random weights, seed 0; commit {short_commit(report['commit'])}).", "",
              "| scene | groups | chips | chip cosine min / median | chip max abs err | patches | patch cosine min / 1st pct / median |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -176,7 +186,8 @@ def main(size: str, data: Path | None, batches: tuple[int, ...], out: Path) -> N
         lines.append(f"\nEnd to end ({row['scene']}, {row['chips']} chips, {row['backend']}, batch {row['batch']}): "
                      f"{row['pipeline_chips_per_s']:.3f} chips/s through clay-run's pipeline vs "
                      f"{row['engine_chips_per_s']:.3f} for the engine alone = {row['percent']:.0f} %.")  # fmt: skip
-    write_results(out, f"real-scenes-{size}", report, "\n".join(lines))
+    stem = f"real-scenes-{size}" + ("" if artifact == "onnx-cpu-int8" else f"-{artifact}")
+    write_results(out, stem, report, "\n".join(lines))
 
 
 if __name__ == "__main__":

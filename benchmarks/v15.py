@@ -126,7 +126,7 @@ def run_bench(size: str, batches: tuple[int, ...], wanted: set[str], repeats: in
         if any(name in ARTIFACT_CONTENDERS for name in wanted):
             click.echo(f"clay-bench: exporting Clay v1.5 {size} artifacts for {SENSOR}…", err=True)
             export_artifacts(ExportOptions(out=folder, random_weights=True, size=size, sensors=(SENSOR,), int8_cpu=True,
-                                           bf16_cpu=True, check=False), log=lambda line: None)  # fmt: skip
+                                           bf16_cpu=True, int8_openvino=True, check=False), log=lambda line: None)  # fmt: skip
         candidates = eager_backends_v15(encoder, sensor) + artifact_backends(folder / SENSOR, threads, wanted)
         candidates = [b for b in candidates if b.name in wanted]
         peak = cpu_peak()

@@ -143,3 +143,24 @@ def build_bf16(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
     pinned = build_bf16_ir(source, job.path(fmt), job.provenance(fmt))
     job.log(f"{fmt.file_name}: {pinned} layers pinned to float32 (patch embedding, encodings, final norm)")
     return [job.path(fmt), ir_weights(job.path(fmt))]
+
+
+@builder("openvino-int8")
+def build_openvino_int8(job: BuildJob, fmt: ArtifactFormat) -> list[Path]:
+    from .calibration import NoCalibrationChips, calibration_feeds
+    from .openvino import build_int8_ir, openvino_unavailable_reason
+
+    reason = openvino_unavailable_reason(quantiser=True)
+    if reason:
+        raise FormatUnavailable(reason)
+    metadata = job.provenance(fmt)
+    try:
+        feeds, generated = calibration_feeds(metadata)
+    except NoCalibrationChips as exc:
+        raise FormatUnavailable(str(exc)) from None
+    source = job.path(format_named("fp32"))  # built first (table order): the explicit-attention graph
+    pinned, quantised = build_int8_ir(source, job.path(fmt), metadata, feeds)
+    synthetic = f"; bands {', '.join(generated)} generated (the demo scene has none)" if generated else ""
+    job.log(f"{fmt.file_name}: {quantised} int8 quantisers, calibrated on {len(feeds) - 1} chips of the demo scene and "
+            f"a saturated copy of one{synthetic}; {pinned} layers pinned to float32")  # fmt: skip
+    return [job.path(fmt), ir_weights(job.path(fmt))]

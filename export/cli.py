@@ -56,6 +56,10 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
 @click.option("--fp16", is_flag=True, help="Also write " + _written_by("--fp16") + ".")
 @click.option("--int8-cpu", is_flag=True, help="Also write " + _written_by("--int8-cpu") + ".")
 @click.option("--bf16-cpu", is_flag=True, help="Also write " + _written_by("--bf16-cpu") + " (needs the openvino extra).")
+@click.option("--int8-openvino", is_flag=True,
+              help="Also write " + _written_by("--int8-openvino") + " (needs the int8-openvino extra; calibration reads "
+                   "the bundled demo scene, so engines with none of its Sentinel-2 bands (Clay v0 sar or dem alone, Clay v1.5 "
+                   "sensors other than sentinel-2-l2a) get no such artifact).")
 @click.option("--patch-embeddings", is_flag=True, help="Add the patch_embeddings output: [B, G, 16, 16, dim] for Clay v0 (one per band group, 512 px "
                    "chips), [B, 1, S/8, S/8, dim] for Clay v1.5 (S: --chip-size).")
 @click.option("--batch", default="1:8:32", show_default=True, help="TensorRT optimisation profile MIN:OPT:MAX.")
@@ -73,7 +77,7 @@ DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "clay" / "tensorrt-timing.cache"
                    "the engine for clay-run. Default: the checkpoint's record, else bilinear for the demo weights and "
                    "clay-train checkpoints (this runtime's reader), else nearest (Clay v0: stackstac's default).")
 def main(checkpoint, size, random_weights, out, groups, sensors, chip_size, convention, fp16, int8_cpu, bf16_cpu,
-         patch_embeddings, batch, compute_capability, timing_cache, no_check, triton_repository, resampling) -> None:  # fmt: skip
+         int8_openvino, patch_embeddings, batch, compute_capability, timing_cache, no_check, triton_repository, resampling) -> None:  # fmt: skip
     """Export the Clay encoder with its normalisation folded in: raw pixels, lon/lat and date in.
 
     Unless --no-check, every artifact is compared with eager PyTorch fp32 on generated chips and on a
@@ -97,7 +101,7 @@ def main(checkpoint, size, random_weights, out, groups, sensors, chip_size, conv
         options = ExportOptions(
             out=out, checkpoint=checkpoint, size=size, random_weights=random_weights,
             groups=parse_groups(groups) if groups else (),
-            fp16=fp16, int8_cpu=int8_cpu, bf16_cpu=bf16_cpu, patch_embeddings=patch_embeddings,
+            fp16=fp16, int8_cpu=int8_cpu, bf16_cpu=bf16_cpu, int8_openvino=int8_openvino, patch_embeddings=patch_embeddings,
             batch=BatchProfile.parse(batch), compute_capability=parse_targets(compute_capability),
             timing_cache=timing_cache, check=not no_check,
             triton_repository=triton_repository, sensors=sensor_names, chip_size=chip_size, convention=convention,

@@ -1,5 +1,6 @@
-"""The OpenVINO CPU artifact: an OpenVINO IR whose transformer blocks run in bf16 and whose ends
-are pinned to float32 (issue 27).
+"""The OpenVINO CPU artifacts: an OpenVINO IR whose transformer blocks run in bf16 and whose ends
+are pinned to float32 (issue 27), and the same IR with the blocks' matmuls statically quantised to
+int8 by NNCF (issue 35, :func:`build_int8_ir`: the ends excluded from quantisation and pinned alike).
 
 OpenVINO's CPU plugin runs a model in bf16 where the CPU has bf16 dot products (AMX, AVX-512 BF16)
 and ``INFERENCE_PRECISION_HINT`` is bf16: every node, except the graph's tail back to the last
@@ -40,12 +41,17 @@ METADATA_SECTION = "clay"  # the IR's <rt_info><clay>...</clay>, one element per
 SKIPPED_TYPES = ("Parameter", "Result", "Constant")  # no compute: nothing to pin
 
 
-def openvino_unavailable_reason() -> str | None:
-    """Why the OpenVINO artifact cannot be built here, or ``None``."""
+def openvino_unavailable_reason(quantiser: bool = False) -> str | None:
+    """Why the OpenVINO artifact (``quantiser``: the int8 one, which NNCF makes) cannot be built
+    here, or ``None``."""
     try:
         import openvino  # noqa: F401
-    except ImportError:
-        return 'OpenVINO is not installed: pip install "clay-runtime[openvino]", then run this command again'
+
+        if quantiser:
+            import nncf  # noqa: F401
+    except ImportError as exc:
+        extra = "openvino" if exc.name == "openvino" else "int8-openvino"
+        return f'{exc.name} is not installed: pip install "clay-runtime[{extra}]", then run this command again'
     return None
 
 
@@ -53,11 +59,56 @@ def build_bf16_ir(source: Path, xml: Path, metadata: EngineMetadata) -> int:
     """Convert the float32 ONNX graph ``source`` (explicit attention) into the IR ``xml`` (+ its
     ``.bin``, float32 weights) with the float32 ends pinned and ``metadata`` in its runtime info;
     returns the number of pinned layers."""
+    model, pinned = read_with_ends(source)
+    save_pinned(model, pinned, xml, metadata)
+    return len(pinned)
+
+
+def build_int8_ir(source: Path, xml: Path, metadata: EngineMetadata, feeds: list[dict]) -> tuple[int, int]:
+    """The IR ``xml`` with the transformer blocks statically quantised to int8 by NNCF's post-training
+    quantisation (``ModelType.TRANSFORMER``: int8 weights per output channel, int8 activations into
+    every MatMul with ranges from the calibration ``feeds``, SmoothQuant on the MatMuls' inputs,
+    softmax and LayerNorm left float), the float32 ends excluded from quantisation and pinned as in
+    :func:`build_bf16_ir` (so the float parts between the blocks' int8 matmuls run bf16 where the CPU
+    has bf16 dot products, the ends float32). Returns (pinned layers, FakeQuantize nodes inserted)."""
+    import contextlib
+    import io
+    import logging
+
+    import nncf
+
+    # NNCF logs every layer it leaves unquantised at INFO and draws rich progress bars on stdout
+    # (where clay-export lists the files it wrote): the export log gets one line of its own instead;
+    # NNCF's warnings still come through
+    nncf.set_log_level(logging.WARNING)
+    model, pinned = read_with_ends(source)
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantised = nncf.quantize(model, nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds),
+                                  ignored_scope=nncf.IgnoredScope(names=sorted(pinned), validate=False))  # fmt: skip
+    names = {op.get_friendly_name() for op in quantised.get_ordered_ops()}
+    fake_quantize = sum(op.get_type_name() == "FakeQuantize" for op in quantised.get_ordered_ops())
+    if not fake_quantize:
+        raise ValueError("NNCF quantised no layer: the artifact would be the float32 graph")
+    # pins on layers NNCF folded away (constant subgraphs) have nothing left to pin
+    save_pinned(quantised, pinned & names, xml, metadata)
+    return len(pinned & names), fake_quantize
+
+
+def read_with_ends(source: Path):
+    """The ONNX graph ``source`` read by OpenVINO (an ``ov.Model``) and the names of the layers that
+    stay float32 (:func:`float32_layers`)."""
     import openvino as ov
 
     first_norm, last_norm = transformer_ends(onnx.load(str(source), load_external_data=False))
     model = ov.Core().read_model(str(source))
-    pinned = float32_layers(model, first_norm.input[0], last_norm.input[0])
+    return model, float32_layers(model, first_norm.input[0], last_norm.input[0])
+
+
+def save_pinned(model, pinned: set[str], xml: Path, metadata: EngineMetadata) -> None:
+    """Save ``model`` as the IR ``xml`` (float32 weights) with ``metadata`` in its runtime info and
+    the layers ``pinned`` given the float32 pin."""
+    import openvino as ov
+
     names = [op.get_friendly_name() for op in model.get_ordered_ops()]
     shared = {name for name in pinned if names.count(name) > 1}
     if shared:  # the XML is edited by layer name
@@ -69,7 +120,6 @@ def build_bf16_ir(source: Path, xml: Path, metadata: EngineMetadata) -> int:
         model.set_rt_info(value, [METADATA_SECTION, key])
     ov.save_model(model, str(xml), compress_to_fp16=False)
     pin_layers(xml, pinned)
-    return len(pinned)
 
 
 def float32_layers(model, stem_output: str, final_norm_input: str) -> set[str]:

@@ -24,6 +24,7 @@ class ExportOptions:
     fp16: bool = False
     int8_cpu: bool = False
     bf16_cpu: bool = False
+    int8_openvino: bool = False
     patch_embeddings: bool = False
     batch: BatchProfile = field(default_factory=lambda: BatchProfile(1, 8, 32))
     compute_capability: str = "ampere+"  # the plan's targets: tensorrt_build.parse_targets
@@ -40,6 +41,7 @@ class ExportOptions:
     @property
     def formats(self) -> tuple[ArtifactFormat, ...]:
         """The rows of the format table these options ask for."""
-        wanted = (("--fp16", self.fp16), ("--int8-cpu", self.int8_cpu), ("--bf16-cpu", self.bf16_cpu))
+        wanted = (("--fp16", self.fp16), ("--int8-cpu", self.int8_cpu), ("--bf16-cpu", self.bf16_cpu),
+                  ("--int8-openvino", self.int8_openvino))
         return formats_for_flags({flag for flag, on in wanted if on})
 

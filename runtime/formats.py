@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: Runtime backends, fastest first: what ``--backend auto`` tries in this order (on the CPU,
-#: ``openvino-cpu`` only where the CPU has AMX: ``clay.runtime.engines.choice.auto_order``).
+#: ``openvino-cpu`` first only where the CPU has AMX, or VNNI and an OpenVINO int8 artifact is
+#: offered: ``clay.runtime.engines.choice.auto_order``).
 RUNTIME_BACKENDS = ("tensorrt", "onnx-cuda", "openvino-cpu", "onnx-cpu")
 
 #: The backends that compute on the CPU (the others on a GPU).
@@ -59,6 +60,10 @@ FORMATS: tuple[ArtifactFormat, ...] = (
     ArtifactFormat("bf16", "clay.bf16.xml", "bf16", ("openvino-cpu",), "--bf16-cpu", 0.99,
                    "OpenVINO IR (+ clay.bf16.bin) for CPUs with AMX: bf16 transformer blocks, the patch embedding, "
                    "encodings and final norm pinned to float32"),
+    ArtifactFormat("openvino-int8", "clay.int8.xml", "int8", ("openvino-cpu",), "--int8-openvino", 0.99,
+                   "OpenVINO IR (+ clay.int8.bin) for CPUs with int8 dot products (VNNI, AMX): NNCF post-training "
+                   "static int8 of the transformer blocks, calibrated on the bundled demo scene's chips; the same "
+                   "float32 ends as clay.bf16.xml"),
 )  # fmt: skip
 
 

@@ -40,6 +40,7 @@ def test_bench_writes_json_markdown_and_png(report):
     names = {b["name"] for b in data["backends"]}
     assert {"eager-fp32-clay", "onnx-cpu-fp32", "onnx-cpu-int8", "tensorrt-fp16", "onnx-cuda-fp16"} <= names
     assert {"openvino-cpu-bf16", "openvino-onnx-bf16", "openvino-onnx-fp32"} <= names  # issue 27's rows
+    assert "openvino-cpu-int8" in names  # issue 35: the OpenVINO int8 IR
     assert data["machine"]["cpu"]["features"].startswith("AMX-BF16 ")  # the flags that pick the CPU path
     first_line, text = (out / "bench-tiny.md").read_text().split("\n", 1)
     assert f"{data['machine']['cpu']['model']} ({data['machine']['cpu']['features']})" in first_line

@@ -226,15 +226,16 @@ def test_clay_run_on_an_s2_scene_gives_the_official_embeddings(engine, official_
 
 
 def test_every_other_row_of_the_format_table_builds_and_meets_its_bound(v15_ckpt, tmp_path):
-    """--fp16 (fp16 graph, CUDA artifact, TensorRT-RTX plan built on the CPU) and --bf16-cpu (OpenVINO
-    IR) for a v1.5 sensor: each checked artifact meets its bound on the chips, extremes included; the
+    """--fp16 (fp16 graph, CUDA artifact, TensorRT-RTX plan built on the CPU), --bf16-cpu (OpenVINO
+    IR) and --int8-openvino (NNCF's int8 IR, calibrated on the demo scene's chips) for a v1.5 sensor: each checked artifact meets its bound on the chips, extremes included; the
     plan is built and kept, checked only where a GPU can run it (one note says so)."""
     pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
     out = tmp_path / "rows"
     report = export_artifacts(ExportOptions(out=out, checkpoint=v15_ckpt, sensors=("sentinel-2-l2a",), chip_size=64,
-                                            fp16=True, bf16_cpu=True), log=lambda _: None)  # fmt: skip
+                                            fp16=True, bf16_cpu=True, int8_openvino=True), log=lambda _: None)  # fmt: skip
     checked = {s.artifact.split(" ")[0] for s in report.scores}
-    assert {"clay.onnx", "clay.fp16.onnx", "clay.cuda.onnx", "clay.bf16.xml"} <= checked
+    assert {"clay.onnx", "clay.fp16.onnx", "clay.cuda.onnx", "clay.bf16.xml", "clay.int8.xml"} <= checked
     assert all(s.passed for s in report.scores)
     files = {p.name for p in (out / "sentinel-2-l2a").iterdir()}
     assert {"clay.onnx", "clay.fp16.onnx", "clay.cuda.onnx", "clay.bf16.xml", "clay.bf16.bin"} <= files

@@ -139,7 +139,8 @@ def test_auto_falls_back_to_int8_on_onnx_runtime_without_amx(demo_export):
     out, _ = demo_export
     with open_engine(out, cpu=EPYC) as engine:
         assert engine.backend == "onnx-cpu" and engine.path.name == INT8.file_name
-        assert engine.describe().endswith("; auto: AMD EPYC has no AMX (amx_bf16), so int8 on ONNX Runtime")
+        assert engine.describe().endswith("; auto: AMD EPYC has VNNI but no AMX, and the folder has no clay.int8.xml "
+                                          "(clay-export --int8-openvino), so int8 on ONNX Runtime")  # fmt: skip
 
 
 def test_an_amx_cpu_without_openvino_or_without_the_artifact_says_why_it_runs_int8(demo_export, tmp_path, monkeypatch):
@@ -181,7 +182,9 @@ def test_clay_run_engine_line_says_what_ran_and_why(demo_export, tmp_path):
     else:
         assert line.startswith(f"clay-run: engine {INT8.file_name} on onnx-cpu (tiny, int8")
         # then how bands off the grid are resampled: the demo weights' bilinear, as their engine records
-        assert line.endswith(f"; auto: {cpu.model} has no AMX (amx_bf16), so int8 on ONNX Runtime; resampling: bilinear "
+        why = ("has neither AMX nor VNNI" if not cpu.vnni else
+               "has VNNI but no AMX, and the folder has no clay.int8.xml (clay-export --int8-openvino)")  # fmt: skip
+        assert line.endswith(f"; auto: {cpu.model} {why}, so int8 on ONNX Runtime; resampling: bilinear "
                              "(as the engine's metadata records for its weights)")  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from .tensorrt_plan import (
 )
 
 BACKENDS = ("auto", *RUNTIME_BACKENDS)
+OPENVINO_INT8 = format_named("openvino-int8")
 
 
 def read_engine_metadata(path: Path) -> EngineMetadata:
@@ -70,16 +71,24 @@ def available_backends() -> list[str]:
     return found
 
 
-def auto_order(present: list[str], cpu: CpuInfo) -> list[str]:
-    """The backends ``auto`` tries, in order: GPUs first; on the CPU, OpenVINO's bf16 artifact before
-    ONNX Runtime's int8 one only where the CPU has AMX (issue 27: on a 2-core AMX Xeon, bf16 on
-    OpenVINO ran ~1.5x the int8 artifact; on this project's AVX-512 BF16 EPYC without AMX, 1.10x,
-    0.91-1.22x over rounds: README, "bf16 on OpenVINO"), else after it."""
+def auto_order(present: list[str], cpu: CpuInfo, openvino_int8: bool = False) -> list[str]:
+    """The backends ``auto`` tries, in order: GPUs first; on the CPU, OpenVINO before ONNX Runtime
+    where the CPU has AMX (issue 27: on a 2-core AMX Xeon, bf16 on OpenVINO ran ~1.5x the int8
+    artifact on ONNX Runtime; on this project's AVX-512 BF16 EPYC without AMX, 1.10x, 0.91-1.22x over
+    rounds: README, "bf16 on OpenVINO"), or where it has VNNI and OpenVINO is offered its int8
+    artifact (``openvino_int8``; issue 35: README, "int8 on OpenVINO"); else after it."""
     order = [b for b in RUNTIME_BACKENDS if b in present]
-    if not cpu.amx_bf16 and "openvino-cpu" in order and "onnx-cpu" in order:
+    openvino_first = cpu.amx_bf16 or (cpu.vnni and openvino_int8)
+    if not openvino_first and "openvino-cpu" in order and "onnx-cpu" in order:
         order.remove("openvino-cpu")
         order.insert(order.index("onnx-cpu") + 1, "openvino-cpu")
     return order
+
+
+def offers_openvino_int8(folder: Path) -> bool:
+    """Whether an export folder gives OpenVINO its int8 artifact (``clay-export --int8-openvino``)."""
+    artifact = pick_artifact(folder, "openvino-cpu")
+    return artifact is not None and artifact.name == OPENVINO_INT8.file_name
 
 
 def open_engine(path: str | Path, backend: str = "auto", threads: int | None = None,
@@ -137,18 +146,27 @@ def open_engine(path: str | Path, backend: str = "auto", threads: int | None = N
 
 
 def cpu_choice(backend: str, precision: str, cpu: CpuInfo, present: list[str], folder: Path) -> str:
-    """Why ``auto`` took a CPU backend for an export folder, for the engine line (empty for GPUs)."""
+    """Why ``auto`` took a CPU backend for an export folder, in one line for the engine line (empty
+    for GPUs): the CPU's class (AMX, VNNI without AMX, neither; :attr:`CpuInfo.cpu_class`) and what
+    the folder offers."""
     if backend == "openvino-cpu":
-        return f"auto: {cpu.model} has AMX (amx_bf16), so {precision} on OpenVINO"
+        if cpu.amx_bf16:
+            return f"auto: {cpu.model} has AMX (amx_bf16), so {precision} on OpenVINO"
+        return (f"auto: {cpu.model} has int8 dot products (VNNI) but no AMX, and the folder has "
+                f"{OPENVINO_INT8.file_name}, so int8 on OpenVINO")  # fmt: skip
     if backend != "onnx-cpu":
         return ""
-    if not cpu.amx_bf16:
-        return f"auto: {cpu.model} has no AMX (amx_bf16), so {precision} on ONNX Runtime"
+    if cpu.cpu_class == "neither":
+        return f"auto: {cpu.model} has neither AMX nor VNNI, so {precision} on ONNX Runtime"
     if "openvino-cpu" not in present:
         why = 'OpenVINO is not installed (pip install "clay-runtime[openvino]")'
-    else:
+    elif cpu.amx_bf16:
         why = f"the folder has no {format_named('bf16').file_name} (clay-export --bf16-cpu)"
-    return f"auto: {cpu.model} has AMX (amx_bf16) but {why}, so {precision} on ONNX Runtime"
+    else:
+        why = f"the folder has no {OPENVINO_INT8.file_name} (clay-export --int8-openvino)"
+    if cpu.amx_bf16:
+        return f"auto: {cpu.model} has AMX (amx_bf16) but {why}, so {precision} on ONNX Runtime"
+    return f"auto: {cpu.model} has VNNI but no AMX, and {why}, so {precision} on ONNX Runtime"
 
 
 #: The sensor whose artifacts a Clay v1.5 engine folder offers where one artifact is opened for chips
@@ -201,7 +219,7 @@ def _artifact_in_folder(folder: Path, backend: str, present: list[str], cpu: Cpu
     :func:`auto_order` present; a plan that cannot run here is passed over, and the second value
     says why."""
     passed_over = None
-    for candidate in [backend] if backend != "auto" else auto_order(list(RUNTIME_BACKENDS), cpu):
+    for candidate in [backend] if backend != "auto" else auto_order(list(RUNTIME_BACKENDS), cpu, offers_openvino_int8(folder)):
         artifact = pick_artifact(folder, candidate)
         if artifact is None:
             continue
@@ -214,7 +232,7 @@ def _artifact_in_folder(folder: Path, backend: str, present: list[str], cpu: Cpu
             continue
         runtime = "OpenVINO" if candidate == "openvino-cpu" else "ONNX Runtime"
         return artifact, passed_over and f"{passed_over}; falling back to {artifact.name} on {runtime}"
-    wanted = backend if backend != "auto" else " or ".join(auto_order(present, cpu))
+    wanted = backend if backend != "auto" else " or ".join(auto_order(present, cpu, offers_openvino_int8(folder)))
     if passed_over:
         raise EngineUnavailable(f"{folder}: {passed_over}, and no artifact for {wanted} is in this folder")
     raise EngineError(f"{folder}: no artifact for {wanted} in this folder (see clay-export --help)")

@@ -39,6 +39,13 @@ class CpuInfo:
     def vnni(self) -> bool:
         return "avx512_vnni" in self.flags or "avx_vnni" in self.flags
 
+    @property
+    def cpu_class(self) -> str:
+        """What decides the CPU engine (issue 35): ``amx`` (AMX tiles: OpenVINO's bf16 or int8),
+        ``vnni`` (int8 dot products without AMX: int8, on OpenVINO where its artifact is offered) or
+        ``neither`` (no int8 or AMX dot products: ONNX Runtime as before; not measured)."""
+        return "amx" if self.amx_bf16 else "vnni" if self.vnni else "neither"
+
     def describe(self) -> str:
         """``Intel(R) Xeon(R) Platinum 8488C (AMX-BF16 yes, AVX512-BF16 yes, VNNI yes)``."""
         def yes(flag: bool) -> str:

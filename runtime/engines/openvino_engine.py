@@ -1,6 +1,8 @@
-"""OpenVINO on the CPU, for the bf16 OpenVINO IR (``.xml`` + ``.bin``) that ``clay-export --bf16-cpu``
-writes: the transformer blocks in bf16 where the CPU has bf16 dot products (AMX, AVX-512 BF16), the
-patch embedding, encodings and final norm pinned to float32 (see ``clay.export.openvino``).
+"""OpenVINO on the CPU, for the OpenVINO IRs (``.xml`` + ``.bin``) that ``clay-export --bf16-cpu`` and
+``--int8-openvino`` write: the transformer blocks in bf16 where the CPU has bf16 dot products (AMX,
+AVX-512 BF16), or their matmuls in int8 (NNCF's quantisers, which OpenVINO runs on int8 dot
+products) with the float parts between them in bf16; the patch embedding, encodings and final norm
+pinned to float32 in both (see ``clay.export.openvino``).
 
 The IR is read twice: its XML here, without OpenVINO (the Clay metadata in its ``<rt_info><clay>``
 and which layers carry the float32 pin), then by OpenVINO to compile it. Torch-free on purpose.
@@ -84,11 +86,14 @@ class OpenVinoEngine(Engine):
         return {name: np.array(results[k], copy=True) for k, name in enumerate(self._outputs)}
 
     def runs_in(self) -> str:
+        quantised = self.metadata.precision == "int8"  # its matmuls int8 whatever the hint; the rest follows it
         if self.precision_fallback:
-            return f"{self.metadata.precision} artifact run in f32: {self.precision_fallback}"
+            what = "int8 artifact, its float parts run" if quantised else f"{self.metadata.precision} artifact run"
+            return f"{what} in f32: {self.precision_fallback}"
         if self.inference_precision != "bf16":
-            return f"{self.metadata.precision} artifact run in {self.inference_precision}: this CPU has no bf16 dot products"
-        return self.metadata.precision
+            what = "int8 artifact, its float parts run" if quantised else f"{self.metadata.precision} artifact run"
+            return f"{what} in {self.inference_precision}: this CPU has no bf16 dot products"
+        return "int8, its float parts in bf16" if quantised else self.metadata.precision
 
     def _release(self) -> None:
         del self._request
