@@ -104,8 +104,8 @@ def write_tile(folder: Path, size: int, block: int = 512) -> Path:
 
 
 def write_s2_folder(folder: Path, size: int) -> Path:
-    """The S2 folder: per-band GeoTIFFs (:data:`FOLDER_NAME`), tiled (512²) DEFLATE, no overviews, the ten bands at 10/20 m as :func:`write_tile` makes them and
-    B01/B09 at 60 m (``size // 6`` px: every sixth pixel of B02, every third of B8A, see :data:`SIXTY_M`)."""
+    """The S2 folder: per-band GeoTIFFs (:data:`FOLDER_NAME`), tiled (512²) DEFLATE, no overviews, the
+    ten bands at 10/20 m as :func:`write_tile` makes them and B01/B09 at 60 m (``size // 6`` px: every sixth pixel of B02, every third of B8A, see :data:`SIXTY_M`)."""
     folder.mkdir(parents=True, exist_ok=True)
     bands = {b: ("10" if b in TEN_M else "20", b) for b in S2_BANDS} | {
         b: ("60", s) for b, s in SIXTY_M.items()
