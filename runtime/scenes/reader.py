@@ -263,8 +263,8 @@ def repeat_into(target: np.ndarray, values: np.ndarray, k: int, row: int = 0, co
     widened to ``W`` columns in a scratch array ``k`` times smaller than the target (it stays in the
     CPU's cache), then each widened row written to its ``k`` target rows, whole rows at a time.
     Every target pixel is written once, by contiguous row copies: 0.39 ms for six 512² float32 bands
-    on the benchmark's EPYC where one strided assignment per phase (``k``² of them, every cache line
-    of the chip written ``k`` times) took 0.63 ms (``benchmarks/reads.py``, 256² COG tiles)."""
+    (chips beyond the cache) on the 2-core EPYC of ``benchmarks/reads.py`` where one strided
+    assignment per phase (``k``² of them, every cache line of the chip written ``k`` times) took 0.63."""
     height, width = target.shape[1:]
     needed = (height - 1 + row) // k + 1
     widened = np.empty((target.shape[0], needed, width), target.dtype)
