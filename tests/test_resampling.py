@@ -315,3 +315,28 @@ def test_a_warped_band_is_warped_by_the_same_method(tmp_path):
         assert fraction == 0.0
         new = ~np.isin(values[k], stored.astype(np.float32))
         assert not new.any() if method == "nearest" else new.mean() > 0.5, method
+
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_lone_non_finite_float_value_is_invalid_and_huge_finite_ones_are_kept(tmp_path, bad):
+    """A float32 scene whose chip holds one non-finite value (alone, so the reader's cheap first
+    test, on each band's minimum and the group's maximum, must see it by itself) and a finite 3e38."""
+    from clay.training.synthetic import write_scene
+
+    path = write_scene(tmp_path / "float.tif", 600, 600, bands=S2_BANDS, seed=5)
+    with rasterio.open(path, "r+") as dst:
+        cube = dst.read()
+        cube[S2_BANDS.index("B08"), 300, 7] = bad
+        cube[S2_BANDS.index("B03"), 44, 55] = 3e38
+        dst.write(cube)
+    scene = open_scene(path, DEMO)
+    (chip,) = [c for c in scene.chips() if c.row == 0 and c.col == 0]
+    ours, fraction = read_chip(scene, chip)
+    window = cube[:, : chip.height, : chip.width]
+    invalid = ~np.isfinite(window) | (window == 0)
+    assert invalid.sum() == 1  # the one value
+    assert fraction == float(invalid.any(axis=0).mean())
+    expected = np.where(invalid, scene.fill_values[:, None, None], window)
+    assert np.array_equal(ours[:, : chip.height, : chip.width], expected)
+    assert ours[S2_BANDS.index("B03"), 44, 55] == np.float32(3e38)
