@@ -199,7 +199,9 @@ def main(scenes, engine_path, demo, preview, out, backend, batch_size, readers, 
 
     A SCENE is a multi-band GeoTIFF, or single-band files named as bands (B02.tif, B2.tif, VV.tif...)
     given together or found in one folder (sub-folders too: an S2 and an S1 product side by side;
-    other files there, such as visual.tif or SCL.tif, are ignored and listed); they are resampled
+    other files there, such as visual.tif or SCL.tif, are ignored and listed; a Sentinel-2 SAFE
+    product's JPEG 2000 images, …_B02_10m.jp2, are per-band files, each band taken at its native
+    resolution); they are resampled
     onto the grid of the finest file holding S2 bands (ground distance) while reading, as the
     engine's weights were trained (nearest or bilinear, see --resampling). A
     folder of multi-band files gives one scene per file. A SCENE may also be a GDAL-readable URI (/vsis3/...,

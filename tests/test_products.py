@@ -132,3 +132,53 @@ def test_an_hls_s30_granule_is_taken_as_sentinel2_with_what_differs_recorded(tmp
     with rasterio.open(folder / f"HLS.S30.T48QUE.{HLS_DAY}.v2.0.B02.tif") as src:
         raw = src.read(1, window=((0, 512), (0, 512))).astype(np.float32)
     np.testing.assert_allclose(pixels[0], raw, rtol=1e-6)
+
+
+SAFE = "S2B_MSIL2A_20230601T033541_N0509_R060_T48QUE_20230601T071249.SAFE"
+SAFE_STEM = "T48QUE_20230601T033541"
+#: ESA's L2A layout: each band at its native resolution and ESA's coarser copies (R20m, R60m), with
+#: the non-band images beside them. B08 has no 20 m copy; B01 and B09 are 60 m only.
+SAFE_LAYOUT = {
+    10: ("B02", "B03", "B04", "B08", "AOT", "WVP"),
+    20: ("B02", "B03", "B04", "B05", "B06", "B07", "B8A", "B11", "B12", "AOT", "SCL"),
+    60: ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B8A", "B09", "B11", "B12", "SCL"),
+}
+NATIVE = {"B02": 10, "B03": 10, "B04": 10, "B08": 10, "B05": 20, "B06": 20, "B07": 20, "B8A": 20, "B11": 20, "B12": 20}
+
+
+def test_a_sentinel_2_safe_product_embeds_its_native_bands_and_ignores_esas_coarser_copies(tmp_path):
+    """A SAFE product's IMG_DATA (JPEG 2000, ``T48QUE_…_B02_10m.jp2``): the scene is each Clay band at
+    its native resolution; the 20 m and 60 m copies of the 10 m bands (other values here, so that
+    taking one would show) are ignored. Equal to a folder of plain GeoTIFFs of the native bands
+    under the same product name (the +1000 of baseline 05.09 removed alike), and dated by the name."""
+    from clay.runtime import ClayEmbedder
+
+    size = 528  # 10 m pixels: whole 20 m and 60 m pixels
+    img = tmp_path / SAFE / "GRANULE" / "L2A_T48QUE_A032500_20230601T034500" / "IMG_DATA"
+    plain = tmp_path / "plain" / SAFE
+    plain.mkdir(parents=True)
+    for metres, bands in SAFE_LAYOUT.items():
+        (img / f"R{metres}m").mkdir(parents=True)
+        for band in bands:
+            value = 1000 + 37 * metres + 11 * len(band) + sum(map(ord, band))  # each copy its own values
+            side = size * 10 // metres
+            rng = np.random.default_rng(value)
+            data = (1000 + value + rng.integers(0, 400, size=(1, side, side))).astype("uint16")
+            profile = {"width": side, "height": side, "count": 1, "dtype": "uint16", "crs": "EPSG:32648",
+                       "transform": from_origin(362600, 1987080, metres, metres)}  # fmt: skip
+            with rasterio.open(img / f"R{metres}m" / f"{SAFE_STEM}_{band}_{metres}m.jp2", "w", driver="JP2OpenJPEG",
+                               QUALITY=100, REVERSIBLE="YES", **profile) as dst:  # fmt: skip
+                dst.write(data)
+            if NATIVE.get(band) == metres:
+                with rasterio.open(plain / f"{band}.tif", "w", driver="GTiff", **profile) as dst:
+                    dst.write(data)
+    with ClayEmbedder(DEMO_ENGINE) as embedder:
+        scene = embedder.open_scene(str(tmp_path / SAFE))
+        sources = {source.band: Path(str(source.path)).name for source in scene.sources}
+        safe = embedder.embed_scene(str(tmp_path / SAFE))
+        reference = embedder.embed_scene(str(plain))
+    assert safe.num_rows == reference.num_rows > 0
+    assert np.array_equal(np.stack(safe["embeddings"].to_numpy(zero_copy_only=False)),
+                          np.stack(reference["embeddings"].to_numpy(zero_copy_only=False)))  # fmt: skip
+    assert str(safe["date"][0].as_py()) == "2023-06-01" and len(scene.ignored) == 29 - 10
+    assert sources["B02"] == f"{SAFE_STEM}_B02_10m.jp2" and sources["B05"] == f"{SAFE_STEM}_B05_20m.jp2"

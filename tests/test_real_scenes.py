@@ -184,6 +184,11 @@ def test_two_files_claiming_the_same_band_are_refused(s2_engine, tmp_path):
     shutil.copy(T48QUE / "B02.tif", folder / "B2.tif")
     result = clay_run(folder, "--engine", s2_engine / "clay.onnx", "--date", "2020-02-23", "--out", tmp_path / "o.parquet")
     assert result.returncode != 0 and "two bands claim B02" in result.stderr
+    (folder / "B2.tif").unlink()
+    (folder / "copy").mkdir()
+    shutil.copy(T48QUE / "B02.tif", folder / "copy" / "B02.tif")  # one name twice: the message tells them apart
+    result = clay_run(folder, "--engine", s2_engine / "clay.onnx", "--date", "2020-02-23", "--out", tmp_path / "o.parquet")
+    assert result.returncode != 0 and "two bands claim B02: B02.tif and copy/B02.tif" in result.stderr
     assert "Traceback" not in result.stderr
 
 

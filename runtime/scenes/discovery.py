@@ -15,11 +15,12 @@ from ..options import DEFAULT_HTTP_TIMEOUT
 from ..sensors import labels_any_sensor
 from .headers import band_count, names_clay_bands
 from .inputs import GdalPath, SceneFiles, scene_path
-from .products import band_label
+from .products import band_label, safe_resolution
 from .remote import http_env
 from .stac import combine_items, item_scenes
 
-SCENE_SUFFIXES = (".tif", ".tiff")
+#: GeoTIFFs, and JPEG 2000 for the images of Sentinel-2 SAFE products (read by GDAL's OpenJPEG driver).
+SCENE_SUFFIXES = (".tif", ".tiff", ".jp2")
 MANIFEST_SUFFIX = ".txt"
 #: STAC Items and ItemCollections (GeoJSON): read as such, never handed to GDAL, whose STAC drivers
 #: would open them as rasters without a CRS.
@@ -88,7 +89,7 @@ def _discover(paths, manifests: bool, combine: bool, http_timeout: float) -> lis
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in SCENE_SUFFIXES)
             if not found:
                 raise SceneError(f"{path}: no GeoTIFF files in this folder")
-            per_band = [p for p in found if _is_band_file(p)]
+            per_band = finest_copies([p for p in found if _is_band_file(p)])
             if per_band:
                 members = [p for p in found if p in per_band or (band_count(p) > 1 and names_clay_bands(p))]
                 scenes.append(SceneFiles(path, tuple(members), tuple(p for p in found if p not in members)))
@@ -106,6 +107,21 @@ def _discover(paths, manifests: bool, combine: bool, http_timeout: float) -> lis
     if combine:
         return [combine_items(scenes)]
     return scenes
+
+
+def finest_copies(files: list) -> list:
+    """Per-band files without the coarser copies of a band that a Sentinel-2 L2A SAFE product holds
+    beside its native one (``R10m/…_B02_10m.jp2``, ``R20m/…_B02_20m.jp2``, ``R60m/…_B02_60m.jp2``: the
+    10 m one is the band; the others are ESA's downsampled copies, left in the scene's ignored files).
+    Files without a SAFE resolution in their name are kept as they are (two of them naming one band
+    are refused later, naming both)."""
+    finest: dict[str, int] = {}
+    for path in files:
+        metres = safe_resolution(path)
+        if metres is not None:
+            label = band_label(path)
+            finest[label] = min(metres, finest.get(label, metres))
+    return [p for p in files if safe_resolution(p) in (None, finest.get(band_label(p)))]
 
 
 def _is_band_file(path: Path | GdalPath) -> bool:

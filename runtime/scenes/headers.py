@@ -135,6 +135,14 @@ def read_header(path: Path | GdalPath) -> Header:
         raise SceneError(f"{path}: not a readable GeoTIFF ({first_line(exc)})") from None
 
 
+def _within(path, folder) -> str:
+    """``path`` as found under the scene's folder (``a/B02.tif``), so that two files of one name differ."""
+    try:
+        return str(Path(str(path)).relative_to(str(folder)))
+    except ValueError:
+        return Path(str(path)).name
+
+
 def band_sources(scene: SceneFiles, headers: list[Header], wanted: tuple[str, ...]) -> dict[str, tuple[Path, int]]:
     """Engine band → (file, 1-based index); duplicates and missing bands are errors."""
     found: dict[str, tuple[Path, int]] = {}
@@ -144,7 +152,8 @@ def band_sources(scene: SceneFiles, headers: list[Header], wanted: tuple[str, ..
                 continue
             if name in found:
                 other = found[name][0]
-                where = f"{other.name} and {header.path.name}" if other != header.path else f"{header.path.name} (twice)"
+                where = (f"{_within(other, scene.path)} and {_within(header.path, scene.path)}" if other != header.path
+                         else f"{header.path.name} (twice)")  # fmt: skip
                 raise SceneError(f"{scene.path}: two bands claim {name}: {where}")
             found[name] = (header.path, index)
     clay_v0_bands = all(b in BAND_NAMES for b in wanted)  # not so for a Clay v1.5 engine of another sensor

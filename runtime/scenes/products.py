@@ -139,10 +139,25 @@ _HLS_FILE = re.compile(r"^HLS\.[LS]30\..*\.v\d+\.\d+\.([A-Za-z0-9]+)$")
 _LANDSAT_FILE = re.compile(r"^L[COTEM]0\d_L[12][A-Z]{2}_\d{6}_\d{8}_\d{8}_\d{2}_[A-Z0-9]{2}_([A-Z0-9_]+)$")
 
 
+#: Sentinel-2 SAFE per-band images (ESA's product format, ``GRANULE/*/IMG_DATA/``): L2A
+#: ``R10m/T48QUE_20230601T033541_B02_10m.jp2`` (each band at its native and coarser resolutions,
+#: ``AOT``/``WVP``/``SCL``/``TCI`` beside them), L1C ``T48QUE_20230601T033541_B02.jp2``. Groups: the
+#: band, the resolution in metres (L2A only).
+_S2_SAFE_FILE = re.compile(r"^T\d{2}[A-Z]{3}_\d{8}T\d{6}_([A-Z0-9]+?)(?:_(\d{2})m)?$")
+
+
 def band_label(path) -> str:
     """The part of a per-band file's name that names its band: the last field of an HLS file name
-    (``….v2.0.B02``), what follows a Landsat product id (``…_T1_SR_B2`` → ``SR_B2``), else the name
-    without its suffix (``B02``, ``T48QUE_20200223_B02``)."""
+    (``….v2.0.B02``), what follows a Landsat product id (``…_T1_SR_B2`` → ``SR_B2``), the band of a
+    Sentinel-2 SAFE image (``T48QUE_20230601T033541_B02_10m`` → ``B02``), else the name without its
+    suffix (``B02``, ``T48QUE_20200223_B02``)."""
     stem = PurePosixPath(str(path).replace("\\", "/")).stem
-    match = _HLS_FILE.match(stem) or _LANDSAT_FILE.match(stem)
+    match = _HLS_FILE.match(stem) or _LANDSAT_FILE.match(stem) or _S2_SAFE_FILE.match(stem)
     return match.group(1) if match else stem
+
+
+def safe_resolution(path) -> int | None:
+    """The resolution in metres a Sentinel-2 L2A SAFE image's name gives (``…_B02_20m`` → 20), or
+    ``None``: L2A products hold each band at its native resolution and resampled to coarser ones."""
+    match = _S2_SAFE_FILE.match(PurePosixPath(str(path).replace("\\", "/")).stem)
+    return int(match.group(2)) if match and match.group(2) else None
