@@ -162,16 +162,21 @@ def test_ablation_times_every_lever_against_both_baselines(tmp_path):
 
 
 def test_read_benchmark_writes_every_tile_layout_and_thread_count(tmp_path):
-    """``python -m clay.benchmarks.reads``: a row per COG tile size and thread count, each with the
-    three rates and both ratios from the same rounds (no speed is asserted: that is the benchmark's)."""
-    result = run_module("clay.benchmarks.reads", "--size", "1024", "--block", "256", "--block", "512", "--threads", "1",
+    """``python -m clay.benchmarks.reads``: a row per layout (COG tile size, S2 folder, 13-band stack)
+    and thread count, each with its rates and ratios from the same rounds (no speed is asserted: that
+    is the benchmark's); the stack has nothing to resample, so no bilinear column."""
+    result = run_module("clay.benchmarks.reads", "--size", "1032", "--block", "256", "--block", "512", "--threads", "1",
                         "--rounds", "2", "--out", tmp_path, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "reads-s2-cog.json").read_text())
-    assert [(row["block"], row["threads"]) for row in report["rows"]] == [(256, 1), (512, 1)]
+    assert [(row["layout"], row["threads"]) for row in report["rows"]] == [
+        ("S2 COG, 256² tiles", 1), ("S2 COG, 512² tiles", 1), ("S2 folder (10/20/60 m)", 1), ("13-band stack", 1)]
     for row in report["rows"]:
         rounds = row["per_round"]
-        assert all(len(rounds[how]) == 2 for how in ("gdal", "nearest", "bilinear"))
+        methods = ("nearest",) if row["layout"] == "13-band stack" else ("nearest", "bilinear")
+        assert set(rounds) == {"gdal", *methods} and all(len(rounds[how]) == 2 for how in rounds)
         ratios = sorted(a / g for a, g in zip(rounds["nearest"], rounds["gdal"]))
         assert row["nearest_ratio"] == pytest.approx(sum(ratios) / 2)  # the median of two rounds' ratios
-    assert "| 256² | 1 |" in (tmp_path / "reads-s2-cog.md").read_text()
+    folder = next(row for row in report["rows"] if row["layout"].startswith("S2 folder"))
+    assert any("B01" in name for name in folder["ignored_files"])  # the 60 m bands beside it are not read
+    assert "| S2 COG, 256² tiles | 1 |" in (tmp_path / "reads-s2-cog.md").read_text()
