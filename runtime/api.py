@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from .demo import resolve_engine
 from .engines.base import Engine, EngineError, all_finite
-from .engines.choice import SCENE_SENSOR, open_engine, sensor_artifacts
+from .engines.choice import SCENE_SENSOR, open_engine, sensor_artifacts, sensor_keys
 from .errors import SceneError
 from .metadata import EngineMetadata
 from .options import RunOptions, check_patch_embeddings
@@ -125,6 +125,12 @@ class ClayEmbedder:
         self._engines: dict[str, Engine] = {}
         if not self._owns_engine:
             self.engine: Engine = engine_path
+            # an artifact of a Clay v1.5 folder of sensors (clay-serve --engine FOLDER): the folder's
+            # other sensors are embedded by their own artifacts, opened when a scene needs them
+            key, folder = Path(engine_path.path).parent.name, Path(engine_path.path).parent.parent
+            if key in sensor_keys(folder):
+                self._folder, self.sensors = folder, sensor_artifacts(folder, backend)
+                self._engines[key] = engine_path
         elif self.sensors:
             default = next((k for k in (self.options.sensor, SCENE_SENSOR) if k in self.sensors), sorted(self.sensors)[0])
             self.engine = open_engine(self._folder / default, backend, threads)

@@ -167,7 +167,7 @@ MAY_IMPORT = {
     "api": {"contract", "demo", "scenes", "engines", "outputs", "pipeline", "api"},
     "ray_job": {"contract", "scenes", "engines", "outputs", "pipeline", "ray_job"},
     # chips through engines or the API, never the reader; a URL's files listed and sized (scenes) before the API reads them
-    "serve": {"contract", "scenes", "engines", "api", "serve"},
+    "serve": {"contract", "demo", "scenes", "engines", "api", "serve"},  # demo: --engine demo, as clay-run
     "search": {"contract", "outputs", "search"},  # reads outputs only: no scene, no engine
     "cli": {"contract", "demo", "scenes", "engines", "outputs", "pipeline", "api", "ray_job", "cli"},
     "change": {"contract", "scenes", "outputs", "change"},  # clay-change: on the outputs, never the engines

@@ -514,3 +514,29 @@ def test_the_python_api_serves_every_sensor_of_the_folder(engine, tmp_path):
             "blue",
             "nir",
         )
+
+
+def test_an_embedder_given_one_artifact_of_the_folder_serves_its_other_sensors(engine, tmp_path):
+    """clay-serve opens the folder's Sentinel-2 artifact for its chip endpoint and hands that engine to
+    POST /scene's ClayEmbedder: a NAIP scene is still embedded by the NAIP artifact (it was a 422 saying
+    the engine is for sentinel-2-l2a), equal to the folder's embedder; the served engine stays open."""
+    from clay.runtime.api import ClayEmbedder
+    from clay.runtime.engines.choice import open_engine
+    from clay.runtime.options import RunOptions
+    from clay.runtime.serve.scenes import SceneLimits, parse_request
+
+    naip, _, _ = naip_image(tmp_path)
+    served = open_engine(engine, "onnx-cpu")
+    try:
+        assert served.metadata.sensor == "sentinel-2-l2a"
+        with ClayEmbedder(served) as embedder:
+            table = embedder.embed_scene(naip)
+        with ClayEmbedder(engine, backend="onnx-cpu") as embedder:
+            expected = embedder.embed_scene(naip)
+        assert table.column("sensor").to_pylist() == ["naip"]
+        assert np.array_equal(np.stack(table["embeddings"].to_numpy(zero_copy_only=False)),
+                              np.stack(expected["embeddings"].to_numpy(zero_copy_only=False)))  # fmt: skip
+        request = parse_request({"sensor": "naip"}, None, RunOptions(), SceneLimits(), served.metadata)
+        assert request.options.sensor == "naip"
+    finally:
+        served.close()

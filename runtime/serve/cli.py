@@ -11,12 +11,14 @@ import click
 
 from ..console import require_extra, setup_logging
 from ..engines.base import EngineError
+from ..demo import resolve_engine
 from ..engines.choice import BACKENDS, open_engine
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--engine", "engine_path", type=click.Path(path_type=Path), required=True,
-              help="An artifact written by clay-export, or its output folder (the artifact for the backend is picked).")
+              help="An artifact written by clay-export, or its output folder (the artifact for the backend is picked; a "
+                   "Clay v1.5 folder of sensors: POST /scene embeds each scene by its sensor's), or demo (the bundled engine).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on (HTTP and gRPC); 0.0.0.0 to serve other machines.")
@@ -51,7 +53,7 @@ def main(engine_path, backend, host, http_port, grpc_port, max_batch, max_delay_
     --allow-url prefix, answers the rows clay-run writes for it (chips; rows=patches: patch rows) as
     GeoJSON or GeoParquet (format=geojson|parquet, or the Accept header). Per request, as clay-run's
     options: name (the body's file name, for its date), date, sar_units, s2_offset, resampling, edge,
-    max_nodata. A scene clay-run refuses is a 422 with clay-run's words; over --max-scene-mb a 413;
+    max_nodata, sensor (Clay v1.5). A scene clay-run refuses is a 422 with clay-run's words; over --max-scene-mb a 413;
     beyond --scene-workers + --scene-queue a 503.
     """
     require_extra("clay-serve", "serve")
@@ -64,7 +66,7 @@ def main(engine_path, backend, host, http_port, grpc_port, max_batch, max_delay_
             raise click.BadParameter(f"{prefix}: an http(s) URL prefix such as https://host/path/", param_hint="--allow-url")
 
     try:
-        engine = open_engine(engine_path, backend, threads)
+        engine = open_engine(resolve_engine(engine_path), backend, threads)  # "demo": the bundled engine
     except EngineError as exc:
         sys.exit(f"clay-serve: {exc}")
     for port in (http_port, grpc_port):  # one line now, rather than a server half started

@@ -78,7 +78,8 @@ PARAMETERS = {
     "date": "YYYY-MM-DD, overrides the file's tags (clay-run --date)",
     "sar_units": "/".join(SAR_UNITS), "s2_offset": "a number (clay-run --s2-offset)",
     "resampling": "/".join(RESAMPLING), "edge": "/".join(EDGE_MODES), "max_nodata": "0..1",
-    "rows": "/".join(ROWS), "format": "/".join(FORMATS),
+    "sensor": "a Clay v1.5 sensor (clay-run --sensor), where the scene does not say", "rows": "/".join(ROWS),
+    "format": "/".join(FORMATS),
 }  # fmt: skip
 DEFAULT_NAME = "upload.tif"
 DEFAULT_FOLDER = "upload"  # several files: one scene folder
@@ -150,7 +151,7 @@ def parse_request(query: Mapping[str, str], accept: str | None, base: RunOptions
             fields["date"] = parse_date(query["date"])  # as clay-run --date reads it, and in its words
         except ValueError:
             raise Refusal(400, f"date={query['date']}: expected YYYY-MM-DD") from None
-    for key in ("sar_units", "resampling", "edge"):
+    for key in ("sar_units", "resampling", "edge", "sensor"):
         if key in query:
             fields[key] = query[key]
     for key in ("s2_offset", "max_nodata"):
