@@ -168,3 +168,26 @@ def test_a_resumed_run_catalogues_the_scenes_it_skipped_from_their_files(run, tm
     assert after["properties"] == before["T48QUE-20200223.item.json"]["properties"]
     assert after["assets"] == before["T48QUE-20200223.item.json"]["assets"]
     assert errors(json.loads((out / "collection.json").read_text())) == []
+
+
+def test_a_second_run_into_the_folder_adds_to_its_collection(run, tmp_path):
+    """The Collection is the folder's: a later run of one scene into it keeps the Items of the earlier
+    run's scenes (it listed only its own, leaving the others' parent link pointing at a Collection
+    that no longer listed them); an Item whose chip file is gone is left out."""
+    out = tmp_path / "copy"
+    shutil.copytree(run, out)
+    result = subprocess.run([sys.executable, "-m", "clay.runtime.cli", str(DEMO_SCENE), "--engine", str(DEMO_ENGINE),
+                             "--out", str(out), "--patch-embeddings", "--patch-raster", "--raster-dtype", "int8",
+                             "--resume", "--stac"], capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    collection = json.loads((out / "collection.json").read_text())
+    listed = sorted(link["href"] for link in collection["links"] if link["rel"] == "item")
+    assert listed == sorted(f"./{p.name}" for p in run.glob("*.item.json")) and len(listed) == 2
+    assert errors(collection) == []
+    (out / f"{ITEM_ID}.parquet").unlink()
+    result = subprocess.run([sys.executable, "-m", "clay.runtime.cli", str(DEMO_SCENE), "--engine", str(DEMO_ENGINE),
+                             "--out", str(out), "--patch-embeddings", "--patch-raster", "--raster-dtype", "int8",
+                             "--resume", "--stac"], capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    collection = json.loads((out / "collection.json").read_text())
+    assert [link["href"] for link in collection["links"] if link["rel"] == "item"] == ["./T48QUE-20200223.item.json"]

@@ -217,9 +217,11 @@ def _write_json(record: dict, path: Path) -> Path:
 
 def write_catalogue(scenes: list[ScenePaths], runtime_parameters: dict | None = None) -> list[Path]:
     """An Item per published scene (``<scene>.item.json`` beside its files) and a Collection per
-    output folder (``collection.json``) holding that folder's Items; scenes whose chip file is not
-    published are left out. Each file is written atomically. Returns the files written, the
-    Collections last. Raises :class:`~clay.runtime.outputs.publish.OutputError` naming a file."""
+    output folder (``collection.json``) holding that folder's Items: this call's, and those earlier
+    runs wrote there whose chip file is still published (a second run into the folder adds to its
+    Collection); scenes whose chip file is not published are left out. Each file is written
+    atomically. Returns the files written, the Collections last. Raises
+    :class:`~clay.runtime.outputs.publish.OutputError` naming a file (or a folder of several models)."""
     folders: dict[Path, list[ScenePaths]] = {}
     for paths in scenes:
         if paths.chips.is_file():
@@ -242,12 +244,24 @@ def write_catalogue(scenes: list[ScenePaths], runtime_parameters: dict | None = 
             name = paths.chips.name.removesuffix(".parquet") + ".item.json"
             items.append(item)
             names.append(name)
+        earlier = []  # Items of earlier runs into this folder: kept in its Collection, not rewritten
+        for record in sorted(folder.glob("*.item.json")):
+            chips = folder / (record.name.removesuffix(".item.json") + ".parquet")
+            if record.name in names or not chips.is_file():
+                continue
+            try:
+                item = json.loads(record.read_text(encoding="utf-8"))
+                engine = json.loads(_metadata(chips)["clay:engine"])
+            except (OSError, ValueError, KeyError) as exc:
+                raise OutputError(f"{record}: an earlier STAC Item that cannot be read back ({exc})") from None
+            models.add((engine.get("model", "clay-v0"), engine["model_size"], engine["checkpoint_sha256"], engine["dim"]))
+            earlier.append((item, record.name))
         if len(models) > 1:
             raise OutputError(f"{folder}: holds embeddings of {len(models)} models ({', '.join(sorted(f'{m[0]} {m[1]}' for m in models))}); "
                               "one Collection describes one model: write each model's run into its own folder")  # fmt: skip
         for item, name in zip(items, names):
             written.append(_write_json(item, folder / name))
-        written.append(
-            _write_json(run_collection(cid, items, names, models.pop()[3]), folder / COLLECTION_FILE)
-        )
+        every = items + [item for item, _ in earlier]
+        written.append(_write_json(run_collection(cid, every, names + [name for _, name in earlier], models.pop()[3]),
+                                   folder / COLLECTION_FILE))  # fmt: skip
     return written
