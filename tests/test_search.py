@@ -209,6 +209,14 @@ def test_the_command_prints_a_table_and_writes_geoparquet_or_geojson(demo, tmp_p
     features = json.loads((tmp_path / "top.geojson").read_text())["features"]
     assert [f["properties"]["id"] for f in features] == table["id"].to_pylist()
     assert features[0]["geometry"]["type"] == "Polygon" and features[0]["properties"]["date"] == "2020-02-23"
+    # results written into the run's folder are not rows to search later (that search said "not a clay-run output")
+    folder = tmp_path / "run"
+    shutil.copytree(demo / "a", folder)
+    shutil.copy(tmp_path / "top.parquet", folder / "top.parquet")
+    again = run_cli(folder, "--id", "demo:0:0", "-k", "2")
+    assert again.exit_code == 0, again.output
+    named = run_cli(folder / "top.parquet", "--id", "demo:0:0")  # named on its own: said why
+    assert named.exit_code == 1 and "not a clay-run output" in named.output
 
 
 def test_bad_queries_are_one_line_and_exit_1(demo, generated, tmp_path):

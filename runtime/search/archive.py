@@ -100,7 +100,9 @@ def output_files(inputs: list[Path], kind: str) -> list[Path]:
     for path in inputs:
         if path.is_dir():
             names = sorted(p for p in path.glob("*.parquet") if p.is_file())
-            found += [p for p in names if p.name.endswith(PATCH_SUFFIX) == (kind == "patches")]
+            # a folder's other GeoParquet files (clay-search --out results written beside the run, say)
+            # are not rows to search: only clay-run's files, which carry clay:engine, are taken
+            found += [p for p in names if p.name.endswith(PATCH_SUFFIX) == (kind == "patches") and _from_clay_run(p)]
         elif path.is_file():
             found.append(path)
         else:
@@ -109,6 +111,15 @@ def output_files(inputs: list[Path], kind: str) -> list[Path]:
         raise SearchError(f"no {kind} files in {', '.join(str(p) for p in inputs) or 'no inputs'}"
                           + (" (clay-run writes patch files with --patch-embeddings)" if kind == "patches" else ""))
     return sorted(dict.fromkeys(p.resolve() for p in found))
+
+
+def _from_clay_run(path: Path) -> bool:
+    """Whether a file found in a folder is a clay-run output (its schema carries ``clay:engine``);
+    one that cannot be read is taken, so that :func:`describe` says why."""
+    try:
+        return b"clay:engine" in (pq.read_schema(path).metadata or {})
+    except (OSError, pa.ArrowInvalid):
+        return True
 
 
 def describe(path: Path) -> tuple[str, str, int, str]:
