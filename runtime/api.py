@@ -145,6 +145,12 @@ class ClayEmbedder:
         self._readers: ChipReaders | None = None
         self._lock = threading.Lock()
 
+    @property
+    def opened(self) -> list[Engine]:
+        """The engines opened so far: :attr:`engine`, and with a Clay v1.5 folder of sensors the
+        artifacts scenes have needed since (in the order opened)."""
+        return list({id(e): e for e in (self.engine, *self._engines.values())}.values())
+
     def engine_for(self, key: str) -> Engine:
         """The engine of one artifact set of a Clay v1.5 folder of sensors (opened once)."""
         with self._lock:

@@ -298,19 +298,22 @@ def run_here(engine_path: Path, backend: str, threads: int | None, scene_files: 
             click.echo(f"clay-run: {embedder.engine.fallback}", err=True)
         if embedder.sensors:
             click.echo(f"clay-run: engine folder {engine_path}: Clay v1.5 artifacts for {', '.join(embedder.sensors)}; "
-                       "each scene is embedded by its sensor's", err=True)  # fmt: skip
-        click.echo(f"clay-run: engine {embedder.engine.path.name} on {embedder.engine.describe()}"
+                       "each scene is embedded by the artifact of its sensor", err=True)  # fmt: skip
+        name = embedder.engine.path.name if not embedder.sensors else f"{embedder.engine.path.parent.name}/{embedder.engine.path.name}"
+        click.echo(f"clay-run: engine {name} on {embedder.engine.describe()}"
                    f"{resampling_note(embedder.metadata, options)}", err=True)  # fmt: skip
         check_patch_embeddings(embedder.metadata, options.needs_patches, options.patch_request(cli=True))
         jobs = plan_jobs(scene_files, targets, options, created)
         start = time.perf_counter()
         results = run_jobs(embedder, jobs, options, failures)
         wall = time.perf_counter() - start
+        for other in embedder.opened[1:]:  # a folder of sensors: the artifacts its scenes needed besides the first
+            click.echo(f"clay-run: engine {other.path.parent.name}/{other.path.name} on {other.describe()}", err=True)
         draw_preview(preview, results, embedder.metadata, embedder.engine.path.name)
         ignored_files(results)
         stages = embedder.clock.summary() or "nothing ran"
         threads = embedder.options.reader_count
-        summary(results, targets, wall, embedder.engine.backend,
+        summary(results, targets, wall, ", ".join(dict.fromkeys(e.backend for e in embedder.opened)),
                 f"time in: {stages} ({threads} reader thread{'s' if threads != 1 else ''})")  # fmt: skip
 
 

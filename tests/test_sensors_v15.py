@@ -349,6 +349,10 @@ def test_one_run_over_a_manifest_of_s2_landsat_and_naip_writes_each_with_its_sen
         "m_3807537_ne_18_060_20220511.parquet": ("naip", "naip"),
     }
     assert {len(t.column("embeddings")[0].as_py()) for t in written.values()} == {192}
+    # every artifact the run used is named, and the closing line gives their backends
+    said = [line for line in result.stderr.splitlines() if line.startswith("clay-run: engine ") and " folder " not in line[:25]]
+    assert [line.split()[2] for line in said] == ["sentinel-2-l2a/clay.onnx", "landsat-c2l2-sr/clay.onnx", "naip/clay.onnx"]
+    assert "each scene is embedded by the artifact of its sensor" in result.stderr
 
 
 # --- the rules themselves, without an engine -----------------------------------------------------------
