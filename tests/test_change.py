@@ -209,6 +209,10 @@ def test_runs_that_cannot_be_compared_are_one_line_each_and_nothing_is_written(r
             "engine precision int8 vs fp32",
         ),
         "sensor": (rewritten(b, tmp_path / "bands.tif", engine={"bands": ["B02", "B03"]}), "sensor bands"),
+        # another model differs in everything: the model is named, not every field after it
+        "v1.5": (rewritten(b, tmp_path / "v15.tif", engine={"model": "clay-v1.5", "sensor": "sentinel-2-l2a",
+                                                           "precision": "fp32", "bands": ["B02"]}),
+                 "model clay-v0 vs clay-v1.5"),
         "chips": (runs["b", "float32"].output, "chip rows (one per chip)"),
     }
     for name, (other, says) in cases.items():
@@ -217,6 +221,8 @@ def test_runs_that_cannot_be_compared_are_one_line_each_and_nothing_is_written(r
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 1 and len(lines) == 1 and says in lines[0], (name, result.stderr)
         assert "Traceback" not in result.stderr and not out.exists() and not out.with_suffix(".png").exists()
+        if name == "v1.5":
+            assert "sensor" not in lines[0].split("cannot be compared")[1] and len(lines[0]) < 400 + len(str(a)) * 2
     # patch rows from before clay-run recorded the scene's grid cannot be placed exactly: refused
     table = pq.read_table(runs["b", "float32"].patches)
     old = {k: v for k, v in table.schema.metadata.items() if k != b"clay:scene_grid"}
@@ -227,5 +233,7 @@ def test_runs_that_cannot_be_compared_are_one_line_each_and_nothing_is_written(r
         and "no clay:scene_grid" in result.stderr
         and not (tmp_path / "old.tif").exists()
     )
+    twice = clay_change(a, a, "--out", tmp_path / "same.tif")
+    assert twice.returncode == 1 and "given twice" in twice.stderr and not (tmp_path / "same.tif").exists()
     usage = clay_change(a, "--out", tmp_path / "one.tif")
     assert usage.returncode == 2 and "two or more runs" in usage.stderr

@@ -29,14 +29,18 @@ def pick_reference(runs: list[RunCells], given: list[str], name: str | None) -> 
     matches = [k for k, (run, text) in enumerate(zip(runs, given))
                if name in (text, run.path.name, str(run.path.resolve()), run.date)]  # fmt: skip
     if len(matches) != 1:
-        found = "no input" if not matches else f"{len(matches)} inputs"
-        raise ChangeError(f"--reference {name}: {found} has that path, file name or date "
+        found = "no input has" if not matches else f"{len(matches)} inputs have"
+        raise ChangeError(f"--reference {name}: {found} that path, file name or date "
                           f"({', '.join(f'{r.label} {r.date}' for r in runs)})")  # fmt: skip
     return matches[0]
 
 
 def change(inputs: list[str], out: Path, quicklook: Path, reference: str | None = None) -> ChangeMap:
     """Read, check, compute and publish (the COG, then the PNG; if the PNG fails the COG is withdrawn)."""
+    resolved = [Path(text).resolve() for text in inputs]
+    twice = next((text for k, text in enumerate(inputs) if resolved[k] in resolved[:k]), None)
+    if twice is not None:  # a run against itself is 0 everywhere: never the change asked for
+        raise ChangeError(f"{twice}: given twice; compare runs of different dates")
     runs = [open_run(Path(text)) for text in inputs]
     check_comparable(runs)
     ref = pick_reference(runs, inputs, reference)

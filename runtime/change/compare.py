@@ -21,9 +21,15 @@ ENGINE_FIELDS = ("precision", "band_means", "band_stds", "resampling", "preproce
 GRID_TOLERANCE = 1e-6
 
 
+#: At most this many differences are listed (the first say the most: model before sensor before engine).
+MAX_LISTED = 4
+
+
 def _short(value) -> str:
+    if value in (None, "", (), [], {}):
+        return "none"
     text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def grid_differences(a: RunCells, b: RunCells) -> list[str]:
@@ -48,12 +54,17 @@ def grid_differences(a: RunCells, b: RunCells) -> list[str]:
 
 
 def record_differences(a: RunCells, b: RunCells) -> list[str]:
+    """What differs in the runs' engine records, the decisive first: two models differ in everything
+    else too, so then only the model fields are named."""
     found = []
     for kind, names in (("model", MODEL_FIELDS), ("sensor", SENSOR_FIELDS), ("engine", ENGINE_FIELDS)):
+        if kind != "model" and a.engine.get("model") != b.engine.get("model"):
+            break
         for name in names:
             va, vb = a.engine.get(name), b.engine.get(name)
             if va != vb:
-                found.append(f"{kind} {name} {_short(va)} vs {_short(vb)}")
+                label = kind if name == kind else f"{kind} {name}"
+                found.append(f"{label} {_short(va)} vs {_short(vb)}")
     return found
 
 
@@ -65,6 +76,8 @@ def check_comparable(runs: list[RunCells]) -> None:
         grid, record = grid_differences(first, other), record_differences(first, other)
         if grid or record:
             parts = ([f"grid: {'; '.join(grid)}"] if grid else []) + record
+            if len(parts) > MAX_LISTED:
+                parts = [*parts[:MAX_LISTED], f"and {len(parts) - MAX_LISTED} more"]
             advice = "re-run clay-run on one grid with one engine; clay-change does not resample"
             raise ChangeError(
                 f"{first.path} and {other.path} cannot be compared: {'; '.join(parts)} ({advice})"
