@@ -251,14 +251,17 @@ def test_an_oversized_upload_is_a_413_in_one_line(server):
     assert status == 413 and "--max-scene-mb" in error_line(status, content)
 
 
-def test_an_undated_upload_is_a_422_with_clay_runs_words(server, scenes, tmp_path, monkeypatch):
+def test_an_undated_upload_is_a_422_with_clay_runs_words_and_the_endpoints_advice(server, scenes, tmp_path, monkeypatch):
     monkeypatch.chdir(scenes)
     with pytest.raises(SystemExit) as refused:
         clay_run(["undated.tif", "--engine", str(DEMO_ENGINE), "--out", str(tmp_path / "out")])
     said = str(refused.value.code)
     assert said.startswith("clay-run: undated.tif: ") and "date" in said, said
     status, _, content = post(server["http"], "?name=undated.tif", (scenes / "undated.tif").read_bytes())
-    assert status == 422 and "clay-run: " + error_line(status, content) == said
+    # clay-run's words, its advice in the endpoint's terms (a query parameter, not a flag)
+    assert "--date YYYY-MM-DD" in said and "RunOptions(date=...)" in said
+    expected = said.removeprefix("clay-run: ").replace(" (RunOptions(date=...) in Python)", "").replace("--date ", "date=")
+    assert status == 422 and error_line(status, content) == expected and "pass date=YYYY-MM-DD" in expected
     status, _, content = post(server["http"], "?name=junk.tif", b"not a GeoTIFF")
     assert status == 422 and error_line(status, content).startswith("junk.tif: not a readable GeoTIFF")
     # GDAL opens a file by its content: a VRT (or a STAC Item) uploaded would read what it names

@@ -14,7 +14,8 @@ Limits (``clay-serve`` options): a body or a remote scene larger than ``--max-sc
 arriving, or queued), and a request beyond that is a 503 with ``Retry-After`` before its body is
 read. The scene work (unpacking, embedding, encoding the rows) runs on the workers' threads, never
 on the event loop. Every refusal is one line: a scene ``clay-run`` refuses is a 422 with the words
-``clay-run`` prints (the file named as the client named it), a bad parameter a 400.
+``clay-run`` prints (the file named as the client named it, its advice as query parameters:
+:func:`in_request_terms`), a bad parameter a 400.
 """
 
 from __future__ import annotations
@@ -181,6 +182,18 @@ def parse_request(query: Mapping[str, str], accept: str | None, base: RunOptions
     return SceneRequest(
         options, rows, media_type(query.get("format"), accept), url, safe_name(query.get("name", "")) or None
     )
+
+
+#: clay-run's options that a refusal may name, and the query parameter that does the same here.
+_OPTION = re.compile(r"--(date|sar-units|s2-offset|resampling|sensor|edge|max-nodata)\b ?")
+_PYTHON_HINT = re.compile(r" \(RunOptions\([a-z_]+=\.\.\.\) in Python\)")
+
+
+def in_request_terms(message: str) -> str:
+    """A refusal in clay-run's words with its advice in this endpoint's: ``pass --date YYYY-MM-DD
+    (RunOptions(date=...) in Python)`` → ``pass date=YYYY-MM-DD``; the rest unchanged."""
+    message = _PYTHON_HINT.sub("", message)
+    return _OPTION.sub(lambda m: m.group(1).replace("-", "_") + "=", message)
 
 
 def media_type(format_: str | None, accept: str | None) -> str:
@@ -353,7 +366,7 @@ class SceneService:
         except Refusal:
             raise
         except SceneError as exc:  # clay-run's words, the file named as the client named it
-            raise Refusal(422, str(exc).replace(f"{folder / 'in'}/", "")) from None
+            raise Refusal(422, in_request_terms(str(exc).replace(f"{folder / 'in'}/", ""))) from None
         except EngineError as exc:
             raise Refusal(500, f"the engine failed: {first_line(exc)}") from None
         except Exception as exc:  # a bug of ours is still one line for the client
