@@ -23,7 +23,6 @@ file fails, the ones published before it are withdrawn.
 from __future__ import annotations
 
 import json
-import os
 from datetime import date as Date
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import shapely
 from ..metadata import EngineMetadata
 from ..scenes.geometry import bounding_boxes
 from .overlap import GroundClaims
-from .publish import ScenePaths, fsync, naming, partial_path
+from .publish import ScenePaths, fsync, naming, partial_path, publish
 
 GEOPARQUET_VERSION = "1.1.0"
 #: A row group holds a scene's chips (or up to this many rows, or this many bytes of embeddings,
@@ -201,10 +200,7 @@ class AtomicParquetWriter:
         self._flush()
         with naming(self.partial):
             self._writer.close()
-            fsync(self.partial)
-            os.replace(self.partial, self.path)
-            fsync(self.path.parent)
-        return self.path
+            return publish(self.partial, self.path)
 
     def abort(self) -> None:
         """Drop everything written; nothing is left under either name."""

@@ -47,7 +47,7 @@ from ..scenes.scene import Scene
 from ..timing import NullClock, StageClock
 from .overlap import GroundClaims
 from .patch_grid import Claim, Level, block_size, overview_levels
-from .publish import fsync, naming, partial_path, staging_path
+from .publish import naming, partial_path, publish, staging_path
 
 #: int8 rasters: the stored code of nodata, and of a band's mid-range value; codes span
 #: ``CODE_MID - STEPS … CODE_MID + STEPS`` (1…255).
@@ -230,9 +230,7 @@ class PatchRasterWriter:
             except GDAL_ERRORS:
                 partial.unlink(missing_ok=True)
                 raise
-            fsync(partial)
-            os.replace(partial, self.path)
-            fsync(self.path.parent)
+            publish(partial, self.path)
             shutil.rmtree(self.staging, ignore_errors=True)
         return self.path
 

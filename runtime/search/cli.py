@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import shapely
 
 from ..console import require_extra, setup_logging
 from ..outputs.geoparquet import geo_metadata
-from ..outputs.publish import OutputError, fsync, naming, partial_path
+from ..outputs.publish import OutputError, naming, partial_path, publish
 from .archive import SearchError
 from .query import search
 
@@ -47,10 +46,7 @@ def write_answer(table: pa.Table, path: Path) -> Path:
                          "properties": {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in record.items()}}
                         for shape, record in zip(shapes, records)]  # fmt: skip
             partial.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-        fsync(partial)
-        os.replace(partial, path)
-        fsync(path.parent)
-    return path
+        return publish(partial, path)
 
 
 def terminal_table(table: pa.Table) -> str:
